@@ -1,0 +1,141 @@
+// bench_cmd.cpp — `moe bench gemm` and `moe bench moe-layer`: timings against the machine's measured
+// sgemm peak, taken in the same run.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "apps/moe/commands.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "core/rng.h"
+#include "moe/moe_layer.h"
+
+namespace moe::cli {
+namespace {
+
+struct LayerArgs {
+  int tokens = 4096, d_model = 512, d_ff = 1024, experts = 8, top_k = 2, granularity = 1, shared = 0;
+  std::string router = "topk_softmax";
+  float capacity_factor = 0.f;
+  int reps = 7, warmup = 2, threads = 0;
+  bool json = false;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void run_gemm(int threads, bool json) {
+  if (threads > 0) set_num_threads(threads);
+  const double peak = measure_sgemm_gflops(1024, 10);
+  if (json) {
+    nlohmann::json j = {{"bench", "gemm"}, {"n", 1024}, {"gflops", peak}, {"threads", num_threads()},
+                        {"blas_core", blas_core_name()}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("sgemm 1024^3: %.1f GFLOP/s on %d threads (OpenBLAS %s kernels)\n", peak, num_threads(),
+                blas_core_name().c_str());
+  }
+}
+
+void run_layer(const LayerArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  MoeConfig c;
+  c.d_model = a.d_model;
+  c.d_ff_expert = a.d_ff;
+  c.experts = a.experts;
+  c.top_k = a.top_k;
+  c.granularity = a.granularity;
+  c.router = a.router;
+  c.n_shared = a.shared;
+  c.capacity_factor = a.capacity_factor;
+  if (c.router == "softmax_topk") c.aux_loss_coef = 1e-2f;
+  MoeLayer layer(c);
+  const int T = a.tokens, d = a.d_model;
+  Tensor x({T, d}), y({T, d}), dy({T, d}), dx({T, d});
+  fill_normal(x.data(), x.numel(), 7, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 7, 2, 0.f, 1.f);
+
+  const double peak = measure_sgemm_gflops(1024, 10);
+  std::vector<double> total, router, dispatch, combine, experts, shared;
+  for (int r = 0; r < a.warmup + a.reps; ++r) {
+    layer.zero_grad();
+    auto t0 = std::chrono::steady_clock::now();
+    layer.forward(x.data(), T, y.data(), {true, static_cast<uint64_t>(r), 0});
+    layer.backward(dy.data(), dx.data());
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (r < a.warmup) continue;
+    const MoeTimings& tm = layer.timings();
+    total.push_back(ms);
+    router.push_back(tm.router + tm.router_bwd);
+    dispatch.push_back(tm.dispatch + tm.scatter_bwd);
+    combine.push_back(tm.combine + tm.combine_bwd);
+    experts.push_back(tm.experts + tm.experts_bwd);
+    shared.push_back(tm.shared + tm.shared_bwd);
+  }
+  const double ms = median(total);
+  const double h = static_cast<double>(c.expert_hidden());
+  // Expert FLOPs: 3 GEMMs × 2·T·k·d·h forward, ×3 for forward + backward.
+  const double flops = 9.0 * 2.0 * T * c.k() * d * h;
+  const double gflops = flops / (ms * 1e-3) / 1e9;
+  const double overhead = median(router) + median(dispatch) + median(combine);
+  nlohmann::json j = {
+      {"bench", "moe-layer"}, {"tokens", T}, {"d_model", d}, {"d_ff", a.d_ff}, {"experts", a.experts},
+      {"top_k", a.top_k}, {"granularity", a.granularity}, {"routed_experts", c.n_experts()},
+      {"active_experts", c.k()}, {"expert_hidden", c.expert_hidden()}, {"shared", a.shared},
+      {"router", a.router}, {"threads", num_threads()}, {"blas_core", blas_core_name()},
+      {"ms", ms}, {"gflops", gflops}, {"peak_gflops", peak}, {"efficiency", gflops / peak},
+      {"breakdown_ms", {{"router", median(router)}, {"dispatch", median(dispatch)}, {"combine", median(combine)},
+                        {"experts", median(experts)}, {"shared", median(shared)}}},
+      {"overhead_fraction", overhead / ms},
+      {"dropped_fraction", layer.plan().dropped_fraction()}};
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("MoE layer T=%d d=%d d_ff=%d E=%d k=%d G=%d (%d experts of width %d, %d active), router %s, %d threads\n",
+              T, d, a.d_ff, a.experts, a.top_k, a.granularity, c.n_experts(), c.expert_hidden(), c.k(),
+              a.router.c_str(), num_threads());
+  std::printf("  forward+backward median %.2f ms  expert work %.1f GFLOP/s  peak sgemm %.1f  efficiency %.2f\n", ms,
+              gflops, peak, gflops / peak);
+  std::printf("  router %.2f ms  dispatch %.2f ms  combine %.2f ms  experts %.2f ms  shared %.2f ms  (router+dispatch+combine %.1f%%)\n",
+              median(router), median(dispatch), median(combine), median(experts), median(shared), 100.0 * overhead / ms);
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Measure kernels and layers against the machine's sgemm peak");
+  bench->require_subcommand(1);
+
+  auto* gemm = bench->add_subcommand("gemm", "sgemm 1024×1024×1024 GFLOP/s (the peak other benchmarks compare to)");
+  static bool gemm_json = false;
+  static int gemm_threads = 0;
+  gemm->add_flag("--json", gemm_json, "Print one JSON line");
+  gemm->add_option("--threads", gemm_threads, "Threads (default: all cores / OMP_NUM_THREADS)")->check(CLI::PositiveNumber);
+  gemm->callback([] { run_gemm(gemm_threads, gemm_json); });
+
+  static LayerArgs la;
+  auto* layer = bench->add_subcommand("moe-layer", "Forward+backward of one MoE layer; expert GFLOP/s and the time breakdown");
+  layer->add_option("--tokens", la.tokens, "Tokens T in the batch")->check(CLI::PositiveNumber);
+  layer->add_option("--d-model", la.d_model, "Model width d")->check(CLI::PositiveNumber);
+  layer->add_option("--d-ff", la.d_ff, "Expert hidden width at granularity 1")->check(CLI::PositiveNumber);
+  layer->add_option("--experts", la.experts, "Experts E at granularity 1")->check(CLI::PositiveNumber);
+  layer->add_option("--top-k", la.top_k, "Experts per token k at granularity 1")->check(CLI::PositiveNumber);
+  layer->add_option("--granularity", la.granularity, "Granularity G (E·G experts of width d_ff/G, k·G active)")->check(CLI::PositiveNumber);
+  layer->add_option("--router", la.router, "topk_softmax | softmax_topk | noisy_topk | sigmoid_bias");
+  layer->add_option("--shared", la.shared, "Shared experts S")->check(CLI::NonNegativeNumber);
+  layer->add_option("--capacity-factor", la.capacity_factor, "Capacity factor (<= 0: dropless)");
+  layer->add_option("--reps", la.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
+  layer->add_option("--warmup", la.warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
+  layer->add_option("--threads", la.threads, "Threads (default: all cores / OMP_NUM_THREADS)")->check(CLI::PositiveNumber);
+  layer->add_flag("--json", la.json, "Print one JSON line");
+  layer->callback([] { run_layer(la); });
+}
+
+}  // namespace moe::cli

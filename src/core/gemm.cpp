@@ -1,0 +1,61 @@
+#include "core/gemm.h"
+
+#include <cblas.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <vector>
+
+#include "core/rng.h"
+
+extern "C" char* openblas_get_corename(void);
+extern "C" void openblas_set_num_threads(int);
+
+namespace moe {
+namespace {
+
+// Runs before any shared library's constructor (entries of the executable's .preinit_array do), so
+// OpenBLAS reads the variable when it picks its kernels. A user's own OPENBLAS_CORETYPE wins.
+void select_blas_kernels() {
+#if defined(__x86_64__)
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512f")) return;
+  const char* core = __builtin_cpu_supports("avx512bf16") ? "COOPERLAKE" : "SKYLAKEX";
+  setenv("OPENBLAS_CORETYPE", core, 0);
+#endif
+}
+
+}  // namespace
+
+// Referenced from sgemm() so that any program that multiplies matrices links this entry in.
+__attribute__((section(".preinit_array"), used)) void (*const moe_preinit_blas)() = select_blas_kernels;
+
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc) {
+  (void)moe_preinit_blas;
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+std::string blas_core_name() { return openblas_get_corename(); }
+
+void blas_set_threads(int n) { openblas_set_num_threads(n); }
+
+double measure_sgemm_gflops(int n, int reps) {
+  size_t nn = static_cast<size_t>(n) * static_cast<size_t>(n);
+  std::vector<float> a(nn), b(nn), c(nn);
+  fill_uniform(a.data(), nn, 1, 1, -1.f, 1.f);
+  fill_uniform(b.data(), nn, 1, 2, -1.f, 1.f);
+  double best = 1e30;
+  for (int r = 0; r < reps + 1; ++r) {  // the first call warms up
+    auto t0 = std::chrono::steady_clock::now();
+    sgemm(false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r > 0 && s < best) best = s;
+  }
+  return 2.0 * n * n * static_cast<double>(n) / best / 1e9;
+}
+
+}  // namespace moe

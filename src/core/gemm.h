@@ -1,0 +1,25 @@
+// gemm.h — single-precision GEMM through CBLAS (OpenBLAS, OpenMP build), row-major.
+//
+// The fast kernels are the default: on an x86-64 CPU with AVX-512, OpenBLAS is told to use its
+// SkylakeX (or, with avx512_bf16, Cooperlake) kernels before the library initialises, unless the user
+// has set OPENBLAS_CORETYPE. Without this Debian's OpenBLAS may pick its Haswell kernels on AVX-512 AMD
+// CPUs and run at about half speed. See gemm.cpp for how (an ELF .preinit_array entry).
+#pragma once
+#include <string>
+
+namespace moe {
+
+// C[M,N] = alpha * op(A) * op(B) + beta * C, all row-major; op(X) = X or Xᵀ.
+// lda/ldb/ldc are the row strides of A, B and C as stored.
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc);
+
+// The kernel family OpenBLAS runs (e.g. "SkylakeX", "Cooperlake", "Haswell").
+std::string blas_core_name();
+void blas_set_threads(int n);
+
+// Best-of-`reps` GFLOP/s of an n×n×n sgemm on the current thread count: the machine's peak that
+// benchmarks report their efficiency against.
+double measure_sgemm_gflops(int n = 1024, int reps = 10);
+
+}  // namespace moe

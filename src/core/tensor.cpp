@@ -1,0 +1,75 @@
+#include "core/tensor.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "core/error.h"
+
+namespace moe {
+
+static size_t count(const std::vector<int64_t>& shape) {
+  size_t n = 1;
+  for (int64_t s : shape) {
+    MOE_CHECK(s >= 0, "tensor: negative dimension in shape " + shape_to_string(shape));
+    n *= static_cast<size_t>(s);
+  }
+  return n;
+}
+
+void Tensor::Free::operator()(float* p) const { std::free(p); }
+
+Tensor::Tensor(std::vector<int64_t> shape) { resize(std::move(shape)); zero(); }
+
+Tensor::Tensor(const Tensor& o) : shape_(o.shape_), numel_(0) {
+  resize(o.shape_);
+  if (numel_) std::memcpy(data(), o.data(), numel_ * sizeof(float));
+}
+
+Tensor& Tensor::operator=(const Tensor& o) {
+  if (this != &o) {
+    resize(o.shape_);
+    if (numel_) std::memcpy(data(), o.data(), numel_ * sizeof(float));
+  }
+  return *this;
+}
+
+void Tensor::resize(std::vector<int64_t> shape) {
+  size_t n = count(shape);
+  if (n > capacity_) {
+    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    data_.reset(p);
+    capacity_ = n;
+  }
+  shape_ = std::move(shape);
+  numel_ = n;
+}
+
+void Tensor::zero() {
+  if (numel_) std::memset(data(), 0, numel_ * sizeof(float));
+}
+
+void Tensor::fill(float v) { std::fill(data(), data() + numel_, v); }
+
+int64_t Tensor::dim(int i) const {
+  MOE_CHECK(i >= 0 && i < ndim(), "tensor: dimension " + std::to_string(i) + " of shape " + shape_str());
+  return shape_[static_cast<size_t>(i)];
+}
+
+std::string shape_to_string(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + ")";
+}
+
+std::string Tensor::shape_str() const { return shape_to_string(shape_); }
+
+void Tensor::check_shape(const std::vector<int64_t>& expected, const std::string& what) const {
+  if (shape_ != expected)
+    fail(what + ": shape " + shape_str() + " where " + shape_to_string(expected) + " is expected");
+}
+
+}  // namespace moe

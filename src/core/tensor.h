@@ -1,0 +1,63 @@
+// tensor.h — an owning, contiguous, 64-byte aligned float tensor with a checked shape.
+// Plain storage on purpose: the modules own their parameters and activations and index them by hand,
+// with the shape written beside each field (`Tensor w1; // (E, h, d)`).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::vector<int64_t> shape);
+  Tensor(std::initializer_list<int64_t> shape) : Tensor(std::vector<int64_t>(shape)) {}
+  Tensor(const Tensor& o);
+  Tensor& operator=(const Tensor& o);
+  Tensor(Tensor&&) noexcept = default;
+  Tensor& operator=(Tensor&&) noexcept = default;
+
+  // Resize to `shape` (contents unspecified when the size changes; kept when it does not).
+  void resize(std::vector<int64_t> shape);
+  void zero();
+  void fill(float v);
+
+  float* data() { return data_.get(); }
+  const float* data() const { return data_.get(); }
+  float& operator[](size_t i) { return data_[i]; }
+  float operator[](size_t i) const { return data_[i]; }
+  size_t numel() const { return numel_; }
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  int64_t dim(int i) const;
+  const std::vector<int64_t>& shape() const { return shape_; }
+  bool empty() const { return numel_ == 0; }
+  std::string shape_str() const;
+  // Throws moe::Error "<what>: shape (a, b) where (c, d) is expected" on mismatch.
+  void check_shape(const std::vector<int64_t>& expected, const std::string& what) const;
+
+ private:
+  struct Free {
+    void operator()(float* p) const;
+  };
+  std::vector<int64_t> shape_;
+  size_t numel_ = 0;
+  size_t capacity_ = 0;
+  std::unique_ptr<float[], Free> data_;
+};
+
+std::string shape_to_string(const std::vector<int64_t>& shape);
+
+}  // namespace moe
+
+namespace moe {
+// A named trainable parameter and its gradient, as modules list them for optimizers and checkpoints.
+struct Param {
+  std::string name;
+  Tensor* value;
+  Tensor* grad;
+};
+}  // namespace moe

@@ -1,0 +1,92 @@
+#include "moe/balance.h"
+
+#include <cmath>
+
+#include "core/parallel.h"
+#include "core/vmath.h"
+
+namespace moe {
+
+bool balance_uses_prob(const MoeConfig& c) {
+  return c.aux_loss_coef > 0.f || c.expert_loss_coef > 0.f || c.device_loss_coef > 0.f || c.seq_aux_loss_coef > 0.f;
+}
+
+BalanceLosses balance_losses(const MoeConfig& c, const float* prob, const float* logits, const Routing& r,
+                             int seq_len, float* dprob, float* dlogits) {
+  const int T = r.T, k = r.k, E = c.n_experts();
+  BalanceLosses out;
+  // Per-token coefficient of P_{t,i} in the summed loss: the loss is linear in P given the counts.
+  std::vector<double> coef(static_cast<size_t>(E), 0.0);
+  if (c.aux_loss_coef > 0.f || c.expert_loss_coef > 0.f || c.device_loss_coef > 0.f) {
+    std::vector<double> count(static_cast<size_t>(E), 0.0), pbar(static_cast<size_t>(E), 0.0);
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < k; ++i) count[r.expert[t * k + i]] += 1.0;
+    for (int t = 0; t < T; ++t)
+      for (int e = 0; e < E; ++e) pbar[e] += prob[static_cast<size_t>(t) * E + e];
+    for (int e = 0; e < E; ++e) pbar[e] /= T;
+    double aux = 0.0, expert = 0.0;
+    for (int e = 0; e < E; ++e) {
+      const double f_switch = count[e] / (static_cast<double>(T) * k);  // Switch f_i
+      const double f_ds = E * f_switch;                                 // DeepSeek f_i = E·count/(k·T)
+      aux += static_cast<double>(c.aux_loss_coef) * E * f_switch * pbar[e];
+      expert += c.expert_loss_coef * f_ds * pbar[e];
+      coef[e] += (static_cast<double>(c.aux_loss_coef) * E * f_switch + c.expert_loss_coef * f_ds) / T;
+    }
+    out.aux = static_cast<float>(aux);
+    out.expert = static_cast<float>(expert);
+    if (c.device_loss_coef > 0.f) {
+      const int D = c.n_device_groups(), per = E / D;
+      double dev = 0.0;
+      for (int g = 0; g < D; ++g) {
+        double f = 0.0, p = 0.0;
+        for (int j = 0; j < per; ++j) {
+          f += E * count[g * per + j] / (static_cast<double>(T) * k);
+          p += pbar[g * per + j];
+        }
+        f /= per;
+        dev += c.device_loss_coef * f * p;
+        for (int j = 0; j < per; ++j) coef[g * per + j] += c.device_loss_coef * f / T;
+      }
+      out.device = static_cast<float>(dev);
+    }
+    if (dprob)
+      parallel_for(static_cast<size_t>(T), [&](size_t t) {
+        for (int e = 0; e < E; ++e) dprob[t * E + e] += static_cast<float>(coef[e]);
+      }, 256);
+  }
+  if (c.seq_aux_loss_coef > 0.f) {
+    const int L = seq_len > 0 ? seq_len : T, B = T / L;
+    double seq = 0.0;
+    std::vector<double> f(static_cast<size_t>(E)), pbar(static_cast<size_t>(E));
+    for (int b = 0; b < B; ++b) {
+      std::fill(f.begin(), f.end(), 0.0);
+      std::fill(pbar.begin(), pbar.end(), 0.0);
+      for (int t = b * L; t < (b + 1) * L; ++t) {
+        for (int i = 0; i < k; ++i) f[r.expert[t * k + i]] += E / (static_cast<double>(k) * L);
+        for (int e = 0; e < E; ++e) pbar[e] += static_cast<double>(prob[static_cast<size_t>(t) * E + e]) / L;
+      }
+      for (int e = 0; e < E; ++e) seq += c.seq_aux_loss_coef * f[e] * pbar[e] / B;
+      if (dprob)
+        for (int t = b * L; t < (b + 1) * L; ++t)
+          for (int e = 0; e < E; ++e)
+            dprob[static_cast<size_t>(t) * E + e] += static_cast<float>(c.seq_aux_loss_coef * f[e] / (static_cast<double>(L) * B));
+    }
+    out.seq = static_cast<float>(seq);
+  }
+  if (c.z_loss_coef > 0.f) {
+    std::vector<float> lse(static_cast<size_t>(T));
+    parallel_for(static_cast<size_t>(T), [&](size_t t) { lse[t] = logsumexp(logits + t * E, E); }, 256);
+    double z = 0.0;
+    for (int t = 0; t < T; ++t) z += static_cast<double>(lse[t]) * lse[t];
+    out.z = static_cast<float>(c.z_loss_coef * z / T);
+    if (dlogits)
+      parallel_for(static_cast<size_t>(T), [&](size_t t) {
+        const float* s = logits + t * E;
+        const float scale = 2.f * c.z_loss_coef * lse[t] / static_cast<float>(T);
+        for (int e = 0; e < E; ++e) dlogits[t * E + e] += scale * exp_approx(s[e] - lse[t]);
+      }, 256);
+  }
+  return out;
+}
+
+}  // namespace moe

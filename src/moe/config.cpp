@@ -1,0 +1,91 @@
+#include "moe/config.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace moe {
+
+namespace {
+constexpr const char* kRouters[] = {"topk_softmax", "softmax_topk", "noisy_topk", "sigmoid_bias"};
+constexpr const char* kPolicies[] = {"position", "probs"};
+
+std::string cfg(const std::string& msg) { return "moe config: " + msg; }
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) fail(cfg(msg));
+}
+
+std::string num(double v) {
+  std::string s = std::to_string(v);
+  s.erase(s.find_last_not_of('0') + 1);
+  if (!s.empty() && s.back() == '.') s.pop_back();
+  return s;
+}
+}  // namespace
+
+RouterKind parse_router(const std::string& name) {
+  for (int i = 0; i < 4; ++i)
+    if (name == kRouters[i]) return static_cast<RouterKind>(i);
+  fail(cfg("router = \"" + name + "\" is not a known router; use one of topk_softmax, softmax_topk, noisy_topk, sigmoid_bias"));
+}
+
+DropPolicy parse_drop_policy(const std::string& name) {
+  for (int i = 0; i < 2; ++i)
+    if (name == kPolicies[i]) return static_cast<DropPolicy>(i);
+  fail(cfg("drop_policy = \"" + name + "\" is not known; use position or probs"));
+}
+
+const char* router_name(RouterKind k) { return kRouters[static_cast<int>(k)]; }
+const char* drop_policy_name(DropPolicy p) { return kPolicies[static_cast<int>(p)]; }
+
+void MoeConfig::validate() const {
+  auto pos = [](const char* field, int v) {
+    require(v > 0, std::string(field) + " = " + std::to_string(v) + " must be positive");
+  };
+  pos("d_model", d_model);
+  pos("d_ff_expert", d_ff_expert);
+  pos("experts", experts);
+  pos("top_k", top_k);
+  pos("granularity", granularity);
+  require(top_k <= experts, "top_k = " + std::to_string(top_k) + " is larger than experts = " +
+                                std::to_string(experts) + "; choose top_k <= experts");
+  require(d_ff_expert % granularity == 0,
+          "granularity = " + std::to_string(granularity) + " does not divide d_ff_expert = " +
+              std::to_string(d_ff_expert) + "; choose a granularity that divides the expert width");
+  RouterKind kind = parse_router(router);
+  parse_drop_policy(drop_policy);
+  const int E = n_experts();
+  pos("n_group", n_group);
+  require(E % n_group == 0, "n_group = " + std::to_string(n_group) + " does not divide the " +
+                                std::to_string(E) + " routed experts; choose a divisor");
+  require(topk_group >= 1 && topk_group <= n_group,
+          "topk_group = " + std::to_string(topk_group) + " must be in [1, n_group = " + std::to_string(n_group) + "]");
+  require(topk_group * (E / n_group) >= k(),
+          "topk_group = " + std::to_string(topk_group) + " groups of " + std::to_string(E / n_group) +
+              " experts hold fewer than the " + std::to_string(k()) + " experts each token needs; raise topk_group");
+  require(std::isfinite(jitter_eps) && jitter_eps >= 0.f && jitter_eps < 1.f,
+          "jitter_eps = " + num(jitter_eps) + " must be in [0, 1)");
+  require(std::isfinite(router_init_std) && router_init_std >= 0.f,
+          "router_init_std = " + num(router_init_std) + " must be >= 0");
+  require(std::isfinite(routed_scaling) && routed_scaling > 0.f,
+          "routed_scaling = " + num(routed_scaling) + " must be positive");
+  const std::pair<const char*, float> coefs[] = {
+      {"aux_loss_coef", aux_loss_coef},       {"z_loss_coef", z_loss_coef},
+      {"noisy_loss_coef", noisy_loss_coef},   {"expert_loss_coef", expert_loss_coef},
+      {"device_loss_coef", device_loss_coef}, {"seq_aux_loss_coef", seq_aux_loss_coef},
+      {"bias_update_rate", bias_update_rate}};
+  for (auto [field, v] : coefs)
+    require(std::isfinite(v) && v >= 0.f, std::string(field) + " = " + num(v) + " must be a finite number >= 0");
+  require(noisy_loss_coef == 0.f || kind == RouterKind::noisy_topk,
+          "noisy_loss_coef is set but router = \"" + router + "\"; the importance and load losses need router = \"noisy_topk\"");
+  require(device_groups >= 0, "device_groups = " + std::to_string(device_groups) + " must be >= 0");
+  require(E % n_device_groups() == 0, "device_groups = " + std::to_string(n_device_groups()) +
+                                          " does not divide the " + std::to_string(E) + " routed experts; choose a divisor");
+  require(std::isfinite(capacity_factor), "capacity_factor must be finite (<= 0 means dropless)");
+  require(n_shared >= 0, "n_shared = " + std::to_string(n_shared) + " must be >= 0");
+  require(shared_hidden >= 0, "shared_hidden = " + std::to_string(shared_hidden) + " must be >= 0 (0: the routed expert width)");
+  require(!shared_gate || n_shared > 0, "shared_gate = true needs n_shared > 0");
+}
+
+}  // namespace moe

@@ -1,0 +1,74 @@
+#include "moe/dispatch.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/parallel.h"
+
+namespace moe {
+
+int64_t expert_capacity(float capacity_factor, int T, int k, int E) {
+  if (capacity_factor <= 0.f) return -1;
+  return static_cast<int64_t>(std::ceil(static_cast<double>(capacity_factor) * T * k / E));
+}
+
+DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, DropPolicy policy) {
+  DispatchPlan p;
+  p.T = r.T;
+  p.k = r.k;
+  p.E = E;
+  p.capacity = expert_capacity(capacity_factor, r.T, r.k, E);
+  const size_t n = static_cast<size_t>(r.T) * r.k;
+  p.routed.assign(static_cast<size_t>(E), 0);
+  for (size_t j = 0; j < n; ++j) ++p.routed[r.expert[j]];
+
+  // keep[j]: pair j survives capacity.
+  std::vector<uint8_t> keep(n, 1);
+  if (p.capacity >= 0) {
+    if (policy == DropPolicy::position) {
+      std::vector<int64_t> filled(static_cast<size_t>(E), 0);
+      for (size_t j = 0; j < n; ++j) keep[j] = filled[r.expert[j]]++ < p.capacity;
+    } else {
+      // Bucket pairs by expert (in token order), then keep each bucket's C largest gates.
+      std::vector<int64_t> start(static_cast<size_t>(E) + 1, 0);
+      for (int e = 0; e < E; ++e) start[e + 1] = start[e] + p.routed[e];
+      std::vector<int32_t> bucket(n);
+      std::vector<int64_t> fill(start.begin(), start.end() - 1);
+      for (size_t j = 0; j < n; ++j) bucket[fill[r.expert[j]]++] = static_cast<int32_t>(j);
+      for (int e = 0; e < E; ++e) {
+        auto b = bucket.begin() + start[e], en = bucket.begin() + start[e + 1];
+        if (en - b <= p.capacity) continue;
+        std::stable_sort(b, en, [&](int32_t x, int32_t y) { return r.gate[x] > r.gate[y]; });
+        for (auto it = b + p.capacity; it != en; ++it) keep[*it] = 0;
+      }
+    }
+  }
+  p.counts.assign(static_cast<size_t>(E), 0);
+  for (size_t j = 0; j < n; ++j)
+    if (keep[j]) ++p.counts[r.expert[j]];
+  p.offsets.assign(static_cast<size_t>(E) + 1, 0);
+  for (int e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
+  p.pair_row.assign(n, -1);
+  p.row_token.resize(static_cast<size_t>(p.rows()));
+  std::vector<int64_t> next(p.offsets.begin(), p.offsets.end() - 1);
+  for (size_t j = 0; j < n; ++j) {
+    if (!keep[j]) {
+      ++p.dropped;
+      continue;
+    }
+    int64_t row = next[r.expert[j]]++;
+    p.pair_row[j] = static_cast<int32_t>(row);
+    p.row_token[row] = static_cast<int32_t>(j / r.k);
+  }
+  return p;
+}
+
+void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf) {
+  parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
+    std::memcpy(buf + row * d, x + static_cast<size_t>(p.row_token[row]) * d, sizeof(float) * d);
+  }, 512);
+}
+
+}  // namespace moe

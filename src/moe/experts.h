@@ -1,0 +1,34 @@
+// experts.h — E SwiGLU experts stored stacked, run as a grouped GEMM over an expert-contiguous buffer.
+//   e(x) = W2 · (silu(W1·x) ⊙ W3·x),  W1, W3: (h, d),  W2: (d, h)
+// Rows [offsets[e], offsets[e+1]) of the input buffer belong to expert e (see dispatch.h).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moe {
+
+struct ExpertBank {
+  int E = 0, d = 0, h = 0;
+  Tensor w1, w3;     // (E, h, d)  gate_proj, up_proj
+  Tensor w2;         // (E, d, h)  down_proj
+  Tensor dw1, dw3, dw2;
+  Tensor a, b, act;  // (rows, h)  x·W1ᵀ, x·W3ᵀ, silu(a) ⊙ b of the last forward
+
+  ExpertBank() = default;
+  ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, uint64_t stream, float init_std);
+
+  // y (rows, d) = expert(x) row by row. x must stay valid until backward.
+  void forward(const float* x, const std::vector<int64_t>& offsets, float* y);
+  // Given dy (rows, d): accumulates dw1, dw3, dw2 and writes dx (rows, d). Overwrites a, b, act.
+  void backward(const float* x, const float* dy, const std::vector<int64_t>& offsets, float* dx);
+  void params(std::vector<Param>& out, const std::string& prefix);
+
+ private:
+  // Few large experts: each GEMM runs on all threads. Many: one expert per thread, BLAS serial.
+  bool parallel_over_experts(const std::vector<int64_t>& offsets) const;
+};
+
+}  // namespace moe

@@ -1,0 +1,255 @@
+#include "moe/moe_layer.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "core/rng.h"
+#include "core/vmath.h"
+
+namespace moe {
+
+namespace {
+using clock_type = std::chrono::steady_clock;
+double ms_since(clock_type::time_point t0) {
+  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+}
+constexpr float kInitStd = 0.02f;
+}  // namespace
+
+static const MoeConfig& validated(const MoeConfig& c) {
+  c.validate();
+  return c;
+}
+
+MoeLayer::MoeLayer(const MoeConfig& c)
+    : cfg(validated(c)),
+      router(Router::create(cfg)),
+      experts(cfg.n_experts(), cfg.d_model, cfg.expert_hidden(), cfg.seed, cfg.layer_id * 64 + 8, kInitStd) {
+  if (cfg.n_shared > 0) {
+    shared = ExpertBank(1, cfg.d_model, cfg.n_shared * cfg.shared_width(), cfg.seed, cfg.layer_id * 64 + 16, kInitStd);
+    if (cfg.shared_gate) {
+      w_sg = Tensor({cfg.d_model});
+      dw_sg = Tensor({cfg.d_model});
+      fill_normal(w_sg.data(), w_sg.numel(), cfg.seed, cfg.layer_id * 64 + 20, 0.f, kInitStd);
+    }
+  }
+  bias_load_.assign(static_cast<size_t>(cfg.n_experts()), 0);
+}
+
+std::vector<Param> MoeLayer::params() {
+  std::vector<Param> out;
+  router->params(out, "");
+  experts.params(out, "experts.");
+  if (cfg.n_shared > 0) shared.params(out, "shared_experts.");
+  if (cfg.shared_gate) out.push_back({"shared_expert_gate.weight", &w_sg, &dw_sg});
+  return out;
+}
+
+int64_t MoeLayer::num_params() const {
+  const int64_t d = cfg.d_model, E = cfg.n_experts(), h = cfg.expert_hidden();
+  int64_t n = 3 * E * h * d + E * d;
+  if (cfg.router_kind() == RouterKind::noisy_topk) n += E * d;
+  n += 3 * static_cast<int64_t>(cfg.n_shared) * cfg.shared_width() * d + (cfg.shared_gate ? d : 0);
+  return n;
+}
+
+int64_t MoeLayer::num_active_params() const {
+  const int64_t d = cfg.d_model, E = cfg.n_experts(), h = cfg.expert_hidden();
+  int64_t n = 3 * cfg.k() * h * d + E * d;
+  if (cfg.router_kind() == RouterKind::noisy_topk) n += E * d;
+  n += 3 * static_cast<int64_t>(cfg.n_shared) * cfg.shared_width() * d + (cfg.shared_gate ? d : 0);
+  return n;
+}
+
+void MoeLayer::zero_grad() {
+  for (Param& p : params()) p.grad->zero();
+}
+
+void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions& opt) {
+  MOE_CHECK(T > 0, "moe layer: forward needs at least one token");
+  const int d = cfg.d_model, E = cfg.n_experts(), k = cfg.k();
+  seq_len_ = opt.seq_len > 0 ? opt.seq_len : T;
+  MOE_CHECK(T % seq_len_ == 0, "moe layer: seq_len = " + std::to_string(seq_len_) + " does not divide the " +
+                                   std::to_string(T) + " tokens of the batch");
+  x_ = x;
+  T_ = T;
+  training_ = opt.training;
+  timings_ = {};
+
+  // Router (with input jitter in training) and balance losses.
+  auto t0 = clock_type::now();
+  xr_ = x;
+  if (opt.training && cfg.jitter_eps > 0.f) {
+    jitter_.resize({T, d});
+    xr_buf_.resize({T, d});
+    const uint64_t stream = (opt.step << 16) | (cfg.layer_id << 4) | 5;
+    fill_uniform(jitter_.data(), jitter_.numel(), cfg.seed, stream, 1.f - cfg.jitter_eps, 1.f + cfg.jitter_eps);
+    for (size_t i = 0; i < jitter_.numel(); ++i) xr_buf_[i] = x[i] * jitter_[i];
+    xr_ = xr_buf_.data();
+  } else {
+    jitter_.resize({0});
+  }
+  router->forward(xr_, T, opt.training, opt.step, routing_);
+  losses_.balance = balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, nullptr);
+  losses_.router = router->losses();
+  if (opt.training)
+    for (int32_t e : routing_.expert) ++bias_load_[e];
+  timings_.router = ms_since(t0);
+
+  // Dispatch: plan and gather.
+  t0 = clock_type::now();
+  plan_ = make_dispatch_plan(routing_, E, cfg.capacity_factor, parse_drop_policy(cfg.drop_policy));
+  const int64_t rows = plan_.rows();
+  xbuf_.resize({rows, d});
+  ybuf_.resize({rows, d});
+  dispatch_gather(plan_, x, d, xbuf_.data());
+  timings_.dispatch = ms_since(t0);
+
+  t0 = clock_type::now();
+  experts.forward(xbuf_.data(), plan_.offsets, ybuf_.data());
+  timings_.experts = ms_since(t0);
+
+  // Shared experts, applied to every token.
+  t0 = clock_type::now();
+  if (cfg.n_shared > 0) {
+    shared_out_.resize({T, d});
+    shared.forward(x, {0, T}, shared_out_.data());
+    if (cfg.shared_gate) {
+      sgate_.resize({T});
+      parallel_for(static_cast<size_t>(T), [&](size_t t) {
+        float z = 0.f;
+        for (int j = 0; j < d; ++j) z += x[t * d + j] * w_sg[j];
+        sgate_[t] = sigmoid(z);
+      }, 256);
+    }
+  }
+  timings_.shared = ms_since(t0);
+
+  // Combine: y_t = Σ_i g_{t,i}·Y[row(t,i)] (+ shared), one token per iteration.
+  t0 = clock_type::now();
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    float* yt = y + t * d;
+    if (cfg.n_shared > 0) {
+      const float s = cfg.shared_gate ? sgate_[t] : 1.f;
+      const float* st = shared_out_.data() + t * d;
+      for (int j = 0; j < d; ++j) yt[j] = s * st[j];
+    } else {
+      std::memset(yt, 0, sizeof(float) * d);
+    }
+    for (int i = 0; i < k; ++i) {
+      const int32_t row = plan_.pair_row[t * k + i];
+      if (row < 0) continue;
+      const float g = routing_.gate[t * k + i];
+      const float* yr = ybuf_.data() + static_cast<size_t>(row) * d;
+      for (int j = 0; j < d; ++j) yt[j] += g * yr[j];
+    }
+  }, 64);
+  timings_.combine = ms_since(t0);
+}
+
+void MoeLayer::backward(const float* dy, float* dx) {
+  MOE_CHECK(x_ != nullptr, "moe layer: backward called before forward");
+  const int T = T_, d = cfg.d_model, E = cfg.n_experts(), k = cfg.k();
+
+  // Combine backward: dY[row] = g·dy_t, dgate = dy_t·Y[row]; dropped pairs get neither.
+  auto t0 = clock_type::now();
+  std::vector<float> dgate(static_cast<size_t>(T) * k, 0.f);
+  dybuf_.resize({plan_.rows(), d});
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* dyt = dy + t * d;
+    for (int i = 0; i < k; ++i) {
+      const int32_t row = plan_.pair_row[t * k + i];
+      if (row < 0) continue;
+      const float g = routing_.gate[t * k + i];
+      const float* yr = ybuf_.data() + static_cast<size_t>(row) * d;
+      float* dyr = dybuf_.data() + static_cast<size_t>(row) * d;
+      float dot = 0.f;
+      for (int j = 0; j < d; ++j) {
+        dot += dyt[j] * yr[j];
+        dyr[j] = g * dyt[j];
+      }
+      dgate[t * k + i] = dot;
+    }
+  }, 64);
+  timings_.combine_bwd = ms_since(t0);
+
+  // Experts backward; dX lands in ybuf (Y is no longer needed).
+  t0 = clock_type::now();
+  float* dxbuf = ybuf_.data();
+  experts.backward(xbuf_.data(), dybuf_.data(), plan_.offsets, dxbuf);
+  timings_.experts_bwd = ms_since(t0);
+
+  // Scatter: dx_t = Σ_i dX[row(t,i)].
+  t0 = clock_type::now();
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    float* dxt = dx + t * d;
+    std::memset(dxt, 0, sizeof(float) * d);
+    for (int i = 0; i < k; ++i) {
+      const int32_t row = plan_.pair_row[t * k + i];
+      if (row < 0) continue;
+      const float* src = dxbuf + static_cast<size_t>(row) * d;
+      for (int j = 0; j < d; ++j) dxt[j] += src[j];
+    }
+  }, 64);
+  timings_.scatter_bwd = ms_since(t0);
+
+  // Shared experts (and the Qwen2-MoE gate).
+  t0 = clock_type::now();
+  if (cfg.n_shared > 0) {
+    Tensor dys({T, d}), dxs({T, d});
+    std::vector<float> dz(static_cast<size_t>(T), 0.f);
+    parallel_for(static_cast<size_t>(T), [&](size_t t) {
+      const float s = cfg.shared_gate ? sgate_[t] : 1.f;
+      float dot = 0.f;
+      for (int j = 0; j < d; ++j) {
+        dys[t * d + j] = s * dy[t * d + j];
+        dot += dy[t * d + j] * shared_out_[t * d + j];
+      }
+      if (cfg.shared_gate) dz[t] = dot * s * (1.f - s);
+    }, 64);
+    shared.backward(x_, dys.data(), {0, T}, dxs.data());
+    if (cfg.shared_gate) {
+      for (int t = 0; t < T; ++t)
+        for (int j = 0; j < d; ++j) dw_sg[j] += dz[t] * x_[static_cast<size_t>(t) * d + j];
+    }
+    parallel_for(static_cast<size_t>(T), [&](size_t t) {
+      for (int j = 0; j < d; ++j) dx[t * d + j] += dxs[t * d + j] + (cfg.shared_gate ? dz[t] * w_sg[j] : 0.f);
+    }, 64);
+  }
+  timings_.shared_bwd = ms_since(t0);
+
+  // Router: balance-loss gradients through P and s, then the gate gradients.
+  t0 = clock_type::now();
+  Tensor dlogits({T, E});
+  if (balance_uses_prob(cfg)) {
+    Tensor dprob({T, E});
+    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, dprob.data(), dlogits.data());
+    router->prob_backward(dprob.data(), dlogits.data(), T);
+  } else if (cfg.z_loss_coef > 0.f) {
+    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, dlogits.data());
+  }
+  Tensor dxr({T, d});
+  router->backward(xr_, routing_, dgate.data(), dlogits.data(), dxr.data());
+  const bool jittered = !jitter_.empty();
+  parallel_for(static_cast<size_t>(T) * d, [&](size_t i) { dx[i] += jittered ? dxr[i] * jitter_[i] : dxr[i]; });
+  timings_.router_bwd = ms_since(t0);
+}
+
+void MoeLayer::update_bias() {
+  Tensor* b = router->selection_bias();
+  if (b == nullptr) return;
+  const int E = cfg.n_experts();
+  double mean = 0.0;
+  for (int64_t c : bias_load_) mean += static_cast<double>(c);
+  mean /= E;
+  for (int e = 0; e < E; ++e) {
+    const double diff = mean - static_cast<double>(bias_load_[e]);
+    (*b)[e] += cfg.bias_update_rate * static_cast<float>((diff > 0) - (diff < 0));
+  }
+  std::fill(bias_load_.begin(), bias_load_.end(), 0);
+}
+
+}  // namespace moe

@@ -1,0 +1,92 @@
+// moe_layer.h — the MoE feed-forward layer (SPEC §1–4):
+//
+//   x (T, d) → [jitter] → router: experts (T, k), gates (T, k) + balance losses
+//            → dispatch plan (counting sort, capacity) → gather (rows, d)
+//            → grouped SwiGLU experts → combine: y_t = Σ_i g_{t,i}·e_i(x_t)  (+ shared experts)
+//
+// Explicit forward/backward; the layer owns its parameters, their gradients and the activations of
+// the last forward. backward() must follow the forward it differentiates, with x still alive.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "moe/balance.h"
+#include "moe/config.h"
+#include "moe/dispatch.h"
+#include "moe/experts.h"
+#include "moe/router.h"
+
+namespace moe {
+
+struct MoeForwardOptions {
+  bool training = true;   // noise, jitter and the noisy load estimate apply only in training
+  uint64_t step = 0;      // keys the random streams of this forward (noise, jitter)
+  int seq_len = 0;        // tokens per sequence, for the sequence-wise loss (0: one sequence of T)
+};
+
+// Every loss term of the layer, each already multiplied by its coefficient.
+struct MoeLosses {
+  BalanceLosses balance;
+  RouterLosses router;
+  float total() const {
+    return balance.aux + balance.z + balance.expert + balance.device + balance.seq + router.importance + router.load;
+  }
+};
+
+// Wall time of each phase of the last forward and backward, in milliseconds.
+struct MoeTimings {
+  double router = 0, dispatch = 0, experts = 0, combine = 0, shared = 0;              // forward
+  double router_bwd = 0, combine_bwd = 0, experts_bwd = 0, scatter_bwd = 0, shared_bwd = 0;  // backward
+  double forward_total() const { return router + dispatch + experts + combine + shared; }
+  double backward_total() const { return router_bwd + combine_bwd + experts_bwd + scatter_bwd + shared_bwd; }
+};
+
+class MoeLayer {
+ public:
+  explicit MoeLayer(const MoeConfig& c);  // validates c; initialises the parameters from c.seed
+
+  const MoeConfig cfg;
+  std::unique_ptr<Router> router;
+  ExpertBank experts;  // E·G routed experts of width d_ff_expert/G
+  ExpertBank shared;   // the S shared experts as one expert of width S·shared_width (E = 1)
+  Tensor w_sg, dw_sg;  // (d) Qwen2-MoE shared-expert gate
+
+  void forward(const float* x, int T, float* y, const MoeForwardOptions& opt = {});
+  // dy (T, d) → dx (T, d) (overwritten); parameter gradients accumulate (see zero_grad).
+  // The loss terms enter the objective with weight 1.
+  void backward(const float* dy, float* dx);
+  void zero_grad();
+  // DeepSeek-V3: b_i += γ·sign(mean_j load_j − load_i) from the loads routed since the last call.
+  // Call after each optimizer step; no-op for the other routers.
+  void update_bias();
+
+  std::vector<Param> params();
+  int64_t num_params() const;          // all parameters (routed, shared, router)
+  int64_t num_active_params() const;   // used by one token: k routed experts + shared + router
+
+  // Results of the last forward.
+  const MoeLosses& losses() const { return losses_; }
+  const Routing& routing() const { return routing_; }
+  const DispatchPlan& plan() const { return plan_; }
+  const MoeTimings& timings() const { return timings_; }
+  const Tensor& jitter() const { return jitter_; }  // (T, d) multipliers; empty without jitter
+
+ private:
+  const float* x_ = nullptr;   // input of the last forward
+  const float* xr_ = nullptr;  // router input (x, or x ⊙ jitter)
+  int T_ = 0, seq_len_ = 0;
+  bool training_ = false;
+  Tensor jitter_, xr_buf_;     // (T, d)
+  Routing routing_;
+  DispatchPlan plan_;
+  Tensor xbuf_, ybuf_, dybuf_;  // (rows, d)
+  Tensor shared_out_, sgate_;  // (T, d) shared experts' output, (T) σ(x·w_sg)
+  MoeLosses losses_;
+  MoeTimings timings_;
+  std::vector<int64_t> bias_load_;  // (E) routed pairs since the last update_bias
+};
+
+}  // namespace moe

@@ -1,0 +1,171 @@
+#include "moe/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "core/rng.h"
+#include "core/vmath.h"
+#include "moe/routers.h"
+
+namespace moe {
+
+Router::Router(const MoeConfig& c)
+    : cfg(c), E(c.n_experts()), k(c.k()), d(c.d_model), w({E, d}), dw({E, d}) {
+  if (c.router_init_std > 0.f)
+    fill_normal(w.data(), w.numel(), c.seed, c.layer_id * 64 + 1, 0.f, c.router_init_std);
+}
+
+std::unique_ptr<Router> Router::create(const MoeConfig& c) {
+  switch (c.router_kind()) {
+    case RouterKind::topk_softmax: return std::make_unique<TopkSoftmaxRouter>(c);
+    case RouterKind::softmax_topk: return std::make_unique<SoftmaxTopkRouter>(c);
+    case RouterKind::noisy_topk: return std::make_unique<NoisyTopkRouter>(c);
+    case RouterKind::sigmoid_bias: return std::make_unique<SigmoidBiasRouter>(c);
+  }
+  fail("moe config: unhandled router " + c.router);
+}
+
+void Router::forward(const float* xr, int T, bool training, uint64_t step, Routing& r) {
+  logits.resize({T, E});
+  prob.resize({T, E});
+  sgemm(false, true, T, E, d, 1.f, xr, d, w.data(), d, 0.f, logits.data(), E);
+  r.T = T;
+  r.k = k;
+  r.expert.resize(static_cast<size_t>(T) * k);
+  r.gate.resize(static_cast<size_t>(T) * k);
+  route(T, training, step, r);
+}
+
+void Router::backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) {
+  gate_backward(r.T, r, dgate, dlogits);
+  sgemm(true, false, E, d, r.T, 1.f, dlogits, E, xr, d, 1.f, dw.data(), d);
+  sgemm(false, false, r.T, d, E, 1.f, dlogits, E, w.data(), d, 0.f, dxr, d);
+}
+
+void Router::prob_backward(const float* dprob, float* dlogits, int T) const {
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* p = prob.data() + t * E;
+    const float* dp = dprob + t * E;
+    float dot = 0.f;
+    for (int e = 0; e < E; ++e) dot += p[e] * dp[e];
+    for (int e = 0; e < E; ++e) dlogits[t * E + e] += p[e] * (dp[e] - dot);
+  }, 256);
+}
+
+void Router::params(std::vector<Param>& out, const std::string& prefix) {
+  out.push_back({prefix + "router.weight", &w, &dw});
+}
+
+void Router::softmax_rows(int T) {
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    softmax(logits.data() + t * E, prob.data() + t * E, E);
+  }, 256);
+}
+
+void Router::select_topk(const float* scores, int32_t* idx) const {
+  // Small fixed buffers: E is at most a few thousand experts per layer.
+  thread_local std::vector<int32_t> order;
+  thread_local std::vector<float> masked;
+  const float* s = scores;
+  if (cfg.n_group > 1 && cfg.topk_group < cfg.n_group) {
+    // Group-limited routing (DeepSeek-V2/V3): a group's score is the sum of its top-2 scores; keep the
+    // best topk_group groups and mask the rest to −∞ before the top-k.
+    const int G = cfg.n_group, per = E / G, take = std::min(2, per);
+    thread_local std::vector<float> gscore;
+    thread_local std::vector<int32_t> gorder;
+    gscore.assign(static_cast<size_t>(G), 0.f);
+    for (int g = 0; g < G; ++g) {
+      float b1 = -std::numeric_limits<float>::infinity(), b2 = b1;
+      for (int j = 0; j < per; ++j) {
+        float v = scores[g * per + j];
+        if (v > b1) { b2 = b1; b1 = v; } else if (v > b2) { b2 = v; }
+      }
+      gscore[static_cast<size_t>(g)] = take == 2 ? b1 + b2 : b1;
+    }
+    gorder.resize(static_cast<size_t>(G));
+    std::iota(gorder.begin(), gorder.end(), 0);
+    std::partial_sort(gorder.begin(), gorder.begin() + cfg.topk_group, gorder.end(), [&](int32_t a, int32_t b) {
+      return gscore[a] > gscore[b] || (gscore[a] == gscore[b] && a < b);
+    });
+    masked.assign(static_cast<size_t>(E), -std::numeric_limits<float>::infinity());
+    for (int gi = 0; gi < cfg.topk_group; ++gi) {
+      int g = gorder[static_cast<size_t>(gi)];
+      std::copy(scores + g * per, scores + (g + 1) * per, masked.begin() + g * per);
+    }
+    s = masked.data();
+  }
+  order.resize(static_cast<size_t>(E));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return s[a] > s[b] || (s[a] == s[b] && a < b);
+  });
+  std::copy(order.begin(), order.begin() + k, idx);
+}
+
+// ---- topk_softmax (Mixtral): top-k of s, softmax over the chosen logits -------------------------
+
+void TopkSoftmaxRouter::route(int T, bool, uint64_t, Routing& r) {
+  softmax_rows(T);
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* s = logits.data() + t * E;
+    int32_t* idx = r.expert.data() + t * k;
+    float* g = r.gate.data() + t * k;
+    select_topk(s, idx);
+    for (int i = 0; i < k; ++i) g[i] = s[idx[i]];
+    softmax(g, g, k);
+  }, 256);
+}
+
+void TopkSoftmaxRouter::gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const {
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* g = r.gate.data() + t * k;
+    const float* dg = dgate + t * k;
+    float dot = 0.f;
+    for (int i = 0; i < k; ++i) dot += g[i] * dg[i];
+    for (int i = 0; i < k; ++i) dlogits[t * E + r.expert[t * k + i]] += g[i] * (dg[i] - dot);
+  }, 256);
+}
+
+// ---- softmax_topk (Switch, GShard, Qwen2-MoE, DeepSeek-V2): p = softmax(s), top-k of p ----------
+
+void SoftmaxTopkRouter::route(int T, bool, uint64_t, Routing& r) {
+  softmax_rows(T);
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* p = prob.data() + t * E;
+    int32_t* idx = r.expert.data() + t * k;
+    float* g = r.gate.data() + t * k;
+    select_topk(p, idx);
+    float sum = 0.f;
+    for (int i = 0; i < k; ++i) sum += (g[i] = p[idx[i]]);
+    if (cfg.renormalize)
+      for (int i = 0; i < k; ++i) g[i] /= sum;
+  }, 256);
+}
+
+void SoftmaxTopkRouter::gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const {
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* p = prob.data() + t * E;
+    const int32_t* idx = r.expert.data() + t * k;
+    const float* g = r.gate.data() + t * k;
+    const float* dg = dgate + t * k;
+    thread_local std::vector<float> dp;
+    dp.assign(static_cast<size_t>(E), 0.f);
+    if (cfg.renormalize) {  // g_i = p_i / S, S = Σ_I p
+      float sum = 0.f, dot = 0.f;
+      for (int i = 0; i < k; ++i) { sum += p[idx[i]]; dot += g[i] * dg[i]; }
+      for (int i = 0; i < k; ++i) dp[idx[i]] = (dg[i] - dot) / sum;
+    } else {
+      for (int i = 0; i < k; ++i) dp[idx[i]] = dg[i];
+    }
+    float dot = 0.f;
+    for (int e = 0; e < E; ++e) dot += p[e] * dp[e];
+    for (int e = 0; e < E; ++e) dlogits[t * E + e] += p[e] * (dp[e] - dot);
+  }, 256);
+}
+
+}  // namespace moe

@@ -1,0 +1,71 @@
+// router_sigmoid.cpp — DeepSeek-V3's sigmoid gating with a selection bias that balances the load
+// without an auxiliary loss (the bias moves in MoeLayer::update_bias, not by gradient).
+#include <vector>
+
+#include "core/parallel.h"
+#include "core/vmath.h"
+#include "moe/routers.h"
+
+namespace moe {
+
+SigmoidBiasRouter::SigmoidBiasRouter(const MoeConfig& c) : Router(c), bias({E}) {}
+
+void SigmoidBiasRouter::route(int T, bool, uint64_t, Routing& r) {
+  sig.resize({T, E});
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* s = logits.data() + t * E;
+    float* a = sig.data() + t * E;
+    float* p = prob.data() + t * E;
+    thread_local std::vector<float> scores_buf;
+    scores_buf.resize(static_cast<size_t>(E));
+    float* scores = scores_buf.data();
+    float total = 0.f;
+    for (int e = 0; e < E; ++e) {
+      a[e] = sigmoid(s[e]);
+      total += a[e];
+      scores[e] = a[e] + bias[static_cast<size_t>(e)];
+    }
+    for (int e = 0; e < E; ++e) p[e] = a[e] / total;
+    int32_t* idx = r.expert.data() + t * k;
+    float* g = r.gate.data() + t * k;
+    select_topk(scores, idx);
+    float sum = 0.f;
+    for (int i = 0; i < k; ++i) sum += a[idx[i]];
+    for (int i = 0; i < k; ++i) g[i] = cfg.routed_scaling * a[idx[i]] / sum;
+  }, 256);
+}
+
+void SigmoidBiasRouter::gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const {
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* a = sig.data() + t * E;
+    const int32_t* idx = r.expert.data() + t * k;
+    const float* dg = dgate + t * k;
+    float sum = 0.f, dot = 0.f;
+    for (int i = 0; i < k; ++i) {
+      sum += a[idx[i]];
+      dot += dg[i] * a[idx[i]];
+    }
+    const float c = cfg.routed_scaling / sum;
+    for (int i = 0; i < k; ++i) {
+      const float ai = a[idx[i]];
+      const float da = c * (dg[i] - dot / sum);
+      dlogits[t * E + idx[i]] += da * ai * (1.f - ai);
+    }
+  }, 256);
+}
+
+void SigmoidBiasRouter::prob_backward(const float* dprob, float* dlogits, int T) const {
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* a = sig.data() + t * E;
+    const float* p = prob.data() + t * E;
+    const float* dp = dprob + t * E;
+    float total = 0.f, dot = 0.f;
+    for (int e = 0; e < E; ++e) {
+      total += a[e];
+      dot += dp[e] * p[e];
+    }
+    for (int e = 0; e < E; ++e) dlogits[t * E + e] += (dp[e] - dot) / total * a[e] * (1.f - a[e]);
+  }, 256);
+}
+
+}  // namespace moe
