@@ -1,6 +1,7 @@
 #include "moe/config.h"
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
@@ -86,6 +87,20 @@ void MoeConfig::validate() const {
   require(n_shared >= 0, "n_shared = " + std::to_string(n_shared) + " must be >= 0");
   require(shared_hidden >= 0, "shared_hidden = " + std::to_string(shared_hidden) + " must be >= 0 (0: the routed expert width)");
   require(!shared_gate || n_shared > 0, "shared_gate = true needs n_shared > 0");
+}
+
+std::string MoeConfig::to_json() const {
+  nlohmann::json j = {
+      {"d_model", d_model}, {"d_ff_expert", d_ff_expert}, {"experts", experts}, {"top_k", top_k},
+      {"granularity", granularity}, {"router", router}, {"renormalize", renormalize},
+      {"routed_scaling", routed_scaling}, {"n_group", n_group}, {"topk_group", topk_group},
+      {"jitter_eps", jitter_eps}, {"router_init_std", router_init_std}, {"aux_loss_coef", aux_loss_coef},
+      {"z_loss_coef", z_loss_coef}, {"noisy_loss_coef", noisy_loss_coef}, {"expert_loss_coef", expert_loss_coef},
+      {"device_loss_coef", device_loss_coef}, {"device_groups", device_groups},
+      {"seq_aux_loss_coef", seq_aux_loss_coef}, {"bias_update_rate", bias_update_rate},
+      {"capacity_factor", capacity_factor}, {"drop_policy", drop_policy}, {"n_shared", n_shared},
+      {"shared_hidden", shared_hidden}, {"shared_gate", shared_gate}, {"seed", seed}, {"layer_id", layer_id}};
+  return j.dump();
 }
 
 }  // namespace moe

@@ -61,6 +61,8 @@ struct MoeConfig {
   // Throws moe::Error naming the field and the fix, e.g.
   // "moe config: top_k = 9 is larger than experts = 8; choose top_k <= experts".
   void validate() const;
+  // Every field as a JSON object (the keys are the field names above).
+  std::string to_json() const;
 };
 
 }  // namespace moe

@@ -1,0 +1,187 @@
+#!/usr/bin/python3
+"""PyTorch reference of the moe.cpp MoE layer (SPEC §1-4), in float64 with autograd.
+
+Usage: moe_ref.py CASE.safetensors OUT.safetensors
+CASE holds the layer's config (metadata "config", JSON), its parameters under the layer's parameter
+names, the input x, the upstream gradient dy, and the random draws of the C++ forward (noise, jitter)
+so that both sides see the same numbers. OUT gets y, dx, the gradient of every parameter
+("grad.<name>"), every loss term ("loss.<name>") and the selected experts ("experts").
+The objective differentiated is sum(y * dy) + sum of the loss terms.
+
+Written independently of the C++ code, the plain way: dense masks over experts, no dispatch plan.
+"""
+import json
+import math
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import safetensors_io as st
+
+
+def cv_squared(x):
+    mean = x.mean()
+    var = ((x - mean) ** 2).mean()
+    return var / (mean * mean + 1e-10)
+
+
+def select(cfg, scores, k):
+    """Group-limited top-k (no gradient): indices (T, k), best first."""
+    T, E = scores.shape
+    s = scores.detach()
+    if cfg["n_group"] > 1 and cfg["topk_group"] < cfg["n_group"]:
+        G = cfg["n_group"]
+        grp = s.view(T, G, E // G)
+        take = min(2, E // G)
+        gscore = grp.topk(take, dim=-1).values.sum(-1)
+        keep = gscore.topk(cfg["topk_group"], dim=-1).indices
+        gmask = torch.zeros(T, G, dtype=torch.bool)
+        gmask.scatter_(1, keep, True)
+        s = s.masked_fill(~gmask.repeat_interleave(E // G, dim=1), float("-inf"))
+    return s.topk(k, dim=-1).indices
+
+
+def capacity_keep(cfg, sel, gates, E):
+    """Boolean (T, k): which pairs survive capacity."""
+    T, k = sel.shape
+    keep = torch.ones(T, k, dtype=torch.bool)
+    cf = cfg["capacity_factor"]
+    if cf <= 0:
+        return keep
+    C = math.ceil(cf * T * k / E)
+    flat_e = sel.reshape(-1).tolist()
+    flat_g = gates.detach().reshape(-1).tolist()
+    kflat = keep.view(-1)
+    for e in range(E):
+        pairs = [j for j in range(T * k) if flat_e[j] == e]
+        if cfg["drop_policy"] == "probs":
+            pairs = sorted(pairs, key=lambda j: -flat_g[j])  # stable: ties keep token order
+        for j in pairs[C:]:
+            kflat[j] = False
+    return keep
+
+
+def swiglu(x, w1, w3, w2):
+    return (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
+
+
+def main(case_path, out_path):
+    t, meta = st.load(case_path)
+    cfg = json.loads(meta["config"])
+    training = meta.get("training", "1") == "1"
+    seq_len = int(meta.get("seq_len", "0"))
+    P = {n: torch.tensor(v, dtype=torch.float64, requires_grad=True) for n, v in t.items()
+         if not n.startswith(("x", "dy", "noise", "jitter", "bias"))}
+    x = torch.tensor(t["x"], dtype=torch.float64, requires_grad=True)
+    dy = torch.tensor(t["dy"], dtype=torch.float64)
+    T, d = x.shape
+    E = cfg["experts"] * cfg["granularity"]
+    k = cfg["top_k"] * cfg["granularity"]
+    router = cfg["router"]
+
+    xr = x * torch.tensor(t["jitter"], dtype=torch.float64) if "jitter" in t else x
+    s = xr @ P["router.weight"].T
+    losses = {}
+    if router == "topk_softmax":
+        sel = select(cfg, s, k)
+        gates = F.softmax(s.gather(1, sel), dim=-1)
+        prob = F.softmax(s, dim=-1)
+    elif router == "softmax_topk":
+        prob = F.softmax(s, dim=-1)
+        sel = select(cfg, prob, k)
+        gates = prob.gather(1, sel)
+        if cfg["renormalize"]:
+            gates = gates / gates.sum(-1, keepdim=True)
+    elif router == "noisy_topk":
+        raw = xr @ P["router.noise_weight"].T
+        sigma = F.softplus(raw) + 1e-2
+        noise = torch.tensor(t["noise"], dtype=torch.float64) if training else torch.zeros(T, E, dtype=torch.float64)
+        H = s + noise * sigma
+        sel = select(cfg, H, k)
+        gates = F.softmax(H.gather(1, sel), dim=-1)
+        prob = F.softmax(s, dim=-1)
+        w = cfg["noisy_loss_coef"]
+        if w > 0:
+            importance = torch.zeros(T, E, dtype=torch.float64).scatter(1, sel, gates).sum(0)
+            losses["importance"] = w * cv_squared(importance)
+            if training and k < E:
+                top = H.topk(k + 1, dim=-1).values
+                is_in = torch.zeros(T, E, dtype=torch.bool).scatter_(1, sel, True)
+                thr = torch.where(is_in, top[:, k:k + 1], top[:, k - 1:k])
+                p_in = 0.5 * torch.erfc(-((s - thr) / sigma) / math.sqrt(2.0))
+                load = p_in.sum(0)
+                losses["load"] = w * cv_squared(load)
+            else:
+                load = torch.zeros(E, dtype=torch.float64).index_add_(0, sel.reshape(-1), torch.ones(T * k, dtype=torch.float64))
+                losses["load"] = w * cv_squared(load).detach()
+    elif router == "sigmoid_bias":
+        a = torch.sigmoid(s)
+        b = torch.tensor(t["bias"], dtype=torch.float64)
+        sel = select(cfg, a + b, k)
+        ga = a.gather(1, sel)
+        gates = cfg["routed_scaling"] * ga / ga.sum(-1, keepdim=True)
+        prob = a / a.sum(-1, keepdim=True)
+    else:
+        raise SystemExit("unknown router " + router)
+
+    # Balance losses on the pre-capacity counts.
+    counts = torch.zeros(E, dtype=torch.float64).index_add_(0, sel.reshape(-1), torch.ones(T * k, dtype=torch.float64))
+    pbar = prob.mean(0)
+    f_switch = counts / (T * k)
+    if cfg["aux_loss_coef"] > 0:
+        losses["aux"] = cfg["aux_loss_coef"] * E * (f_switch * pbar).sum()
+    if cfg["expert_loss_coef"] > 0:
+        losses["expert"] = cfg["expert_loss_coef"] * (E * f_switch * pbar).sum()
+    if cfg["device_loss_coef"] > 0:
+        D = cfg["device_groups"] or cfg["n_group"]
+        fd = (E * f_switch).view(D, E // D).mean(-1)
+        pd = pbar.view(D, E // D).sum(-1)
+        losses["device"] = cfg["device_loss_coef"] * (fd * pd).sum()
+    if cfg["seq_aux_loss_coef"] > 0:
+        L = seq_len or T
+        B = T // L
+        tot = 0
+        for bi in range(B):
+            sl = slice(bi * L, (bi + 1) * L)
+            cnt = torch.zeros(E, dtype=torch.float64).index_add_(0, sel[sl].reshape(-1), torch.ones(L * k, dtype=torch.float64))
+            tot = tot + (E * cnt / (k * L) * prob[sl].mean(0)).sum()
+        losses["seq"] = cfg["seq_aux_loss_coef"] * tot / B
+    if cfg["z_loss_coef"] > 0:
+        losses["z"] = cfg["z_loss_coef"] * (torch.logsumexp(s, dim=-1) ** 2).mean()
+
+    # Experts: dense loop, each expert on every token it was routed to and kept.
+    keep = capacity_keep(cfg, sel, gates, E)
+    G = cfg["granularity"]
+    h = cfg["d_ff_expert"] // G
+    w1 = P["experts.w1"]
+    w3 = P["experts.w3"]
+    w2 = P["experts.w2"]
+    y = torch.zeros(T, d, dtype=torch.float64)
+    for e in range(E):
+        m = (sel == e) & keep
+        if not m.any():
+            continue
+        gate_e = (gates * m).sum(-1, keepdim=True)
+        tok = m.any(-1)
+        y = y + torch.where(tok[:, None], gate_e * swiglu(x, w1[e], w3[e], w2[e]), torch.zeros_like(y))
+    if cfg["n_shared"] > 0:
+        sh = swiglu(x, P["shared_experts.w1"][0], P["shared_experts.w3"][0], P["shared_experts.w2"][0])
+        if cfg["shared_gate"]:
+            sh = torch.sigmoid(x @ P["shared_expert_gate.weight"])[:, None] * sh
+        y = y + sh
+
+    J = (y * dy).sum() + sum(losses.values(), torch.zeros((), dtype=torch.float64))
+    J.backward()
+    out = {"y": y.detach().numpy(), "dx": x.grad.numpy(), "experts": sel.double().numpy(),
+           "keep": keep.double().numpy()}
+    for n, p in P.items():
+        out["grad." + n] = p.grad.numpy() if p.grad is not None else np.zeros(p.shape)
+    for n, v in losses.items():
+        out["loss." + n] = np.array([float(v)])
+    st.save(out_path, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
