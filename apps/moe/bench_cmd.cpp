@@ -19,6 +19,7 @@ namespace {
 struct LayerArgs {
   int tokens = 4096, d_model = 512, d_ff = 1024, experts = 8, top_k = 2, granularity = 1, shared = 0;
   std::string router = "topk_softmax";
+  std::string precision = "fp32";
   float capacity_factor = 0.f;
   int reps = 7, warmup = 2, threads = 0;
   bool json = false;
@@ -54,6 +55,7 @@ void run_layer(const LayerArgs& a) {
   c.router = a.router;
   c.n_shared = a.shared;
   c.capacity_factor = a.capacity_factor;
+  c.precision = a.precision;
   if (c.router == "softmax_topk") c.aux_loss_coef = 1e-2f;
   MoeLayer layer(c);
   const int T = a.tokens, d = a.d_model;
@@ -88,7 +90,7 @@ void run_layer(const LayerArgs& a) {
       {"bench", "moe-layer"}, {"tokens", T}, {"d_model", d}, {"d_ff", a.d_ff}, {"experts", a.experts},
       {"top_k", a.top_k}, {"granularity", a.granularity}, {"routed_experts", c.n_experts()},
       {"active_experts", c.k()}, {"expert_hidden", c.expert_hidden()}, {"shared", a.shared},
-      {"router", a.router}, {"threads", num_threads()}, {"blas_core", blas_core_name()},
+      {"router", a.router}, {"precision", a.precision}, {"threads", num_threads()}, {"blas_core", blas_core_name()},
       {"ms", ms}, {"gflops", gflops}, {"peak_gflops", peak}, {"efficiency", gflops / peak},
       {"breakdown_ms", {{"router", median(router)}, {"dispatch", median(dispatch)}, {"combine", median(combine)},
                         {"experts", median(experts)}, {"shared", median(shared)}}},
@@ -98,9 +100,9 @@ void run_layer(const LayerArgs& a) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("MoE layer T=%d d=%d d_ff=%d E=%d k=%d G=%d (%d experts of width %d, %d active), router %s, %d threads\n",
+  std::printf("MoE layer T=%d d=%d d_ff=%d E=%d k=%d G=%d (%d experts of width %d, %d active), router %s, %s, %d threads\n",
               T, d, a.d_ff, a.experts, a.top_k, a.granularity, c.n_experts(), c.expert_hidden(), c.k(),
-              a.router.c_str(), num_threads());
+              a.router.c_str(), a.precision.c_str(), num_threads());
   std::printf("  forward+backward median %.2f ms  expert work %.1f GFLOP/s  peak sgemm %.1f  efficiency %.2f\n", ms,
               gflops, peak, gflops / peak);
   std::printf("  router %.2f ms  dispatch %.2f ms  combine %.2f ms  experts %.2f ms  shared %.2f ms  (router+dispatch+combine %.1f%%)\n",
@@ -129,6 +131,7 @@ void add_bench(CLI::App& app) {
   layer->add_option("--top-k", la.top_k, "Experts per token k at granularity 1")->check(CLI::PositiveNumber);
   layer->add_option("--granularity", la.granularity, "Granularity G (E·G experts of width d_ff/G, k·G active)")->check(CLI::PositiveNumber);
   layer->add_option("--router", la.router, "topk_softmax | softmax_topk | noisy_topk | sigmoid_bias");
+  layer->add_option("--precision", la.precision, "Expert GEMM arithmetic: fp32 | bf16 (bf16 inputs, fp32 accumulation)");
   layer->add_option("--shared", la.shared, "Shared experts S")->check(CLI::NonNegativeNumber);
   layer->add_option("--capacity-factor", la.capacity_factor, "Capacity factor (<= 0: dropless)");
   layer->add_option("--reps", la.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);

@@ -86,6 +86,8 @@ void MoeConfig::validate() const {
   require(std::isfinite(capacity_factor), "capacity_factor must be finite (<= 0 means dropless)");
   require(n_shared >= 0, "n_shared = " + std::to_string(n_shared) + " must be >= 0");
   require(shared_hidden >= 0, "shared_hidden = " + std::to_string(shared_hidden) + " must be >= 0 (0: the routed expert width)");
+  require(precision == "fp32" || precision == "bf16",
+          "precision = \"" + precision + "\" is not known; use fp32 or bf16");
   require(!shared_gate || n_shared > 0, "shared_gate = true needs n_shared > 0");
 }
 
@@ -99,7 +101,7 @@ std::string MoeConfig::to_json() const {
       {"device_loss_coef", device_loss_coef}, {"device_groups", device_groups},
       {"seq_aux_loss_coef", seq_aux_loss_coef}, {"bias_update_rate", bias_update_rate},
       {"capacity_factor", capacity_factor}, {"drop_policy", drop_policy}, {"n_shared", n_shared},
-      {"shared_hidden", shared_hidden}, {"shared_gate", shared_gate}, {"seed", seed}, {"layer_id", layer_id}};
+      {"shared_hidden", shared_hidden}, {"shared_gate", shared_gate}, {"precision", precision}, {"seed", seed}, {"layer_id", layer_id}};
   return j.dump();
 }
 

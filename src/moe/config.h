@@ -47,6 +47,10 @@ struct MoeConfig {
   int shared_hidden = 0;               // width of one shared expert (0: the routed expert width)
   bool shared_gate = false;            // Qwen2-MoE: shared sum scaled by sigmoid(x·w_sg)
 
+ // Arithmetic of the expert GEMMs: fp32, or bf16 (bf16 inputs, fp32 accumulation; weights,
+  // gradients and the router stay fp32).
+  std::string precision = "fp32";
+
   uint64_t seed = 1;                   // parameter init and the layer's random streams
   uint64_t layer_id = 0;               // separates random streams of layers sharing a seed
 

@@ -59,6 +59,10 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
   a.resize({rows, h});
   b.resize({rows, h});
   act.resize({rows, h});
+  if (bf16) {
+    forward_bf16(x, offsets, y);
+    return;
+  }
   const bool par = parallel_over_experts(offsets);
   for_each_expert(par, offsets, E, [&](int e) {
     const int64_t r0 = offsets[e];
@@ -80,6 +84,10 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
 }
 
 void ExpertBank::backward(const float* x, const float* dy, const std::vector<int64_t>& offsets, float* dx) {
+  if (bf16) {
+    backward_bf16(dy, offsets, dx);
+    return;
+  }
   const bool par = parallel_over_experts(offsets);
   for_each_expert(par, offsets, E, [&](int e) {
     const int64_t r0 = offsets[e];
@@ -106,6 +114,107 @@ void ExpertBank::backward(const float* x, const float* dy, const std::vector<int
     sgemm(true, false, h, d, n, 1.f, be, h, xe, d, 1.f, dw3.data() + we, d);
     sgemm(false, false, n, d, h, 1.f, ae, h, w1.data() + we, d, 0.f, dx + r0 * d, d);
     sgemm(false, false, n, d, h, 1.f, be, h, w3.data() + we, d, 1.f, dx + r0 * d, d);
+  });
+}
+
+// ---- mixed precision ------------------------------------------------------------------------------
+
+namespace {
+
+// fp32 → bf16 of n values, split over the threads in blocks (serial inside a parallel region).
+void convert(const float* src, std::vector<bf16_t>& dst, size_t n) {
+  dst.resize(n);
+  const size_t block = 1 << 14;
+  parallel_for((n + block - 1) / block, [&](size_t i) {
+    const size_t lo = i * block, len = std::min(block, n - lo);
+    to_bf16(src + lo, dst.data() + lo, len);
+  }, 2);
+}
+
+// h = silu(a) ⊙ b written as bf16, in tiles so the fp32 intermediate stays in L1.
+void swiglu_to_bf16(const float* a, const float* b, bf16_t* h, size_t n) {
+  float tile[256];
+  for (size_t lo = 0; lo < n; lo += 256) {
+    const size_t len = std::min<size_t>(256, n - lo);
+    swiglu(a + lo, b + lo, tile, len);
+    to_bf16(tile, h + lo, len);
+  }
+}
+
+void swiglu_backward_to_bf16(const float* a, const float* b, const float* dh, bf16_t* da, bf16_t* db, size_t n) {
+  float ta[256], tb[256];
+  for (size_t lo = 0; lo < n; lo += 256) {
+    const size_t len = std::min<size_t>(256, n - lo);
+    swiglu_backward(a + lo, b + lo, dh + lo, ta, tb, len);
+    to_bf16(ta, da + lo, len);
+    to_bf16(tb, db + lo, len);
+  }
+}
+
+// Row-blocked elementwise work on one expert's n×h block, split over threads unless already inside a
+// parallel region.
+template <class F>
+void rows_apply(bool inside_parallel, int n, int h, F&& fn) {
+  if (inside_parallel) {
+    fn(size_t{0}, static_cast<size_t>(n) * h);
+  } else {
+    parallel_for(static_cast<size_t>(n), [&](size_t i) { fn(i * h, static_cast<size_t>(h)); }, 64);
+  }
+}
+
+}  // namespace
+
+void ExpertBank::forward_bf16(const float* x, const std::vector<int64_t>& offsets, float* y) {
+  const int64_t rows = offsets[static_cast<size_t>(E)];
+  convert(x, xb, static_cast<size_t>(rows) * d);
+  convert(w1.data(), w1b, w1.numel());
+  convert(w3.data(), w3b, w3.numel());
+  convert(w2.data(), w2b, w2.numel());
+  hb.resize(static_cast<size_t>(rows) * h);
+  const bool par = parallel_over_experts(offsets);
+  for_each_expert(par, offsets, E, [&](int e) {
+    const int64_t r0 = offsets[e];
+    const int n = static_cast<int>(offsets[e + 1] - r0);
+    if (n == 0) return;
+    const size_t we = static_cast<size_t>(e) * h * d;
+    float* ae = a.data() + r0 * h;
+    float* be = b.data() + r0 * h;
+    bf16_t* he = hb.data() + r0 * h;
+    const bf16_t* xe = xb.data() + r0 * d;
+    gemm_bf16(false, true, n, h, d, xe, d, w1b.data() + we, d, 0.f, ae, h);
+    gemm_bf16(false, true, n, h, d, xe, d, w3b.data() + we, d, 0.f, be, h);
+    rows_apply(par, n, h, [&](size_t lo, size_t len) { swiglu_to_bf16(ae + lo, be + lo, he + lo, len); });
+    gemm_bf16(false, true, n, d, h, he, h, w2b.data() + we, h, 0.f, y + r0 * d, d);
+  });
+}
+
+void ExpertBank::backward_bf16(const float* dy, const std::vector<int64_t>& offsets, float* dx) {
+  const int64_t rows = offsets[static_cast<size_t>(E)];
+  convert(dy, dyb, static_cast<size_t>(rows) * d);
+  dab.resize(static_cast<size_t>(rows) * h);
+  dbb.resize(static_cast<size_t>(rows) * h);
+  const bool par = parallel_over_experts(offsets);
+  for_each_expert(par, offsets, E, [&](int e) {
+    const int64_t r0 = offsets[e];
+    const int n = static_cast<int>(offsets[e + 1] - r0);
+    if (n == 0) return;
+    const size_t we = static_cast<size_t>(e) * h * d;
+    float* ae = a.data() + r0 * h;
+    float* be = b.data() + r0 * h;
+    float* dhe = act.data() + r0 * h;
+    const bf16_t* xe = xb.data() + r0 * d;
+    const bf16_t* dye = dyb.data() + r0 * d;
+    bf16_t* dae = dab.data() + r0 * h;
+    bf16_t* dbe = dbb.data() + r0 * h;
+    gemm_bf16(true, false, d, h, n, dye, d, hb.data() + r0 * h, h, 1.f, dw2.data() + we, h);
+    gemm_bf16(false, false, n, h, d, dye, d, w2b.data() + we, h, 0.f, dhe, h);
+    rows_apply(par, n, h, [&](size_t lo, size_t len) {
+      swiglu_backward_to_bf16(ae + lo, be + lo, dhe + lo, dae + lo, dbe + lo, len);
+    });
+    gemm_bf16(true, false, h, d, n, dae, h, xe, d, 1.f, dw1.data() + we, d);
+    gemm_bf16(true, false, h, d, n, dbe, h, xe, d, 1.f, dw3.data() + we, d);
+    gemm_bf16(false, false, n, d, h, dae, h, w1b.data() + we, d, 0.f, dx + r0 * d, d);
+    gemm_bf16(false, false, n, d, h, dbe, h, w3b.data() + we, d, 1.f, dx + r0 * d, d);
   });
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -15,7 +16,13 @@ struct ExpertBank {
   Tensor w1, w3;     // (E, h, d)  gate_proj, up_proj
   Tensor w2;         // (E, d, h)  down_proj
   Tensor dw1, dw3, dw2;
-  Tensor a, b, act;  // (rows, h)  x·W1ᵀ, x·W3ᵀ, silu(a) ⊙ b of the last forward
+  Tensor a, b, act;  // (rows, h)  x·W1ᵀ, x·W3ᵀ, silu(a) ⊙ b of the last forward (fp32 mode)
+
+  // Mixed precision: GEMM inputs in bf16, accumulation, outputs, weights and gradients in fp32.
+  bool bf16 = false;
+  std::vector<bf16_t> xb, hb;          // (rows, d), (rows, h): x and silu(a) ⊙ b in bf16
+  std::vector<bf16_t> w1b, w3b, w2b;   // bf16 copies of the weights, made at each forward
+  std::vector<bf16_t> dyb, dab, dbb;   // (rows, d), (rows, h), (rows, h): backward GEMM inputs
 
   ExpertBank() = default;
   ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, uint64_t stream, float init_std);
@@ -29,6 +36,8 @@ struct ExpertBank {
  private:
   // Few large experts: each GEMM runs on all threads. Many: one expert per thread, BLAS serial.
   bool parallel_over_experts(const std::vector<int64_t>& offsets) const;
+  void forward_bf16(const float* x, const std::vector<int64_t>& offsets, float* y);
+  void backward_bf16(const float* dy, const std::vector<int64_t>& offsets, float* dx);
 };
 
 }  // namespace moe

@@ -28,8 +28,10 @@ MoeLayer::MoeLayer(const MoeConfig& c)
     : cfg(validated(c)),
       router(Router::create(cfg)),
       experts(cfg.n_experts(), cfg.d_model, cfg.expert_hidden(), cfg.seed, cfg.layer_id * 64 + 8, kInitStd) {
+  experts.bf16 = cfg.precision == "bf16";
   if (cfg.n_shared > 0) {
     shared = ExpertBank(1, cfg.d_model, cfg.n_shared * cfg.shared_width(), cfg.seed, cfg.layer_id * 64 + 16, kInitStd);
+    shared.bf16 = experts.bf16;
     if (cfg.shared_gate) {
       w_sg = Tensor({cfg.d_model});
       dw_sg = Tensor({cfg.d_model});

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every dependency of moe.cpp from Debian's packages (as root, or through sudo) and builds it
+# into build/ (the CLI lands at build/bin/moe). Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake pkg-config            # C++20 compiler and build
+  libopenblas-dev libopenblas0-openmp         # BLAS: the OpenMP build is linked (see CMakeLists.txt)
+  libdnnl-dev                                 # oneDNN: bf16 matmuls (mixed-precision experts)
+  libgtest-dev libgmock-dev libbenchmark-dev  # tests and micro-benchmarks
+  libcli11-dev nlohmann-json3-dev             # command line, JSON
+  python3 python3-torch python3-numpy         # PyTorch reference and peer (tests and benchmarks only)
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$(nproc)"
+echo "setup: built build/bin/moe"

@@ -1,0 +1,100 @@
+#include "core/bf16.h"
+
+#include <immintrin.h>
+
+#include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <string>
+
+#include "core/error.h"
+
+namespace moe {
+
+bf16_t float_to_bf16(float f) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16_t>((bits >> 16) | 0x40u);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<bf16_t>(bits >> 16);
+}
+
+void to_bf16(const float* src, bf16_t* dst, size_t n) {
+  size_t i = 0;
+#if defined(__AVX512BF16__)
+  for (; i + 32 <= n; i += 32) {
+    __m512 lo = _mm512_loadu_ps(src + i), hi = _mm512_loadu_ps(src + i + 16);
+    _mm512_storeu_si512(reinterpret_cast<void*>(dst + i), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
+namespace {
+
+using dnnl::memory;
+constexpr memory::dim RT = DNNL_RUNTIME_DIM_VAL;
+
+struct Bf16Gemm {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::matmul prims[2][2][2];  // [trans_a][trans_b][beta != 0]
+  std::string impl;
+
+  // Runtime sizes with fixed layouts (runtime strides would select oneDNN's reference kernel).
+  static memory::desc desc(memory::data_type dt, bool trans) {
+    return memory::desc({RT, RT}, dt, trans ? memory::format_tag::ba : memory::format_tag::ab);
+  }
+
+  Bf16Gemm() {
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (int acc = 0; acc < 2; ++acc) {
+          dnnl::primitive_attr attr;
+          if (acc) {
+            dnnl::post_ops po;
+            po.append_sum(1.f);
+            attr.set_post_ops(po);
+          }
+          dnnl::matmul::desc md(desc(memory::data_type::bf16, ta), desc(memory::data_type::bf16, tb),
+                                desc(memory::data_type::f32, false));
+          dnnl::matmul::primitive_desc pd(md, attr, engine);
+          impl = pd.impl_info_str();
+          prims[ta][tb][acc] = dnnl::matmul(pd);
+        }
+  }
+};
+
+Bf16Gemm& instance() {
+  static Bf16Gemm g;
+  return g;
+}
+
+}  // namespace
+
+const char* bf16_gemm_impl() { return instance().impl.c_str(); }
+
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
+               int ldb, float beta, float* C, int ldc) {
+  if (M == 0 || N == 0) return;
+  MOE_CHECK(beta == 0.f || beta == 1.f, "gemm_bf16: beta must be 0 or 1");
+  MOE_CHECK(lda == (trans_a ? M : K) && ldb == (trans_b ? K : N) && ldc == N,
+            "gemm_bf16: matrices must be stored densely (lda, ldb, ldc equal to their row lengths)");
+  Bf16Gemm& g = instance();
+  if (K == 0) {
+    if (beta == 0.f)
+      for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = 0.f;
+    return;
+  }
+  thread_local dnnl::stream stream(g.engine);
+  const memory::dim m = M, n = N, k = K;
+  using tag = memory::format_tag;
+  memory::desc a({m, k}, memory::data_type::bf16, trans_a ? tag::ba : tag::ab);
+  memory::desc b({k, n}, memory::data_type::bf16, trans_b ? tag::ba : tag::ab);
+  memory::desc c({m, n}, memory::data_type::f32, tag::ab);
+  memory am(a, g.engine, const_cast<bf16_t*>(A)), bm(b, g.engine, const_cast<bf16_t*>(B)), cm(c, g.engine, C);
+  g.prims[trans_a][trans_b][beta != 0.f].execute(
+      stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  stream.wait();
+}
+
+}  // namespace moe
