@@ -31,6 +31,20 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Median of each phase of the layer over the timed repetitions.
+nlohmann::json phases_json(const std::vector<MoeTimings>& v) {
+  auto med = [&](double MoeTimings::*f) {
+    std::vector<double> x;
+    for (const MoeTimings& t : v) x.push_back(t.*f);
+    return median(x);
+  };
+  return {{"router_fwd", med(&MoeTimings::router)},       {"dispatch_fwd", med(&MoeTimings::dispatch)},
+          {"experts_fwd", med(&MoeTimings::experts)},     {"combine_fwd", med(&MoeTimings::combine)},
+          {"shared_fwd", med(&MoeTimings::shared)},       {"combine_bwd", med(&MoeTimings::combine_bwd)},
+          {"experts_bwd", med(&MoeTimings::experts_bwd)}, {"scatter_bwd", med(&MoeTimings::scatter_bwd)},
+          {"shared_bwd", med(&MoeTimings::shared_bwd)},   {"router_bwd", med(&MoeTimings::router_bwd)}};
+}
+
 void run_gemm(int threads, bool json) {
   if (threads > 0) set_num_threads(threads);
   const double peak = measure_sgemm_gflops(1024, 10);
@@ -65,6 +79,7 @@ void run_layer(const LayerArgs& a) {
 
   const double peak = measure_sgemm_gflops(1024, 10);
   std::vector<double> total, router, dispatch, combine, experts, shared;
+  std::vector<MoeTimings> phases;
   for (int r = 0; r < a.warmup + a.reps; ++r) {
     layer.zero_grad();
     auto t0 = std::chrono::steady_clock::now();
@@ -73,6 +88,7 @@ void run_layer(const LayerArgs& a) {
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (r < a.warmup) continue;
     const MoeTimings& tm = layer.timings();
+    phases.push_back(tm);
     total.push_back(ms);
     router.push_back(tm.router + tm.router_bwd);
     dispatch.push_back(tm.dispatch + tm.scatter_bwd);
@@ -95,6 +111,7 @@ void run_layer(const LayerArgs& a) {
       {"breakdown_ms", {{"router", median(router)}, {"dispatch", median(dispatch)}, {"combine", median(combine)},
                         {"experts", median(experts)}, {"shared", median(shared)}}},
       {"overhead_fraction", overhead / ms},
+      {"phases_ms", phases_json(phases)},
       {"dropped_fraction", layer.plan().dropped_fraction()}};
   if (a.json) {
     std::printf("%s\n", j.dump().c_str());

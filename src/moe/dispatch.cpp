@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/bf16.h"
 #include "core/parallel.h"
 
 namespace moe {
@@ -52,6 +53,7 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, 
   for (int e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
   p.pair_row.assign(n, -1);
   p.row_token.resize(static_cast<size_t>(p.rows()));
+  p.row_pair.resize(static_cast<size_t>(p.rows()));
   std::vector<int64_t> next(p.offsets.begin(), p.offsets.end() - 1);
   for (size_t j = 0; j < n; ++j) {
     if (!keep[j]) {
@@ -61,6 +63,7 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, 
     int64_t row = next[r.expert[j]]++;
     p.pair_row[j] = static_cast<int32_t>(row);
     p.row_token[row] = static_cast<int32_t>(j / r.k);
+    p.row_pair[row] = static_cast<int32_t>(j);
   }
   return p;
 }
@@ -68,6 +71,12 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, 
 void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf) {
   parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
     std::memcpy(buf + row * d, x + static_cast<size_t>(p.row_token[row]) * d, sizeof(float) * d);
+  }, 512);
+}
+
+void dispatch_gather(const DispatchPlan& p, const float* x, int d, uint16_t* buf) {
+  parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
+    to_bf16(x + static_cast<size_t>(p.row_token[row]) * d, buf + row * d, static_cast<size_t>(d));
   }, 512);
 }
 

@@ -21,6 +21,7 @@ struct DispatchPlan {
   std::vector<int64_t> offsets;       // (E+1) first row of each expert in the buffer
   std::vector<int32_t> pair_row;      // (T·k) buffer row of pair (t, i), -1 if dropped
   std::vector<int32_t> row_token;     // (rows) token of each buffer row
+  std::vector<int32_t> row_pair;      // (rows) pair index t·k+i of each buffer row
   int64_t dropped = 0;                // pairs dropped by capacity
 
   int64_t rows() const { return offsets.empty() ? 0 : offsets.back(); }
@@ -35,7 +36,8 @@ int64_t expert_capacity(float capacity_factor, int T, int k, int E);
 // token order). Within an expert, rows follow token order.
 DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, DropPolicy policy);
 
-// buf[row] = x[row_token[row]] for every row: (rows, d) from (T, d).
+// buf[row] = x[row_token[row]] for every row: (rows, d) from (T, d); the bf16 form rounds as it copies.
 void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf);
+void dispatch_gather(const DispatchPlan& p, const float* x, int d, uint16_t* buf);
 
 }  // namespace moe

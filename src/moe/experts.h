@@ -17,6 +17,7 @@ struct ExpertBank {
   Tensor w2;         // (E, d, h)  down_proj
   Tensor dw1, dw3, dw2;
   Tensor a, b, act;  // (rows, h)  x·W1ᵀ, x·W3ᵀ, silu(a) ⊙ b of the last forward (fp32 mode)
+  Tensor dh;         // (rows, h)  backward scratch: dy·W2 before gating
 
   // Mixed precision: GEMM inputs in bf16, accumulation, outputs, weights and gradients in fp32.
   bool bf16 = false;
@@ -27,17 +28,23 @@ struct ExpertBank {
   ExpertBank() = default;
   ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, uint64_t stream, float init_std);
 
-  // y (rows, d) = expert(x) row by row. x must stay valid until backward.
+  // y (rows, d) = expert(x) row by row, ungated. x must stay valid until backward.
   void forward(const float* x, const std::vector<int64_t>& offsets, float* y);
-  // Given dy (rows, d): accumulates dw1, dw3, dw2 and writes dx (rows, d). Overwrites a, b, act.
-  void backward(const float* x, const float* dy, const std::vector<int64_t>& offsets, float* dx);
+  // Backward of z_r = g_r·y_r for every row r, given dz (rows, d) and the gates g (rows; null: all 1).
+  // Accumulates dw1, dw3, dw2, writes dx (rows, d) and, when g is given, dg (rows) = dz_r·y_r,
+  // computed as h_r·(dz_r·W2) inside the expert pass (Y itself is never read back). Overwrites a, b, act.
+  void backward(const float* x, const float* dz, const std::vector<int64_t>& offsets, const float* gate,
+                float* dx, float* dgate);
+
+  // bf16 mode with the inputs already rounded by the caller: forward_bf16 reads x from xb (resized by
+  // the caller to (rows, d)), backward_bf16 reads dz from dyb. Saves a pass over the buffers.
+  void forward_bf16(const std::vector<int64_t>& offsets, float* y);
+  void backward_bf16(const std::vector<int64_t>& offsets, const float* gate, float* dx, float* dgate);
   void params(std::vector<Param>& out, const std::string& prefix);
 
  private:
   // Few large experts: each GEMM runs on all threads. Many: one expert per thread, BLAS serial.
   bool parallel_over_experts(const std::vector<int64_t>& offsets) const;
-  void forward_bf16(const float* x, const std::vector<int64_t>& offsets, float* y);
-  void backward_bf16(const float* dy, const std::vector<int64_t>& offsets, float* dx);
 };
 
 }  // namespace moe

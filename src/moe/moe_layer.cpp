@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/bf16.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
@@ -105,13 +106,22 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
   t0 = clock_type::now();
   plan_ = make_dispatch_plan(routing_, E, cfg.capacity_factor, parse_drop_policy(cfg.drop_policy));
   const int64_t rows = plan_.rows();
-  xbuf_.resize({rows, d});
   ybuf_.resize({rows, d});
-  dispatch_gather(plan_, x, d, xbuf_.data());
+  if (experts.bf16) {  // gather straight into the experts' bf16 input
+    experts.xb.resize(static_cast<size_t>(rows) * d);
+    dispatch_gather(plan_, x, d, experts.xb.data());
+  } else {
+    xbuf_.resize({rows, d});
+    dispatch_gather(plan_, x, d, xbuf_.data());
+  }
   timings_.dispatch = ms_since(t0);
 
   t0 = clock_type::now();
-  experts.forward(xbuf_.data(), plan_.offsets, ybuf_.data());
+  if (experts.bf16) {
+    experts.forward_bf16(plan_.offsets, ybuf_.data());
+  } else {
+    experts.forward(xbuf_.data(), plan_.offsets, ybuf_.data());
+  }
   timings_.experts = ms_since(t0);
 
   // Shared experts, applied to every token.
@@ -156,32 +166,35 @@ void MoeLayer::backward(const float* dy, float* dx) {
   MOE_CHECK(x_ != nullptr, "moe layer: backward called before forward");
   const int T = T_, d = cfg.d_model, E = cfg.n_experts(), k = cfg.k();
 
-  // Combine backward: dY[row] = g·dy_t, dgate = dy_t·Y[row]; dropped pairs get neither.
+  // Combine backward: each kept row gets the token's dy (the experts apply the gate g and return
+  // dgate = dy·y for the row); dropped pairs get nothing.
   auto t0 = clock_type::now();
-  std::vector<float> dgate(static_cast<size_t>(T) * k, 0.f);
-  dybuf_.resize({plan_.rows(), d});
-  parallel_for(static_cast<size_t>(T), [&](size_t t) {
-    const float* dyt = dy + t * d;
-    for (int i = 0; i < k; ++i) {
-      const int32_t row = plan_.pair_row[t * k + i];
-      if (row < 0) continue;
-      const float g = routing_.gate[t * k + i];
-      const float* yr = ybuf_.data() + static_cast<size_t>(row) * d;
-      float* dyr = dybuf_.data() + static_cast<size_t>(row) * d;
-      float dot = 0.f;
-      for (int j = 0; j < d; ++j) {
-        dot += dyt[j] * yr[j];
-        dyr[j] = g * dyt[j];
-      }
-      dgate[t * k + i] = dot;
-    }
-  }, 64);
+  const int64_t rows = plan_.rows();
+  const bool bf16 = experts.bf16;
+  if (bf16) {
+    experts.dyb.resize(static_cast<size_t>(rows) * d);
+    dispatch_gather(plan_, dy, d, experts.dyb.data());
+  } else {
+    dybuf_.resize({rows, d});
+    dispatch_gather(plan_, dy, d, dybuf_.data());
+  }
+  row_gate_.resize({rows});
+  row_dgate_.resize({rows});
+  for (int64_t r = 0; r < rows; ++r) row_gate_[static_cast<size_t>(r)] = routing_.gate[plan_.row_pair[r]];
   timings_.combine_bwd = ms_since(t0);
 
   // Experts backward; dX lands in ybuf (Y is no longer needed).
   t0 = clock_type::now();
   float* dxbuf = ybuf_.data();
-  experts.backward(xbuf_.data(), dybuf_.data(), plan_.offsets, dxbuf);
+  if (bf16) {
+    experts.backward_bf16(plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
+  } else {
+    experts.backward(xbuf_.data(), dybuf_.data(), plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
+  }
+  dgate_.resize({T, k});
+  dgate_.zero();
+  float* dgate = dgate_.data();
+  for (int64_t r = 0; r < rows; ++r) dgate[plan_.row_pair[r]] = row_dgate_[static_cast<size_t>(r)];
   timings_.experts_bwd = ms_since(t0);
 
   // Scatter: dx_t = Σ_i dX[row(t,i)].
@@ -201,8 +214,13 @@ void MoeLayer::backward(const float* dy, float* dx) {
   // Shared experts (and the Qwen2-MoE gate).
   t0 = clock_type::now();
   if (cfg.n_shared > 0) {
-    Tensor dys({T, d}), dxs({T, d});
-    std::vector<float> dz(static_cast<size_t>(T), 0.f);
+    dys_.resize({T, d});
+    dxs_.resize({T, d});
+    dz_.resize({T});
+    dz_.zero();
+    Tensor& dys = dys_;
+    Tensor& dxs = dxs_;
+    Tensor& dz = dz_;
     parallel_for(static_cast<size_t>(T), [&](size_t t) {
       const float s = cfg.shared_gate ? sgate_[t] : 1.f;
       float dot = 0.f;
@@ -212,7 +230,7 @@ void MoeLayer::backward(const float* dy, float* dx) {
       }
       if (cfg.shared_gate) dz[t] = dot * s * (1.f - s);
     }, 64);
-    shared.backward(x_, dys.data(), {0, T}, dxs.data());
+    shared.backward(x_, dys.data(), {0, T}, nullptr, dxs.data(), nullptr);
     if (cfg.shared_gate) {
       for (int t = 0; t < T; ++t)
         for (int j = 0; j < d; ++j) dw_sg[j] += dz[t] * x_[static_cast<size_t>(t) * d + j];
@@ -225,18 +243,24 @@ void MoeLayer::backward(const float* dy, float* dx) {
 
   // Router: balance-loss gradients through P and s, then the gate gradients.
   t0 = clock_type::now();
-  Tensor dlogits({T, E});
+  dlogits_.resize({T, E});
+  dlogits_.zero();
   if (balance_uses_prob(cfg)) {
-    Tensor dprob({T, E});
-    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, dprob.data(), dlogits.data());
-    router->prob_backward(dprob.data(), dlogits.data(), T);
+    dprob_.resize({T, E});
+    dprob_.zero();
+    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, dprob_.data(), dlogits_.data());
+    router->prob_backward(dprob_.data(), dlogits_.data(), T);
   } else if (cfg.z_loss_coef > 0.f) {
-    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, dlogits.data());
+    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, dlogits_.data());
   }
-  Tensor dxr({T, d});
-  router->backward(xr_, routing_, dgate.data(), dlogits.data(), dxr.data());
-  const bool jittered = !jitter_.empty();
-  parallel_for(static_cast<size_t>(T) * d, [&](size_t i) { dx[i] += jittered ? dxr[i] * jitter_[i] : dxr[i]; });
+  if (jitter_.empty()) {  // x is the router input: accumulate straight into dx
+    router->backward(xr_, routing_, dgate, dlogits_.data(), dx);
+  } else {                // x_r = x ⊙ u: dx += dx_r ⊙ u
+    dxr_.resize({T, d});
+    dxr_.zero();
+    router->backward(xr_, routing_, dgate, dlogits_.data(), dxr_.data());
+    parallel_for(static_cast<size_t>(T) * d, [&](size_t i) { dx[i] += dxr_[i] * jitter_[i]; });
+  }
   timings_.router_bwd = ms_since(t0);
 }
 

@@ -82,8 +82,14 @@ class MoeLayer {
   Tensor jitter_, xr_buf_;     // (T, d)
   Routing routing_;
   DispatchPlan plan_;
-  Tensor xbuf_, ybuf_, dybuf_;  // (rows, d)
+  Tensor xbuf_, ybuf_, dybuf_;  // (rows, d): gathered x, expert outputs, gathered dy; in bf16 mode the experts' own bf16 buffers replace xbuf_, dybuf_
   Tensor shared_out_, sgate_;  // (T, d) shared experts' output, (T) σ(x·w_sg)
+  // Backward scratch, kept between steps so that large buffers are not page-faulted in every step.
+  Tensor dgate_;               // (T, k)
+  Tensor row_gate_, row_dgate_;  // (rows) gate of each buffer row and its gradient
+  Tensor dlogits_, dprob_;     // (T, E)
+  Tensor dxr_, dys_, dxs_;     // (T, d)
+  Tensor dz_;                  // (T)
   MoeLosses losses_;
   MoeTimings timings_;
   std::vector<int64_t> bias_load_;  // (E) routed pairs since the last update_bias

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -44,7 +46,7 @@ void Router::forward(const float* xr, int T, bool training, uint64_t step, Routi
 void Router::backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) {
   gate_backward(r.T, r, dgate, dlogits);
   sgemm(true, false, E, d, r.T, 1.f, dlogits, E, xr, d, 1.f, dw.data(), d);
-  sgemm(false, false, r.T, d, E, 1.f, dlogits, E, w.data(), d, 0.f, dxr, d);
+  sgemm(false, false, r.T, d, E, 1.f, dlogits, E, w.data(), d, 1.f, dxr, d);
 }
 
 void Router::prob_backward(const float* dprob, float* dlogits, int T) const {
@@ -69,7 +71,7 @@ void Router::softmax_rows(int T) {
 
 void Router::select_topk(const float* scores, int32_t* idx) const {
   // Small fixed buffers: E is at most a few thousand experts per layer.
-  thread_local std::vector<int32_t> order;
+  thread_local std::vector<uint64_t> keys;
   thread_local std::vector<float> masked;
   const float* s = scores;
   if (cfg.n_group > 1 && cfg.topk_group < cfg.n_group) {
@@ -99,12 +101,18 @@ void Router::select_topk(const float* scores, int32_t* idx) const {
     }
     s = masked.data();
   }
-  order.resize(static_cast<size_t>(E));
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-    return s[a] > s[b] || (s[a] == s[b] && a < b);
-  });
-  std::copy(order.begin(), order.begin() + k, idx);
+  // One 64-bit key per expert: the score's bits mapped to an order-preserving unsigned integer in the
+  // high half, the inverted index in the low half, so that a plain integer sort orders by score
+  // (descending) and then by index (ascending), with no indirection.
+  keys.resize(static_cast<size_t>(E));
+  for (int e = 0; e < E; ++e) {
+    uint32_t u;
+    std::memcpy(&u, &s[e], 4);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    keys[static_cast<size_t>(e)] = (static_cast<uint64_t>(u) << 32) | (0xffffffffu - static_cast<uint32_t>(e));
+  }
+  std::partial_sort(keys.begin(), keys.begin() + k, keys.end(), std::greater<uint64_t>());
+  for (int i = 0; i < k; ++i) idx[i] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(keys[static_cast<size_t>(i)]));
 }
 
 // ---- topk_softmax (Mixtral): top-k of s, softmax over the chosen logits -------------------------

@@ -43,7 +43,7 @@ class Router {
   virtual void forward(const float* xr, int T, bool training, uint64_t step, Routing& r);
   // dgate (T, k): gradient w.r.t. the gates of r. dlogits (T, E) holds on entry the gradient w.r.t.
   // s from the balance losses; the gate gradient is added to it. Accumulates dw (and the router's own
-  // parameter gradients) and writes dxr (T, d), the gradient w.r.t. the router input.
+  // parameter gradients) and adds into dxr (T, d) the gradient w.r.t. the router input.
   virtual void backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr);
   // Adds into dlogits (T, E) the gradient through the affinity P, given dP (T, E).
   virtual void prob_backward(const float* dprob, float* dlogits, int T) const;

@@ -162,7 +162,7 @@ void NoisyTopkRouter::backward(const float* xr, const Routing& r, const float* d
   }
   sgemm(true, false, E, d, T, 1.f, dlogits, E, xr, d, 1.f, dw.data(), d);
   sgemm(true, false, E, d, T, 1.f, draw.data(), E, xr, d, 1.f, dwn.data(), d);
-  sgemm(false, false, T, d, E, 1.f, dlogits, E, w.data(), d, 0.f, dxr, d);
+  sgemm(false, false, T, d, E, 1.f, dlogits, E, w.data(), d, 1.f, dxr, d);
   sgemm(false, false, T, d, E, 1.f, draw.data(), E, wn.data(), d, 1.f, dxr, d);
 }
 
