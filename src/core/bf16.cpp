@@ -29,6 +29,17 @@ void to_bf16(const float* src, bf16_t* dst, size_t n) {
   for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
 }
 
+void to_bf16_stream(const float* src, bf16_t* dst, size_t n) {
+#if defined(__AVX512BF16__)
+  for (size_t i = 0; i < n; i += 32) {
+    __m512 lo = _mm512_loadu_ps(src + i), hi = _mm512_loadu_ps(src + i + 16);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+  }
+#else
+  to_bf16(src, dst, n);
+#endif
+}
+
 namespace {
 
 using dnnl::memory;
@@ -36,7 +47,8 @@ constexpr memory::dim RT = DNNL_RUNTIME_DIM_VAL;
 
 struct Bf16Gemm {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::matmul prims[2][2][2];  // [trans_a][trans_b][beta != 0]
+  dnnl::matmul prims[2][2][2];  // [trans_a][trans_b][beta != 0], fp32 output
+  dnnl::matmul prims_bf16[2][2];  // [trans_a][trans_b], bf16 output
   std::string impl;
 
   // Runtime sizes with fixed layouts (runtime strides would select oneDNN's reference kernel).
@@ -60,6 +72,12 @@ struct Bf16Gemm {
           impl = pd.impl_info_str();
           prims[ta][tb][acc] = dnnl::matmul(pd);
         }
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        dnnl::matmul::desc md(desc(memory::data_type::bf16, ta), desc(memory::data_type::bf16, tb),
+                              desc(memory::data_type::bf16, false));
+        prims_bf16[ta][tb] = dnnl::matmul(dnnl::matmul::primitive_desc(md, engine));
+      }
   }
 };
 
@@ -94,6 +112,24 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A,
   memory am(a, g.engine, const_cast<bf16_t*>(A)), bm(b, g.engine, const_cast<bf16_t*>(B)), cm(c, g.engine, C);
   g.prims[trans_a][trans_b][beta != 0.f].execute(
       stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  stream.wait();
+}
+
+void gemm_bf16_out(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
+                   int ldb, bf16_t* C, int ldc) {
+  if (M == 0 || N == 0) return;
+  MOE_CHECK(K > 0, "gemm_bf16_out: K must be positive");
+  MOE_CHECK(lda == (trans_a ? M : K) && ldb == (trans_b ? K : N) && ldc == N,
+            "gemm_bf16_out: matrices must be stored densely (lda, ldb, ldc equal to their row lengths)");
+  Bf16Gemm& g = instance();
+  thread_local dnnl::stream stream(g.engine);
+  using tag = memory::format_tag;
+  const memory::dim m = M, n = N, k = K;
+  memory::desc a({m, k}, memory::data_type::bf16, trans_a ? tag::ba : tag::ab);
+  memory::desc b({k, n}, memory::data_type::bf16, trans_b ? tag::ba : tag::ab);
+  memory::desc c({m, n}, memory::data_type::bf16, tag::ab);
+  memory am(a, g.engine, const_cast<bf16_t*>(A)), bm(b, g.engine, const_cast<bf16_t*>(B)), cm(c, g.engine, C);
+  g.prims_bf16[trans_a][trans_b].execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
   stream.wait();
 }
 

@@ -7,10 +7,36 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <vector>
 
 namespace moe {
 
 using bf16_t = uint16_t;
+
+// 64-byte aligned storage (one cache line, one AVX-512 register), for buffers written with
+// streaming stores.
+template <class T>
+struct aligned_allocator {
+  using value_type = T;
+  aligned_allocator() = default;
+  template <class U>
+  aligned_allocator(const aligned_allocator<U>&) noexcept {}
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, ((n * sizeof(T) + 63) / 64) * 64);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) noexcept { std::free(p); }
+  template <class U>
+  bool operator==(const aligned_allocator<U>&) const noexcept { return true; }
+};
+using bf16_vector = std::vector<bf16_t, aligned_allocator<bf16_t>>;
+
+// dst = bf16(src) for n values with streaming stores (dst 64-byte aligned, n a multiple of 32);
+// for buffers far larger than the caches that are read back much later.
+void to_bf16_stream(const float* src, bf16_t* dst, size_t n);
 
 // Round-to-nearest-even fp32 → bf16 of n values (NaN stays NaN).
 void to_bf16(const float* src, bf16_t* dst, size_t n);
@@ -26,6 +52,10 @@ bf16_t float_to_bf16(float f);
 // ldc that must equal the stored row lengths (dense matrices); beta is 0 or 1. Threads: all OpenMP threads outside a parallel region, one inside.
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
                int ldb, float beta, float* C, int ldc);
+
+// C[M,N] = op(A)·op(B) rounded to bf16 (fp32 accumulation), same layout rules; no accumulation into C.
+void gemm_bf16_out(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
+                   int ldb, bf16_t* C, int ldc);
 
 // The oneDNN implementation that runs a bf16 matmul (e.g. "gemm:jit"), for reports.
 const char* bf16_gemm_impl();

@@ -1,5 +1,7 @@
 #include "moe/dispatch.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -69,12 +71,32 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, 
 }
 
 void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf) {
+#if defined(__AVX512F__)
+  // The buffer is much larger than the caches and is read back by the expert GEMMs much later:
+  // streaming stores skip the read-for-ownership of every destination line.
+  if (d % 16 == 0 && reinterpret_cast<uintptr_t>(buf) % 64 == 0) {
+    parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
+      const float* src = x + static_cast<size_t>(p.row_token[row]) * d;
+      float* dst = buf + row * d;
+      for (int j = 0; j < d; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+    }, 512);
+    _mm_sfence();
+    return;
+  }
+#endif
   parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
     std::memcpy(buf + row * d, x + static_cast<size_t>(p.row_token[row]) * d, sizeof(float) * d);
   }, 512);
 }
 
 void dispatch_gather(const DispatchPlan& p, const float* x, int d, uint16_t* buf) {
+  if (d % 32 == 0 && reinterpret_cast<uintptr_t>(buf) % 64 == 0) {  // see the fp32 gather
+    parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
+      to_bf16_stream(x + static_cast<size_t>(p.row_token[row]) * d, buf + row * d, static_cast<size_t>(d));
+    }, 512);
+    _mm_sfence();
+    return;
+  }
   parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
     to_bf16(x + static_cast<size_t>(p.row_token[row]) * d, buf + row * d, static_cast<size_t>(d));
   }, 512);

@@ -58,7 +58,7 @@ static void for_each_expert(bool parallel, const std::vector<int64_t>& offsets, 
 namespace {
 
 // fp32 → bf16 of n values, split over the threads in blocks (serial inside a parallel region).
-void convert(const float* src, std::vector<bf16_t>& dst, size_t n) {
+void convert(const float* src, bf16_vector& dst, size_t n) {
   dst.resize(n);
   const size_t block = 1 << 14;
   parallel_for((n + block - 1) / block, [&](size_t i) {
@@ -135,7 +135,9 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
   act.resize({rows, h});
   if (bf16) {
     convert(x, xb, static_cast<size_t>(rows) * d);
-    forward_bf16(offsets, y);
+    yb.resize(static_cast<size_t>(rows) * d);
+    forward_bf16(offsets, yb.data());
+    parallel_for(static_cast<size_t>(rows) * d, [&](size_t i) { y[i] = bf16_to_float(yb[i]); });
     return;
   }
   const bool par = parallel_over_experts(offsets);
@@ -199,7 +201,7 @@ void ExpertBank::backward(const float* x, const float* dz, const std::vector<int
 // ---- mixed precision ------------------------------------------------------------------------------
 
 
-void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, float* y) {
+void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y) {
   const int64_t rows = offsets[static_cast<size_t>(E)];
   a.resize({rows, h});
   b.resize({rows, h});
@@ -224,7 +226,7 @@ void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, float* y) {
       const size_t o = static_cast<size_t>(i0) * h, len = static_cast<size_t>(i1 - i0) * h;
       swiglu_to_bf16(ae + o, be + o, he + o, len);
     });
-    gemm_bf16(false, true, n, d, h, he, h, w2b.data() + we, h, 0.f, y + r0 * d, d);
+    gemm_bf16_out(false, true, n, d, h, he, h, w2b.data() + we, h, y + r0 * d, d);
   });
 }
 

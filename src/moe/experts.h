@@ -21,9 +21,10 @@ struct ExpertBank {
 
   // Mixed precision: GEMM inputs in bf16, accumulation, outputs, weights and gradients in fp32.
   bool bf16 = false;
-  std::vector<bf16_t> xb, hb;          // (rows, d), (rows, h): x and silu(a) ⊙ b in bf16
-  std::vector<bf16_t> w1b, w3b, w2b;   // bf16 copies of the weights, made at each forward
-  std::vector<bf16_t> dyb, dab, dbb;   // (rows, d), (rows, h), (rows, h): backward GEMM inputs
+  bf16_vector xb, hb;          // (rows, d), (rows, h): x and silu(a) ⊙ b in bf16
+  bf16_vector w1b, w3b, w2b;   // bf16 copies of the weights, made at each forward
+  bf16_vector dyb, dab, dbb;   // (rows, d), (rows, h), (rows, h): backward GEMM inputs
+  bf16_vector yb;              // (rows, d) output of forward() in bf16 mode, before widening
 
   ExpertBank() = default;
   ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, uint64_t stream, float init_std);
@@ -37,8 +38,9 @@ struct ExpertBank {
                 float* dx, float* dgate);
 
   // bf16 mode with the inputs already rounded by the caller: forward_bf16 reads x from xb (resized by
-  // the caller to (rows, d)), backward_bf16 reads dz from dyb. Saves a pass over the buffers.
-  void forward_bf16(const std::vector<int64_t>& offsets, float* y);
+  // the caller to (rows, d)) and writes y in bf16; backward_bf16 reads dz from dyb. Saves passes over
+  // the (rows, d) buffers, which at fine granularity are the largest the layer moves.
+  void forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y);
   void backward_bf16(const std::vector<int64_t>& offsets, const float* gate, float* dx, float* dgate);
   void params(std::vector<Param>& out, const std::string& prefix);
 

@@ -106,7 +106,7 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
   t0 = clock_type::now();
   plan_ = make_dispatch_plan(routing_, E, cfg.capacity_factor, parse_drop_policy(cfg.drop_policy));
   const int64_t rows = plan_.rows();
-  ybuf_.resize({rows, d});
+  ybuf_.resize({rows, d});  // expert outputs (fp32 mode); in both modes dX of the backward
   if (experts.bf16) {  // gather straight into the experts' bf16 input
     experts.xb.resize(static_cast<size_t>(rows) * d);
     dispatch_gather(plan_, x, d, experts.xb.data());
@@ -118,7 +118,8 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
 
   t0 = clock_type::now();
   if (experts.bf16) {
-    experts.forward_bf16(plan_.offsets, ybuf_.data());
+    ybuf_bf16_.resize(static_cast<size_t>(rows) * d);
+    experts.forward_bf16(plan_.offsets, ybuf_bf16_.data());
   } else {
     experts.forward(xbuf_.data(), plan_.offsets, ybuf_.data());
   }
@@ -155,8 +156,13 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
       const int32_t row = plan_.pair_row[t * k + i];
       if (row < 0) continue;
       const float g = routing_.gate[t * k + i];
-      const float* yr = ybuf_.data() + static_cast<size_t>(row) * d;
-      for (int j = 0; j < d; ++j) yt[j] += g * yr[j];
+      if (experts.bf16) {
+        const bf16_t* yr = ybuf_bf16_.data() + static_cast<size_t>(row) * d;
+        for (int j = 0; j < d; ++j) yt[j] += g * bf16_to_float(yr[j]);
+      } else {
+        const float* yr = ybuf_.data() + static_cast<size_t>(row) * d;
+        for (int j = 0; j < d; ++j) yt[j] += g * yr[j];
+      }
     }
   }, 64);
   timings_.combine = ms_since(t0);
@@ -206,6 +212,11 @@ void MoeLayer::backward(const float* dy, float* dx) {
       const int32_t row = plan_.pair_row[t * k + i];
       if (row < 0) continue;
       const float* src = dxbuf + static_cast<size_t>(row) * d;
+      // The rows of a token lie in k different experts' blocks: start loading the next one early.
+      if (i + 1 < k && plan_.pair_row[t * k + i + 1] >= 0) {
+        const float* next = dxbuf + static_cast<size_t>(plan_.pair_row[t * k + i + 1]) * d;
+        for (int j = 0; j < d; j += 16) __builtin_prefetch(next + j);
+      }
       for (int j = 0; j < d; ++j) dxt[j] += src[j];
     }
   }, 64);

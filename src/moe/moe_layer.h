@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/tensor.h"
 #include "moe/balance.h"
 #include "moe/config.h"
@@ -82,7 +83,8 @@ class MoeLayer {
   Tensor jitter_, xr_buf_;     // (T, d)
   Routing routing_;
   DispatchPlan plan_;
-  Tensor xbuf_, ybuf_, dybuf_;  // (rows, d): gathered x, expert outputs, gathered dy; in bf16 mode the experts' own bf16 buffers replace xbuf_, dybuf_
+  Tensor xbuf_, ybuf_, dybuf_;  // (rows, d): gathered x, expert outputs, gathered dy; in bf16 mode
+  bf16_vector ybuf_bf16_;      // (rows, d) expert outputs in bf16 mode (ybuf_ then holds dX only); the experts' own bf16 buffers replace xbuf_, dybuf_
   Tensor shared_out_, sgate_;  // (T, d) shared experts' output, (T) σ(x·w_sg)
   // Backward scratch, kept between steps so that large buffers are not page-faulted in every step.
   Tensor dgate_;               // (T, k)
