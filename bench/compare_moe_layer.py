@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--granularity", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--peer-precision", default="fp32", choices=["fp32", "bf16"],
+                    help="arithmetic of the PyTorch peer (bf16: CPU autocast)")
     ap.add_argument("--moe", default=os.path.join(ROOT, "build", "bin", "moe"))
     a = ap.parse_args()
     shape = ["--tokens", str(a.tokens), "--d-model", str(a.d_model), "--d-ff", str(a.d_ff),
@@ -36,13 +38,14 @@ def main():
              "--threads", str(a.threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     ours = run_json([a.moe, "bench", "moe-layer", *shape, "--precision", a.precision, "--json"], env)
-    peer = run_json([sys.executable, os.path.join(ROOT, "bench", "peers", "torch_moe.py"), *shape], env)
+    peer = run_json([sys.executable, os.path.join(ROOT, "bench", "peers", "torch_moe.py"), *shape,
+                     "--precision", a.peer_precision], env)
     print(f"shape: T={a.tokens} d={a.d_model} d_ff={a.d_ff} E={a.experts} k={a.top_k} G={a.granularity}, "
           f"{a.threads} threads")
     print(f"moe.cpp ({a.precision}): {ours['ms']:.1f} ms  {ours['gflops']:.1f} GFLOP/s  "
           f"efficiency {ours['efficiency']:.2f} of the {ours['peak_gflops']:.1f} GFLOP/s sgemm peak  "
           f"(router+dispatch+combine {100 * ours['overhead_fraction']:.1f}% of the time)")
-    print(f"PyTorch {peer['torch']} peer (HF MixtralSparseMoeBlock loop, fp32): {peer['ms']:.1f} ms  "
+    print(f"PyTorch {peer['torch']} peer (HF MixtralSparseMoeBlock loop, {a.peer_precision}): {peer['ms']:.1f} ms  "
           f"{peer['gflops']:.1f} GFLOP/s")
     ratio = peer["ms"] / ours["ms"]
     print(f"speed-up over the peer: {ratio:.2f}x")

@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: run under torch.autocast('cpu', dtype=torch.bfloat16)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -78,8 +80,9 @@ def main():
         block.zero_grad(set_to_none=True)
         x.grad = None
         t0 = time.perf_counter()
-        y, _ = block(x)
-        y.backward(dy)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            y, _ = block(x)
+        y.float().backward(dy)
         t = (time.perf_counter() - t0) * 1e3
         if r >= a.warmup:
             times.append(t)
@@ -88,7 +91,7 @@ def main():
     flops = 9.0 * 2 * a.tokens * (a.top_k * g) * a.d_model * h
     print(json.dumps({"peer": "torch", "torch": torch.__version__, "threads": a.threads,
                       "tokens": a.tokens, "d_model": a.d_model, "d_ff": a.d_ff,
-                      "experts": a.experts, "top_k": a.top_k, "granularity": g,
+                      "experts": a.experts, "top_k": a.top_k, "granularity": g, "precision": a.precision,
                       "ms": round(ms, 3), "gflops": round(flops / ms / 1e6, 2)}))
 
 

@@ -1,0 +1,98 @@
+// micro_moe — Google Benchmark timings of the MoE layer's pieces: sgemm (the peak the layer is
+// compared to), bf16 GEMM, router selection, dispatch plan, gather, and the whole layer.
+//   build/bin/micro_moe --benchmark_filter=Router
+#include <benchmark/benchmark.h>
+
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/gemm.h"
+#include "core/rng.h"
+#include "moe/moe_layer.h"
+
+namespace moe {
+namespace {
+
+void BM_Sgemm(benchmark::State& st) {
+  const int n = static_cast<int>(st.range(0));
+  std::vector<float> a(static_cast<size_t>(n) * n), b(a.size()), c(a.size());
+  fill_uniform(a.data(), a.size(), 1, 1, -1.f, 1.f);
+  fill_uniform(b.data(), b.size(), 1, 2, -1.f, 1.f);
+  for (auto _ : st) sgemm(false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Sgemm)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_GemmBf16(benchmark::State& st) {
+  const int n = static_cast<int>(st.range(0));
+  std::vector<float> a(static_cast<size_t>(n) * n), c(a.size());
+  fill_uniform(a.data(), a.size(), 1, 1, -1.f, 1.f);
+  std::vector<bf16_t> ab(a.size());
+  to_bf16(a.data(), ab.data(), a.size());
+  for (auto _ : st) gemm_bf16(false, true, n, n, n, ab.data(), n, ab.data(), n, 0.f, c.data(), n);
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_GemmBf16)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+MoeConfig layer_config(int G, const std::string& router) {
+  MoeConfig c;
+  c.d_model = 512;
+  c.d_ff_expert = 1024;
+  c.experts = 8;
+  c.top_k = 2;
+  c.granularity = G;
+  c.router = router;
+  return c;
+}
+
+// Router forward (logits GEMM, selection, gates) for T = 4096 tokens: arg 0 = granularity.
+void BM_Router(benchmark::State& st) {
+  MoeConfig c = layer_config(static_cast<int>(st.range(0)), "topk_softmax");
+  auto router = Router::create(c);
+  const int T = 4096;
+  std::vector<float> x(static_cast<size_t>(T) * c.d_model);
+  fill_normal(x.data(), x.size(), 1, 1, 0.f, 1.f);
+  Routing r;
+  for (auto _ : st) router->forward(x.data(), T, true, 0, r);
+  st.SetItemsProcessed(st.iterations() * T);
+}
+BENCHMARK(BM_Router)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Dispatch plan (counting sort, capacity) of a random routing: args = E, k, capacity policy.
+void BM_DispatchPlan(benchmark::State& st) {
+  const int T = 4096, E = static_cast<int>(st.range(0)), k = static_cast<int>(st.range(1));
+  Routing r;
+  r.T = T;
+  r.k = k;
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < k; ++i) {
+      r.expert.push_back(static_cast<int32_t>((t * 7 + i * 13 + (t >> 3)) % E));
+      r.gate.push_back(rng_uniform(2, 1, static_cast<uint64_t>(t * k + i)));
+    }
+  const float cf = st.range(2) ? 1.0f : 0.f;
+  for (auto _ : st) benchmark::DoNotOptimize(make_dispatch_plan(r, E, cf, DropPolicy::probs));
+  st.SetItemsProcessed(st.iterations() * T * k);
+}
+BENCHMARK(BM_DispatchPlan)->Args({8, 2, 0})->Args({8, 2, 1})->Args({64, 16, 0})->Args({64, 16, 1})->Unit(benchmark::kMicrosecond);
+
+// Whole layer forward + backward at the shape: args = granularity, bf16.
+void BM_MoeLayer(benchmark::State& st) {
+  MoeConfig c = layer_config(static_cast<int>(st.range(0)), "topk_softmax");
+  if (st.range(1)) c.precision = "bf16";
+  MoeLayer layer(c);
+  const int T = 4096, d = c.d_model;
+  std::vector<float> x(static_cast<size_t>(T) * d), y(x.size()), dx(x.size());
+  fill_normal(x.data(), x.size(), 1, 1, 0.f, 1.f);
+  for (auto _ : st) {
+    layer.forward(x.data(), T, y.data());
+    layer.backward(x.data(), dx.data());
+  }
+  const double flops = 9.0 * 2.0 * T * c.k() * d * c.expert_hidden();
+  st.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_MoeLayer)->Args({1, 0})->Args({8, 0})->Args({1, 1})->Args({8, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace moe
+
+BENCHMARK_MAIN();
