@@ -126,13 +126,85 @@ void rows_apply(bool inside_parallel, int n, F&& fn) {
   }, 1);
 }
 
+// One multiply of the expert pass, C = op(A)·op(B) (+ C when beta = 1), all matrices dense: sgemm for
+// fp32 inputs, the oneDNN bf16 matmul for bf16 inputs (fp32 or bf16 output).
+void mm(bool ta, bool tb, int M, int N, int K, const float* A, const float* B, float beta, float* C) {
+  sgemm(ta, tb, M, N, K, 1.f, A, ta ? M : K, B, tb ? K : N, beta, C, N);
+}
+void mm(bool ta, bool tb, int M, int N, int K, const bf16_t* A, const bf16_t* B, float beta, float* C) {
+  gemm_bf16(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, beta, C, N);
+}
+void mm(bool ta, bool tb, int M, int N, int K, const bf16_t* A, const bf16_t* B, float, bf16_t* C) {
+  gemm_bf16_out(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, C, N);
+}
+
+void swiglu_into(const float* a, const float* b, float* h, size_t n) { swiglu(a, b, h, n); }
+void swiglu_into(const float* a, const float* b, bf16_t* h, size_t n) { swiglu_to_bf16(a, b, h, n); }
+
 }  // namespace
+
+// The grouped SwiGLU over the expert-contiguous buffer, for In = float (fp32) or bf16_t (mixed):
+// x (rows, d) and the weights in In; A, B (rows, h) in fp32; H (rows, h) in In; y (rows, d) in Out.
+template <class In, class Out>
+void ExpertBank::forward_pass(const In* x, const In* w1p, const In* w3p, const In* w2p, In* hbuf,
+                              const std::vector<int64_t>& offsets, Out* y) {
+  const bool par = parallel_over_experts(offsets);
+  for_each_expert(par, offsets, E, [&](int e) {
+    const int64_t r0 = offsets[e];
+    const int n = static_cast<int>(offsets[e + 1] - r0);
+    if (n == 0) return;
+    const size_t we = static_cast<size_t>(e) * h * d;
+    float* ae = a.data() + r0 * h;
+    float* be = b.data() + r0 * h;
+    In* he = hbuf + r0 * h;
+    mm(false, true, n, h, d, x + r0 * d, w1p + we, 0.f, ae);
+    mm(false, true, n, h, d, x + r0 * d, w3p + we, 0.f, be);
+    rows_apply(par, n, [&](int i0, int i1) {
+      const size_t o = static_cast<size_t>(i0) * h, len = static_cast<size_t>(i1 - i0) * h;
+      swiglu_into(ae + o, be + o, he + o, len);
+    });
+    mm(false, true, n, d, h, he, w2p + we, 0.f, y + r0 * d);
+  });
+}
+
+// Backward of the gated pass (see experts.h), for In = float or bf16_t: dz (rows, d) and the weights
+// in In; h_fp32 is H in fp32 when kept (fp32 mode) or null (recomputed from A, B); dA, dB and g·H are
+// written into da_out, db_out, gh_out (in place of A, B, H in fp32 mode).
+template <class In>
+void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const In* w3p, const In* w2p,
+                               const float* h_fp32, In* da_out, In* db_out, In* gh_out,
+                               const std::vector<int64_t>& offsets, const float* gate, float* dx, float* dgate) {
+  dh.resize({offsets[static_cast<size_t>(E)], h});
+  const bool par = parallel_over_experts(offsets);
+  for_each_expert(par, offsets, E, [&](int e) {
+    const int64_t r0 = offsets[e];
+    const int n = static_cast<int>(offsets[e + 1] - r0);
+    if (n == 0) return;
+    const size_t we = static_cast<size_t>(e) * h * d, o0 = static_cast<size_t>(r0) * h;
+    const In* xe = x + r0 * d;
+    const In* dze = dz + r0 * d;
+    float* dhe = dh.data() + o0;
+    // dH = dZ·W2 (ungated); per row: dg = h·dH, then dA, dB and g·h.
+    mm(false, false, n, h, d, dze, w2p + we, 0.f, dhe);
+    rows_apply(par, n, [&](int i0, int i1) {
+      for (int i = i0; i < i1; ++i) {
+        const size_t o = o0 + static_cast<size_t>(i) * h;
+        const float g = gate ? gate[r0 + i] : 1.f;
+        const float dg = gated_swiglu_backward(a.data() + o, b.data() + o, h_fp32 ? h_fp32 + o : nullptr,
+                                               dh.data() + o, g, h, da_out + o, db_out + o, gh_out + o);
+        if (dgate) dgate[r0 + i] = dg;
+      }
+    });
+    mm(true, false, d, h, n, dze, gh_out + o0, 1.f, dw2.data() + we);
+    mm(true, false, h, d, n, da_out + o0, xe, 1.f, dw1.data() + we);
+    mm(true, false, h, d, n, db_out + o0, xe, 1.f, dw3.data() + we);
+    mm(false, false, n, d, h, da_out + o0, w1p + we, 0.f, dx + r0 * d);
+    mm(false, false, n, d, h, db_out + o0, w3p + we, 1.f, dx + r0 * d);
+  });
+}
 
 void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, float* y) {
   const int64_t rows = offsets[static_cast<size_t>(E)];
-  a.resize({rows, h});
-  b.resize({rows, h});
-  act.resize({rows, h});
   if (bf16) {
     convert(x, xb, static_cast<size_t>(rows) * d);
     yb.resize(static_cast<size_t>(rows) * d);
@@ -140,130 +212,40 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
     parallel_for(static_cast<size_t>(rows) * d, [&](size_t i) { y[i] = bf16_to_float(yb[i]); });
     return;
   }
-  const bool par = parallel_over_experts(offsets);
-  for_each_expert(par, offsets, E, [&](int e) {
-    const int64_t r0 = offsets[e];
-    const int n = static_cast<int>(offsets[e + 1] - r0);
-    if (n == 0) return;
-    const size_t we = static_cast<size_t>(e) * h * d;
-    float* ae = a.data() + r0 * h;
-    float* be = b.data() + r0 * h;
-    float* he = act.data() + r0 * h;
-    sgemm(false, true, n, h, d, 1.f, x + r0 * d, d, w1.data() + we, d, 0.f, ae, h);
-    sgemm(false, true, n, h, d, 1.f, x + r0 * d, d, w3.data() + we, d, 0.f, be, h);
-    rows_apply(par, n, [&](int i0, int i1) {
-      const size_t o = static_cast<size_t>(i0) * h, len = static_cast<size_t>(i1 - i0) * h;
-      swiglu(ae + o, be + o, he + o, len);
-    });
-    sgemm(false, true, n, d, h, 1.f, he, h, w2.data() + we, h, 0.f, y + r0 * d, d);
-  });
+  a.resize({rows, h});
+  b.resize({rows, h});
+  act.resize({rows, h});
+  forward_pass(x, w1.data(), w3.data(), w2.data(), act.data(), offsets, y);
 }
-
-void ExpertBank::backward(const float* x, const float* dz, const std::vector<int64_t>& offsets, const float* gate,
-                          float* dx, float* dgate) {
-  const int64_t rows = offsets[static_cast<size_t>(E)];
-  if (bf16) {
-    convert(dz, dyb, static_cast<size_t>(rows) * d);
-    backward_bf16(offsets, gate, dx, dgate);
-    return;
-  }
-  dh.resize({rows, h});
-  const bool par = parallel_over_experts(offsets);
-  for_each_expert(par, offsets, E, [&](int e) {
-    const int64_t r0 = offsets[e];
-    const int n = static_cast<int>(offsets[e + 1] - r0);
-    if (n == 0) return;
-    const size_t we = static_cast<size_t>(e) * h * d;
-    float* ae = a.data() + r0 * h;
-    float* be = b.data() + r0 * h;
-    float* he = act.data() + r0 * h;
-    float* dhe = dh.data() + r0 * h;
-    const float* xe = x + r0 * d;
-    const float* dze = dz + r0 * d;
-    // dH = dZ·W2 (ungated); per row: dg = h·dH, then dA, dB in place of A, B and g·h in place of h.
-    sgemm(false, false, n, h, d, 1.f, dze, d, w2.data() + we, h, 0.f, dhe, h);
-    rows_apply(par, n, [&](int i0, int i1) {
-      for (int i = i0; i < i1; ++i) {
-        const size_t o = static_cast<size_t>(i) * h;
-        const float g = gate ? gate[r0 + i] : 1.f;
-        const float dg = gated_swiglu_backward(ae + o, be + o, he + o, dhe + o, g, h, ae + o, be + o, he + o);
-        if (dgate) dgate[r0 + i] = dg;
-      }
-    });
-    sgemm(true, false, d, h, n, 1.f, dze, d, he, h, 1.f, dw2.data() + we, h);
-    sgemm(true, false, h, d, n, 1.f, ae, h, xe, d, 1.f, dw1.data() + we, d);
-    sgemm(true, false, h, d, n, 1.f, be, h, xe, d, 1.f, dw3.data() + we, d);
-    sgemm(false, false, n, d, h, 1.f, ae, h, w1.data() + we, d, 0.f, dx + r0 * d, d);
-    sgemm(false, false, n, d, h, 1.f, be, h, w3.data() + we, d, 1.f, dx + r0 * d, d);
-  });
-}
-
-// ---- mixed precision ------------------------------------------------------------------------------
-
 
 void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y) {
   const int64_t rows = offsets[static_cast<size_t>(E)];
   a.resize({rows, h});
   b.resize({rows, h});
-  act.resize({rows, h});
   convert(w1.data(), w1b, w1.numel());
   convert(w3.data(), w3b, w3.numel());
   convert(w2.data(), w2b, w2.numel());
   hb.resize(static_cast<size_t>(rows) * h);
-  const bool par = parallel_over_experts(offsets);
-  for_each_expert(par, offsets, E, [&](int e) {
-    const int64_t r0 = offsets[e];
-    const int n = static_cast<int>(offsets[e + 1] - r0);
-    if (n == 0) return;
-    const size_t we = static_cast<size_t>(e) * h * d;
-    float* ae = a.data() + r0 * h;
-    float* be = b.data() + r0 * h;
-    bf16_t* he = hb.data() + r0 * h;
-    const bf16_t* xe = xb.data() + r0 * d;
-    gemm_bf16(false, true, n, h, d, xe, d, w1b.data() + we, d, 0.f, ae, h);
-    gemm_bf16(false, true, n, h, d, xe, d, w3b.data() + we, d, 0.f, be, h);
-    rows_apply(par, n, [&](int i0, int i1) {
-      const size_t o = static_cast<size_t>(i0) * h, len = static_cast<size_t>(i1 - i0) * h;
-      swiglu_to_bf16(ae + o, be + o, he + o, len);
-    });
-    gemm_bf16_out(false, true, n, d, h, he, h, w2b.data() + we, h, y + r0 * d, d);
-  });
+  forward_pass(xb.data(), w1b.data(), w3b.data(), w2b.data(), hb.data(), offsets, y);
+}
+
+void ExpertBank::backward(const float* x, const float* dz, const std::vector<int64_t>& offsets, const float* gate,
+                          float* dx, float* dgate) {
+  if (bf16) {
+    convert(dz, dyb, static_cast<size_t>(offsets[static_cast<size_t>(E)]) * d);
+    backward_bf16(offsets, gate, dx, dgate);
+    return;
+  }
+  backward_pass(x, dz, w1.data(), w3.data(), w2.data(), act.data(), a.data(), b.data(), act.data(), offsets, gate,
+                dx, dgate);
 }
 
 void ExpertBank::backward_bf16(const std::vector<int64_t>& offsets, const float* gate, float* dx, float* dgate) {
-  const int64_t rows = offsets[static_cast<size_t>(E)];
-  dh.resize({rows, h});
-  dab.resize(static_cast<size_t>(rows) * h);
-  dbb.resize(static_cast<size_t>(rows) * h);
-  const bool par = parallel_over_experts(offsets);
-  for_each_expert(par, offsets, E, [&](int e) {
-    const int64_t r0 = offsets[e];
-    const int n = static_cast<int>(offsets[e + 1] - r0);
-    if (n == 0) return;
-    const size_t we = static_cast<size_t>(e) * h * d;
-    float* ae = a.data() + r0 * h;
-    float* be = b.data() + r0 * h;
-    float* dhe = dh.data() + r0 * h;
-    bf16_t* ghe = hb.data() + r0 * h;
-    const bf16_t* xe = xb.data() + r0 * d;
-    const bf16_t* dze = dyb.data() + r0 * d;
-    bf16_t* dae = dab.data() + r0 * h;
-    bf16_t* dbe = dbb.data() + r0 * h;
-    gemm_bf16(false, false, n, h, d, dze, d, w2b.data() + we, h, 0.f, dhe, h);
-    rows_apply(par, n, [&](int i0, int i1) {
-      for (int i = i0; i < i1; ++i) {
-        const size_t o = static_cast<size_t>(i) * h;
-        const float g = gate ? gate[r0 + i] : 1.f;
-        const float dg = gated_swiglu_backward(ae + o, be + o, nullptr, dhe + o, g, h, dae + o, dbe + o, ghe + o);
-        if (dgate) dgate[r0 + i] = dg;
-      }
-    });
-    gemm_bf16(true, false, d, h, n, dze, d, ghe, h, 1.f, dw2.data() + we, h);
-    gemm_bf16(true, false, h, d, n, dae, h, xe, d, 1.f, dw1.data() + we, d);
-    gemm_bf16(true, false, h, d, n, dbe, h, xe, d, 1.f, dw3.data() + we, d);
-    gemm_bf16(false, false, n, d, h, dae, h, w1b.data() + we, d, 0.f, dx + r0 * d, d);
-    gemm_bf16(false, false, n, d, h, dbe, h, w3b.data() + we, d, 1.f, dx + r0 * d, d);
-  });
+  const size_t n = static_cast<size_t>(offsets[static_cast<size_t>(E)]) * h;
+  dab.resize(n);
+  dbb.resize(n);
+  backward_pass(xb.data(), dyb.data(), w1b.data(), w3b.data(), w2b.data(), nullptr, dab.data(), dbb.data(),
+                hb.data(), offsets, gate, dx, dgate);
 }
 
 }  // namespace moe

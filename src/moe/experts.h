@@ -47,6 +47,13 @@ struct ExpertBank {
  private:
   // Few large experts: each GEMM runs on all threads. Many: one expert per thread, BLAS serial.
   bool parallel_over_experts(const std::vector<int64_t>& offsets) const;
+  template <class In, class Out>
+  void forward_pass(const In* x, const In* w1p, const In* w3p, const In* w2p, In* hbuf,
+                    const std::vector<int64_t>& offsets, Out* y);
+  template <class In>
+  void backward_pass(const In* x, const In* dz, const In* w1p, const In* w3p, const In* w2p, const float* h_fp32,
+                     In* da_out, In* db_out, In* gh_out, const std::vector<int64_t>& offsets, const float* gate,
+                     float* dx, float* dgate);
 };
 
 }  // namespace moe
