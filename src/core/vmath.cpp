@@ -19,29 +19,41 @@ void swiglu_backward(const float* a, const float* b, const float* dh, float* da,
   }
 }
 
+// The reductions below are vectorised with `omp simd reduction`: the summation order is that of the
+// SIMD lanes, fixed by the code, so results are the same on every run and thread count.
+static float max_of(const float* x, int n) {
+  float m = x[0];
+#pragma omp simd reduction(max : m)
+  for (int i = 1; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
 void softmax(const float* in, float* out, int n) {
-  float m = in[0];
-  for (int i = 1; i < n; ++i) m = std::max(m, in[i]);
+  const float m = max_of(in, n);
   float s = 0.f;
+#pragma omp simd reduction(+ : s)
   for (int i = 0; i < n; ++i) {
     out[i] = exp_approx(in[i] - m);
     s += out[i];
   }
   const float inv = 1.0f / s;
+#pragma omp simd
   for (int i = 0; i < n; ++i) out[i] *= inv;
 }
 
 float logsumexp(const float* x, int n) {
-  float m = x[0];
-  for (int i = 1; i < n; ++i) m = std::max(m, x[i]);
+  const float m = max_of(x, n);
   float s = 0.f;
+#pragma omp simd reduction(+ : s)
   for (int i = 0; i < n; ++i) s += exp_approx(x[i] - m);
   return m + std::log(s);
 }
 
 void softmax_backward(const float* p, const float* dp, float* ds, int n) {
   float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
   for (int i = 0; i < n; ++i) dot += p[i] * dp[i];
+#pragma omp simd
   for (int i = 0; i < n; ++i) ds[i] = p[i] * (dp[i] - dot);
 }
 
