@@ -1,0 +1,165 @@
+#include "nn/attention.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "core/rng.h"
+#include "core/vmath.h"
+
+namespace moe {
+
+void AttentionConfig::validate() const {
+  auto bad = [](const std::string& m) { fail("attention config: " + m); };
+  if (d_model <= 0) bad("hidden_size = " + std::to_string(d_model) + " must be positive");
+  if (n_heads <= 0) bad("num_attention_heads = " + std::to_string(n_heads) + " must be positive");
+  if (n_kv_heads < 0 || n_heads % kv_heads() != 0)
+    bad("num_key_value_heads = " + std::to_string(n_kv_heads) + " must divide num_attention_heads = " +
+        std::to_string(n_heads));
+  if (head_dim == 0 && d_model % n_heads != 0)
+    bad("num_attention_heads = " + std::to_string(n_heads) + " does not divide hidden_size = " +
+        std::to_string(d_model) + "; set head_dim or choose a divisor");
+  if (hd() <= 0 || hd() % 2 != 0) bad("head_dim = " + std::to_string(hd()) + " must be positive and even (RoPE rotates pairs)");
+  if (!(rope_theta > 0.f)) bad("rope_theta must be positive");
+}
+
+Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, float init_std) : cfg(c) {
+  cfg.validate();
+  const int d = c.d_model, qd = c.n_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
+  wq = Tensor({qd, d});
+  wk = Tensor({kvd, d});
+  wv = Tensor({kvd, d});
+  wo = Tensor({d, qd});
+  dwq = Tensor({qd, d});
+  dwk = Tensor({kvd, d});
+  dwv = Tensor({kvd, d});
+  dwo = Tensor({d, qd});
+  fill_normal(wq.data(), wq.numel(), seed, stream, 0.f, init_std);
+  fill_normal(wk.data(), wk.numel(), seed, stream + 1, 0.f, init_std);
+  fill_normal(wv.data(), wv.numel(), seed, stream + 2, 0.f, init_std);
+  fill_normal(wo.data(), wo.numel(), seed, stream + 3, 0.f, init_std);
+}
+
+void Attention::rope_tables(int L) {
+  const int half = cfg.hd() / 2;
+  if (cos_.numel() == static_cast<size_t>(L) * half) return;
+  cos_.resize({L, half});
+  sin_.resize({L, half});
+  for (int p = 0; p < L; ++p)
+    for (int i = 0; i < half; ++i) {
+      const double freq = std::pow(static_cast<double>(cfg.rope_theta), -2.0 * i / cfg.hd());
+      cos_[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(p * freq));
+      sin_[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(p * freq));
+    }
+}
+
+void rope_apply(float* x, int n, int heads, int hd, int stride, const Tensor& cos_t, const Tensor& sin_t,
+                bool inverse) {
+  const int half = hd / 2;
+  const int L = static_cast<int>(cos_t.dim(0));
+  parallel_for(static_cast<size_t>(n), [&](size_t r) {
+    const int p = static_cast<int>(r % static_cast<size_t>(L));  // position within its sequence
+    const float* c = cos_t.data() + static_cast<size_t>(p) * half;
+    const float* s = sin_t.data() + static_cast<size_t>(p) * half;
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + r * stride + static_cast<size_t>(h) * hd;
+      for (int i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        const float sn = inverse ? -s[i] : s[i];
+        v[i] = a * c[i] - b * sn;
+        v[i + half] = b * c[i] + a * sn;
+      }
+    }
+  }, 64);
+}
+
+void Attention::forward(const float* x, int B, int L, float* y) {
+  x_ = x;
+  B_ = B;
+  L_ = L;
+  const int T = B * L, d = cfg.d_model, H = cfg.n_heads, KV = cfg.kv_heads(), hd = cfg.hd();
+  const int qd = H * hd, kvd = KV * hd, group = H / KV;
+  q.resize({T, qd});
+  k.resize({T, kvd});
+  v.resize({T, kvd});
+  o.resize({T, qd});
+  att.resize({B, H, L, L});
+  sgemm(false, true, T, qd, d, 1.f, x, d, wq.data(), d, 0.f, q.data(), qd);
+  sgemm(false, true, T, kvd, d, 1.f, x, d, wk.data(), d, 0.f, k.data(), kvd);
+  sgemm(false, true, T, kvd, d, 1.f, x, d, wv.data(), d, 0.f, v.data(), kvd);
+  rope_tables(L);
+  rope_apply(q.data(), T, H, hd, qd, cos_, sin_, false);
+  rope_apply(k.data(), T, KV, hd, kvd, cos_, sin_, false);
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  // One (sequence, head) per task; BLAS runs serially inside the parallel region.
+  parallel_for_dynamic(static_cast<size_t>(B) * H, [&](size_t bh) {
+    const int b = static_cast<int>(bh) / H, h = static_cast<int>(bh) % H, g = h / group;
+    const float* qb = q.data() + static_cast<size_t>(b) * L * qd + h * hd;
+    const float* kb = k.data() + static_cast<size_t>(b) * L * kvd + g * hd;
+    const float* vb = v.data() + static_cast<size_t>(b) * L * kvd + g * hd;
+    float* P = att.data() + bh * L * L;
+    sgemm(false, true, L, L, hd, scale, qb, qd, kb, kvd, 0.f, P, L);
+    for (int i = 0; i < L; ++i) {
+      float* row = P + static_cast<size_t>(i) * L;
+      softmax(row, row, i + 1);
+      for (int j = i + 1; j < L; ++j) row[j] = 0.f;
+    }
+    sgemm(false, false, L, hd, L, 1.f, P, L, vb, kvd, 0.f, o.data() + static_cast<size_t>(b) * L * qd + h * hd, qd);
+  });
+  sgemm(false, true, T, d, qd, 1.f, o.data(), qd, wo.data(), qd, 0.f, y, d);
+}
+
+void Attention::backward(const float* dy, float* dx) {
+  const int B = B_, L = L_, T = B * L, d = cfg.d_model, H = cfg.n_heads, KV = cfg.kv_heads(), hd = cfg.hd();
+  const int qd = H * hd, kvd = KV * hd, group = H / KV;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  do_.resize({T, qd});
+  dq_.resize({T, qd});
+  dk_.resize({T, kvd});
+  dv_.resize({T, kvd});
+  dk_.zero();
+  dv_.zero();
+  // y = o·Woᵀ
+  sgemm(true, false, d, qd, T, 1.f, dy, d, o.data(), qd, 1.f, dwo.data(), qd);
+  sgemm(false, false, T, qd, d, 1.f, dy, d, wo.data(), qd, 0.f, do_.data(), qd);
+  // One (sequence, kv head) per task: the q heads of a group accumulate into the same dk, dv.
+  parallel_for_dynamic(static_cast<size_t>(B) * KV, [&](size_t bg) {
+    const int b = static_cast<int>(bg) / KV, g = static_cast<int>(bg) % KV;
+    thread_local std::vector<float> dP;
+    dP.resize(static_cast<size_t>(L) * L);
+    const float* kb = k.data() + static_cast<size_t>(b) * L * kvd + g * hd;
+    const float* vb = v.data() + static_cast<size_t>(b) * L * kvd + g * hd;
+    float* dkb = dk_.data() + static_cast<size_t>(b) * L * kvd + g * hd;
+    float* dvb = dv_.data() + static_cast<size_t>(b) * L * kvd + g * hd;
+    for (int h = g * group; h < (g + 1) * group; ++h) {
+      const float* P = att.data() + (static_cast<size_t>(b) * H + h) * L * L;
+      const float* dob = do_.data() + static_cast<size_t>(b) * L * qd + h * hd;
+      const float* qb = q.data() + static_cast<size_t>(b) * L * qd + h * hd;
+      float* dqb = dq_.data() + static_cast<size_t>(b) * L * qd + h * hd;
+      sgemm(false, true, L, L, hd, 1.f, dob, qd, vb, kvd, 0.f, dP.data(), L);
+      sgemm(true, false, L, hd, L, 1.f, P, L, dob, qd, 1.f, dvb, kvd);
+      for (int i = 0; i < L; ++i) {  // dS = P ⊙ (dP − Σ_j P·dP) · scale, causal part only
+        const float* p = P + static_cast<size_t>(i) * L;
+        float* ds = dP.data() + static_cast<size_t>(i) * L;
+        softmax_backward(p, ds, ds, i + 1);
+        for (int j = 0; j <= i; ++j) ds[j] *= scale;
+        for (int j = i + 1; j < L; ++j) ds[j] = 0.f;
+      }
+      sgemm(false, false, L, hd, L, 1.f, dP.data(), L, kb, kvd, 0.f, dqb, qd);
+      sgemm(true, false, L, hd, L, 1.f, dP.data(), L, qb, qd, 1.f, dkb, kvd);
+    }
+  });
+  rope_apply(dq_.data(), T, H, hd, qd, cos_, sin_, true);
+  rope_apply(dk_.data(), T, KV, hd, kvd, cos_, sin_, true);
+  sgemm(true, false, qd, d, T, 1.f, dq_.data(), qd, x_, d, 1.f, dwq.data(), d);
+  sgemm(true, false, kvd, d, T, 1.f, dk_.data(), kvd, x_, d, 1.f, dwk.data(), d);
+  sgemm(true, false, kvd, d, T, 1.f, dv_.data(), kvd, x_, d, 1.f, dwv.data(), d);
+  sgemm(false, false, T, d, qd, 1.f, dq_.data(), qd, wq.data(), d, 0.f, dx, d);
+  sgemm(false, false, T, d, kvd, 1.f, dk_.data(), kvd, wk.data(), d, 1.f, dx, d);
+  sgemm(false, false, T, d, kvd, 1.f, dv_.data(), kvd, wv.data(), d, 1.f, dx, d);
+}
+
+}  // namespace moe

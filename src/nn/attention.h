@@ -1,0 +1,54 @@
+// attention.h — causal multi-head self-attention with rotary position embeddings (RoPE, the
+// Hugging Face "rotate_half" convention) and grouped-query attention (n_kv_heads divides n_heads).
+//
+//   q = x·Wqᵀ (T, H·hd), k = x·Wkᵀ, v = x·Wvᵀ (T, KV·hd); q, k ← RoPE(position in sequence)
+//   per sequence b and head h: P = softmax_causal(q·kᵀ/√hd), o = P·v;  y = o·Woᵀ (T, d)
+//
+// The batch is B sequences of L tokens, stored (B·L, ·) row-major.
+#pragma once
+#include "core/tensor.h"
+
+namespace moe {
+
+struct AttentionConfig {
+  int d_model = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;   // 0: n_heads (plain multi-head)
+  int head_dim = 0;     // 0: d_model / n_heads
+  float rope_theta = 10000.f;
+
+  int kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  int hd() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
+  void validate() const;  // throws moe::Error naming the field
+};
+
+struct Attention {
+  AttentionConfig cfg;
+  Tensor wq, dwq;  // (H·hd, d)
+  Tensor wk, dwk;  // (KV·hd, d)
+  Tensor wv, dwv;  // (KV·hd, d)
+  Tensor wo, dwo;  // (d, H·hd)
+  // Activations of the last forward.
+  Tensor q, k, v;  // (T, H·hd), (T, KV·hd), (T, KV·hd); q and k after RoPE
+  Tensor att;      // (B, H, L, L) attention probabilities (zero above the diagonal)
+  Tensor o;        // (T, H·hd) per-head outputs, concatenated
+
+  Attention() = default;
+  Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, float init_std);
+  void forward(const float* x, int B, int L, float* y);  // x must stay valid until backward
+  void backward(const float* dy, float* dx);             // dx overwritten; weight gradients accumulate
+
+ private:
+  const float* x_ = nullptr;
+  int B_ = 0, L_ = 0;
+  Tensor cos_, sin_;             // (L, hd/2) rotation tables
+  Tensor dq_, dk_, dv_, do_;     // backward scratch
+  void rope_tables(int L);
+};
+
+// Rotate n rows of `heads` heads of width hd (row stride `stride`) at positions pos0.. by the tables;
+// inverse = true applies the transposed rotation (the backward of the forward rotation).
+void rope_apply(float* x, int n, int heads, int hd, int stride, const Tensor& cos_t, const Tensor& sin_t,
+                bool inverse);
+
+}  // namespace moe

@@ -1,0 +1,45 @@
+#include "nn/cross_entropy.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "core/vmath.h"
+
+namespace moe {
+
+double cross_entropy(const float* logits, const int32_t* targets, int T, int V, float* dlogits, float* losses) {
+  int n = 0;
+  for (int t = 0; t < T; ++t) {
+    if (targets[t] == kIgnoreIndex) continue;
+    if (targets[t] < 0 || targets[t] >= V)
+      fail("cross_entropy: target " + std::to_string(targets[t]) + " at position " + std::to_string(t) +
+           " is outside the vocabulary of " + std::to_string(V));
+    ++n;
+  }
+  std::vector<float> loss(static_cast<size_t>(T), 0.f);
+  const float inv_n = n > 0 ? 1.f / static_cast<float>(n) : 0.f;
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* z = logits + t * V;
+    float* dz = dlogits ? dlogits + t * V : nullptr;
+    if (targets[t] == kIgnoreIndex) {
+      if (dz) std::memset(dz, 0, sizeof(float) * V);
+      return;
+    }
+    const float lse = logsumexp(z, V);
+    loss[t] = lse - z[targets[t]];
+    if (dz) {
+#pragma omp simd
+      for (int v = 0; v < V; ++v) dz[v] = exp_approx(z[v] - lse) * inv_n;
+      dz[targets[t]] -= inv_n;
+    }
+  }, 16);
+  double sum = 0.0;
+  for (int t = 0; t < T; ++t) sum += loss[static_cast<size_t>(t)];
+  if (losses) std::memcpy(losses, loss.data(), sizeof(float) * T);
+  return n > 0 ? sum / n : 0.0;
+}
+
+}  // namespace moe

@@ -1,0 +1,51 @@
+#include "nn/rmsnorm.h"
+
+#include <cmath>
+
+#include "core/parallel.h"
+
+namespace moe {
+
+RMSNorm::RMSNorm(int dim, float epsilon) : d(dim), eps(epsilon), w({dim}), dw({dim}) { w.fill(1.f); }
+
+void RMSNorm::forward(const float* x, int T, float* y) {
+  x_ = x;
+  T_ = T;
+  rstd.resize({T});
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* xt = x + t * d;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int j = 0; j < d; ++j) ss += xt[j] * xt[j];
+    const float r = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
+    rstd[t] = r;
+    float* yt = y + t * d;
+#pragma omp simd
+    for (int j = 0; j < d; ++j) yt[j] = xt[j] * r * w[j];
+  }, 64);
+}
+
+void RMSNorm::backward(const float* dy, float* dx) {
+  const int T = T_;
+  // dx = r·(dy⊙w − x·r²·mean(dy⊙w⊙x))
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* xt = x_ + t * d;
+    const float* dyt = dy + t * d;
+    const float r = rstd[t];
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < d; ++j) dot += dyt[j] * w[j] * xt[j];
+    const float c = r * r * dot / static_cast<float>(d);
+    float* dxt = dx + t * d;
+#pragma omp simd
+    for (int j = 0; j < d; ++j) dxt[j] = r * (dyt[j] * w[j] - xt[j] * c);
+  }, 64);
+  // dw_j = Σ_t dy·x·r: each thread owns a range of columns and sums tokens in order.
+  parallel_for(static_cast<size_t>(d), [&](size_t j) {
+    float s = 0.f;
+    for (int t = 0; t < T; ++t) s += dy[static_cast<size_t>(t) * d + j] * x_[static_cast<size_t>(t) * d + j] * rstd[t];
+    dw[j] += s;
+  }, 64);
+}
+
+}  // namespace moe

@@ -1,0 +1,217 @@
+// The dense blocks of src/nn: finite differences and PyTorch parity (tests/torch_ref/nn_ref.py) for
+// RMSNorm, causal attention with RoPE (multi-head and grouped-query) and cross-entropy; embedding
+// lookups and their errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "nn/attention.h"
+#include "nn/cross_entropy.h"
+#include "nn/embedding.h"
+#include "nn/rmsnorm.h"
+
+namespace moe {
+namespace {
+
+// Central differences of J at `samples` entries of v against the analytic gradient g.
+void check_fd(Tensor& v, const Tensor& g, const std::function<double()>& J, const std::string& what,
+              double eps = 1e-2, size_t samples = 24) {
+  const size_t n = v.numel();
+  for (size_t s = 0; s < std::min(n, samples); ++s) {
+    const size_t i = n <= samples ? s : static_cast<size_t>(rng_uniform(5, 9, s) * static_cast<float>(n)) % n;
+    const float orig = v[i];
+    v[i] = orig + static_cast<float>(eps);
+    const double jp = J();
+    v[i] = orig - static_cast<float>(eps);
+    const double jm = J();
+    v[i] = orig;
+    const double fd = (jp - jm) / (2 * eps), an = g[i];
+    EXPECT_NEAR(an, fd, 2e-3 + 2e-2 * std::max(std::fabs(fd), std::fabs(an))) << what << "[" << i << "]";
+  }
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+// Run the PyTorch reference on `in`; returns its outputs.
+TensorFile torch_reference(const std::string& name, const TensorFile& in) {
+  const std::string dir = ::testing::TempDir();
+  const std::string case_path = dir + "/nn_" + name + ".safetensors", out_path = dir + "/nn_" + name + ".out.safetensors";
+  save_safetensors(case_path, in);
+  const std::string cmd = std::string(MOE_TORCH_PYTHON) + " " + MOE_SOURCE_DIR + "/tests/torch_ref/nn_ref.py " +
+                          case_path + " " + out_path;
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << "the PyTorch reference failed: " << cmd;
+  return load_safetensors(out_path);
+}
+
+void expect_close(const Tensor& got, const Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.numel(), want.numel()) << what;
+  double scale = 0;
+  for (size_t i = 0; i < want.numel(); ++i) scale = std::max(scale, static_cast<double>(std::fabs(want[i])));
+  for (size_t i = 0; i < want.numel(); ++i)
+    ASSERT_NEAR(got[i], want[i], 1e-4 * std::fabs(want[i]) + 1e-5 * scale) << what << "[" << i << "]";
+}
+
+TEST(RMSNorm, GradientsAndParity) {
+  const int T = 6, d = 16;
+  RMSNorm norm(d, 1e-5f);
+  fill_normal(norm.w.data(), d, 1, 1, 1.f, 0.3f);
+  Tensor x({T, d}), dy({T, d}), y({T, d}), dx({T, d});
+  fill_normal(x.data(), x.numel(), 1, 2, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 1, 3, 0.f, 1.f);
+  norm.forward(x.data(), T, y.data());
+  norm.backward(dy.data(), dx.data());
+  Tensor dw = norm.dw;
+  auto J = [&] {
+    Tensor yy({T, d});
+    norm.forward(x.data(), T, yy.data());
+    return dot(yy, dy);
+  };
+  check_fd(x, dx, J, "rmsnorm dx", 1e-3);
+  check_fd(norm.w, dw, J, "rmsnorm dw", 1e-3);
+
+  TensorFile in;
+  in.metadata["module"] = "rmsnorm";
+  in.metadata["config"] = "{\"eps\": 1e-5}";
+  in.tensors["x"] = x;
+  in.tensors["dy"] = dy;
+  in.tensors["w"] = norm.w;
+  TensorFile ref = torch_reference("rmsnorm", in);
+  expect_close(y, ref.tensors.at("y"), "y");
+  expect_close(dx, ref.tensors.at("dx"), "dx");
+  expect_close(dw, ref.tensors.at("grad.w"), "dw");
+}
+
+struct AttnCase {
+  const char* name;
+  int heads, kv_heads;
+};
+
+class AttentionTest : public ::testing::TestWithParam<AttnCase> {};
+
+TEST_P(AttentionTest, GradientsAndParity) {
+  const AttnCase& ac = GetParam();
+  AttentionConfig c;
+  c.d_model = 16;
+  c.n_heads = ac.heads;
+  c.n_kv_heads = ac.kv_heads;
+  c.head_dim = 8;
+  const int B = 2, L = 5, T = B * L, d = c.d_model;
+  Attention attn(c, 3, 10, 0.3f);
+  Tensor x({T, d}), dy({T, d}), y({T, d}), dx({T, d});
+  fill_normal(x.data(), x.numel(), 2, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 2, 2, 0.f, 1.f);
+  attn.forward(x.data(), B, L, y.data());
+  attn.backward(dy.data(), dx.data());
+  const Tensor dwq = attn.dwq, dwk = attn.dwk, dwv = attn.dwv, dwo = attn.dwo;
+  auto J = [&] {
+    Tensor yy({T, d});
+    attn.forward(x.data(), B, L, yy.data());
+    return dot(yy, dy);
+  };
+  check_fd(x, dx, J, "attention dx");
+  check_fd(attn.wq, dwq, J, "attention dwq");
+  check_fd(attn.wk, dwk, J, "attention dwk");
+  check_fd(attn.wv, dwv, J, "attention dwv");
+  check_fd(attn.wo, dwo, J, "attention dwo");
+
+  // Causality: the output of position 0 of each sequence depends on nothing after it.
+  Tensor x2 = x, y2({T, d});
+  for (int j = 0; j < d; ++j) x2[static_cast<size_t>(L - 1) * d + j] += 1.f;
+  attn.forward(x2.data(), B, L, y2.data());
+  for (int t = 0; t < L - 1; ++t)
+    for (int j = 0; j < d; ++j) ASSERT_FLOAT_EQ(y2[t * d + j], y[t * d + j]) << "token " << t << " saw the future";
+
+  TensorFile in;
+  in.metadata["module"] = "attention";
+  in.metadata["config"] = "{\"B\": 2, \"L\": 5, \"n_heads\": " + std::to_string(c.n_heads) + ", \"n_kv_heads\": " +
+                          std::to_string(c.kv_heads()) + ", \"head_dim\": 8, \"rope_theta\": 10000.0}";
+  in.tensors["x"] = x;
+  in.tensors["dy"] = dy;
+  in.tensors["wq"] = attn.wq;
+  in.tensors["wk"] = attn.wk;
+  in.tensors["wv"] = attn.wv;
+  in.tensors["wo"] = attn.wo;
+  TensorFile ref = torch_reference(std::string("attention_") + ac.name, in);
+  expect_close(y, ref.tensors.at("y"), "y");
+  expect_close(dx, ref.tensors.at("dx"), "dx");
+  expect_close(dwq, ref.tensors.at("grad.wq"), "dwq");
+  expect_close(dwk, ref.tensors.at("grad.wk"), "dwk");
+  expect_close(dwv, ref.tensors.at("grad.wv"), "dwv");
+  expect_close(dwo, ref.tensors.at("grad.wo"), "dwo");
+}
+
+INSTANTIATE_TEST_SUITE_P(Heads, AttentionTest,
+                         ::testing::Values(AttnCase{"mha", 4, 0}, AttnCase{"gqa", 4, 2}, AttnCase{"mqa", 2, 1}),
+                         [](const ::testing::TestParamInfo<AttnCase>& pi) { return std::string(pi.param.name); });
+
+TEST(Attention, BadConfigNamesTheField) {
+  AttentionConfig c;
+  c.d_model = 16;
+  c.n_heads = 4;
+  c.n_kv_heads = 3;
+  try {
+    Attention a(c, 1, 1, 0.02f);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("num_key_value_heads"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CrossEntropy, GradientsParityAndIgnoredPositions) {
+  const int T = 7, V = 11;
+  Tensor z({T, V}), dz({T, V});
+  fill_normal(z.data(), z.numel(), 4, 1, 0.f, 2.f);
+  std::vector<int32_t> tg = {3, 0, kIgnoreIndex, 10, 5, 5, kIgnoreIndex};
+  const double loss = cross_entropy(z.data(), tg.data(), T, V, dz.data());
+  for (int v = 0; v < V; ++v) {
+    EXPECT_EQ(dz[2 * V + v], 0.f);
+    EXPECT_EQ(dz[6 * V + v], 0.f);
+  }
+  auto J = [&] { return cross_entropy(z.data(), tg.data(), T, V, nullptr); };
+  check_fd(z, dz, J, "cross-entropy dlogits", 1e-3, 40);
+  TensorFile in;
+  in.metadata["module"] = "cross_entropy";
+  in.tensors["x"] = z;
+  Tensor targets({T});
+  for (int t = 0; t < T; ++t) targets[t] = static_cast<float>(tg[t]);
+  in.tensors["targets"] = targets;
+  TensorFile ref = torch_reference("cross_entropy", in);
+  EXPECT_NEAR(loss, ref.tensors.at("loss")[0], 1e-5);
+  expect_close(dz, ref.tensors.at("dx"), "dlogits");
+  std::vector<int32_t> bad = {3, 0, 99, 1, 1, 1, 1};
+  EXPECT_THROW(cross_entropy(z.data(), bad.data(), T, V, nullptr), Error);
+}
+
+TEST(Embedding, LooksUpAndAccumulates) {
+  Embedding emb(10, 4, 1, 1, 1.f);
+  std::vector<int32_t> tok = {3, 7, 3};
+  Tensor y({3, 4}), dy({3, 4});
+  emb.forward(tok.data(), 3, y.data());
+  for (int j = 0; j < 4; ++j) {
+    EXPECT_EQ(y[j], emb.w[3 * 4 + j]);
+    EXPECT_EQ(y[4 + j], emb.w[7 * 4 + j]);
+  }
+  for (size_t i = 0; i < dy.numel(); ++i) dy[i] = static_cast<float>(i);
+  emb.backward(tok.data(), 3, dy.data());
+  for (int j = 0; j < 4; ++j) {
+    EXPECT_EQ(emb.dw[3 * 4 + j], dy[j] + dy[8 + j]);  // token 3 appears twice
+    EXPECT_EQ(emb.dw[7 * 4 + j], dy[4 + j]);
+    EXPECT_EQ(emb.dw[0 * 4 + j], 0.f);
+  }
+  std::vector<int32_t> bad = {3, 10};
+  EXPECT_THROW(emb.forward(bad.data(), 2, y.data()), Error);
+}
+
+}  // namespace
+}  // namespace moe
