@@ -1,0 +1,228 @@
+#include "model/transformer.h"
+
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "core/rng.h"
+#include "nn/cross_entropy.h"
+
+namespace moe {
+
+AttentionConfig ModelConfig::attention() const {
+  AttentionConfig a;
+  a.d_model = hidden_size;
+  a.n_heads = num_attention_heads;
+  a.n_kv_heads = num_key_value_heads;
+  a.rope_theta = rope_theta;
+  return a;
+}
+
+MoeConfig ModelConfig::moe_layer(int layer) const {
+  MoeConfig m = moe;
+  m.d_model = hidden_size;
+  m.seed = seed;
+  m.layer_id = static_cast<uint64_t>(layer) + 1;
+  m.router_init_std = moe.router_init_std;
+  return m;
+}
+
+void ModelConfig::validate() const {
+  auto bad = [](const std::string& m) { fail("model config: " + m); };
+  auto pos = [&](const char* f, int v) {
+    if (v <= 0) bad(std::string(f) + " = " + std::to_string(v) + " must be positive");
+  };
+  pos("vocab_size", vocab_size);
+  pos("hidden_size", hidden_size);
+  pos("num_hidden_layers", num_hidden_layers);
+  pos("intermediate_size", intermediate_size);
+  pos("max_position_embeddings", max_position_embeddings);
+  if (ffn != "moe" && ffn != "dense") bad("ffn = \"" + ffn + "\" is not known; use moe or dense");
+  if (first_k_dense_replace < 0 || first_k_dense_replace > num_hidden_layers)
+    bad("first_k_dense_replace = " + std::to_string(first_k_dense_replace) + " must be in [0, num_hidden_layers]");
+  if (!(rms_norm_eps > 0.f)) bad("rms_norm_eps must be positive");
+  if (!(initializer_range > 0.f)) bad("initializer_range must be positive");
+  attention().validate();
+  if (ffn == "moe") moe_layer(0).validate();
+}
+
+TransformerLM::TransformerLM(const ModelConfig& c) : cfg(c) {
+  cfg.validate();
+  const int d = cfg.hidden_size, V = cfg.vocab_size;
+  const float std = cfg.initializer_range;
+  embed = Embedding(V, d, cfg.seed, 1, std);
+  blocks.resize(static_cast<size_t>(cfg.num_hidden_layers));
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    Block& b = blocks[static_cast<size_t>(l)];
+    const uint64_t stream = 1000 + 100 * static_cast<uint64_t>(l);
+    b.attn_norm = RMSNorm(d, cfg.rms_norm_eps);
+    b.ffn_norm = RMSNorm(d, cfg.rms_norm_eps);
+    b.attn = Attention(cfg.attention(), cfg.seed, stream, std);
+    if (cfg.is_moe_block(l)) {
+      b.moe = std::make_unique<MoeLayer>(cfg.moe_layer(l));
+    } else {
+      b.dense = ExpertBank(1, d, cfg.intermediate_size, cfg.seed, stream + 10, std);
+      b.dense.bf16 = cfg.moe.precision == "bf16";
+    }
+  }
+  final_norm = RMSNorm(d, cfg.rms_norm_eps);
+  if (!cfg.tie_word_embeddings) {
+    lm_head = Tensor({V, d});
+    dlm_head = Tensor({V, d});
+    fill_normal(lm_head.data(), lm_head.numel(), cfg.seed, 2, 0.f, std);
+  }
+}
+
+std::vector<Param> TransformerLM::params() {
+  std::vector<Param> out;
+  out.push_back({"model.embed_tokens.weight", &embed.w, &embed.dw});
+  for (size_t l = 0; l < blocks.size(); ++l) {
+    Block& b = blocks[l];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    out.push_back({p + "input_layernorm.weight", &b.attn_norm.w, &b.attn_norm.dw});
+    out.push_back({p + "self_attn.q_proj.weight", &b.attn.wq, &b.attn.dwq});
+    out.push_back({p + "self_attn.k_proj.weight", &b.attn.wk, &b.attn.dwk});
+    out.push_back({p + "self_attn.v_proj.weight", &b.attn.wv, &b.attn.dwv});
+    out.push_back({p + "self_attn.o_proj.weight", &b.attn.wo, &b.attn.dwo});
+    out.push_back({p + "post_attention_layernorm.weight", &b.ffn_norm.w, &b.ffn_norm.dw});
+    if (b.moe) {
+      for (Param& q : b.moe->params()) out.push_back({p + "mlp." + q.name, q.value, q.grad});
+    } else {
+      b.dense.params(out, p + "mlp.");
+    }
+  }
+  out.push_back({"model.norm.weight", &final_norm.w, &final_norm.dw});
+  if (!cfg.tie_word_embeddings) out.push_back({"lm_head.weight", &lm_head, &dlm_head});
+  return out;
+}
+
+void TransformerLM::zero_grad() {
+  for (Param& p : params()) p.grad->zero();
+}
+
+void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint64_t step) {
+  MOE_CHECK(L <= cfg.max_position_embeddings,
+            "model: sequence of " + std::to_string(L) + " tokens is longer than max_position_embeddings = " +
+                std::to_string(cfg.max_position_embeddings));
+  const int T = B * L, d = cfg.hidden_size, V = cfg.vocab_size;
+  tokens_ = tokens;
+  B_ = B;
+  L_ = L;
+  stats_ = {};
+  Tensor* x = nullptr;
+  for (size_t l = 0; l < blocks.size(); ++l) {
+    Block& b = blocks[l];
+    for (Tensor* t : {&b.x_in, &b.h_attn, &b.x_mid, &b.h_ffn, &b.tmp}) t->resize({T, d});
+    if (l == 0) {
+      embed.forward(tokens, T, b.x_in.data());
+    } else {
+      std::memcpy(b.x_in.data(), x->data(), sizeof(float) * T * d);
+    }
+    b.attn_norm.forward(b.x_in.data(), T, b.h_attn.data());
+    b.attn.forward(b.h_attn.data(), B, L, b.tmp.data());
+    for (size_t i = 0; i < b.x_mid.numel(); ++i) b.x_mid[i] = b.x_in[i] + b.tmp[i];
+    b.ffn_norm.forward(b.x_mid.data(), T, b.h_ffn.data());
+    if (b.moe) {
+      b.moe->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L});
+      stats_.aux += b.moe->losses().total();
+    } else {
+      b.dense.forward(b.h_ffn.data(), {0, T}, b.tmp.data());
+    }
+    // The block's output overwrites tmp: x_out of block l = x_mid + ffn.
+    for (size_t i = 0; i < b.tmp.numel(); ++i) b.tmp[i] += b.x_mid[i];
+    x = &b.tmp;
+  }
+  x_out = *x;
+  h_final.resize({T, d});
+  final_norm.forward(x_out.data(), T, h_final.data());
+  logits.resize({T, V});
+  const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
+  sgemm(false, true, T, V, d, 1.f, h_final.data(), d, head, d, 0.f, logits.data(), V);
+}
+
+double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int B, int L, bool training,
+                              uint64_t step) {
+  run(tokens, B, L, training, step);
+  targets_ = targets;
+  const int T = B * L, V = cfg.vocab_size;
+  dlogits_.resize({T, V});
+  stats_.ce = cross_entropy(logits.data(), targets, T, V, dlogits_.data());
+  return stats_.ce;
+}
+
+const Tensor& TransformerLM::forward_logits(const int32_t* tokens, int B, int L) {
+  run(tokens, B, L, false, 0);
+  targets_ = nullptr;
+  return logits;
+}
+
+void TransformerLM::backward() {
+  MOE_CHECK(targets_ != nullptr, "model: backward needs a forward with targets");
+  const int T = B_ * L_, d = cfg.hidden_size, V = cfg.vocab_size;
+  dx_.resize({T, d});
+  dh_.resize({T, d});
+  // LM head.
+  const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
+  float* dhead = cfg.tie_word_embeddings ? embed.dw.data() : dlm_head.data();
+  sgemm(true, false, V, d, T, 1.f, dlogits_.data(), V, h_final.data(), d, 1.f, dhead, d);
+  sgemm(false, false, T, d, V, 1.f, dlogits_.data(), V, head, d, 0.f, dh_.data(), d);
+  final_norm.backward(dh_.data(), dx_.data());  // dx_ = d(objective)/d(block output)
+  for (size_t li = blocks.size(); li-- > 0;) {
+    Block& b = blocks[li];
+    // x_out = x_mid + ffn(norm(x_mid))
+    if (b.moe) {
+      b.moe->backward(dx_.data(), dh_.data());
+    } else {
+      b.dense.backward(b.h_ffn.data(), dx_.data(), {0, T}, nullptr, dh_.data(), nullptr);
+    }
+    b.ffn_norm.backward(dh_.data(), b.tmp.data());
+    for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
+    // x_mid = x_in + attn(norm(x_in))
+    b.attn.backward(dx_.data(), dh_.data());
+    b.attn_norm.backward(dh_.data(), b.tmp.data());
+    for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
+  }
+  embed.backward(tokens_, T, dx_.data());
+}
+
+int64_t TransformerLM::num_embedding_params() const {
+  const int64_t Vd = static_cast<int64_t>(cfg.vocab_size) * cfg.hidden_size;
+  return cfg.tie_word_embeddings ? Vd : 2 * Vd;
+}
+
+static int64_t attention_params(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, hd = c.attention().hd();
+  const int64_t H = c.num_attention_heads, KV = c.attention().kv_heads();
+  return d * H * hd * 2 + d * KV * hd * 2;
+}
+
+int64_t TransformerLM::num_params() const {
+  int64_t n = num_embedding_params() + cfg.hidden_size;  // + final norm
+  for (const Block& b : blocks) {
+    n += attention_params(cfg) + 2 * cfg.hidden_size;
+    n += b.moe ? b.moe->num_params() : 3LL * cfg.intermediate_size * cfg.hidden_size;
+  }
+  return n;
+}
+
+int64_t TransformerLM::num_active_params() const {
+  int64_t n = num_embedding_params() + cfg.hidden_size;
+  for (const Block& b : blocks) {
+    n += attention_params(cfg) + 2 * cfg.hidden_size;
+    n += b.moe ? b.moe->num_active_params() : 3LL * cfg.intermediate_size * cfg.hidden_size;
+  }
+  return n;
+}
+
+double TransformerLM::flops_per_token() const {
+  const double d = cfg.hidden_size, V = cfg.vocab_size, L = cfg.max_position_embeddings;
+  double router = 0.0;
+  for (const Block& b : blocks)
+    if (b.moe) router += d * b.moe->cfg.n_experts();
+  const double active_non_embedding = static_cast<double>(num_active_params() - num_embedding_params());
+  return 6.0 * (active_non_embedding - router) + 14.0 * router + 6.0 * V * d + 6.0 * cfg.num_hidden_layers * L * d;
+}
+
+}  // namespace moe

@@ -1,0 +1,95 @@
+// transformer.h — the decoder-only MoE language model: token embedding, then per block
+//   x ← x + Attention(RMSNorm(x));  x ← x + FFN(RMSNorm(x))   (FFN: dense SwiGLU or the MoE layer)
+// then a final RMSNorm and the LM head (tied to the embedding optionally), trained with cross-entropy
+// plus the MoE layers' balance losses. Explicit forward/backward; the model owns every parameter.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "moe/experts.h"
+#include "moe/moe_layer.h"
+#include "nn/attention.h"
+#include "nn/embedding.h"
+#include "nn/rmsnorm.h"
+
+namespace moe {
+
+// Field names follow the Hugging Face configs (Mixtral, DeepSeek-V2, Qwen2-MoE) where they exist.
+struct ModelConfig {
+  int vocab_size = 4096;
+  int hidden_size = 256;
+  int num_hidden_layers = 4;
+  int num_attention_heads = 4;
+  int num_key_value_heads = 0;       // 0: num_attention_heads
+  int intermediate_size = 688;       // width of the dense SwiGLU FFN
+  int max_position_embeddings = 256; // training sequence length
+  float rms_norm_eps = 1e-5f;
+  float rope_theta = 10000.f;
+  bool tie_word_embeddings = false;
+  float initializer_range = 0.02f;
+  std::string ffn = "moe";           // moe | dense
+  int first_k_dense_replace = 0;     // DeepSeek: the first k blocks keep a dense FFN
+  MoeConfig moe;                     // the MoE layer of every MoE block (d_model = hidden_size)
+  uint64_t seed = 1;
+
+  bool is_moe_block(int layer) const { return ffn == "moe" && layer >= first_k_dense_replace; }
+  AttentionConfig attention() const;
+  MoeConfig moe_layer(int layer) const;  // moe with d_model, seed and layer_id filled in
+  void validate() const;                 // throws moe::Error naming the field
+};
+
+struct ModelStats {
+  double ce = 0.0;        // mean cross-entropy of the last forward
+  double aux = 0.0;       // sum of the MoE layers' loss terms
+};
+
+class TransformerLM {
+ public:
+  explicit TransformerLM(const ModelConfig& c);
+  const ModelConfig cfg;
+
+  struct Block {
+    RMSNorm attn_norm, ffn_norm;
+    Attention attn;
+    std::unique_ptr<MoeLayer> moe;  // MoE FFN, or
+    ExpertBank dense;               // dense SwiGLU FFN (one expert over every token)
+    Tensor x_in, h_attn, x_mid, h_ffn, tmp;  // (T, d) activations
+  };
+  Embedding embed;
+  std::vector<Block> blocks;
+  RMSNorm final_norm;
+  Tensor lm_head, dlm_head;  // (V, d), unused when tied
+  Tensor x_out, h_final, logits;  // (T, d), (T, d), (T, V)
+
+  // tokens, targets: (B·L); targets may hold kIgnoreIndex. Returns the mean cross-entropy; the
+  // objective that backward() differentiates is that plus stats().aux.
+  double forward(const int32_t* tokens, const int32_t* targets, int B, int L, bool training, uint64_t step);
+  // Gradients of the last forward's objective, accumulated into every parameter's gradient.
+  void backward();
+  // Logits only (T, V) for inference: no targets, eval mode.
+  const Tensor& forward_logits(const int32_t* tokens, int B, int L);
+  void zero_grad();
+  std::vector<Param> params();
+  const ModelStats& stats() const { return stats_; }
+
+  int64_t num_params() const;            // all parameters
+  int64_t num_active_params() const;     // used by one token
+  int64_t num_embedding_params() const;  // token embedding (+ the untied LM head)
+  // Training FLOPs per token, forward + backward (SPEC §7, Krajewski Eq. 10): c_f = 6 per active
+  // non-embedding weight outside the routers, c_r = 14 per router weight (d·E·G per MoE layer), 6·V·d
+  // for the LM head, and 6·layers·L·d for attention over the context (Kaplan et al.).
+  double flops_per_token() const;
+
+ private:
+  const int32_t* tokens_ = nullptr;
+  const int32_t* targets_ = nullptr;
+  int B_ = 0, L_ = 0;
+  Tensor dlogits_, dx_, dh_;
+  ModelStats stats_;
+  void run(const int32_t* tokens, int B, int L, bool training, uint64_t step);
+};
+
+}  // namespace moe
