@@ -10,6 +10,8 @@ PACKAGES=(
   libdnnl-dev                                 # oneDNN: bf16 matmuls (mixed-precision experts)
   libgtest-dev libgmock-dev libbenchmark-dev  # tests and micro-benchmarks
   libcli11-dev nlohmann-json3-dev             # command line, JSON
+  libtomlplusplus-dev libsentencepiece-dev    # model configs, tokenizer
+  bible-kjv fortunes                          # training corpora (the C headers come with libc6-dev)
   python3 python3-torch python3-numpy         # PyTorch reference and peer (tests and benchmarks only)
 )
 

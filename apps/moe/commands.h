@@ -5,5 +5,6 @@
 namespace moe::cli {
 
 void add_bench(CLI::App& app);
+void add_lm(CLI::App& app);
 
 }  // namespace moe::cli

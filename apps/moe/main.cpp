@@ -8,6 +8,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"moe — build, train, measure and run Mixture-of-Experts models"};
   app.require_subcommand(1);
+  moe::cli::add_lm(app);
   moe::cli::add_bench(app);
   try {
     app.parse(argc, argv);

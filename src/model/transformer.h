@@ -24,7 +24,7 @@ struct ModelConfig {
   int num_hidden_layers = 4;
   int num_attention_heads = 4;
   int num_key_value_heads = 0;       // 0: num_attention_heads
-  int intermediate_size = 688;       // width of the dense SwiGLU FFN
+  int intermediate_size = 512;       // width of the dense SwiGLU FFN
   int max_position_embeddings = 256; // training sequence length
   float rms_norm_eps = 1e-5f;
   float rope_theta = 10000.f;
@@ -32,7 +32,14 @@ struct ModelConfig {
   float initializer_range = 0.02f;
   std::string ffn = "moe";           // moe | dense
   int first_k_dense_replace = 0;     // DeepSeek: the first k blocks keep a dense FFN
-  MoeConfig moe;                     // the MoE layer of every MoE block (d_model = hidden_size)
+  // The MoE layer of every MoE block (d_model = hidden_size). Default: Mixtral-style top-2 of 8
+  // experts of width 256, as many active FFN parameters as the dense FFN of width 512.
+  MoeConfig moe = [] {
+    MoeConfig m;
+    m.d_ff_expert = 256;
+    m.aux_loss_coef = 1e-2f;
+    return m;
+  }();
   uint64_t seed = 1;
 
   bool is_moe_block(int layer) const { return ffn == "moe" && layer >= first_k_dense_replace; }

@@ -1,0 +1,164 @@
+// lm_cmd.cpp — the language-model commands: `moe data`, `moe train`, `moe eval`, `moe generate`,
+// `moe inspect`.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "apps/moe/commands.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "train/data.h"
+#include "train/run_config.h"
+#include "train/trainer.h"
+
+namespace moe::cli {
+namespace {
+
+struct Common {
+  std::string config;
+  std::vector<std::string> sets;
+  std::string ckpt;
+  std::string corpus;
+  int threads = 0;
+};
+
+void apply_threads(int n) {
+  if (n > 0) set_num_threads(n);
+}
+
+void print_inspect(TransformerLM& m) {
+  const ModelConfig& c = m.cfg;
+  std::printf("model: %d layers, d=%d, %d heads (%d kv), vocab %d, context %d, ffn %s\n", c.num_hidden_layers,
+              c.hidden_size, c.num_attention_heads, c.attention().kv_heads(), c.vocab_size, c.max_position_embeddings,
+              c.ffn.c_str());
+  if (c.ffn == "moe") {
+    const MoeConfig mc = c.moe_layer(0);
+    std::printf("moe: router %s, %d routed experts of width %d (G=%d), %d active, %d shared, first %d blocks dense\n",
+                mc.router.c_str(), mc.n_experts(), mc.expert_hidden(), mc.granularity, mc.k(), mc.n_shared,
+                c.first_k_dense_replace);
+  }
+  const double total = static_cast<double>(m.num_params()), active = static_cast<double>(m.num_active_params());
+  const double emb = static_cast<double>(m.num_embedding_params());
+  std::printf("parameters: total %.3fM  active %.3fM  non-embedding %.3fM (active %.3fM)  embedding %.3fM\n", total / 1e6,
+              active / 1e6, (total - emb) / 1e6, (active - emb) / 1e6, emb / 1e6);
+  std::printf("training FLOPs per token (with routing cost, c_f = 6, c_r = 14): %.2f MFLOP\n", m.flops_per_token() / 1e6);
+}
+
+}  // namespace
+
+void add_lm(CLI::App& app) {
+  static Common o;
+  static int vocab = 4096;
+  static bool force = false, resume = false;
+
+  auto* data = app.add_subcommand("data", "Prepare a corpus: text, held-out split, BPE tokenizer, token shards");
+  static std::string data_corpus = "kjv", data_dir = "data";
+  data->add_option("--corpus", data_corpus, "kjv | fortunes | c-headers | all");
+  data->add_option("--vocab-size", vocab, "Tokenizer vocabulary")->check(CLI::Range(256, 65535));
+  data->add_option("--out", data_dir, "Folder for the prepared corpora");
+  data->add_flag("--force", force, "Prepare again even if present");
+  data->callback([] {
+    std::vector<std::string> names = data_corpus == "all" ? corpus_names() : std::vector<std::string>{data_corpus};
+    for (const auto& n : names) prepare_corpus(n, data_dir, vocab, force);
+  });
+
+  auto* train = app.add_subcommand("train", "Train a model (no arguments: the default MoE model on the KJV Bible)");
+  train->add_option("--config", o.config, "TOML config (see configs/)")->check(CLI::ExistingFile);
+  train->add_option("--set", o.sets, "Override: section.key=value (repeatable), e.g. --set train.steps=100");
+  train->add_flag("--resume", resume, "Continue the run in train.out from its checkpoint");
+  train->add_option("--threads", o.threads, "Threads (default: all cores)")->check(CLI::PositiveNumber);
+  train->callback([] {
+    apply_threads(o.threads);
+    RunConfig c = resume && o.config.empty() && std::filesystem::exists(load_run_config("", o.sets).train.out + "/config.json")
+                      ? read_checkpoint_config(load_run_config("", o.sets).train.out)
+                      : load_run_config(o.config, o.sets);
+    TrainSummary s = train_model(c, resume);
+    std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));
+    std::printf("throughput %.0f tokens/s  MFU %.1f%% of the measured GEMM peak\n", s.tokens_per_s, 100.0 * s.mfu);
+    if (!s.load_summary.empty()) std::printf("expert load: %s\n", s.load_summary.c_str());
+    Tokenizer tok;
+    tok.load(c.train.out + "/tokenizer.model");
+    TransformerLM model(c.model);
+    load_checkpoint(c.train.out, model, nullptr);
+    const std::string prompt = c.train.corpus == "c-headers" ? "#include <stdio.h>\n" : "And God said";
+    SampleOptions so;
+    so.max_tokens = 48;
+    std::vector<int32_t> ids = tok.encode(prompt);
+    std::vector<int32_t> out = generate(model, ids, so);
+    ids.insert(ids.end(), out.begin(), out.end());
+    std::printf("sample: %s\n", tok.decode(ids).c_str());
+    std::printf("checkpoint and metrics.jsonl in %s\n", c.train.out.c_str());
+  });
+
+  auto* eval = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint");
+  static int eval_windows = 256;
+  eval->add_option("--ckpt", o.ckpt, "Checkpoint folder (train.out of a run)")->required();
+  eval->add_option("--corpus", o.corpus, "Corpus to evaluate on (default: the one it trained on)");
+  eval->add_option("--windows", eval_windows, "Validation windows")->check(CLI::PositiveNumber);
+  eval->add_option("--threads", o.threads, "Threads")->check(CLI::PositiveNumber);
+  eval->callback([] {
+    apply_threads(o.threads);
+    RunConfig c = read_checkpoint_config(o.ckpt);
+    TransformerLM model(c.model);
+    load_checkpoint(o.ckpt, model, nullptr);
+    const std::string corpus = o.corpus.empty() ? c.train.corpus : o.corpus;
+    const std::string dir = prepare_corpus(corpus, c.train.data_dir, c.model.vocab_size, false);
+    TokenShard val(dir + "/val.bin");
+    const double loss = evaluate(model, val, c.model.max_position_embeddings, eval_windows, c.train.batch_size);
+    std::printf("%s on %s: validation loss %.4f  perplexity %.2f\n", o.ckpt.c_str(), corpus.c_str(), loss, std::exp(loss));
+  });
+
+  auto* gen = app.add_subcommand("generate", "Continue a prompt with a trained model");
+  static std::string prompt;
+  static SampleOptions so;
+  static bool show_experts = false;
+  gen->add_option("--ckpt", o.ckpt, "Checkpoint folder")->required();
+  gen->add_option("--prompt", prompt, "Text to continue")->required();
+  gen->add_option("--max-tokens", so.max_tokens, "Tokens to generate")->check(CLI::PositiveNumber);
+  gen->add_option("--temperature", so.temperature, "Sampling temperature (0: greedy)")->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-k", so.top_k, "Keep the k most likely tokens (0: all)")->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-p", so.top_p, "Nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
+  gen->add_option("--seed", so.seed, "Sampling seed");
+  gen->add_flag("--show-experts", show_experts, "Print the experts each generated token went to, per MoE layer");
+  gen->callback([] {
+    RunConfig c = read_checkpoint_config(o.ckpt);
+    TransformerLM model(c.model);
+    load_checkpoint(o.ckpt, model, nullptr);
+    Tokenizer tok;
+    tok.load(o.ckpt + "/tokenizer.model");
+    std::printf("%s", prompt.c_str());
+    std::fflush(stdout);
+    std::vector<std::string> routes;
+    generate(model, tok.encode(prompt), so, [&](int32_t id, const std::vector<std::vector<int32_t>>& experts) {
+      std::printf("%s", tok.decode({id}).c_str());
+      std::fflush(stdout);
+      if (show_experts) {
+        std::string line = "'" + tok.piece(id) + "':";
+        for (size_t l = 0; l < experts.size(); ++l) {
+          line += " L" + std::to_string(l) + "[";
+          for (size_t i = 0; i < experts[l].size(); ++i) line += (i ? "," : "") + std::to_string(experts[l][i]);
+          line += "]";
+        }
+        routes.push_back(line);
+      }
+    });
+    std::printf("\n");
+    for (const auto& r : routes) std::printf("%s\n", r.c_str());
+  });
+
+  auto* inspect = app.add_subcommand("inspect", "Parameters (total, active, embedding) and FLOPs per token of a model");
+  inspect->add_option("--config", o.config, "TOML config")->check(CLI::ExistingFile);
+  inspect->add_option("--ckpt", o.ckpt, "Checkpoint folder");
+  inspect->add_option("--set", o.sets, "Override: section.key=value");
+  inspect->callback([] {
+    RunConfig c = o.ckpt.empty() ? load_run_config(o.config, o.sets) : read_checkpoint_config(o.ckpt);
+    TransformerLM model(c.model);
+    if (!o.ckpt.empty()) load_checkpoint(o.ckpt, model, nullptr);
+    print_inspect(model);
+  });
+}
+
+}  // namespace moe::cli

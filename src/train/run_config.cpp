@@ -1,0 +1,193 @@
+#include "train/run_config.h"
+
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+
+#include "core/error.h"
+
+namespace moe {
+
+void TrainConfig::validate() const {
+  auto bad = [](const std::string& m) { fail("train config: " + m); };
+  if (batch_size <= 0) bad("batch_size must be positive");
+  if (steps < 0) bad("steps must be >= 0");
+  if (grad_accum <= 0) bad("grad_accum must be positive");
+  if (!(lr > 0.f)) bad("lr must be positive");
+  if (min_lr_ratio < 0.f || min_lr_ratio > 1.f) bad("min_lr_ratio must be in [0, 1]");
+  if (warmup_steps < 0) bad("warmup_steps must be >= 0");
+  if (weight_decay < 0.f) bad("weight_decay must be >= 0");
+  if (grad_clip < 0.f) bad("grad_clip must be >= 0 (0: no clipping)");
+  if (eval_every < 0 || eval_windows <= 0) bad("eval_every must be >= 0 and eval_windows positive");
+  if (stop_after < 0 || stop_after > steps) bad("stop_after must be in [0, steps]");
+}
+
+namespace {
+
+using nlohmann::json;
+
+// One configurable field: how to set it from JSON (TOML values are converted to JSON first) and read it.
+struct Field {
+  std::function<void(RunConfig&, const json&)> set;
+  std::function<json(const RunConfig&)> get;
+};
+
+template <class Get>
+Field make(Get get) {
+  return Field{[get](RunConfig& c, const json& v) {
+                 auto& slot = get(c);
+                 using V = std::decay_t<decltype(slot)>;
+                 slot = v.get<V>();
+               },
+               [get](const RunConfig& c) { return json(get(const_cast<RunConfig&>(c))); }};
+}
+
+const std::map<std::string, Field>& fields() {
+  static const std::map<std::string, Field> f = {
+      {"model.vocab_size", make([](RunConfig& c) -> int& { return c.model.vocab_size; })},
+      {"model.hidden_size", make([](RunConfig& c) -> int& { return c.model.hidden_size; })},
+      {"model.num_hidden_layers", make([](RunConfig& c) -> int& { return c.model.num_hidden_layers; })},
+      {"model.num_attention_heads", make([](RunConfig& c) -> int& { return c.model.num_attention_heads; })},
+      {"model.num_key_value_heads", make([](RunConfig& c) -> int& { return c.model.num_key_value_heads; })},
+      {"model.intermediate_size", make([](RunConfig& c) -> int& { return c.model.intermediate_size; })},
+      {"model.max_position_embeddings", make([](RunConfig& c) -> int& { return c.model.max_position_embeddings; })},
+      {"model.rms_norm_eps", make([](RunConfig& c) -> float& { return c.model.rms_norm_eps; })},
+      {"model.rope_theta", make([](RunConfig& c) -> float& { return c.model.rope_theta; })},
+      {"model.tie_word_embeddings", make([](RunConfig& c) -> bool& { return c.model.tie_word_embeddings; })},
+      {"model.initializer_range", make([](RunConfig& c) -> float& { return c.model.initializer_range; })},
+      {"model.ffn", make([](RunConfig& c) -> std::string& { return c.model.ffn; })},
+      {"model.first_k_dense_replace", make([](RunConfig& c) -> int& { return c.model.first_k_dense_replace; })},
+      {"model.num_local_experts", make([](RunConfig& c) -> int& { return c.model.moe.experts; })},
+      {"model.num_experts_per_tok", make([](RunConfig& c) -> int& { return c.model.moe.top_k; })},
+      {"model.moe_intermediate_size", make([](RunConfig& c) -> int& { return c.model.moe.d_ff_expert; })},
+      {"model.granularity", make([](RunConfig& c) -> int& { return c.model.moe.granularity; })},
+      {"model.router", make([](RunConfig& c) -> std::string& { return c.model.moe.router; })},
+      {"model.norm_topk_prob", make([](RunConfig& c) -> bool& { return c.model.moe.renormalize; })},
+      {"model.routed_scaling_factor", make([](RunConfig& c) -> float& { return c.model.moe.routed_scaling; })},
+      {"model.n_group", make([](RunConfig& c) -> int& { return c.model.moe.n_group; })},
+      {"model.topk_group", make([](RunConfig& c) -> int& { return c.model.moe.topk_group; })},
+      {"model.router_jitter_noise", make([](RunConfig& c) -> float& { return c.model.moe.jitter_eps; })},
+      {"model.router_aux_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.aux_loss_coef; })},
+      {"model.router_z_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.z_loss_coef; })},
+      {"model.noisy_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.noisy_loss_coef; })},
+      {"model.expert_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.expert_loss_coef; })},
+      {"model.device_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.device_loss_coef; })},
+      {"model.device_groups", make([](RunConfig& c) -> int& { return c.model.moe.device_groups; })},
+      {"model.seq_aux_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.seq_aux_loss_coef; })},
+      {"model.bias_update_speed", make([](RunConfig& c) -> float& { return c.model.moe.bias_update_rate; })},
+      {"model.capacity_factor", make([](RunConfig& c) -> float& { return c.model.moe.capacity_factor; })},
+      {"model.drop_policy", make([](RunConfig& c) -> std::string& { return c.model.moe.drop_policy; })},
+      {"model.n_shared_experts", make([](RunConfig& c) -> int& { return c.model.moe.n_shared; })},
+      {"model.shared_expert_intermediate_size", make([](RunConfig& c) -> int& { return c.model.moe.shared_hidden; })},
+      {"model.shared_expert_gate", make([](RunConfig& c) -> bool& { return c.model.moe.shared_gate; })},
+      {"model.precision", make([](RunConfig& c) -> std::string& { return c.model.moe.precision; })},
+      {"model.router_init_std", make([](RunConfig& c) -> float& { return c.model.moe.router_init_std; })},
+      {"model.seed", make([](RunConfig& c) -> uint64_t& { return c.model.seed; })},
+      {"train.corpus", make([](RunConfig& c) -> std::string& { return c.train.corpus; })},
+      {"train.data_dir", make([](RunConfig& c) -> std::string& { return c.train.data_dir; })},
+      {"train.out", make([](RunConfig& c) -> std::string& { return c.train.out; })},
+      {"train.batch_size", make([](RunConfig& c) -> int& { return c.train.batch_size; })},
+      {"train.steps", make([](RunConfig& c) -> int& { return c.train.steps; })},
+      {"train.grad_accum", make([](RunConfig& c) -> int& { return c.train.grad_accum; })},
+      {"train.lr", make([](RunConfig& c) -> float& { return c.train.lr; })},
+      {"train.min_lr_ratio", make([](RunConfig& c) -> float& { return c.train.min_lr_ratio; })},
+      {"train.warmup_steps", make([](RunConfig& c) -> int& { return c.train.warmup_steps; })},
+      {"train.weight_decay", make([](RunConfig& c) -> float& { return c.train.weight_decay; })},
+      {"train.beta1", make([](RunConfig& c) -> float& { return c.train.beta1; })},
+      {"train.beta2", make([](RunConfig& c) -> float& { return c.train.beta2; })},
+      {"train.grad_clip", make([](RunConfig& c) -> float& { return c.train.grad_clip; })},
+      {"train.eval_every", make([](RunConfig& c) -> int& { return c.train.eval_every; })},
+      {"train.eval_windows", make([](RunConfig& c) -> int& { return c.train.eval_windows; })},
+      {"train.save_every", make([](RunConfig& c) -> int& { return c.train.save_every; })},
+      {"train.stop_after", make([](RunConfig& c) -> int& { return c.train.stop_after; })},
+      {"train.seed", make([](RunConfig& c) -> uint64_t& { return c.train.seed; })},
+  };
+  return f;
+}
+
+void set_field(RunConfig& c, const std::string& key, const json& v, const std::string& where) {
+  auto it = fields().find(key);
+  if (it == fields().end())
+    fail(where + ": unknown key \"" + key + "\"; the keys are listed in src/train/run_config.h (e.g. model.hidden_size, train.steps)");
+  try {
+    it->second.set(c, v);
+  } catch (const json::exception&) {
+    fail(where + ": key \"" + key + "\" has the wrong type (" + v.dump() + "); see src/train/run_config.h");
+  }
+}
+
+json toml_to_json(const toml::node& n) {
+  if (auto v = n.as_integer()) return json(v->get());
+  if (auto v = n.as_floating_point()) return json(v->get());
+  if (auto v = n.as_boolean()) return json(v->get());
+  if (auto v = n.as_string()) return json(v->get());
+  return json();  // tables and arrays have no field to go to
+}
+
+void apply_table(RunConfig& c, const toml::table& t, const std::string& where) {
+  for (auto&& [section, node] : t) {
+    const auto* tab = node.as_table();
+    if (!tab) fail(where + ": top-level key \"" + std::string(section.str()) + "\" must be a [model] or [train] table");
+    for (auto&& [key, value] : *tab) {
+      const std::string full = std::string(section.str()) + "." + std::string(key.str());
+      json j = toml_to_json(value);
+      if (j.is_null()) fail(where + ": key \"" + full + "\" must be a number, a boolean or a string");
+      set_field(c, full, j, where);
+    }
+  }
+}
+
+}  // namespace
+
+RunConfig load_run_config(const std::string& toml_path, const std::vector<std::string>& sets) {
+  RunConfig c;
+  if (!toml_path.empty()) {
+    try {
+      apply_table(c, toml::parse_file(toml_path), "config " + toml_path);
+    } catch (const toml::parse_error& e) {
+      fail("config " + toml_path + ": " + std::string(e.description()) + " at line " +
+           std::to_string(e.source().begin.line));
+    }
+  }
+  for (const std::string& s : sets) {
+    const size_t eq = s.find('=');
+    if (eq == std::string::npos) fail("--set " + s + ": expected section.key=value, e.g. --set train.steps=100");
+    const std::string key = s.substr(0, eq), value = s.substr(eq + 1);
+    json j;
+    try {
+      auto t = toml::parse("v = " + value);
+      j = toml_to_json(*t.get("v"));
+    } catch (const toml::parse_error&) {
+      j = json(value);  // a bare word: take it as a string
+    }
+    set_field(c, key, j, "--set " + s);
+  }
+  c.model.validate();
+  c.train.validate();
+  return c;
+}
+
+std::string run_config_to_json(const RunConfig& c) {
+  json j = json::object();
+  for (const auto& [key, f] : fields()) {
+    const size_t dot = key.find('.');
+    j[key.substr(0, dot)][key.substr(dot + 1)] = f.get(c);
+  }
+  return j.dump(2);
+}
+
+RunConfig run_config_from_json(const std::string& text, const std::string& where) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail(where + ": not a JSON object (corrupt config)");
+  RunConfig c;
+  for (auto& [section, tab] : j.items()) {
+    if (!tab.is_object()) fail(where + ": \"" + section + "\" must be an object");
+    for (auto& [key, v] : tab.items()) set_field(c, section + "." + key, v, where);
+  }
+  c.model.validate();
+  c.train.validate();
+  return c;
+}
+
+}  // namespace moe

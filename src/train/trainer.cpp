@@ -1,0 +1,334 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <numeric>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "core/vmath.h"
+#include "nn/cross_entropy.h"
+
+namespace fs = std::filesystem;
+
+namespace moe {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read " + path + ": no such file (is this a checkpoint folder written by `moe train`?)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+float lr_at(const TrainConfig& t, int64_t step) {
+  if (step < t.warmup_steps) return t.lr * static_cast<float>(step + 1) / static_cast<float>(t.warmup_steps);
+  const double span = static_cast<double>(std::max<int64_t>(1, t.steps - t.warmup_steps));
+  const double p = std::min(1.0, static_cast<double>(step - t.warmup_steps) / span);
+  const double cosine = 0.5 * (1.0 + std::cos(M_PI * p));
+  return static_cast<float>(t.lr * (t.min_lr_ratio + (1.0 - t.min_lr_ratio) * cosine));
+}
+
+// Progress: a bar with rate and ETA on a terminal, a plain line every 10% otherwise.
+struct Progress {
+  int64_t total, start;
+  bool tty = ::isatty(1);
+  clock_type::time_point t0 = clock_type::now();
+  void update(int64_t step, double loss, double tok_s) {
+    const int64_t done = step + 1 - start, todo = total - start;
+    const double el = seconds_since(t0), eta = done > 0 ? el / static_cast<double>(done) * static_cast<double>(todo - done) : 0.0;
+    if (tty) {
+      const int width = 30, fill = static_cast<int>(width * done / std::max<int64_t>(1, todo));
+      std::printf("\r[%s%s] %lld/%lld loss %.3f %.0f tok/s ETA %.0fs  ", std::string(static_cast<size_t>(fill), '#').c_str(),
+                  std::string(static_cast<size_t>(width - fill), '.').c_str(), static_cast<long long>(step + 1),
+                  static_cast<long long>(total), loss, tok_s, eta);
+      if (step + 1 == total) std::printf("\n");
+    } else if (todo > 0 && ((done * 10) / todo != ((done - 1) * 10) / todo || step + 1 == total)) {
+      std::printf("step %lld/%lld loss %.4f %.0f tok/s elapsed %.0fs ETA %.0fs\n", static_cast<long long>(step + 1),
+                  static_cast<long long>(total), loss, tok_s, el, eta);
+    }
+    std::fflush(stdout);
+  }
+};
+
+}  // namespace
+
+double evaluate(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch) {
+  const size_t n = eval_windows(shard, L, static_cast<size_t>(windows));
+  MOE_CHECK(n > 0, "validation shard " + shard.path() + " is shorter than one sequence");
+  std::vector<int32_t> tok(static_cast<size_t>(batch) * L), tgt(tok.size());
+  double sum = 0.0;
+  size_t counted = 0;
+  for (size_t w0 = 0; w0 < n; w0 += static_cast<size_t>(batch)) {
+    const int B = static_cast<int>(std::min<size_t>(static_cast<size_t>(batch), n - w0));
+    for (int b = 0; b < B; ++b) eval_window(shard, L, w0 + static_cast<size_t>(b), tok.data() + b * L, tgt.data() + b * L);
+    const Tensor& logits = model.forward_logits(tok.data(), B, L);
+    sum += cross_entropy(logits.data(), tgt.data(), B * L, model.cfg.vocab_size, nullptr) * B;
+    counted += static_cast<size_t>(B);
+  }
+  return sum / static_cast<double>(counted);
+}
+
+nlohmann::json router_metrics(TransformerLM& model, int seq_len) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (size_t l = 0; l < model.blocks.size(); ++l) {
+    const MoeLayer* m = model.blocks[l].moe.get();
+    if (!m) continue;
+    const DispatchPlan& p = m->plan();
+    const Routing& r = m->routing();
+    const int E = m->cfg.n_experts(), T = r.T, k = r.k;
+    std::vector<double> load(static_cast<size_t>(E));
+    double mean = 1.0 / E, var = 0.0, mx = 0.0;
+    int used = 0;
+    for (int e = 0; e < E; ++e) {
+      load[static_cast<size_t>(e)] = p.routed[static_cast<size_t>(e)] / (static_cast<double>(T) * k);
+      var += (load[static_cast<size_t>(e)] - mean) * (load[static_cast<size_t>(e)] - mean);
+      mx = std::max(mx, load[static_cast<size_t>(e)]);
+      used += p.routed[static_cast<size_t>(e)] > 0;
+    }
+    var /= E;
+    // Router entropy of softmax(s), and Mixtral's rate of consecutive tokens sharing their first expert.
+    const Tensor& s = m->router->logits;
+    double entropy = 0.0;
+    std::vector<float> q(static_cast<size_t>(E));
+    for (int t = 0; t < T; ++t) {
+      softmax(s.data() + static_cast<size_t>(t) * E, q.data(), E);
+      for (float v : q) entropy -= v > 0.f ? v * std::log(static_cast<double>(v)) : 0.0;
+    }
+    int same = 0, pairs = 0;
+    for (int t = 1; t < T; ++t) {
+      if (seq_len > 0 && t % seq_len == 0) continue;
+      same += r.expert[static_cast<size_t>(t) * k] == r.expert[static_cast<size_t>(t - 1) * k];
+      ++pairs;
+    }
+    const MoeLosses& L = m->losses();
+    layers.push_back({{"layer", l}, {"load", load}, {"cv", std::sqrt(var) / mean}, {"max_mean", mx / mean},
+                      {"dropped", p.dropped_fraction()}, {"experts_used", static_cast<double>(used) / E},
+                      {"entropy", entropy / T}, {"consecutive_same", pairs ? static_cast<double>(same) / pairs : 0.0},
+                      {"aux", L.balance.aux}, {"z", L.balance.z}, {"loss_terms", L.total()}});
+  }
+  return layers;
+}
+
+void save_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt, const RunConfig& c, int64_t step) {
+  fs::create_directories(dir);
+  TensorFile w;
+  for (Param& p : model.params()) w.tensors[p.name] = *p.value;
+  for (size_t l = 0; l < model.blocks.size(); ++l)
+    if (model.blocks[l].moe)
+      if (Tensor* b = model.blocks[l].moe->router->selection_bias())
+        w.tensors["model.layers." + std::to_string(l) + ".mlp.router.bias"] = *b;
+  w.metadata["step"] = std::to_string(step);
+  w.metadata["format"] = "moe.cpp";
+  save_safetensors(dir + "/model.safetensors", w);
+  if (opt) {
+    TensorFile o;
+    for (auto& [name, t] : opt->state()) o.tensors[name] = *t;
+    o.metadata["step"] = std::to_string(step);
+    o.metadata["optimizer_steps"] = std::to_string(opt->steps());
+    save_safetensors(dir + "/optimizer.safetensors", o);
+  }
+  write_file_atomic(dir + "/config.json", run_config_to_json(c) + "\n");
+}
+
+RunConfig read_checkpoint_config(const std::string& dir) {
+  return run_config_from_json(read_text(dir + "/config.json"), dir + "/config.json");
+}
+
+static void copy_checked(Tensor& dst, const TensorFile& f, const std::string& name, const std::string& file) {
+  auto it = f.tensors.find(name);
+  if (it == f.tensors.end()) fail(file + " has no tensor '" + name + "' (a checkpoint of another model?)");
+  it->second.check_shape(dst.shape(), file + ": tensor '" + name + "'");
+  dst = it->second;
+}
+
+int64_t load_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt) {
+  const std::string mf = dir + "/model.safetensors";
+  if (!fs::exists(mf)) fail("no checkpoint in " + dir + " (model.safetensors missing); train first or check --ckpt");
+  TensorFile w = load_safetensors(mf);
+  for (Param& p : model.params()) copy_checked(*p.value, w, p.name, mf);
+  for (size_t l = 0; l < model.blocks.size(); ++l)
+    if (model.blocks[l].moe)
+      if (Tensor* b = model.blocks[l].moe->router->selection_bias())
+        copy_checked(*b, w, "model.layers." + std::to_string(l) + ".mlp.router.bias", mf);
+  const int64_t step = std::stoll(w.metadata.count("step") ? w.metadata["step"] : "0");
+  if (opt) {
+    const std::string of = dir + "/optimizer.safetensors";
+    TensorFile o = load_safetensors(of);
+    for (auto& [name, t] : opt->state()) copy_checked(*t, o, name, of);
+    if (o.metadata["step"] != w.metadata["step"])
+      fail(of + " is from step " + o.metadata["step"] + " but the weights from step " + w.metadata["step"] + "; the checkpoint is inconsistent");
+    opt->set_steps(std::stoll(o.metadata["optimizer_steps"]));
+  }
+  return step;
+}
+
+std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
+                              const std::function<void(int32_t, const std::vector<std::vector<int32_t>>&)>& on_token) {
+  std::vector<int32_t> seq = prompt;
+  const int V = model.cfg.vocab_size, maxL = model.cfg.max_position_embeddings;
+  std::vector<float> p(static_cast<size_t>(V));
+  std::vector<int32_t> idx(static_cast<size_t>(V));
+  for (int n = 0; n < o.max_tokens; ++n) {
+    const int start = std::max(0, static_cast<int>(seq.size()) - maxL);
+    const int L = static_cast<int>(seq.size()) - start;
+    const Tensor& logits = model.forward_logits(seq.data() + start, 1, L);
+    const float* z = logits.data() + static_cast<size_t>(L - 1) * V;
+    int32_t next;
+    if (o.temperature <= 0.f) {
+      next = static_cast<int32_t>(std::max_element(z, z + V) - z);
+    } else {
+      for (int v = 0; v < V; ++v) p[static_cast<size_t>(v)] = z[v] / o.temperature;
+      softmax(p.data(), p.data(), V);
+      std::iota(idx.begin(), idx.end(), 0);
+      std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+      int keep = o.top_k > 0 ? std::min(o.top_k, V) : V;
+      double cum = 0.0;
+      for (int i = 0; i < keep; ++i) {
+        cum += p[static_cast<size_t>(idx[static_cast<size_t>(i)])];
+        if (cum >= o.top_p) { keep = i + 1; break; }
+      }
+      double total = 0.0;
+      for (int i = 0; i < keep; ++i) total += p[static_cast<size_t>(idx[static_cast<size_t>(i)])];
+      double u = rng_uniform(o.seed, 77, static_cast<uint64_t>(n)) * total;
+      next = idx[static_cast<size_t>(keep - 1)];
+      for (int i = 0; i < keep; ++i) {
+        u -= p[static_cast<size_t>(idx[static_cast<size_t>(i)])];
+        if (u <= 0) { next = idx[static_cast<size_t>(i)]; break; }
+      }
+    }
+    if (on_token) {
+      std::vector<std::vector<int32_t>> experts;
+      for (auto& b : model.blocks)
+        if (b.moe) {
+          const Routing& r = b.moe->routing();
+          experts.emplace_back(r.expert.begin() + static_cast<long>(L - 1) * r.k, r.expert.begin() + static_cast<long>(L) * r.k);
+        }
+      on_token(next, experts);
+    }
+    seq.push_back(next);
+  }
+  return {seq.begin() + static_cast<long>(prompt.size()), seq.end()};
+}
+
+TrainSummary train_model(const RunConfig& c, bool resume) {
+  const TrainConfig& t = c.train;
+  const std::string data = prepare_corpus(t.corpus, t.data_dir, c.model.vocab_size, false);
+  TokenShard train_shard(data + "/train.bin"), val_shard(data + "/val.bin");
+  Tokenizer tok;
+  tok.load(data + "/tokenizer.model");
+  MOE_CHECK(tok.vocab_size() == c.model.vocab_size, "tokenizer of " + data + " has " + std::to_string(tok.vocab_size()) +
+                                                         " tokens but model.vocab_size = " + std::to_string(c.model.vocab_size));
+  TransformerLM model(c.model);
+  AdamWConfig oc;
+  oc.beta1 = t.beta1;
+  oc.beta2 = t.beta2;
+  oc.weight_decay = t.weight_decay;
+  AdamW opt(model.params(), oc);
+  int64_t start = 0;
+  fs::create_directories(t.out);
+  if (resume) {
+    start = load_checkpoint(t.out, model, &opt);
+    std::printf("train: resumed %s at step %lld\n", t.out.c_str(), static_cast<long long>(start));
+  }
+  fs::copy_file(data + "/tokenizer.model", t.out + "/tokenizer.model", fs::copy_options::overwrite_existing);
+  const int B = t.batch_size, L = c.model.max_position_embeddings, T = B * L;
+  const double peak = measure_sgemm_gflops(512, 5);
+  std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %d tokens, GEMM peak %.0f GFLOP/s\n",
+              t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
+              static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
+              T * t.grad_accum, peak);
+  std::fflush(stdout);
+  // Metrics: a resumed run keeps the lines of the steps before the checkpoint.
+  std::vector<std::string> kept;
+  if (resume && fs::exists(t.out + "/metrics.jsonl")) {
+    std::istringstream in(read_text(t.out + "/metrics.jsonl"));
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.value("step", int64_t{-1}) < start) kept.push_back(line);
+    }
+  }
+  std::ofstream metrics(t.out + "/metrics.jsonl", std::ios::trunc);
+  for (const auto& line : kept) metrics << line << "\n";
+
+  std::vector<int32_t> tokens(static_cast<size_t>(T)), targets(static_cast<size_t>(T));
+  std::vector<Param> params = model.params();
+  const int64_t end = t.stop_after > 0 ? t.stop_after : t.steps;
+  Progress progress{end, start};
+  double tok_s = 0.0, last_loss = 0.0, mfu = 0.0;
+  const auto run_t0 = clock_type::now();
+  int64_t run_tokens = 0;
+  for (int64_t step = start; step < end; ++step) {
+    const auto t0 = clock_type::now();
+    model.zero_grad();
+    double loss = 0.0, ce = 0.0;
+    for (int micro = 0; micro < t.grad_accum; ++micro) {
+      const uint64_t draw = static_cast<uint64_t>(step) * static_cast<uint64_t>(t.grad_accum) + static_cast<uint64_t>(micro);
+      sample_batch(train_shard, B, L, t.seed, draw, tokens.data(), targets.data());
+      ce += model.forward(tokens.data(), targets.data(), B, L, true, draw) / t.grad_accum;
+      loss += (model.stats().ce + model.stats().aux) / t.grad_accum;
+      model.backward();
+    }
+    if (t.grad_accum > 1)
+      for (Param& p : params)
+        for (size_t i = 0; i < p.grad->numel(); ++i) (*p.grad)[i] /= static_cast<float>(t.grad_accum);
+    const double gnorm = clip_grad_norm(params, t.grad_clip);
+    const float lr = lr_at(t, step);
+    opt.step(lr);
+    for (auto& b : model.blocks)
+      if (b.moe) b.moe->update_bias();
+    const double dt = seconds_since(t0);
+    tok_s = T * t.grad_accum / dt;
+    mfu = tok_s * model.flops_per_token() / (peak * 1e9);
+    run_tokens += T * t.grad_accum;
+    last_loss = ce;
+    nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
+                        {"tokens_per_s", tok_s}, {"mfu", mfu}, {"moe", router_metrics(model, L)}};
+    const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
+    if (eval_now) j["val_loss"] = evaluate(model, val_shard, L, t.eval_windows, B);
+    metrics << j.dump() << "\n";
+    metrics.flush();
+    progress.update(step, ce, tok_s);
+    if (eval_now && !progress.tty)
+      std::printf("step %lld val_loss %.4f\n", static_cast<long long>(step + 1), j["val_loss"].get<double>());
+    if ((t.save_every > 0 && (step + 1) % t.save_every == 0) || step + 1 == end)
+      save_checkpoint(t.out, model, &opt, c, step + 1);
+  }
+  TrainSummary s;
+  s.steps = end;
+  s.val_loss = evaluate(model, val_shard, L, t.eval_windows, B);
+  s.val_ppl = std::exp(s.val_loss);
+  const double run_s = seconds_since(run_t0);
+  s.tokens_per_s = run_s > 0 ? static_cast<double>(run_tokens) / run_s : tok_s;
+  s.mfu = mfu;
+  (void)last_loss;
+  std::ostringstream sum;
+  for (const auto& layer : router_metrics(model, L))
+    sum << "L" << layer["layer"].get<int>() << " max/mean " << std::fixed << std::setprecision(2)
+        << layer["max_mean"].get<double>() << " cv " << layer["cv"].get<double>() << "  ";
+  s.load_summary = sum.str();
+  if (end == start) save_checkpoint(t.out, model, &opt, c, start);
+  return s;
+}
+
+}  // namespace moe

@@ -1,0 +1,54 @@
+// trainer.h — training, evaluation, checkpoints and sampling for the transformer LM.
+//
+// A run folder (train.out) holds: config.json (the RunConfig), model.safetensors (every parameter
+// under its Hugging Face-style name, plus the sigmoid_bias selection biases), optimizer.safetensors
+// (AdamW moments, step in the metadata), tokenizer.model, and metrics.jsonl (one JSON line a step).
+// Every file is written atomically (temp file, fsync, rename).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+#include "train/adamw.h"
+#include "train/data.h"
+#include "train/run_config.h"
+
+namespace moe {
+
+struct TrainSummary {
+  int64_t steps = 0;
+  double val_loss = 0.0, val_ppl = 0.0, tokens_per_s = 0.0, mfu = 0.0;
+  std::string load_summary;  // one line: per MoE layer, the max/mean load and CV
+};
+
+// Trains per c (resuming from c.train.out when resume is set); prints progress; returns the summary.
+TrainSummary train_model(const RunConfig& c, bool resume);
+
+void save_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt, const RunConfig& c, int64_t step);
+// Reads the config of a checkpoint folder (errors name the file and the problem).
+RunConfig read_checkpoint_config(const std::string& dir);
+// Loads weights (and the optimizer state when opt is given) into a model built from the checkpoint's
+// config; returns the step. Every tensor is checked by name and shape.
+int64_t load_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt);
+
+// Mean cross-entropy over the first `windows` windows of the shard, batched.
+double evaluate(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch);
+
+// Per MoE layer the router metrics of SPEC §8 from its last forward (seq_len for the consecutive rate).
+nlohmann::json router_metrics(TransformerLM& model, int seq_len);
+
+struct SampleOptions {
+  int max_tokens = 64;
+  float temperature = 0.8f;
+  int top_k = 40;
+  float top_p = 0.95f;
+  uint64_t seed = 1;
+};
+// Continues `prompt`; on_token(id, experts per MoE layer) is called for each generated token.
+std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
+                              const std::function<void(int32_t, const std::vector<std::vector<int32_t>>&)>& on_token = {});
+
+}  // namespace moe

@@ -1,0 +1,179 @@
+// Training end to end on a small text corpus: tokenizer round trip, config errors, resume equivalence
+// (20 steps ≡ 10 + resume 10, bit for bit), metrics lines, and clear errors with a non-zero exit for
+// corrupted checkpoints and unknown config keys.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "train/data.h"
+#include "train/run_config.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace moe {
+namespace {
+
+std::string tmpdir(const std::string& name) {
+  const std::string d = ::testing::TempDir() + "/moe_train_" + name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+// A small synthetic corpus with structure to learn: numbered "verses" of repeated phrases.
+std::string synthetic_text() {
+  const char* words[] = {"the", "light", "was", "good", "and", "God", "said", "let", "there", "be", "waters", "earth"};
+  std::string out;
+  for (int line = 0; line < 3000; ++line) {
+    out += std::to_string(line % 50) + ":";
+    for (int w = 0; w < 10; ++w) {
+      out += " ";
+      out += words[static_cast<size_t>(rng_uniform(4, static_cast<uint64_t>(line), static_cast<uint64_t>(w)) * 12.f) % 12];
+    }
+    out += ".\n";
+  }
+  return out;
+}
+
+RunConfig tiny_run(const std::string& dir) {
+  const std::string corpus = dir + "/corpus.txt";
+  if (!fs::exists(corpus)) std::ofstream(corpus) << synthetic_text();
+  RunConfig c = load_run_config("", {"model.vocab_size=320", "model.hidden_size=32", "model.num_hidden_layers=2",
+                                     "model.num_attention_heads=2", "model.intermediate_size=64",
+                                     "model.max_position_embeddings=16", "model.moe_intermediate_size=32",
+                                     "model.num_local_experts=4", "train.batch_size=4", "train.eval_every=5",
+                                     "train.eval_windows=8", "train.warmup_steps=3"});
+  c.train.corpus = "file:" + corpus;
+  c.train.data_dir = dir + "/data";
+  return c;
+}
+
+TEST(Tokenizer, RoundTripsTextAndBytes) {
+  const std::string dir = tmpdir("tok");
+  const std::string text = synthetic_text();
+  Tokenizer::train(text, 320, dir + "/t.model");
+  Tokenizer tok;
+  tok.load(dir + "/t.model");
+  EXPECT_EQ(tok.vocab_size(), 320);
+  for (const std::string& s : {std::string("And God said, let there be light."), std::string("unseen wörds ∑ 123 \t tabs"),
+                              std::string("7: the earth was good.")}) {
+    std::vector<int32_t> ids = tok.encode(s);
+    EXPECT_EQ(tok.decode(ids), s);
+  }
+}
+
+TEST(RunConfig, UnknownKeyAndWrongTypeNameTheKey) {
+  try {
+    load_run_config("", {"model.hidden_sise=64"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown key \"model.hidden_sise\""), std::string::npos) << e.what();
+  }
+  try {
+    load_run_config("", {"train.steps=lots"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.steps"), std::string::npos) << e.what();
+  }
+  const std::string dir = tmpdir("cfg");
+  std::ofstream(dir + "/bad.toml") << "[model]\nhidden_size = 64\nnum_expert = 4\n";
+  try {
+    load_run_config(dir + "/bad.toml", {});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.num_expert"), std::string::npos) << e.what();
+  }
+  // Round trip through the checkpoint JSON.
+  RunConfig c = load_run_config("", {"model.router=sigmoid_bias", "train.steps=7"});
+  RunConfig d = run_config_from_json(run_config_to_json(c), "test");
+  EXPECT_EQ(d.model.moe.router, "sigmoid_bias");
+  EXPECT_EQ(d.train.steps, 7);
+}
+
+TEST(Train, ResumeContinuesTheSameRunBitForBit) {
+  const std::string dir = tmpdir("resume");
+  RunConfig c = tiny_run(dir);
+  c.train.steps = 20;
+  c.train.out = dir + "/straight";
+  train_model(c, false);
+  c.train.out = dir + "/resumed";
+  c.train.stop_after = 10;  // same 20-step schedule, stopped half way
+  train_model(c, false);
+  c.train.stop_after = 0;
+  train_model(c, true);
+  // Same weights and optimizer state, byte for byte.
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    TensorFile a = load_safetensors(dir + "/straight/" + f), b = load_safetensors(dir + "/resumed/" + f);
+    ASSERT_EQ(a.tensors.size(), b.tensors.size());
+    for (auto& [name, t] : a.tensors)
+      ASSERT_EQ(std::memcmp(t.data(), b.tensors.at(name).data(), t.numel() * 4), 0) << f << " " << name;
+  }
+  // Same losses, and every step logged once with the fields of a metrics line.
+  auto lines = [](const std::string& p) {
+    std::vector<nlohmann::json> v;
+    std::ifstream in(p);
+    std::string l;
+    while (std::getline(in, l)) v.push_back(nlohmann::json::parse(l));
+    return v;
+  };
+  auto a = lines(dir + "/straight/metrics.jsonl"), b = lines(dir + "/resumed/metrics.jsonl");
+  ASSERT_EQ(a.size(), 20u);
+  ASSERT_EQ(b.size(), 20u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i;
+    for (const char* k : {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "moe"}) EXPECT_TRUE(a[i].contains(k)) << k;
+    const auto& layer = a[i]["moe"][0];
+    for (const char* k : {"load", "cv", "max_mean", "dropped", "experts_used", "entropy", "consecutive_same", "aux", "z"})
+      EXPECT_TRUE(layer.contains(k)) << k;
+  }
+  EXPECT_TRUE(a[4].contains("val_loss"));
+  // Training lowers the loss on this learnable corpus.
+  EXPECT_LT(a.back()["ce"].get<double>(), a.front()["ce"].get<double>() - 0.5);
+}
+
+int run_cli(const std::string& args, std::string* err) {
+  const std::string errfile = ::testing::TempDir() + "/moe_cli_err.txt";
+  const int rc = std::system((std::string(MOE_CLI) + " " + args + " > /dev/null 2> " + errfile).c_str());
+  std::ifstream in(errfile);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *err = ss.str();
+  return rc;
+}
+
+TEST(Cli, CorruptCheckpointAndUnknownKeyExitNonZeroWithOneLine) {
+  const std::string dir = tmpdir("cli");
+  RunConfig c = tiny_run(dir);
+  c.train.steps = 2;
+  c.train.out = dir + "/run";
+  train_model(c, false);
+  std::string err;
+  ASSERT_EQ(run_cli("inspect --ckpt " + c.train.out, &err), 0) << err;
+  // Truncate the weights.
+  const std::string w = c.train.out + "/model.safetensors";
+  const auto size = fs::file_size(w);
+  fs::resize_file(w, size / 2);
+  EXPECT_NE(run_cli("inspect --ckpt " + c.train.out, &err), 0);
+  EXPECT_NE(err.find("truncated"), std::string::npos) << err;
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  // Corrupt the config.
+  std::ofstream(c.train.out + "/config.json") << "{ not json";
+  EXPECT_NE(run_cli("inspect --ckpt " + c.train.out, &err), 0);
+  EXPECT_NE(err.find("config.json"), std::string::npos) << err;
+  // A config with an unknown key.
+  std::ofstream(dir + "/bad.toml") << "[train]\nstep = 10\n";
+  EXPECT_NE(run_cli("train --config " + dir + "/bad.toml", &err), 0);
+  EXPECT_NE(err.find("unknown key \"train.step\""), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace moe
