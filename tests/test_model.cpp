@@ -4,9 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "core/rng.h"
+#include "core/safetensors.h"
+#include "train/run_config.h"
 #include "model/transformer.h"
 #include "nn/cross_entropy.h"
 #include "train/adamw.h"
@@ -95,6 +99,48 @@ INSTANTIATE_TEST_SUITE_P(Models, ModelGradient,
                          ::testing::Values(ModelCase{"untied_topk_softmax", false, "topk_softmax"},
                                            ModelCase{"tied_sigmoid_bias", true, "sigmoid_bias"}),
                          [](const ::testing::TestParamInfo<ModelCase>& pi) { return std::string(pi.param.name); });
+
+// Every parameter gradient and the loss against tests/torch_ref/model_ref.py (float64 autograd).
+TEST_P(ModelGradient, MatchesPyTorch) {
+  const ModelConfig c = tiny(GetParam().tied, GetParam().router);
+  TransformerLM model(c);
+  const int B = 2, L = 6, T = B * L;
+  std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
+  tgt[3] = kIgnoreIndex;
+  if (Tensor* bias = model.blocks[1].moe->router->selection_bias()) fill_normal(bias->data(), bias->numel(), 4, 4, 0.f, 0.1f);
+  model.zero_grad();
+  const double ce = model.forward(tok.data(), tgt.data(), B, L, true, 0);
+  model.backward();
+  TensorFile in;
+  RunConfig rc;
+  rc.model = c;
+  in.metadata["model"] = nlohmann::json::parse(run_config_to_json(rc))["model"].dump();
+  in.metadata["moe"] = model.blocks[1].moe->cfg.to_json();
+  in.metadata["B"] = std::to_string(B);
+  in.metadata["L"] = std::to_string(L);
+  Tensor tt({T}), tg({T});
+  for (int i = 0; i < T; ++i) {
+    tt[i] = static_cast<float>(tok[i]);
+    tg[i] = static_cast<float>(tgt[i]);
+  }
+  in.tensors["tokens"] = tt;
+  in.tensors["targets"] = tg;
+  for (Param& p : model.params()) in.tensors[p.name] = *p.value;
+  if (Tensor* bias = model.blocks[1].moe->router->selection_bias()) in.tensors["model.layers.1.mlp.router.bias"] = *bias;
+  const std::string dir = ::testing::TempDir(), case_path = dir + "/model_case.safetensors", out_path = dir + "/model_out.safetensors";
+  save_safetensors(case_path, in);
+  const std::string cmd = std::string(MOE_TORCH_PYTHON) + " " + MOE_SOURCE_DIR + "/tests/torch_ref/model_ref.py " + case_path + " " + out_path;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  TensorFile ref = load_safetensors(out_path);
+  EXPECT_NEAR(ce + model.stats().aux, ref.tensors.at("loss")[0], 1e-5);
+  for (Param& p : model.params()) {
+    const Tensor& want = ref.tensors.at("grad." + p.name);
+    double scale = 0;
+    for (size_t i = 0; i < want.numel(); ++i) scale = std::max(scale, static_cast<double>(std::fabs(want[i])));
+    for (size_t i = 0; i < want.numel(); ++i)
+      ASSERT_NEAR((*p.grad)[i], want[i], 1e-4 * std::fabs(want[i]) + 1e-5 * scale) << p.name << "[" << i << "]";
+  }
+}
 
 TEST(Model, ParameterAccounting) {
   for (bool tied : {false, true}) {

@@ -67,15 +67,9 @@ def swiglu(x, w1, w3, w2):
     return (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
 
 
-def main(case_path, out_path):
-    t, meta = st.load(case_path)
-    cfg = json.loads(meta["config"])
-    training = meta.get("training", "1") == "1"
-    seq_len = int(meta.get("seq_len", "0"))
-    P = {n: torch.tensor(v, dtype=torch.float64, requires_grad=True) for n, v in t.items()
-         if not n.startswith(("x", "dy", "noise", "jitter", "bias"))}
-    x = torch.tensor(t["x"], dtype=torch.float64, requires_grad=True)
-    dy = torch.tensor(t["dy"], dtype=torch.float64)
+def moe_forward(cfg, P, x, t, training, seq_len):
+    """The MoE layer: y and the loss terms. P: the layer's parameters by name (torch tensors);
+    t: the raw draws and buffers of the C++ forward (noise, jitter, bias) as numpy arrays."""
     T, d = x.shape
     E = cfg["experts"] * cfg["granularity"]
     k = cfg["top_k"] * cfg["granularity"]
@@ -153,8 +147,6 @@ def main(case_path, out_path):
 
     # Experts: dense loop, each expert on every token it was routed to and kept.
     keep = capacity_keep(cfg, sel, gates, E)
-    G = cfg["granularity"]
-    h = cfg["d_ff_expert"] // G
     w1 = P["experts.w1"]
     w3 = P["experts.w3"]
     w2 = P["experts.w2"]
@@ -171,7 +163,19 @@ def main(case_path, out_path):
         if cfg["shared_gate"]:
             sh = torch.sigmoid(x @ P["shared_expert_gate.weight"])[:, None] * sh
         y = y + sh
+    return y, losses, sel, keep
 
+
+def main(case_path, out_path):
+    t, meta = st.load(case_path)
+    cfg = json.loads(meta["config"])
+    training = meta.get("training", "1") == "1"
+    seq_len = int(meta.get("seq_len", "0"))
+    P = {n: torch.tensor(v, dtype=torch.float64, requires_grad=True) for n, v in t.items()
+         if not n.startswith(("x", "dy", "noise", "jitter", "bias"))}
+    x = torch.tensor(t["x"], dtype=torch.float64, requires_grad=True)
+    dy = torch.tensor(t["dy"], dtype=torch.float64)
+    y, losses, sel, keep = moe_forward(cfg, P, x, t, training, seq_len)
     J = (y * dy).sum() + sum(losses.values(), torch.zeros((), dtype=torch.float64))
     J.backward()
     out = {"y": y.detach().numpy(), "dx": x.grad.numpy(), "experts": sel.double().numpy(),
