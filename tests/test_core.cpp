@@ -113,6 +113,17 @@ TEST(Tensor, ShapeCheckNamesTheTensor) {
   }
 }
 
+TEST(Tensor, CopiesOfEmptyTensorsStayEmpty) {
+  Tensor empty;
+  Tensor copy = empty;
+  EXPECT_EQ(copy.numel(), 0u);
+  std::vector<Tensor> many(3, Tensor());
+  EXPECT_EQ(many[2].numel(), 0u);
+  Tensor full({2});
+  full = empty;
+  EXPECT_EQ(full.numel(), 0u);
+}
+
 TEST(Safetensors, RoundTripAndMetadata) {
   TensorFile f;
   f.tensors["a"] = Tensor({2, 3});

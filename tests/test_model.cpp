@@ -142,6 +142,24 @@ TEST_P(ModelGradient, MatchesPyTorch) {
   }
 }
 
+TEST(Model, KvCacheDecodingMatchesFullForward) {
+  ModelConfig c = tiny(false, "topk_softmax");
+  c.max_position_embeddings = 16;
+  TransformerLM model(c);
+  const int L = 12;
+  std::vector<int32_t> tok = tokens_for(L, c.vocab_size, 5);
+  const Tensor full = model.forward_logits(tok.data(), 1, L);
+  // Prefill 5 tokens, then one at a time: each step's logits equal the full forward's row.
+  model.reset_cache();
+  const float* z = model.decode(tok.data(), 5);
+  for (int pos = 4; pos < L; ++pos) {
+    if (pos > 4) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
+    for (int v = 0; v < c.vocab_size; ++v)
+      ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * c.vocab_size + v], 1e-4) << "position " << pos;
+  }
+  EXPECT_EQ(model.cache_len(), L);
+}
+
 TEST(Model, ParameterAccounting) {
   for (bool tied : {false, true}) {
     TransformerLM model(tiny(tied, "topk_softmax"));

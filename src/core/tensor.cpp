@@ -9,7 +9,9 @@
 
 namespace moe {
 
+// Elements of a shape; the empty shape holds none (moe.cpp has no 0-d scalars).
 static size_t count(const std::vector<int64_t>& shape) {
+  if (shape.empty()) return 0;
   size_t n = 1;
   for (int64_t s : shape) {
     MOE_CHECK(s >= 0, "tensor: negative dimension in shape " + shape_to_string(shape));
@@ -22,16 +24,12 @@ void Tensor::Free::operator()(float* p) const { std::free(p); }
 
 Tensor::Tensor(std::vector<int64_t> shape) { resize(std::move(shape)); zero(); }
 
-Tensor::Tensor(const Tensor& o) : shape_(o.shape_), numel_(0) {
-  resize(o.shape_);
-  if (numel_) std::memcpy(data(), o.data(), numel_ * sizeof(float));
-}
+Tensor::Tensor(const Tensor& o) { *this = o; }
 
 Tensor& Tensor::operator=(const Tensor& o) {
-  if (this != &o) {
-    resize(o.shape_);
-    if (numel_) std::memcpy(data(), o.data(), numel_ * sizeof(float));
-  }
+  if (this == &o) return *this;
+  resize(o.shape_);
+  if (numel_) std::memcpy(data(), o.data(), numel_ * sizeof(float));
   return *this;
 }
 

@@ -158,6 +158,36 @@ const Tensor& TransformerLM::forward_logits(const int32_t* tokens, int B, int L)
   return logits;
 }
 
+void TransformerLM::reset_cache() {
+  caches_.assign(blocks.size(), Attention::Cache{});
+}
+
+const float* TransformerLM::decode(const int32_t* tokens, int n) {
+  if (caches_.size() != blocks.size()) reset_cache();
+  const int d = cfg.hidden_size, V = cfg.vocab_size, maxL = cfg.max_position_embeddings;
+  Tensor x({n, d}), h({n, d}), f({n, d});
+  embed.forward(tokens, n, x.data());
+  for (size_t l = 0; l < blocks.size(); ++l) {
+    Block& b = blocks[l];
+    b.attn_norm.forward(x.data(), n, h.data());
+    b.attn.forward_cached(h.data(), n, caches_[l], maxL, f.data());
+    for (size_t i = 0; i < x.numel(); ++i) x[i] += f[i];
+    b.ffn_norm.forward(x.data(), n, h.data());
+    if (b.moe) {
+      b.moe->forward(h.data(), n, f.data(), {false, 0, n});
+    } else {
+      b.dense.forward(h.data(), {0, n}, f.data());
+    }
+    for (size_t i = 0; i < x.numel(); ++i) x[i] += f[i];
+  }
+  h_final.resize({1, d});
+  final_norm.forward(x.data() + static_cast<size_t>(n - 1) * d, 1, h_final.data());
+  logits.resize({1, V});
+  const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
+  sgemm(false, true, 1, V, d, 1.f, h_final.data(), d, head, d, 0.f, logits.data(), V);
+  return logits.data();
+}
+
 void TransformerLM::backward() {
   MOE_CHECK(targets_ != nullptr, "model: backward needs a forward with targets");
   const int T = B_ * L_, d = cfg.hidden_size, V = cfg.vocab_size;

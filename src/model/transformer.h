@@ -78,6 +78,11 @@ class TransformerLM {
   void backward();
   // Logits only (T, V) for inference: no targets, eval mode.
   const Tensor& forward_logits(const int32_t* tokens, int B, int L);
+  // Incremental inference on one sequence: feeds n new tokens through the blocks with each block's KV
+  // cache and returns the logits (V) of the last one. reset_cache() starts a new sequence.
+  const float* decode(const int32_t* tokens, int n);
+  void reset_cache();
+  int cache_len() const { return caches_.empty() ? 0 : caches_[0].len; }
   void zero_grad();
   std::vector<Param> params();
   const ModelStats& stats() const { return stats_; }
@@ -95,6 +100,7 @@ class TransformerLM {
   const int32_t* targets_ = nullptr;
   int B_ = 0, L_ = 0;
   Tensor dlogits_, dx_, dh_;
+  std::vector<Attention::Cache> caches_;  // one per block
   ModelStats stats_;
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step);
 };

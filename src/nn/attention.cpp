@@ -1,5 +1,6 @@
 #include "nn/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -45,7 +46,7 @@ Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, f
 
 void Attention::rope_tables(int L) {
   const int half = cfg.hd() / 2;
-  if (cos_.numel() == static_cast<size_t>(L) * half) return;
+  if (cos_.numel() >= static_cast<size_t>(L) * half) return;
   cos_.resize({L, half});
   sin_.resize({L, half});
   for (int p = 0; p < L; ++p)
@@ -57,11 +58,11 @@ void Attention::rope_tables(int L) {
 }
 
 void rope_apply(float* x, int n, int heads, int hd, int stride, const Tensor& cos_t, const Tensor& sin_t,
-                bool inverse) {
+                bool inverse, int seq_len, int pos0) {
   const int half = hd / 2;
-  const int L = static_cast<int>(cos_t.dim(0));
+  MOE_CHECK(pos0 + std::min(n, seq_len) <= cos_t.dim(0), "rope: position beyond the rotation table");
   parallel_for(static_cast<size_t>(n), [&](size_t r) {
-    const int p = static_cast<int>(r % static_cast<size_t>(L));  // position within its sequence
+    const int p = pos0 + static_cast<int>(r % static_cast<size_t>(seq_len));  // position within its sequence
     const float* c = cos_t.data() + static_cast<size_t>(p) * half;
     const float* s = sin_t.data() + static_cast<size_t>(p) * half;
     for (int h = 0; h < heads; ++h) {
@@ -91,8 +92,8 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   sgemm(false, true, T, kvd, d, 1.f, x, d, wk.data(), d, 0.f, k.data(), kvd);
   sgemm(false, true, T, kvd, d, 1.f, x, d, wv.data(), d, 0.f, v.data(), kvd);
   rope_tables(L);
-  rope_apply(q.data(), T, H, hd, qd, cos_, sin_, false);
-  rope_apply(k.data(), T, KV, hd, kvd, cos_, sin_, false);
+  rope_apply(q.data(), T, H, hd, qd, cos_, sin_, false, L);
+  rope_apply(k.data(), T, KV, hd, kvd, cos_, sin_, false, L);
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   // One (sequence, head) per task; BLAS runs serially inside the parallel region.
   parallel_for_dynamic(static_cast<size_t>(B) * H, [&](size_t bh) {
@@ -152,14 +153,49 @@ void Attention::backward(const float* dy, float* dx) {
       sgemm(true, false, L, hd, L, 1.f, dP.data(), L, qb, qd, 1.f, dkb, kvd);
     }
   });
-  rope_apply(dq_.data(), T, H, hd, qd, cos_, sin_, true);
-  rope_apply(dk_.data(), T, KV, hd, kvd, cos_, sin_, true);
+  rope_apply(dq_.data(), T, H, hd, qd, cos_, sin_, true, L);
+  rope_apply(dk_.data(), T, KV, hd, kvd, cos_, sin_, true, L);
   sgemm(true, false, qd, d, T, 1.f, dq_.data(), qd, x_, d, 1.f, dwq.data(), d);
   sgemm(true, false, kvd, d, T, 1.f, dk_.data(), kvd, x_, d, 1.f, dwk.data(), d);
   sgemm(true, false, kvd, d, T, 1.f, dv_.data(), kvd, x_, d, 1.f, dwv.data(), d);
   sgemm(false, false, T, d, qd, 1.f, dq_.data(), qd, wq.data(), d, 0.f, dx, d);
   sgemm(false, false, T, d, kvd, 1.f, dk_.data(), kvd, wk.data(), d, 1.f, dx, d);
   sgemm(false, false, T, d, kvd, 1.f, dv_.data(), kvd, wv.data(), d, 1.f, dx, d);
+}
+
+void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len, float* y) {
+  const int d = cfg.d_model, H = cfg.n_heads, KV = cfg.kv_heads(), hd = cfg.hd();
+  const int qd = H * hd, kvd = KV * hd, group = H / KV, p0 = cache.len;
+  MOE_CHECK(p0 + n <= max_len, "attention: the KV cache holds " + std::to_string(max_len) + " positions");
+  if (cache.k.numel() != static_cast<size_t>(max_len) * kvd) {
+    cache.k.resize({max_len, kvd});
+    cache.v.resize({max_len, kvd});
+  }
+  rope_tables(max_len);
+  Tensor qn({n, qd});
+  float* kn = cache.k.data() + static_cast<size_t>(p0) * kvd;
+  float* vn = cache.v.data() + static_cast<size_t>(p0) * kvd;
+  sgemm(false, true, n, qd, d, 1.f, x, d, wq.data(), d, 0.f, qn.data(), qd);
+  sgemm(false, true, n, kvd, d, 1.f, x, d, wk.data(), d, 0.f, kn, kvd);
+  sgemm(false, true, n, kvd, d, 1.f, x, d, wv.data(), d, 0.f, vn, kvd);
+  rope_apply(qn.data(), n, H, hd, qd, cos_, sin_, false, n, p0);
+  rope_apply(kn, n, KV, hd, kvd, cos_, sin_, false, n, p0);
+  cache.len = p0 + n;
+  const int ctx = cache.len;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  Tensor on({n, qd});
+  parallel_for_dynamic(static_cast<size_t>(H), [&](size_t hh) {
+    const int h = static_cast<int>(hh), g = h / group;
+    std::vector<float> P(static_cast<size_t>(n) * ctx);
+    sgemm(false, true, n, ctx, hd, scale, qn.data() + h * hd, qd, cache.k.data() + g * hd, kvd, 0.f, P.data(), ctx);
+    for (int i = 0; i < n; ++i) {  // new token i sits at position p0 + i
+      float* row = P.data() + static_cast<size_t>(i) * ctx;
+      softmax(row, row, p0 + i + 1);
+      for (int j = p0 + i + 1; j < ctx; ++j) row[j] = 0.f;
+    }
+    sgemm(false, false, n, hd, ctx, 1.f, P.data(), ctx, cache.v.data() + g * hd, kvd, 0.f, on.data() + h * hd, qd);
+  });
+  sgemm(false, true, n, d, qd, 1.f, on.data(), qd, wo.data(), qd, 0.f, y, d);
 }
 
 }  // namespace moe

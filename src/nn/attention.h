@@ -33,10 +33,19 @@ struct Attention {
   Tensor att;      // (B, H, L, L) attention probabilities (zero above the diagonal)
   Tensor o;        // (T, H·hd) per-head outputs, concatenated
 
+  // Keys and values of the positions seen so far, for generation one token at a time.
+  struct Cache {
+    Tensor k, v;   // (max_len, KV·hd) after RoPE
+    int len = 0;   // positions filled
+  };
+
   Attention() = default;
   Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, float init_std);
   void forward(const float* x, int B, int L, float* y);  // x must stay valid until backward
   void backward(const float* dy, float* dx);             // dx overwritten; weight gradients accumulate
+  // Inference on one sequence with a KV cache: n new tokens x (n, d) at positions cache.len ...
+  // attend to the cached positions and to each other (causally); appends their keys and values.
+  void forward_cached(const float* x, int n, Cache& cache, int max_len, float* y);
 
  private:
   const float* x_ = nullptr;
@@ -46,9 +55,9 @@ struct Attention {
   void rope_tables(int L);
 };
 
-// Rotate n rows of `heads` heads of width hd (row stride `stride`) at positions pos0.. by the tables;
-// inverse = true applies the transposed rotation (the backward of the forward rotation).
+// Rotate n rows of `heads` heads of width hd (row stride `stride`) by the tables; row r is at position
+// pos0 + r % seq_len. inverse = true applies the transposed rotation (the backward of the forward one).
 void rope_apply(float* x, int n, int heads, int hd, int stride, const Tensor& cos_t, const Tensor& sin_t,
-                bool inverse);
+                bool inverse, int seq_len, int pos0 = 0);
 
 }  // namespace moe

@@ -188,11 +188,15 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
   const int V = model.cfg.vocab_size, maxL = model.cfg.max_position_embeddings;
   std::vector<float> p(static_cast<size_t>(V));
   std::vector<int32_t> idx(static_cast<size_t>(V));
+  // Prefill the KV cache with the prompt (its last maxL − 1 tokens), then one token at a time; when the
+  // context is full, start again from the most recent half.
+  auto prefill = [&](size_t from) {
+    model.reset_cache();
+    return model.decode(seq.data() + from, static_cast<int>(seq.size() - from));
+  };
+  MOE_CHECK(!seq.empty(), "generate: the prompt is empty");
+  const float* z = prefill(seq.size() > static_cast<size_t>(maxL - 1) ? seq.size() - static_cast<size_t>(maxL - 1) : 0);
   for (int n = 0; n < o.max_tokens; ++n) {
-    const int start = std::max(0, static_cast<int>(seq.size()) - maxL);
-    const int L = static_cast<int>(seq.size()) - start;
-    const Tensor& logits = model.forward_logits(seq.data() + start, 1, L);
-    const float* z = logits.data() + static_cast<size_t>(L - 1) * V;
     int32_t next;
     if (o.temperature <= 0.f) {
       next = static_cast<int32_t>(std::max_element(z, z + V) - z);
@@ -216,16 +220,19 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
         if (u <= 0) { next = idx[static_cast<size_t>(i)]; break; }
       }
     }
+    seq.push_back(next);
+    // Feed the new token (its routing is what --show-experts reports); the last one only when reported.
+    if (n + 1 < o.max_tokens || on_token)
+      z = model.cache_len() < maxL ? model.decode(&seq.back(), 1) : prefill(seq.size() - static_cast<size_t>(maxL / 2));
     if (on_token) {
       std::vector<std::vector<int32_t>> experts;
       for (auto& b : model.blocks)
         if (b.moe) {
-          const Routing& r = b.moe->routing();
-          experts.emplace_back(r.expert.begin() + static_cast<long>(L - 1) * r.k, r.expert.begin() + static_cast<long>(L) * r.k);
+          const Routing& r = b.moe->routing();  // the last row is the token just fed
+          experts.emplace_back(r.expert.begin() + static_cast<long>(r.T - 1) * r.k, r.expert.begin() + static_cast<long>(r.T) * r.k);
         }
       on_token(next, experts);
     }
-    seq.push_back(next);
   }
   return {seq.begin() + static_cast<long>(prompt.size()), seq.end()};
 }
