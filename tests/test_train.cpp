@@ -68,6 +68,10 @@ TEST(Tokenizer, RoundTripsTextAndBytes) {
                               std::string("7: the earth was good.")}) {
     std::vector<int32_t> ids = tok.encode(s);
     EXPECT_EQ(tok.decode(ids), s);
+    // Streaming the tokens one by one gives the same text (with the leading space of the first piece).
+    std::string streamed;
+    for (int32_t id : ids) streamed += tok.token_text(id);
+    EXPECT_EQ(streamed.substr(streamed.size() - s.size()), s);
   }
 }
 

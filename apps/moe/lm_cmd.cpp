@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -105,8 +107,18 @@ void add_lm(CLI::App& app) {
     TransformerLM model(c.model);
     load_checkpoint(o.ckpt, model, nullptr);
     const std::string corpus = o.corpus.empty() ? c.train.corpus : o.corpus;
+    // The corpus's held-out text, encoded with the checkpoint's own tokenizer (cached beside it).
     const std::string dir = prepare_corpus(corpus, c.train.data_dir, c.model.vocab_size, false);
-    TokenShard val(dir + "/val.bin");
+    const std::string shard = o.ckpt + "/val-" + std::filesystem::path(dir).filename().string() + ".bin";
+    if (!std::filesystem::exists(shard)) {
+      Tokenizer tok;
+      tok.load(o.ckpt + "/tokenizer.model");
+      std::ifstream in(dir + "/val.txt", std::ios::binary);
+      std::stringstream text;
+      text << in.rdbuf();
+      write_token_shard(shard, tok.encode(text.str()));
+    }
+    TokenShard val(shard);
     const double loss = evaluate(model, val, c.model.max_position_embeddings, eval_windows, c.train.batch_size);
     std::printf("%s on %s: validation loss %.4f  perplexity %.2f\n", o.ckpt.c_str(), corpus.c_str(), loss, std::exp(loss));
   });
@@ -133,7 +145,7 @@ void add_lm(CLI::App& app) {
     std::fflush(stdout);
     std::vector<std::string> routes;
     generate(model, tok.encode(prompt), so, [&](int32_t id, const std::vector<std::vector<int32_t>>& experts) {
-      std::printf("%s", tok.decode({id}).c_str());
+      std::printf("%s", tok.token_text(id).c_str());
       std::fflush(stdout);
       if (show_experts) {
         std::string line = "'" + tok.piece(id) + "':";

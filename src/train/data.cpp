@@ -155,6 +155,22 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 std::string Tokenizer::piece(int32_t id) const { return sp_->IdToPiece(id); }
+
+std::string Tokenizer::token_text(int32_t id) const {
+  const std::string p = sp_->IdToPiece(id);
+  if (sp_->IsByte(id) && p.size() == 6) return std::string(1, static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
+  if (sp_->IsControl(id) || sp_->IsUnknown(id)) return "";
+  std::string out;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (p.compare(i, 3, "\xe2\x96\x81") == 0) {  // U+2581, sentencepiece's space
+      out += ' ';
+      i += 2;
+    } else {
+      out += p[i];
+    }
+  }
+  return out;
+}
 int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
 
 TokenShard::TokenShard(const std::string& path) : path_(path) {

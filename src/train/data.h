@@ -37,6 +37,8 @@ class Tokenizer {
   std::vector<int32_t> encode(const std::string& text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
   std::string piece(int32_t id) const;
+  // The text one token stands for when streamed: "▁" as a space, byte pieces as their byte.
+  std::string token_text(int32_t id) const;
   int vocab_size() const;
 
  private:

@@ -259,7 +259,7 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
   }
   fs::copy_file(data + "/tokenizer.model", t.out + "/tokenizer.model", fs::copy_options::overwrite_existing);
   const int B = t.batch_size, L = c.model.max_position_embeddings, T = B * L;
-  const double peak = measure_sgemm_gflops(512, 5);
+  const double peak = measure_sgemm_gflops(1024, 5);
   std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %d tokens, GEMM peak %.0f GFLOP/s\n",
               t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
               static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
