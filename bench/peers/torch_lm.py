@@ -18,6 +18,8 @@ import tomllib
 import torch
 import torch.nn.functional as F
 
+from torch_moe import Expert as SwiGLU, SparseMoeBlock
+
 
 class RMSNorm(torch.nn.Module):
     def __init__(self, d, eps):
@@ -60,42 +62,24 @@ class Attention(torch.nn.Module):
         return self.o(o)
 
 
-class SwiGLU(torch.nn.Module):
-    def __init__(self, d, h):
-        super().__init__()
-        self.w1 = torch.nn.Linear(d, h, bias=False)
-        self.w3 = torch.nn.Linear(d, h, bias=False)
-        self.w2 = torch.nn.Linear(h, d, bias=False)
+class MoE(SparseMoeBlock):
+    """Mixtral's sparse block (torch_moe.SparseMoeBlock, the HF MixtralSparseMoeBlock way) plus the
+    Switch aux loss from its router logits."""
 
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
-class MoE(torch.nn.Module):
-    """Mixtral's sparse block (HF MixtralSparseMoeBlock) with the Switch aux loss."""
-
-    def __init__(self, d, h, n, k, aux):
-        super().__init__()
-        self.n, self.k, self.aux = n, k, aux
-        self.gate = torch.nn.Linear(d, n, bias=False)
-        self.experts = torch.nn.ModuleList([SwiGLU(d, h) for _ in range(n)])
+    def __init__(self, d, h, n, k, aux, shared_width=0):
+        super().__init__(d, h, n, k)
+        self.aux = aux
+        self.shared = SwiGLU(d, shared_width) if shared_width else None
 
     def forward(self, x):
         shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        logits = self.gate(x)
+        out, logits = super().forward(x.reshape(-1, shape[-1]))
+        if self.shared is not None:
+            out = out + self.shared(x.reshape(-1, shape[-1]))
         probs = F.softmax(logits, dim=-1)
-        w, sel = torch.topk(probs, self.k, dim=-1)
-        w = w / w.sum(-1, keepdim=True)
-        out = torch.zeros_like(x)
-        mask = F.one_hot(sel, self.n).permute(2, 1, 0)
-        for e in range(self.n):
-            idx, tok = torch.where(mask[e])
-            if tok.numel():
-                out.index_add_(0, tok, self.experts[e](x[tok]) * w[tok, idx, None])
-        f = F.one_hot(sel, self.n).float().sum((0, 1)) / (x.shape[0] * self.k)
-        aux = self.aux * self.n * (f * probs.mean(0)).sum()
-        return out.view(shape), aux
+        sel = torch.topk(probs, self.top_k, dim=-1).indices
+        f = F.one_hot(sel, self.n_experts).float().sum((0, 1)) / (logits.shape[0] * self.top_k)
+        return out.view(shape), self.aux * self.n_experts * (f * probs.mean(0)).sum()
 
 
 class LM(torch.nn.Module):
@@ -107,8 +91,9 @@ class LM(torch.nn.Module):
         G = m.get("granularity", 1)
         for layer in range(m["num_hidden_layers"]):
             moe = m.get("ffn", "moe") == "moe" and layer >= m.get("first_k_dense_replace", 0)
+            shared = m.get("n_shared_experts", 0) * (m.get("shared_expert_intermediate_size", 0) or m["moe_intermediate_size"] // G)
             ffn = (MoE(d, m["moe_intermediate_size"] // G, m["num_local_experts"] * G, m["num_experts_per_tok"] * G,
-                       m.get("router_aux_loss_coef", 0.0)) if moe else SwiGLU(d, m["intermediate_size"]))
+                       m.get("router_aux_loss_coef", 0.0), shared) if moe else SwiGLU(d, m["intermediate_size"]))
             self.blocks.append(torch.nn.ModuleList([RMSNorm(d, 1e-5), Attention(d, m["num_attention_heads"], 1e4),
                                                     RMSNorm(d, 1e-5), ffn]))
         self.norm = RMSNorm(d, 1e-5)
