@@ -70,13 +70,17 @@ void add_lm(CLI::App& app) {
   auto* train = app.add_subcommand("train", "Train a model (no arguments: the default MoE model on the KJV Bible)");
   train->add_option("--config", o.config, "TOML config (see configs/)")->check(CLI::ExistingFile);
   train->add_option("--set", o.sets, "Override: section.key=value (repeatable), e.g. --set train.steps=100");
-  train->add_flag("--resume", resume, "Continue the run in train.out from its checkpoint");
+  train->add_flag("--resume", resume, "Continue the run in train.out from its checkpoint (its config, plus --set)");
   train->add_option("--threads", o.threads, "Threads (default: all cores)")->check(CLI::PositiveNumber);
   train->callback([] {
     apply_threads(o.threads);
-    RunConfig c = resume && o.config.empty() && std::filesystem::exists(load_run_config("", o.sets).train.out + "/config.json")
-                      ? read_checkpoint_config(load_run_config("", o.sets).train.out)
-                      : load_run_config(o.config, o.sets);
+    // --resume without --config continues the checkpoint's own config, with the --set overrides on top
+    // (e.g. --set train.steps=1200 to train further).
+    RunConfig c = load_run_config(o.config, o.sets);
+    if (resume && o.config.empty() && std::filesystem::exists(c.train.out + "/config.json")) {
+      const RunConfig saved = read_checkpoint_config(c.train.out);
+      c = load_run_config("", o.sets, &saved);
+    }
     TrainSummary s = train_model(c, resume);
     std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));
     std::printf("throughput %.0f tokens/s  MFU %.1f%% of the measured GEMM peak\n", s.tokens_per_s, 100.0 * s.mfu);

@@ -140,8 +140,8 @@ void apply_table(RunConfig& c, const toml::table& t, const std::string& where) {
 
 }  // namespace
 
-RunConfig load_run_config(const std::string& toml_path, const std::vector<std::string>& sets) {
-  RunConfig c;
+RunConfig load_run_config(const std::string& toml_path, const std::vector<std::string>& sets, const RunConfig* base) {
+  RunConfig c = base ? *base : RunConfig{};
   if (!toml_path.empty()) {
     try {
       apply_table(c, toml::parse_file(toml_path), "config " + toml_path);

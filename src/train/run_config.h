@@ -48,8 +48,10 @@ struct RunConfig {
   TrainConfig train;
 };
 
-// Reads a TOML file (empty path: the defaults) then applies "section.key=value" overrides.
-RunConfig load_run_config(const std::string& toml_path, const std::vector<std::string>& sets);
+// Reads a TOML file (empty path: the defaults, or `base` when given) then applies "section.key=value"
+// overrides, and validates.
+RunConfig load_run_config(const std::string& toml_path, const std::vector<std::string>& sets,
+                          const RunConfig* base = nullptr);
 std::string run_config_to_json(const RunConfig& c);
 RunConfig run_config_from_json(const std::string& json, const std::string& where);
 
