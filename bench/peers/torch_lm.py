@@ -125,7 +125,7 @@ def main():
     with open(a.config, "rb") as f:
         cfg = tomllib.load(f)
     m = {"vocab_size": 4096, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
-         "intermediate_size": 512, "max_position_embeddings": 256, "num_local_experts": 8,
+         "intermediate_size": 512, "max_position_embeddings": 128, "num_local_experts": 8,
          "num_experts_per_tok": 2, "moe_intermediate_size": 256, "router_aux_loss_coef": 0.01, "ffn": "moe"}
     m.update(cfg.get("model", {}))
     B = cfg.get("train", {}).get("batch_size", 16)

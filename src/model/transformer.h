@@ -25,7 +25,7 @@ struct ModelConfig {
   int num_attention_heads = 4;
   int num_key_value_heads = 0;       // 0: num_attention_heads
   int intermediate_size = 512;       // width of the dense SwiGLU FFN
-  int max_position_embeddings = 256; // training sequence length
+  int max_position_embeddings = 128; // training sequence length
   float rms_norm_eps = 1e-5f;
   float rope_theta = 10000.f;
   bool tie_word_embeddings = false;
