@@ -83,7 +83,8 @@ void add_lm(CLI::App& app) {
     }
     TrainSummary s = train_model(c, resume);
     std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));
-    std::printf("throughput %.0f tokens/s  MFU %.1f%% of the measured GEMM peak\n", s.tokens_per_s, 100.0 * s.mfu);
+    std::printf("throughput %.0f tokens/s (median step)  MFU %.1f%% of the measured GEMM peak  %.0f s in all\n",
+                s.tokens_per_s, 100.0 * s.mfu, s.run_seconds);
     if (!s.load_summary.empty()) std::printf("expert load: %s\n", s.load_summary.c_str());
     Tokenizer tok;
     tok.load(c.train.out + "/tokenizer.model");

@@ -282,9 +282,10 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
   std::vector<Param> params = model.params();
   const int64_t end = t.stop_after > 0 ? t.stop_after : t.steps;
   Progress progress{end, start};
-  double tok_s = 0.0, last_loss = 0.0, mfu = 0.0;
+  double tok_s = 0.0, mfu = 0.0, last_val = -1.0;
+  std::vector<double> rates;
+  nlohmann::json last_moe = nlohmann::json::array();
   const auto run_t0 = clock_type::now();
-  int64_t run_tokens = 0;
   for (int64_t step = start; step < end; ++step) {
     const auto t0 = clock_type::now();
     model.zero_grad();
@@ -307,12 +308,12 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
     const double dt = seconds_since(t0);
     tok_s = T * t.grad_accum / dt;
     mfu = tok_s * model.flops_per_token() / (peak * 1e9);
-    run_tokens += T * t.grad_accum;
-    last_loss = ce;
+    rates.push_back(tok_s);
+    last_moe = router_metrics(model, L);
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
-                        {"tokens_per_s", tok_s}, {"mfu", mfu}, {"moe", router_metrics(model, L)}};
+                        {"tokens_per_s", tok_s}, {"mfu", mfu}, {"moe", last_moe}};
     const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
-    if (eval_now) j["val_loss"] = evaluate(model, val_shard, L, t.eval_windows, B);
+    if (eval_now) j["val_loss"] = last_val = evaluate(model, val_shard, L, t.eval_windows, B);
     metrics << j.dump() << "\n";
     metrics.flush();
     progress.update(step, ce, tok_s);
@@ -323,14 +324,16 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
   }
   TrainSummary s;
   s.steps = end;
-  s.val_loss = evaluate(model, val_shard, L, t.eval_windows, B);
+  s.val_loss = last_val >= 0.0 ? last_val : evaluate(model, val_shard, L, t.eval_windows, B);
   s.val_ppl = std::exp(s.val_loss);
-  const double run_s = seconds_since(run_t0);
-  s.tokens_per_s = run_s > 0 ? static_cast<double>(run_tokens) / run_s : tok_s;
-  s.mfu = mfu;
-  (void)last_loss;
-  std::ostringstream sum;
-  for (const auto& layer : router_metrics(model, L))
+  s.run_seconds = seconds_since(run_t0);
+  if (!rates.empty()) {
+    std::sort(rates.begin(), rates.end());
+    s.tokens_per_s = rates[rates.size() / 2];
+    s.mfu = s.tokens_per_s * model.flops_per_token() / (peak * 1e9);
+  }
+  std::ostringstream sum;  // the expert load of the last training step, per MoE layer
+  for (const auto& layer : last_moe)
     sum << "L" << layer["layer"].get<int>() << " max/mean " << std::fixed << std::setprecision(2)
         << layer["max_mean"].get<double>() << " cv " << layer["cv"].get<double>() << "  ";
   s.load_summary = sum.str();

@@ -20,7 +20,9 @@ namespace moe {
 
 struct TrainSummary {
   int64_t steps = 0;
-  double val_loss = 0.0, val_ppl = 0.0, tokens_per_s = 0.0, mfu = 0.0;
+  double val_loss = 0.0, val_ppl = 0.0;
+  double tokens_per_s = 0.0, mfu = 0.0;  // median over the training steps
+  double run_seconds = 0.0;              // wall time of the steps, evaluations and checkpoints included
   std::string load_summary;  // one line: per MoE layer, the max/mean load and CV
 };
 
