@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--ymax", type=float, default=0.0)
     a = ap.parse_args()
     data = [(os.path.basename(r.rstrip("/")), *load(r)) for r in a.runs]
-    W, H, ml, mr, mt, mb = 760, 440, 60, 170, 40, 50
+    W, H, ml, mr, mt, mb = 820, 440, 60, 230, 40, 50
     xmax = max(s[-1] * t for _, s, _, _, t in data)
     vals = [v for _, _, ce, val, _ in data for v in smooth(ce)[len(ce) // 10:]] + [v for _, _, _, val, _ in data for _, v in val]
     ymin = min(vals) - 0.05
