@@ -52,6 +52,8 @@ struct ModelCase {
   const char* router;
 };
 
+void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
+
 class ModelGradient : public ::testing::TestWithParam<ModelCase> {};
 
 TEST_P(ModelGradient, MatchesFiniteDifferences) {
@@ -127,7 +129,9 @@ TEST_P(ModelGradient, MatchesPyTorch) {
   in.tensors["targets"] = tg;
   for (Param& p : model.params()) in.tensors[p.name] = *p.value;
   if (Tensor* bias = model.blocks[1].moe->router->selection_bias()) in.tensors["model.layers.1.mlp.router.bias"] = *bias;
-  const std::string dir = ::testing::TempDir(), case_path = dir + "/model_case.safetensors", out_path = dir + "/model_out.safetensors";
+  // Named after the case: ctest runs the cases in parallel.
+  const std::string base = ::testing::TempDir() + "/model_" + GetParam().name;
+  const std::string case_path = base + ".safetensors", out_path = base + ".out.safetensors";
   save_safetensors(case_path, in);
   const std::string cmd = std::string(MOE_TORCH_PYTHON) + " " + MOE_SOURCE_DIR + "/tests/torch_ref/model_ref.py " + case_path + " " + out_path;
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;

@@ -16,6 +16,8 @@ struct BadCase {
   const char* field;  // must appear in the message
 };
 
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
+
 class BadConfig : public ::testing::TestWithParam<BadCase> {};
 
 TEST_P(BadConfig, NamesTheField) {

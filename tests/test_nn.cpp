@@ -97,6 +97,8 @@ struct AttnCase {
   int heads, kv_heads;
 };
 
+void PrintTo(const AttnCase& c, std::ostream* os) { *os << c.name; }
+
 class AttentionTest : public ::testing::TestWithParam<AttnCase> {};
 
 TEST_P(AttentionTest, GradientsAndParity) {
