@@ -45,18 +45,30 @@ MoeConfig layer_config(int G, const std::string& router) {
   return c;
 }
 
-// Router forward (logits GEMM, selection, gates) for T = 4096 tokens: arg 0 = granularity.
+// Router forward in training (logits GEMM, selection, gates) for T = 4096 tokens of d = 512:
+// arg 0 = granularity (8 or 64 experts), arg 1 = the router (RouterKind order). Hash routes by token
+// id; base (auction) and sbase (Sinkhorn) show what balanced routing costs.
 void BM_Router(benchmark::State& st) {
-  MoeConfig c = layer_config(static_cast<int>(st.range(0)), "topk_softmax");
+  const auto kind = static_cast<RouterKind>(st.range(1));
+  MoeConfig c = layer_config(static_cast<int>(st.range(0)), router_name(kind));
+  if (kind == RouterKind::base) {  // one expert per token, as many experts
+    c.experts *= c.granularity;
+    c.top_k = c.granularity = 1;
+  }
+  c.vocab_size = 4096;
   auto router = Router::create(c);
   const int T = 4096;
   std::vector<float> x(static_cast<size_t>(T) * c.d_model);
   fill_normal(x.data(), x.size(), 1, 1, 0.f, 1.f);
+  std::vector<int32_t> tokens(static_cast<size_t>(T));
+  for (int t = 0; t < T; ++t) tokens[static_cast<size_t>(t)] = (t * 7919) % c.vocab_size;
   Routing r;
-  for (auto _ : st) router->forward(x.data(), T, true, 0, r);
+  uint64_t step = 0;
+  for (auto _ : st) router->forward(x.data(), T, RouteContext{true, step++, tokens.data(), false}, r);
   st.SetItemsProcessed(st.iterations() * T);
+  st.SetLabel(router_name(kind));
 }
-BENCHMARK(BM_Router)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Router)->ArgsProduct({{1, 8}, {0, 1, 2, 3, 4, 5, 6, 7, 8}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Dispatch plan (counting sort, capacity) of a random routing: args = E, k, capacity policy.
 void BM_DispatchPlan(benchmark::State& st) {

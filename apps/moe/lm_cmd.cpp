@@ -112,18 +112,7 @@ void add_lm(CLI::App& app) {
     TransformerLM model(c.model);
     load_checkpoint(o.ckpt, model, nullptr);
     const std::string corpus = o.corpus.empty() ? c.train.corpus : o.corpus;
-    // The corpus's held-out text, encoded with the checkpoint's own tokenizer (cached beside it).
-    const std::string dir = prepare_corpus(corpus, c.train.data_dir, c.model.vocab_size, false);
-    const std::string shard = o.ckpt + "/val-" + std::filesystem::path(dir).filename().string() + ".bin";
-    if (!std::filesystem::exists(shard)) {
-      Tokenizer tok;
-      tok.load(o.ckpt + "/tokenizer.model");
-      std::ifstream in(dir + "/val.txt", std::ios::binary);
-      std::stringstream text;
-      text << in.rdbuf();
-      write_token_shard(shard, tok.encode(text.str()));
-    }
-    TokenShard val(shard);
+    TokenShard val(checkpoint_val_shard(o.ckpt, c, corpus));
     const double loss = evaluate(model, val, c.model.max_position_embeddings, eval_windows, c.train.batch_size);
     std::printf("%s on %s: validation loss %.4f  perplexity %.2f\n", o.ckpt.c_str(), corpus.c_str(), loss, std::exp(loss));
   });
@@ -166,11 +155,28 @@ void add_lm(CLI::App& app) {
     for (const auto& r : routes) std::printf("%s\n", r.c_str());
   });
 
-  auto* inspect = app.add_subcommand("inspect", "Parameters (total, active, embedding) and FLOPs per token of a model");
+  auto* inspect = app.add_subcommand("inspect", "Parameters (total, active, embedding) and FLOPs per token of a model; "
+                                                "with --routing, the routing of a checkpoint");
+  static bool routing = false, train_routing = false, json = false;
+  static int routing_windows = 256;
+  static std::string svg;
   inspect->add_option("--config", o.config, "TOML config")->check(CLI::ExistingFile);
   inspect->add_option("--ckpt", o.ckpt, "Checkpoint folder");
   inspect->add_option("--set", o.sets, "Override: section.key=value");
+  inspect->add_flag("--routing", routing, "Router metrics per MoE layer on held-out text (needs --ckpt), with an SVG chart");
+  inspect->add_option("--corpus", o.corpus, "With --routing: corpus to route (default: the one it trained on)");
+  inspect->add_option("--windows", routing_windows, "With --routing: validation windows")->check(CLI::PositiveNumber);
+  inspect->add_flag("--train-routing", train_routing, "With --routing: route as in training (noise, sampling, balanced assignment)");
+  inspect->add_option("--svg", svg, "With --routing: chart path (default: CKPT/routing.svg)");
+  inspect->add_flag("--json", json, "With --routing: print JSON");
+  inspect->add_option("--threads", o.threads, "Threads")->check(CLI::PositiveNumber);
   inspect->callback([] {
+    apply_threads(o.threads);
+    if (routing) {
+      if (o.ckpt.empty()) fail("inspect --routing needs --ckpt DIR (a trained checkpoint folder)");
+      inspect_routing(o.ckpt, o.corpus, routing_windows, train_routing, svg, json);
+      return;
+    }
     RunConfig c = o.ckpt.empty() ? load_run_config(o.config, o.sets) : read_checkpoint_config(o.ckpt);
     TransformerLM model(c.model);
     if (!o.ckpt.empty()) load_checkpoint(o.ckpt, model, nullptr);

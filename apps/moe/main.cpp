@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   moe::cli::add_lm(app);
   moe::cli::add_bench(app);
+  moe::cli::add_routing(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

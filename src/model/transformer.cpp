@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -26,6 +27,7 @@ MoeConfig ModelConfig::moe_layer(int layer) const {
   m.seed = seed;
   m.layer_id = static_cast<uint64_t>(layer) + 1;
   m.router_init_std = moe.router_init_std;
+  m.vocab_size = vocab_size;
   return m;
 }
 
@@ -125,7 +127,7 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
     for (size_t i = 0; i < b.x_mid.numel(); ++i) b.x_mid[i] = b.x_in[i] + b.tmp[i];
     b.ffn_norm.forward(b.x_mid.data(), T, b.h_ffn.data());
     if (b.moe) {
-      b.moe->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L});
+      b.moe->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L, tokens, false});
       stats_.aux += b.moe->losses().total();
     } else {
       b.dense.forward(b.h_ffn.data(), {0, T}, b.tmp.data());
@@ -148,7 +150,22 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
   targets_ = targets;
   const int T = B * L, V = cfg.vocab_size;
   dlogits_.resize({T, V});
-  stats_.ce = cross_entropy(logits.data(), targets, T, V, dlogits_.data());
+  bool rewards = false;  // routers trained by reward (reinforce) get −CE of each token
+  for (const Block& b : blocks) rewards |= b.moe && b.moe->cfg.router_kind() == RouterKind::reinforce;
+  if (rewards && training) {
+    reward_.resize({T});
+    stats_.ce = cross_entropy(logits.data(), targets, T, V, dlogits_.data(), reward_.data());
+    for (int t = 0; t < T; ++t)
+      reward_[static_cast<size_t>(t)] = targets[t] == kIgnoreIndex ? std::nanf("") : -reward_[static_cast<size_t>(t)];
+    for (Block& b : blocks)
+      if (b.moe) {
+        stats_.aux -= b.moe->losses().total();
+        b.moe->set_reward(reward_.data());
+        stats_.aux += b.moe->losses().total();
+      }
+  } else {
+    stats_.ce = cross_entropy(logits.data(), targets, T, V, dlogits_.data());
+  }
   return stats_.ce;
 }
 
@@ -174,7 +191,7 @@ const float* TransformerLM::decode(const int32_t* tokens, int n) {
     for (size_t i = 0; i < x.numel(); ++i) x[i] += f[i];
     b.ffn_norm.forward(x.data(), n, h.data());
     if (b.moe) {
-      b.moe->forward(h.data(), n, f.data(), {false, 0, n});
+      b.moe->forward(h.data(), n, f.data(), {false, 0, n, tokens, true});
     } else {
       b.dense.forward(h.data(), {0, n}, f.data());
     }

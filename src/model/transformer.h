@@ -100,6 +100,7 @@ class TransformerLM {
   const int32_t* targets_ = nullptr;
   int B_ = 0, L_ = 0;
   Tensor dlogits_, dx_, dh_;
+  Tensor reward_;  // (T) per-token reward −CE for routers trained by reward
   std::vector<Attention::Cache> caches_;  // one per block
   ModelStats stats_;
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step);

@@ -13,14 +13,15 @@ bool balance_uses_prob(const MoeConfig& c) {
 
 BalanceLosses balance_losses(const MoeConfig& c, const float* prob, const float* logits, const Routing& r,
                              int seq_len, float* dprob, float* dlogits) {
-  const int T = r.T, k = r.k, E = c.n_experts();
+  // k: experts per token of the config (expert choice routes k·T pairs in r.k = E slots per token).
+  const int T = r.T, k = c.k(), E = c.n_experts();
   BalanceLosses out;
   // Per-token coefficient of P_{t,i} in the summed loss: the loss is linear in P given the counts.
   std::vector<double> coef(static_cast<size_t>(E), 0.0);
   if (c.aux_loss_coef > 0.f || c.expert_loss_coef > 0.f || c.device_loss_coef > 0.f) {
     std::vector<double> count(static_cast<size_t>(E), 0.0), pbar(static_cast<size_t>(E), 0.0);
-    for (int t = 0; t < T; ++t)
-      for (int i = 0; i < k; ++i) count[r.expert[t * k + i]] += 1.0;
+    for (size_t j = 0; j < r.expert.size(); ++j)
+      if (r.expert[j] >= 0) count[r.expert[j]] += 1.0;
     for (int t = 0; t < T; ++t)
       for (int e = 0; e < E; ++e) pbar[e] += prob[static_cast<size_t>(t) * E + e];
     for (int e = 0; e < E; ++e) pbar[e] /= T;
@@ -62,7 +63,8 @@ BalanceLosses balance_losses(const MoeConfig& c, const float* prob, const float*
       std::fill(f.begin(), f.end(), 0.0);
       std::fill(pbar.begin(), pbar.end(), 0.0);
       for (int t = b * L; t < (b + 1) * L; ++t) {
-        for (int i = 0; i < k; ++i) f[r.expert[t * k + i]] += E / (static_cast<double>(k) * L);
+        for (int i = 0; i < r.k; ++i)
+          if (r.expert[t * r.k + i] >= 0) f[r.expert[t * r.k + i]] += E / (static_cast<double>(k) * L);
         for (int e = 0; e < E; ++e) pbar[e] += static_cast<double>(prob[static_cast<size_t>(t) * E + e]) / L;
       }
       for (int e = 0; e < E; ++e) seq += c.seq_aux_loss_coef * f[e] * pbar[e] / B;

@@ -8,7 +8,9 @@
 namespace moe {
 
 namespace {
-constexpr const char* kRouters[] = {"topk_softmax", "softmax_topk", "noisy_topk", "sigmoid_bias"};
+constexpr const char* kRouters[] = {"topk_softmax", "softmax_topk", "noisy_topk", "sigmoid_bias", "hash",
+                                    "base",         "sbase",        "reinforce",  "expert_choice"};
+constexpr int kNumRouters = static_cast<int>(sizeof(kRouters) / sizeof(kRouters[0]));
 constexpr const char* kPolicies[] = {"position", "probs"};
 
 std::string cfg(const std::string& msg) { return "moe config: " + msg; }
@@ -26,9 +28,12 @@ std::string num(double v) {
 }  // namespace
 
 RouterKind parse_router(const std::string& name) {
-  for (int i = 0; i < 4; ++i)
+  std::string known;
+  for (int i = 0; i < kNumRouters; ++i) {
     if (name == kRouters[i]) return static_cast<RouterKind>(i);
-  fail(cfg("router = \"" + name + "\" is not a known router; use one of topk_softmax, softmax_topk, noisy_topk, sigmoid_bias"));
+    known += (i ? ", " : "") + std::string(kRouters[i]);
+  }
+  fail(cfg("router = \"" + name + "\" is not a known router; use one of " + known));
 }
 
 DropPolicy parse_drop_policy(const std::string& name) {
@@ -75,11 +80,27 @@ void MoeConfig::validate() const {
       {"aux_loss_coef", aux_loss_coef},       {"z_loss_coef", z_loss_coef},
       {"noisy_loss_coef", noisy_loss_coef},   {"expert_loss_coef", expert_loss_coef},
       {"device_loss_coef", device_loss_coef}, {"seq_aux_loss_coef", seq_aux_loss_coef},
-      {"bias_update_rate", bias_update_rate}};
+      {"bias_update_rate", bias_update_rate}, {"reinforce_coef", reinforce_coef}};
   for (auto [field, v] : coefs)
     require(std::isfinite(v) && v >= 0.f, std::string(field) + " = " + num(v) + " must be a finite number >= 0");
   require(noisy_loss_coef == 0.f || kind == RouterKind::noisy_topk,
           "noisy_loss_coef is set but router = \"" + router + "\"; the importance and load losses need router = \"noisy_topk\"");
+  require(std::isfinite(reinforce_decay) && reinforce_decay >= 0.f && reinforce_decay < 1.f,
+          "reinforce_decay = " + num(reinforce_decay) + " must be in [0, 1)");
+  require(vocab_size >= 0, "vocab_size = " + std::to_string(vocab_size) + " must be >= 0");
+  if (kind == RouterKind::hash) {
+    require(vocab_size > 0, "router = \"hash\" hashes token ids but vocab_size = 0; set vocab_size (a model sets it from its own)");
+    // Hash routing has no router logits: balance losses would be constants with no gradient.
+    for (auto [field, v] : coefs)
+      require(v == 0.f || std::string(field) == "bias_update_rate" || std::string(field) == "reinforce_coef",
+              std::string(field) + " = " + num(v) + " but router = \"hash\" has no router logits to balance; set " + field + " = 0");
+  }
+  if (kind == RouterKind::base)
+    require(k() == 1, "router = \"base\" assigns exactly one expert per token but top_k·granularity = " + std::to_string(k()) +
+                          "; set top_k = 1 and granularity = 1");
+  if (kind == RouterKind::expert_choice)
+    require(drop_policy == "position", "router = \"expert_choice\" sets its own capacity (each expert takes its top C tokens); "
+                                       "leave drop_policy = position");
   require(device_groups >= 0, "device_groups = " + std::to_string(device_groups) + " must be >= 0");
   require(E % n_device_groups() == 0, "device_groups = " + std::to_string(n_device_groups()) +
                                           " does not divide the " + std::to_string(E) + " routed experts; choose a divisor");
@@ -100,6 +121,7 @@ std::string MoeConfig::to_json() const {
       {"z_loss_coef", z_loss_coef}, {"noisy_loss_coef", noisy_loss_coef}, {"expert_loss_coef", expert_loss_coef},
       {"device_loss_coef", device_loss_coef}, {"device_groups", device_groups},
       {"seq_aux_loss_coef", seq_aux_loss_coef}, {"bias_update_rate", bias_update_rate},
+      {"reinforce_coef", reinforce_coef}, {"reinforce_decay", reinforce_decay}, {"vocab_size", vocab_size},
       {"capacity_factor", capacity_factor}, {"drop_policy", drop_policy}, {"n_shared", n_shared},
       {"shared_hidden", shared_hidden}, {"shared_gate", shared_gate}, {"precision", precision}, {"seed", seed}, {"layer_id", layer_id}};
   return j.dump();

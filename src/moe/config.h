@@ -6,7 +6,7 @@
 
 namespace moe {
 
-enum class RouterKind { topk_softmax, softmax_topk, noisy_topk, sigmoid_bias };
+enum class RouterKind { topk_softmax, softmax_topk, noisy_topk, sigmoid_bias, hash, base, sbase, reinforce, expert_choice };
 enum class DropPolicy { position, probs };
 
 RouterKind parse_router(const std::string& name);      // throws, listing the known names
@@ -20,7 +20,8 @@ struct MoeConfig {
   int experts = 8;                     // num_local_experts, at granularity 1
   int top_k = 2;                       // num_experts_per_tok, at granularity 1
   int granularity = 1;                 // G: E·G experts of width d_ff_expert/G, k·G of them active
-  std::string router = "topk_softmax";  // topk_softmax | softmax_topk | noisy_topk | sigmoid_bias
+  // topk_softmax | softmax_topk | noisy_topk | sigmoid_bias | hash | base | sbase | reinforce | expert_choice
+  std::string router = "topk_softmax";
   bool renormalize = false;            // norm_topk_prob (softmax_topk): gates p_i / Σ_I p
   float routed_scaling = 1.0f;         // routed_scaling_factor (sigmoid_bias)
   int n_group = 1;                     // group-limited routing: experts in n_group groups...
@@ -37,6 +38,9 @@ struct MoeConfig {
   int device_groups = 0;               // D devices for α2 (0: n_group)
   float seq_aux_loss_coef = 0.0f;      // DeepSeek-V3 sequence-wise balance loss α
   float bias_update_rate = 1e-3f;      // γ of the sigmoid_bias bias update
+  float reinforce_coef = 1e-2f;        // RL-R: weight of the REINFORCE surrogate loss
+  float reinforce_decay = 0.99f;       // RL-R: EMA decay of the reward baseline
+  int vocab_size = 0;                  // token ids are < vocab_size (the hash router's domain)
 
   // Capacity
   float capacity_factor = 0.0f;        // C = ceil(cf·T·k/E); <= 0: dropless

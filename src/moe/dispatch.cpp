@@ -25,21 +25,24 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, 
   p.capacity = expert_capacity(capacity_factor, r.T, r.k, E);
   const size_t n = static_cast<size_t>(r.T) * r.k;
   p.routed.assign(static_cast<size_t>(E), 0);
-  for (size_t j = 0; j < n; ++j) ++p.routed[r.expert[j]];
+  for (size_t j = 0; j < n; ++j)
+    if (r.expert[j] >= 0) ++p.routed[r.expert[j]];
 
   // keep[j]: pair j survives capacity.
   std::vector<uint8_t> keep(n, 1);
   if (p.capacity >= 0) {
     if (policy == DropPolicy::position) {
       std::vector<int64_t> filled(static_cast<size_t>(E), 0);
-      for (size_t j = 0; j < n; ++j) keep[j] = filled[r.expert[j]]++ < p.capacity;
+      for (size_t j = 0; j < n; ++j)
+        if (r.expert[j] >= 0) keep[j] = filled[r.expert[j]]++ < p.capacity;
     } else {
       // Bucket pairs by expert (in token order), then keep each bucket's C largest gates.
       std::vector<int64_t> start(static_cast<size_t>(E) + 1, 0);
       for (int e = 0; e < E; ++e) start[e + 1] = start[e] + p.routed[e];
       std::vector<int32_t> bucket(n);
       std::vector<int64_t> fill(start.begin(), start.end() - 1);
-      for (size_t j = 0; j < n; ++j) bucket[fill[r.expert[j]]++] = static_cast<int32_t>(j);
+      for (size_t j = 0; j < n; ++j)
+        if (r.expert[j] >= 0) bucket[fill[r.expert[j]]++] = static_cast<int32_t>(j);
       for (int e = 0; e < E; ++e) {
         auto b = bucket.begin() + start[e], en = bucket.begin() + start[e + 1];
         if (en - b <= p.capacity) continue;
@@ -50,7 +53,7 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, 
   }
   p.counts.assign(static_cast<size_t>(E), 0);
   for (size_t j = 0; j < n; ++j)
-    if (keep[j]) ++p.counts[r.expert[j]];
+    if (keep[j] && r.expert[j] >= 0) ++p.counts[r.expert[j]];
   p.offsets.assign(static_cast<size_t>(E) + 1, 0);
   for (int e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
   p.pair_row.assign(n, -1);
@@ -58,6 +61,7 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, 
   p.row_pair.resize(static_cast<size_t>(p.rows()));
   std::vector<int64_t> next(p.offsets.begin(), p.offsets.end() - 1);
   for (size_t j = 0; j < n; ++j) {
+    if (r.expert[j] < 0) continue;  // an empty slot (expert choice): neither routed nor dropped
     if (!keep[j]) {
       ++p.dropped;
       continue;

@@ -25,13 +25,17 @@ struct DispatchPlan {
   int64_t dropped = 0;                // pairs dropped by capacity
 
   int64_t rows() const { return offsets.empty() ? 0 : offsets.back(); }
-  float dropped_fraction() const { return T ? static_cast<float>(static_cast<double>(dropped) / (static_cast<double>(T) * k)) : 0.f; }
+  // Dropped pairs over routed pairs (empty slots are neither).
+  float dropped_fraction() const {
+    const int64_t routed_pairs = rows() + dropped;
+    return routed_pairs ? static_cast<float>(static_cast<double>(dropped) / static_cast<double>(routed_pairs)) : 0.f;
+  }
 };
 
 // C = ceil(cf·T·k/E), or -1 when cf <= 0 (dropless).
 int64_t expert_capacity(float capacity_factor, int T, int k, int E);
 
-// Counting sort of the pairs of r by expert. With a capacity, `position` keeps each expert's first C
+// Counting sort of the pairs of r by expert (empty slots, expert -1, are skipped). With a capacity, `position` keeps each expert's first C
 // pairs in token order (pair t·k+i before t·k+i+1), `probs` its C pairs with the largest gates (ties:
 // token order). Within an expert, rows follow token order.
 DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, DropPolicy policy);

@@ -53,16 +53,14 @@ std::vector<Param> MoeLayer::params() {
 
 int64_t MoeLayer::num_params() const {
   const int64_t d = cfg.d_model, E = cfg.n_experts(), h = cfg.expert_hidden();
-  int64_t n = 3 * E * h * d + E * d;
-  if (cfg.router_kind() == RouterKind::noisy_topk) n += E * d;
+  int64_t n = 3 * E * h * d + router_params();
   n += 3 * static_cast<int64_t>(cfg.n_shared) * cfg.shared_width() * d + (cfg.shared_gate ? d : 0);
   return n;
 }
 
 int64_t MoeLayer::num_active_params() const {
-  const int64_t d = cfg.d_model, E = cfg.n_experts(), h = cfg.expert_hidden();
-  int64_t n = 3 * cfg.k() * h * d + E * d;
-  if (cfg.router_kind() == RouterKind::noisy_topk) n += E * d;
+  const int64_t d = cfg.d_model, h = cfg.expert_hidden();
+  int64_t n = 3 * cfg.k() * h * d + router_params();
   n += 3 * static_cast<int64_t>(cfg.n_shared) * cfg.shared_width() * d + (cfg.shared_gate ? d : 0);
   return n;
 }
@@ -71,9 +69,23 @@ void MoeLayer::zero_grad() {
   for (Param& p : params()) p.grad->zero();
 }
 
+int64_t MoeLayer::router_params() const {
+  const int64_t d = cfg.d_model, E = cfg.n_experts();
+  switch (cfg.router_kind()) {
+    case RouterKind::hash: return 0;
+    case RouterKind::noisy_topk: return 2 * E * d;  // W_r and W_n
+    default: return E * d;
+  }
+}
+
+void MoeLayer::set_reward(const float* reward) {
+  router->set_reward(reward, T_);
+  losses_.router = router->losses();
+}
+
 void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions& opt) {
   MOE_CHECK(T > 0, "moe layer: forward needs at least one token");
-  const int d = cfg.d_model, E = cfg.n_experts(), k = cfg.k();
+  const int d = cfg.d_model, E = cfg.n_experts();
   seq_len_ = opt.seq_len > 0 ? opt.seq_len : T;
   MOE_CHECK(T % seq_len_ == 0, "moe layer: seq_len = " + std::to_string(seq_len_) + " does not divide the " +
                                    std::to_string(T) + " tokens of the batch");
@@ -95,16 +107,20 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
   } else {
     jitter_.resize({0});
   }
-  router->forward(xr_, T, opt.training, opt.step, routing_);
+  router->forward(xr_, T, RouteContext{opt.training, opt.step, opt.tokens, opt.causal}, routing_);
+  const int k = routing_.k;  // slots per token (E for expert choice)
   losses_.balance = balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, nullptr);
   losses_.router = router->losses();
   if (opt.training)
-    for (int32_t e : routing_.expert) ++bias_load_[e];
+    for (int32_t e : routing_.expert)
+      if (e >= 0) ++bias_load_[e];
   timings_.router = ms_since(t0);
 
   // Dispatch: plan and gather.
   t0 = clock_type::now();
-  plan_ = make_dispatch_plan(routing_, E, cfg.capacity_factor, parse_drop_policy(cfg.drop_policy));
+  // Expert choice has applied its capacity already.
+  const float cf = cfg.router_kind() == RouterKind::expert_choice ? 0.f : cfg.capacity_factor;
+  plan_ = make_dispatch_plan(routing_, E, cf, parse_drop_policy(cfg.drop_policy));
   const int64_t rows = plan_.rows();
   ybuf_.resize({rows, d});  // expert outputs (fp32 mode); in both modes dX of the backward
   if (experts.bf16) {  // gather straight into the experts' bf16 input
@@ -170,7 +186,7 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
 
 void MoeLayer::backward(const float* dy, float* dx) {
   MOE_CHECK(x_ != nullptr, "moe layer: backward called before forward");
-  const int T = T_, d = cfg.d_model, E = cfg.n_experts(), k = cfg.k();
+  const int T = T_, d = cfg.d_model, E = cfg.n_experts(), k = routing_.k;
 
   // Combine backward: each kept row gets the token's dy (the experts apply the gate g and return
   // dgate = dy·y for the row); dropped pairs get nothing.
@@ -276,6 +292,7 @@ void MoeLayer::backward(const float* dy, float* dx) {
 }
 
 void MoeLayer::update_bias() {
+  router->after_step();
   Tensor* b = router->selection_bias();
   if (b == nullptr) return;
   const int E = cfg.n_experts();

@@ -26,6 +26,8 @@ struct MoeForwardOptions {
   bool training = true;   // noise, jitter and the noisy load estimate apply only in training
   uint64_t step = 0;      // keys the random streams of this forward (noise, jitter)
   int seq_len = 0;        // tokens per sequence, for the sequence-wise loss (0: one sequence of T)
+  const int32_t* tokens = nullptr;  // (T) token ids, for the hash router
+  bool causal = false;    // decoding: routing may not look at later tokens (expert choice falls back)
 };
 
 // Every loss term of the layer, each already multiplied by its coefficient.
@@ -33,7 +35,8 @@ struct MoeLosses {
   BalanceLosses balance;
   RouterLosses router;
   float total() const {
-    return balance.aux + balance.z + balance.expert + balance.device + balance.seq + router.importance + router.load;
+    return balance.aux + balance.z + balance.expert + balance.device + balance.seq + router.importance + router.load +
+           router.rl;
   }
 };
 
@@ -59,14 +62,18 @@ class MoeLayer {
   // dy (T, d) → dx (T, d) (overwritten); parameter gradients accumulate (see zero_grad).
   // The loss terms enter the objective with weight 1.
   void backward(const float* dy, float* dx);
+  // Per-token reward (T) for routers trained by reward (reinforce: −CE of each token, NaN where a
+  // token has none), between forward and backward. No-op for the other routers.
+  void set_reward(const float* reward);
   void zero_grad();
-  // DeepSeek-V3: b_i += γ·sign(mean_j load_j − load_i) from the loads routed since the last call.
-  // Call after each optimizer step; no-op for the other routers.
+  // After each optimizer step. DeepSeek-V3: b_i += γ·sign(mean_j load_j − load_i) from the loads
+  // routed since the last call; reinforce: the reward baseline takes in the step's mean reward.
   void update_bias();
 
   std::vector<Param> params();
   int64_t num_params() const;          // all parameters (routed, shared, router)
   int64_t num_active_params() const;   // used by one token: k routed experts + shared + router
+  int64_t router_params() const;       // W_r (and W_n for noisy_topk; none for hash)
 
   // Results of the last forward.
   const MoeLosses& losses() const { return losses_; }

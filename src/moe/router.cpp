@@ -28,11 +28,26 @@ std::unique_ptr<Router> Router::create(const MoeConfig& c) {
     case RouterKind::softmax_topk: return std::make_unique<SoftmaxTopkRouter>(c);
     case RouterKind::noisy_topk: return std::make_unique<NoisyTopkRouter>(c);
     case RouterKind::sigmoid_bias: return std::make_unique<SigmoidBiasRouter>(c);
+    case RouterKind::hash: return std::make_unique<HashRouter>(c);
+    case RouterKind::base: return std::make_unique<BaseRouter>(c);
+    case RouterKind::sbase: return std::make_unique<SBaseRouter>(c);
+    case RouterKind::reinforce: return std::make_unique<ReinforceRouter>(c);
+    case RouterKind::expert_choice: return std::make_unique<ExpertChoiceRouter>(c);
   }
   fail("moe config: unhandled router " + c.router);
 }
 
-void Router::forward(const float* xr, int T, bool training, uint64_t step, Routing& r) {
+int32_t Routing::first(int t) const {
+  const int32_t* e = expert.data() + static_cast<size_t>(t) * k;
+  if (!expert_slots) return e[0];
+  const float* g = gate.data() + static_cast<size_t>(t) * k;
+  int32_t best = -1;
+  for (int i = 0; i < k; ++i)
+    if (e[i] >= 0 && (best < 0 || g[i] > g[best])) best = i;
+  return best < 0 ? -1 : e[best];
+}
+
+void Router::forward(const float* xr, int T, const RouteContext& ctx, Routing& r) {
   logits.resize({T, E});
   prob.resize({T, E});
   sgemm(false, true, T, E, d, 1.f, xr, d, w.data(), d, 0.f, logits.data(), E);
@@ -40,7 +55,8 @@ void Router::forward(const float* xr, int T, bool training, uint64_t step, Routi
   r.k = k;
   r.expert.resize(static_cast<size_t>(T) * k);
   r.gate.resize(static_cast<size_t>(T) * k);
-  route(T, training, step, r);
+  r.expert_slots = false;
+  route(T, ctx, r);
 }
 
 void Router::backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) {
@@ -117,7 +133,7 @@ void Router::select_topk(const float* scores, int32_t* idx) const {
 
 // ---- topk_softmax (Mixtral): top-k of s, softmax over the chosen logits -------------------------
 
-void TopkSoftmaxRouter::route(int T, bool, uint64_t, Routing& r) {
+void TopkSoftmaxRouter::route(int T, const RouteContext&, Routing& r) {
   softmax_rows(T);
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
     const float* s = logits.data() + t * E;
@@ -130,18 +146,42 @@ void TopkSoftmaxRouter::route(int T, bool, uint64_t, Routing& r) {
 }
 
 void TopkSoftmaxRouter::gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const {
+  restricted_softmax_backward(T, r, dgate, dlogits);
+}
+
+void Router::restricted_softmax_backward(int T, const Routing& r, const float* dgate, float* dlogits) const {
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
-    const float* g = r.gate.data() + t * k;
-    const float* dg = dgate + t * k;
+    const float* g = r.gate.data() + t * r.k;
+    const float* dg = dgate + t * r.k;
     float dot = 0.f;
-    for (int i = 0; i < k; ++i) dot += g[i] * dg[i];
-    for (int i = 0; i < k; ++i) dlogits[t * E + r.expert[t * k + i]] += g[i] * (dg[i] - dot);
+    for (int i = 0; i < r.k; ++i) dot += g[i] * dg[i];
+    for (int i = 0; i < r.k; ++i) dlogits[t * E + r.expert[t * r.k + i]] += g[i] * (dg[i] - dot);
+  }, 256);
+}
+
+void Router::sigmoid_gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const {
+  for (size_t j = 0; j < static_cast<size_t>(T) * r.k; ++j) {
+    const float g = r.gate[j];
+    if (r.expert[j] >= 0) dlogits[j / r.k * E + r.expert[j]] += dgate[j] * g * (1.f - g);
+  }
+}
+
+void Router::softmax_slots_backward(int T, const Routing& r, const float* dslot, float* dlogits) const {
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    thread_local std::vector<float> dp;
+    dp.assign(static_cast<size_t>(E), 0.f);
+    for (int i = 0; i < r.k; ++i) {
+      const int32_t e = r.expert[t * r.k + i];
+      if (e >= 0) dp[static_cast<size_t>(e)] += dslot[t * r.k + i];
+    }
+    softmax_backward(prob.data() + t * E, dp.data(), dp.data(), E);
+    for (int e = 0; e < E; ++e) dlogits[t * E + e] += dp[static_cast<size_t>(e)];
   }, 256);
 }
 
 // ---- softmax_topk (Switch, GShard, Qwen2-MoE, DeepSeek-V2): p = softmax(s), top-k of p ----------
 
-void SoftmaxTopkRouter::route(int T, bool, uint64_t, Routing& r) {
+void SoftmaxTopkRouter::route(int T, const RouteContext&, Routing& r) {
   softmax_rows(T);
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
     const float* p = prob.data() + t * E;
@@ -156,24 +196,22 @@ void SoftmaxTopkRouter::route(int T, bool, uint64_t, Routing& r) {
 }
 
 void SoftmaxTopkRouter::gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const {
+  if (!cfg.renormalize) {  // g_i = p_i
+    softmax_slots_backward(T, r, dgate, dlogits);
+    return;
+  }
+  // g_i = p_i / S, S = Σ_I p: dp_i = (dg_i − Σ_j g_j·dg_j) / S.
+  std::vector<float> dp(static_cast<size_t>(T) * k);
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
     const float* p = prob.data() + t * E;
     const int32_t* idx = r.expert.data() + t * k;
     const float* g = r.gate.data() + t * k;
     const float* dg = dgate + t * k;
-    thread_local std::vector<float> dp;
-    dp.assign(static_cast<size_t>(E), 0.f);
-    if (cfg.renormalize) {  // g_i = p_i / S, S = Σ_I p
-      float sum = 0.f, dot = 0.f;
-      for (int i = 0; i < k; ++i) { sum += p[idx[i]]; dot += g[i] * dg[i]; }
-      for (int i = 0; i < k; ++i) dp[idx[i]] = (dg[i] - dot) / sum;
-    } else {
-      for (int i = 0; i < k; ++i) dp[idx[i]] = dg[i];
-    }
-    float dot = 0.f;
-    for (int e = 0; e < E; ++e) dot += p[e] * dp[e];
-    for (int e = 0; e < E; ++e) dlogits[t * E + e] += p[e] * (dp[e] - dot);
+    float sum = 0.f, dot = 0.f;
+    for (int i = 0; i < k; ++i) { sum += p[idx[i]]; dot += g[i] * dg[i]; }
+    for (int i = 0; i < k; ++i) dp[t * k + i] = (dg[i] - dot) / sum;
   }, 256);
+  softmax_slots_backward(T, r, dp.data(), dlogits);
 }
 
 }  // namespace moe

@@ -43,17 +43,19 @@ void NoisyTopkRouter::params(std::vector<Param>& out, const std::string& prefix)
   out.push_back({prefix + "router.noise_weight", &wn, &dwn});
 }
 
-void NoisyTopkRouter::forward(const float* xr, int T, bool training, uint64_t step, Routing& r) {
-  training_ = training;
+void NoisyTopkRouter::forward(const float* xr, int T, const RouteContext& ctx, Routing& r) {
+  training_ = ctx.training;
   raw.resize({T, E});
   sigma.resize({T, E});
   noise.resize({T, E});
   noisy.resize({T, E});
   sgemm(false, true, T, E, d, 1.f, xr, d, wn.data(), d, 0.f, raw.data(), E);
-  Router::forward(xr, T, training, step, r);
+  Router::forward(xr, T, ctx, r);
 }
 
-void NoisyTopkRouter::route(int T, bool training, uint64_t step, Routing& r) {
+void NoisyTopkRouter::route(int T, const RouteContext& ctx, Routing& r) {
+  const bool training = ctx.training;
+  const uint64_t step = ctx.step;
   softmax_rows(T);  // P = softmax(clean s) for the balance losses
   const uint64_t stream = (step << 16) | (cfg.layer_id << 4) | 3;
   thr_in_.resize(static_cast<size_t>(T));

@@ -10,7 +10,7 @@ namespace moe {
 
 SigmoidBiasRouter::SigmoidBiasRouter(const MoeConfig& c) : Router(c), bias({E}) {}
 
-void SigmoidBiasRouter::route(int T, bool, uint64_t, Routing& r) {
+void SigmoidBiasRouter::route(int T, const RouteContext&, Routing& r) {
   sig.resize({T, E});
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
     const float* s = logits.data() + t * E;

@@ -10,7 +10,7 @@ class TopkSoftmaxRouter : public Router {
   using Router::Router;
 
  protected:
-  void route(int T, bool training, uint64_t step, Routing& r) override;
+  void route(int T, const RouteContext& ctx, Routing& r) override;
   void gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const override;
 };
 
@@ -21,7 +21,7 @@ class SoftmaxTopkRouter : public Router {
   using Router::Router;
 
  protected:
-  void route(int T, bool training, uint64_t step, Routing& r) override;
+  void route(int T, const RouteContext& ctx, Routing& r) override;
   void gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const override;
 };
 
@@ -37,13 +37,13 @@ class NoisyTopkRouter : public Router {
   Tensor noise;    // (T, E) n ~ N(0, 1) of the last training forward (zeros at eval)
   Tensor noisy;    // (T, E) H
 
-  void forward(const float* xr, int T, bool training, uint64_t step, Routing& r) override;
+  void forward(const float* xr, int T, const RouteContext& ctx, Routing& r) override;
   void backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) override;
   void params(std::vector<Param>& out, const std::string& prefix) override;
   RouterLosses losses() const override { return losses_; }
 
  protected:
-  void route(int T, bool training, uint64_t step, Routing& r) override;
+  void route(int T, const RouteContext& ctx, Routing& r) override;
   void gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const override;
 
  private:
@@ -64,9 +64,110 @@ class SigmoidBiasRouter : public Router {
 
   void prob_backward(const float* dprob, float* dlogits, int T) const override;
   Tensor* selection_bias() override { return &bias; }
+  std::vector<std::pair<std::string, Tensor*>> buffers() override { return {{"bias", &bias}}; }
 
  protected:
-  void route(int T, bool training, uint64_t step, Routing& r) override;
+  void route(int T, const RouteContext& ctx, Routing& r) override;
+  void gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const override;
+};
+
+// Hash Layers (Roller et al. 2021): the token id alone picks the experts, through a fixed random
+// permutation π of the vocabulary: slot i of token v goes to expert (π(v) + i·⌊E/k⌋) mod E, so every
+// slot is balanced over the vocabulary (each expert gets ⌊V/E⌋ or ⌈V/E⌉ ids). Gates 1/k (1 at k = 1).
+// No router parameters and no gradient.
+class HashRouter : public Router {
+ public:
+  explicit HashRouter(const MoeConfig& c);
+  std::vector<int32_t> table;  // (V) π(v) mod E, the expert of slot 0
+
+  void forward(const float* xr, int T, const RouteContext& ctx, Routing& r) override;
+  void backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) override;
+  void prob_backward(const float*, float*, int) const override {}
+  void params(std::vector<Param>&, const std::string&) override {}
+
+ protected:
+  void route(int T, const RouteContext& ctx, Routing& r) override;
+  void gate_backward(int, const Routing&, const float*, float*) const override {}
+
+ private:
+  const int32_t* tokens_ = nullptr;
+};
+
+// BASE layers (Lewis et al. 2021): in training, the exact balanced assignment of the T tokens to the
+// E experts (expert e takes ⌊T/E⌋ tokens, one more for e < T mod E) that maximises Σ s_{t,e(t)}, found
+// by an ε-scaling auction; at eval (and when decoding) the argmax of s. Gate σ(s_{t,e}). k = 1.
+class BaseRouter : public Router {
+ public:
+  using Router::Router;
+
+ protected:
+  void route(int T, const RouteContext& ctx, Routing& r) override;
+  void gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const override;
+};
+
+// The auction algorithm of Bertsekas for the balanced assignment: assigns each of T rows of
+// scores (T, E) to one column, column e taking exactly cap[e] rows (Σ cap = T), to maximise the total
+// score. ε-scaling down to eps_final: the result is within T·eps_final of the optimum (exactly optimal
+// when the best assignment beats the next by more). Returns the column of each row.
+std::vector<int32_t> balanced_assignment(const float* scores, int T, int E, const std::vector<int>& cap,
+                                         double eps_final);
+
+// S-BASE (Clark et al. 2022): in training, top-k of the Sinkhorn-normalised exp(s) (no gradient
+// through Sinkhorn); at eval top-k of s. Gates: k = 1 σ(s_i); k > 1 softmax over s_I.
+class SBaseRouter : public Router {
+ public:
+  using Router::Router;
+  Tensor balanced;  // (T, E) Sinkhorn-normalised scores of the last training forward, scaled to row sums 1
+  int iterations = 0;  // Sinkhorn iterations of the last training forward
+
+ protected:
+  void route(int T, const RouteContext& ctx, Routing& r) override;
+  void gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const override;
+};
+
+// Sinkhorn normalisation of SPEC §2: C = exp(s − rowmax); d0 = 1/(T·(C·d1)), d1 = 1/(E·(d0ᵀ·C)) until
+// mean|Δd1| < tol or max_iter; writes T·(d0 ⊙ C ⊙ d1) (T, E): row sums 1, column sums T/E at the fixed
+// point. Returns the iterations run.
+int sinkhorn(const float* s, int T, int E, float* out, int max_iter = 50, float tol = 1e-4f);
+
+// RL-R (Clark et al. 2022): in training, k experts sampled without replacement from π = softmax(s);
+// at eval top-k of s; gates 1. The router learns from REINFORCE: with the per-token reward r_t = −CE_t
+// (set_reward) and an EMA baseline b, loss_rl = −c·mean_t (r_t − b)·Σ_{i∈I} log π_i(x_t).
+class ReinforceRouter : public Router {
+ public:
+  explicit ReinforceRouter(const MoeConfig& c);
+  Tensor baseline;  // (2): the EMA of the mean reward, and 1 once it holds a value
+
+  void backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) override;
+  RouterLosses losses() const override { return losses_; }
+  std::vector<std::pair<std::string, Tensor*>> buffers() override { return {{"baseline", &baseline}}; }
+  void set_reward(const float* reward, int T) override;
+  void after_step() override;
+
+ protected:
+  void route(int T, const RouteContext& ctx, Routing& r) override;
+  void gate_backward(int, const Routing&, const float*, float*) const override {}
+
+ private:
+  std::vector<float> advantage_;  // (T) r_t − b, 0 where there is no reward; empty: no reward yet
+  float advantage_scale_ = 0.f;   // c / (tokens with a reward)
+  double reward_sum_ = 0.0;       // mean rewards of the micro-batches since the last step
+  int reward_batches_ = 0;
+  RouterLosses losses_;
+  const Routing* last_ = nullptr;
+};
+
+// Expert choice (Zhou et al. 2022): p = softmax(s) over experts; each expert takes its C tokens of
+// largest p_{t,e} (ties: earlier token), C = ⌈cf·T·k/E⌉ (cf = capacity_factor, 1 when <= 0); gate
+// p_{t,e}. Not causal: whether a token gets an expert depends on the other tokens of the batch, later
+// ones included. When decoding (RouteContext::causal) it falls back to token choice: top-k of p.
+class ExpertChoiceRouter : public Router {
+ public:
+  using Router::Router;
+  int64_t capacity(int T) const;
+
+ protected:
+  void route(int T, const RouteContext& ctx, Routing& r) override;
   void gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const override;
 };
 

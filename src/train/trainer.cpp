@@ -19,6 +19,7 @@
 #include "core/safetensors.h"
 #include "core/vmath.h"
 #include "nn/cross_entropy.h"
+#include "train/routing_stats.h"
 
 namespace fs = std::filesystem;
 
@@ -88,45 +89,51 @@ double evaluate(TransformerLM& model, const TokenShard& shard, int L, int window
   return sum / static_cast<double>(counted);
 }
 
+double routing_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, bool train_routing,
+                      std::vector<int>& layers, std::vector<RoutingStats>& stats) {
+  const size_t n = eval_windows(shard, L, static_cast<size_t>(windows));
+  MOE_CHECK(n > 0, "validation shard " + shard.path() + " is shorter than one sequence");
+  layers.clear();
+  for (size_t l = 0; l < model.blocks.size(); ++l)
+    if (model.blocks[l].moe) layers.push_back(static_cast<int>(l));
+  stats.assign(layers.size(), RoutingStats{});
+  std::vector<int32_t> tok(static_cast<size_t>(batch) * L), tgt(tok.size());
+  double sum = 0.0;
+  size_t counted = 0;
+  for (size_t w0 = 0; w0 < n; w0 += static_cast<size_t>(batch)) {
+    const int B = static_cast<int>(std::min<size_t>(static_cast<size_t>(batch), n - w0));
+    for (int b = 0; b < B; ++b) eval_window(shard, L, w0 + static_cast<size_t>(b), tok.data() + b * L, tgt.data() + b * L);
+    sum += model.forward(tok.data(), tgt.data(), B, L, train_routing, w0) * B;
+    counted += static_cast<size_t>(B);
+    for (size_t i = 0; i < layers.size(); ++i) stats[i].add(*model.blocks[static_cast<size_t>(layers[i])].moe, L);
+  }
+  return sum / static_cast<double>(counted);
+}
+
 nlohmann::json router_metrics(TransformerLM& model, int seq_len) {
   nlohmann::json layers = nlohmann::json::array();
   for (size_t l = 0; l < model.blocks.size(); ++l) {
     const MoeLayer* m = model.blocks[l].moe.get();
     if (!m) continue;
-    const DispatchPlan& p = m->plan();
-    const Routing& r = m->routing();
-    const int E = m->cfg.n_experts(), T = r.T, k = r.k;
-    std::vector<double> load(static_cast<size_t>(E));
-    double mean = 1.0 / E, var = 0.0, mx = 0.0;
-    int used = 0;
-    for (int e = 0; e < E; ++e) {
-      load[static_cast<size_t>(e)] = p.routed[static_cast<size_t>(e)] / (static_cast<double>(T) * k);
-      var += (load[static_cast<size_t>(e)] - mean) * (load[static_cast<size_t>(e)] - mean);
-      mx = std::max(mx, load[static_cast<size_t>(e)]);
-      used += p.routed[static_cast<size_t>(e)] > 0;
-    }
-    var /= E;
-    // Router entropy of softmax(s), and Mixtral's rate of consecutive tokens sharing their first expert.
-    const Tensor& s = m->router->logits;
-    double entropy = 0.0;
-    std::vector<float> q(static_cast<size_t>(E));
-    for (int t = 0; t < T; ++t) {
-      softmax(s.data() + static_cast<size_t>(t) * E, q.data(), E);
-      for (float v : q) entropy -= v > 0.f ? v * std::log(static_cast<double>(v)) : 0.0;
-    }
-    int same = 0, pairs = 0;
-    for (int t = 1; t < T; ++t) {
-      if (seq_len > 0 && t % seq_len == 0) continue;
-      same += r.expert[static_cast<size_t>(t) * k] == r.expert[static_cast<size_t>(t - 1) * k];
-      ++pairs;
-    }
-    const MoeLosses& L = m->losses();
-    layers.push_back({{"layer", l}, {"load", load}, {"cv", std::sqrt(var) / mean}, {"max_mean", mx / mean},
-                      {"dropped", p.dropped_fraction()}, {"experts_used", static_cast<double>(used) / E},
-                      {"entropy", entropy / T}, {"consecutive_same", pairs ? static_cast<double>(same) / pairs : 0.0},
-                      {"aux", L.balance.aux}, {"z", L.balance.z}, {"loss_terms", L.total()}});
+    RoutingStats st;
+    st.add(*m, seq_len);
+    nlohmann::json j = {{"layer", l}};
+    j.update(st.to_json());
+    if (m->cfg.router_kind() == RouterKind::reinforce) j["rl"] = m->losses().router.rl;
+    layers.push_back(j);
   }
   return layers;
+}
+
+std::string checkpoint_val_shard(const std::string& ckpt, const RunConfig& c, const std::string& corpus) {
+  const std::string dir = prepare_corpus(corpus, c.train.data_dir, c.model.vocab_size, false);
+  const std::string shard = ckpt + "/val-" + fs::path(dir).filename().string() + ".bin";
+  if (!fs::exists(shard)) {
+    Tokenizer tok;
+    tok.load(ckpt + "/tokenizer.model");
+    write_token_shard(shard, tok.encode(read_text(dir + "/val.txt")));
+  }
+  return shard;
 }
 
 void save_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt, const RunConfig& c, int64_t step) {
@@ -135,8 +142,8 @@ void save_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt, c
   for (Param& p : model.params()) w.tensors[p.name] = *p.value;
   for (size_t l = 0; l < model.blocks.size(); ++l)
     if (model.blocks[l].moe)
-      if (Tensor* b = model.blocks[l].moe->router->selection_bias())
-        w.tensors["model.layers." + std::to_string(l) + ".mlp.router.bias"] = *b;
+      for (auto& [name, b] : model.blocks[l].moe->router->buffers())
+        w.tensors["model.layers." + std::to_string(l) + ".mlp.router." + name] = *b;
   w.metadata["step"] = std::to_string(step);
   w.metadata["format"] = "moe.cpp";
   save_safetensors(dir + "/model.safetensors", w);
@@ -168,8 +175,8 @@ int64_t load_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt
   for (Param& p : model.params()) copy_checked(*p.value, w, p.name, mf);
   for (size_t l = 0; l < model.blocks.size(); ++l)
     if (model.blocks[l].moe)
-      if (Tensor* b = model.blocks[l].moe->router->selection_bias())
-        copy_checked(*b, w, "model.layers." + std::to_string(l) + ".mlp.router.bias", mf);
+      for (auto& [name, b] : model.blocks[l].moe->router->buffers())
+        copy_checked(*b, w, "model.layers." + std::to_string(l) + ".mlp.router." + name, mf);
   const int64_t step = std::stoll(w.metadata.count("step") ? w.metadata["step"] : "0");
   if (opt) {
     const std::string of = dir + "/optimizer.safetensors";
@@ -229,7 +236,10 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
       for (auto& b : model.blocks)
         if (b.moe) {
           const Routing& r = b.moe->routing();  // the last row is the token just fed
-          experts.emplace_back(r.expert.begin() + static_cast<long>(r.T - 1) * r.k, r.expert.begin() + static_cast<long>(r.T) * r.k);
+          std::vector<int32_t> row;
+          for (int i = 0; i < r.k; ++i)
+            if (int32_t e = r.expert[static_cast<size_t>(r.T - 1) * r.k + i]; e >= 0) row.push_back(e);
+          experts.push_back(row);
         }
       on_token(next, experts);
     }

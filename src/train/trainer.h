@@ -1,7 +1,7 @@
 // trainer.h — training, evaluation, checkpoints and sampling for the transformer LM.
 //
 // A run folder (train.out) holds: config.json (the RunConfig), model.safetensors (every parameter
-// under its Hugging Face-style name, plus the sigmoid_bias selection biases), optimizer.safetensors
+// under its Hugging Face-style name, plus the routers' buffers: sigmoid_bias biases, reinforce baselines), optimizer.safetensors
 // (AdamW moments, step in the metadata), tokenizer.model, and metrics.jsonl (one JSON line a step).
 // Every file is written atomically (temp file, fsync, rename).
 #pragma once
@@ -14,6 +14,7 @@
 #include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/data.h"
+#include "train/routing_stats.h"
 #include "train/run_config.h"
 
 namespace moe {
@@ -36,8 +37,19 @@ RunConfig read_checkpoint_config(const std::string& dir);
 // config; returns the step. Every tensor is checked by name and shape.
 int64_t load_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt);
 
+// The held-out text of `corpus` encoded with the checkpoint's own tokenizer, as a token shard cached
+// in the checkpoint folder (val-<corpus>.bin); returns its path.
+std::string checkpoint_val_shard(const std::string& ckpt, const RunConfig& c, const std::string& corpus);
+
 // Mean cross-entropy over the first `windows` windows of the shard, batched.
 double evaluate(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch);
+
+// Routing over the first `windows` windows of a shard, per MoE layer: the model runs with targets in
+// eval mode, or with train_routing in training mode (noise, sampling, balanced assignment; no
+// gradient). Returns the mean cross-entropy; layers gets the index of each MoE layer, stats its
+// metrics.
+double routing_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, bool train_routing,
+                      std::vector<int>& layers, std::vector<RoutingStats>& stats);
 
 // Per MoE layer the router metrics of SPEC §8 from its last forward (seq_len for the consecutive rate).
 nlohmann::json router_metrics(TransformerLM& model, int seq_len);

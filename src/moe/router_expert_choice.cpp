@@ -1,0 +1,59 @@
+// router_expert_choice.cpp — expert choice routing (Zhou et al. 2022): experts pick tokens.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "core/parallel.h"
+#include "core/vmath.h"
+#include "moe/routers.h"
+
+namespace moe {
+
+int64_t ExpertChoiceRouter::capacity(int T) const {
+  const double cf = cfg.capacity_factor > 0.f ? static_cast<double>(cfg.capacity_factor) : 1.0;
+  return std::min<int64_t>(T, static_cast<int64_t>(std::ceil(cf * T * k / E)));
+}
+
+void ExpertChoiceRouter::route(int T, const RouteContext& ctx, Routing& r) {
+  softmax_rows(T);
+  if (ctx.causal) {  // decoding: token choice, top-k of p
+    parallel_for(static_cast<size_t>(T), [&](size_t t) {
+      const float* p = prob.data() + t * E;
+      int32_t* idx = r.expert.data() + t * k;
+      select_topk(p, idx);
+      for (int i = 0; i < k; ++i) r.gate[t * k + i] = p[idx[i]];
+    }, 256);
+    return;
+  }
+  r.k = E;
+  r.expert_slots = true;
+  r.expert.assign(static_cast<size_t>(T) * E, -1);
+  r.gate.assign(static_cast<size_t>(T) * E, 0.f);
+  const int64_t C = capacity(T);
+  // Per expert, its C tokens of largest p_{t,e} (ties: the earlier token), by one 64-bit key per token
+  // as in select_topk: score bits (order-preserving) high, inverted token index low.
+  parallel_for(static_cast<size_t>(E), [&](size_t e) {
+    thread_local std::vector<uint64_t> keys;
+    keys.resize(static_cast<size_t>(T));
+    for (int t = 0; t < T; ++t) {
+      uint32_t u;
+      std::memcpy(&u, &prob[static_cast<size_t>(t) * E + e], 4);
+      u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+      keys[static_cast<size_t>(t)] = (static_cast<uint64_t>(u) << 32) | (0xffffffffu - static_cast<uint32_t>(t));
+    }
+    std::nth_element(keys.begin(), keys.begin() + (C - 1), keys.end(), std::greater<uint64_t>());
+    for (int64_t i = 0; i < C; ++i) {
+      const size_t t = 0xffffffffu - static_cast<uint32_t>(keys[static_cast<size_t>(i)]);
+      r.expert[t * E + e] = static_cast<int32_t>(e);
+      r.gate[t * E + e] = prob[t * E + e];
+    }
+  }, 1);
+}
+
+void ExpertChoiceRouter::gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const {
+  softmax_slots_backward(T, r, dgate, dlogits);  // the gates are p_{t,e} themselves
+}
+
+}  // namespace moe

@@ -1,0 +1,35 @@
+// routing_stats.h — the router metrics of SPEC §8 for one MoE layer, accumulated over one or many
+// forwards: per-expert load, its CV and max/mean, the CV of importance (Σ gates, Shazeer), dropped
+// pairs, tokens that reach no expert, experts used, router entropy and the rate at which consecutive
+// tokens share their first expert (Mixtral; random baseline 1/E).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "moe/moe_layer.h"
+
+namespace moe {
+
+struct RoutingStats {
+  int E = 0;
+  int64_t tokens = 0, dropped = 0, unrouted = 0, same = 0, pairs = 0;
+  std::vector<double> routed;      // (E) pairs routed to each expert, before capacity
+  std::vector<double> importance;  // (E) Σ over tokens of the expert's gate
+  double entropy = 0.0;            // Σ over tokens of H(softmax(s_t))
+  double aux = 0.0, z = 0.0, loss_terms = 0.0;
+  int forwards = 0;
+
+  // Adds the last forward of m; seq_len separates sequences for the consecutive-token rate.
+  void add(const MoeLayer& m, int seq_len);
+  // load, cv, max_mean, cv_importance, dropped, unrouted, experts_used, entropy, consecutive_same,
+  // random_same (1/E), and the loss terms averaged over the forwards.
+  nlohmann::json to_json() const;
+};
+
+// One SVG figure: a bar chart of the expert load per layer (uniform load marked), with the layer's
+// CV and max/mean. layers: the to_json() objects with a "layer" field.
+std::string routing_svg(const nlohmann::json& layers, const std::string& title);
+
+}  // namespace moe
