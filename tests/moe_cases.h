@@ -1,6 +1,7 @@
 // moe_cases.h — the MoE layer configurations that the gradient and parity tests run: one per router
 // and per option that carries a gradient, at small shapes.
 #pragma once
+#include <cmath>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -16,6 +17,8 @@ struct LayerCase {
   bool training = true;
   int T = 16;
   int seq_len = 0;
+  std::vector<int32_t> tokens = {};  // (T) token ids, for the hash router
+  std::vector<float> reward = {};    // (T) per-token rewards (NaN: none), for reinforce; empty: no reward
 };
 
 // gtest prints the case by its name instead of a byte dump.
@@ -106,7 +109,71 @@ inline std::vector<LayerCase> layer_cases() {
     c.cfg.drop_policy = "probs";
     v.push_back(c);
   }
+  {
+    LayerCase c{"hash_top2_shared", small_config("hash")};
+    c.cfg.vocab_size = 37;
+    c.cfg.n_shared = 1;
+    v.push_back(c);
+  }
+  {
+    LayerCase c{"base_balanced_assignment", small_config("base")};
+    c.cfg.top_k = 1;
+    c.cfg.aux_loss_coef = 0.2f;
+    v.push_back(c);
+  }
+  {
+    LayerCase c{"base_eval_argmax", small_config("base")};
+    c.cfg.top_k = 1;
+    c.training = false;
+    v.push_back(c);
+  }
+  {
+    LayerCase c{"sbase_top1", small_config("sbase")};
+    c.cfg.top_k = 1;
+    c.cfg.z_loss_coef = 0.05f;
+    v.push_back(c);
+  }
+  {
+    LayerCase c{"sbase_top2", small_config("sbase")};
+    c.cfg.aux_loss_coef = 0.1f;
+    v.push_back(c);
+  }
+  {
+    LayerCase c{"reinforce_reward", small_config("reinforce")};
+    c.cfg.reinforce_coef = 0.5f;
+    c.cfg.aux_loss_coef = 0.1f;
+    c.reward.resize(static_cast<size_t>(c.T));
+    fill_normal(c.reward.data(), c.reward.size(), 3, 3, -3.f, 1.f);
+    c.reward[5] = std::nanf("");  // a token without a target
+    v.push_back(c);
+  }
+  {
+    LayerCase c{"reinforce_eval", small_config("reinforce")};
+    c.training = false;
+    v.push_back(c);
+  }
+  {
+    LayerCase c{"expert_choice", small_config("expert_choice")};
+    c.cfg.aux_loss_coef = 0.1f;
+    c.cfg.z_loss_coef = 0.05f;
+    v.push_back(c);
+  }
+  {
+    LayerCase c{"expert_choice_cf_half_granularity2", small_config("expert_choice")};
+    c.cfg.capacity_factor = 0.5f;
+    c.cfg.granularity = 2;
+    v.push_back(c);
+  }
+  for (LayerCase& c : v)
+    if (c.cfg.vocab_size > 0)
+      for (int t = 0; t < c.T; ++t) c.tokens.push_back((t * 11 + 3) % c.cfg.vocab_size);
   return v;
+}
+
+// The case's forward (step 3), then its rewards when it has some.
+inline void case_forward(MoeLayer& layer, const LayerCase& c, const float* x, float* y) {
+  layer.forward(x, c.T, y, {c.training, 3, c.seq_len, c.tokens.empty() ? nullptr : c.tokens.data(), false});
+  if (!c.reward.empty()) layer.set_reward(c.reward.data());
 }
 
 // Parameters of a test layer drawn wider than the defaults, so that router scores are well separated.

@@ -17,7 +17,7 @@ struct Eval {
 
 Eval objective(MoeLayer& layer, const LayerCase& c, const Tensor& x, const Tensor& dy) {
   Tensor y({c.T, c.cfg.d_model});
-  layer.forward(x.data(), c.T, y.data(), {c.training, 3, c.seq_len});
+  case_forward(layer, c, x.data(), y.data());
   double J = layer.losses().total();
   for (size_t i = 0; i < y.numel(); ++i) J += static_cast<double>(y[i]) * dy[i];
   return {J, layer.routing().expert, layer.plan().pair_row};
@@ -34,7 +34,7 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
   fill_normal(dy.data(), dy.numel(), 9, 2, 0.f, 1.f);
 
   layer.zero_grad();
-  layer.forward(x.data(), c.T, y.data(), {c.training, 3, c.seq_len});
+  case_forward(layer, c, x.data(), y.data());
   layer.backward(dy.data(), dx.data());
   const Eval base = objective(layer, c, x, dy);
 

@@ -72,7 +72,7 @@ TEST(MoeLayer, SameSeedSameThreadsIsBitIdentical) {
       Tensor x({c.T, c.cfg.d_model}), y({c.T, c.cfg.d_model}), dy({c.T, c.cfg.d_model}), dx({c.T, c.cfg.d_model});
       fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
       fill_normal(dy.data(), dy.numel(), 9, 2, 0.f, 1.f);
-      layer.forward(x.data(), c.T, y.data(), {c.training, 3, c.seq_len});
+      case_forward(layer, c, x.data(), y.data());
       layer.backward(dy.data(), dx.data());
       outs[run][0] = y;
       outs[run][1] = *layer.params()[0].grad;

@@ -52,7 +52,7 @@ TEST_P(MoeTorchParity, MatchesPyTorch) {
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
   fill_normal(dy.data(), dy.numel(), 9, 2, 0.f, 1.f);
   layer.zero_grad();
-  layer.forward(x.data(), T, y.data(), {c.training, 3, c.seq_len});
+  case_forward(layer, c, x.data(), y.data());
   layer.backward(dy.data(), dx.data());
 
   TensorFile in;
@@ -65,6 +65,24 @@ TEST_P(MoeTorchParity, MatchesPyTorch) {
   if (auto* noisy = dynamic_cast<NoisyTopkRouter*>(layer.router.get())) in.tensors["noise"] = noisy->noise;
   if (!layer.jitter().empty()) in.tensors["jitter"] = layer.jitter();
   if (Tensor* b = layer.router->selection_bias()) in.tensors["bias"] = *b;
+  if (auto* hash = dynamic_cast<HashRouter*>(layer.router.get())) {
+    in.tensors["hash_table"] = Tensor({static_cast<int64_t>(hash->table.size())});
+    for (size_t i = 0; i < hash->table.size(); ++i) in.tensors["hash_table"][i] = static_cast<float>(hash->table[i]);
+    in.tensors["tokens"] = Tensor({T});
+    for (int t = 0; t < T; ++t) in.tensors["tokens"][static_cast<size_t>(t)] = static_cast<float>(c.tokens[static_cast<size_t>(t)]);
+  }
+  if (c.cfg.router == "base" && c.training) {  // the auction's assignment (its optimality: test_routers)
+    in.tensors["assignment"] = Tensor({T});
+    for (int t = 0; t < T; ++t) in.tensors["assignment"][static_cast<size_t>(t)] = static_cast<float>(layer.routing().expert[static_cast<size_t>(t)]);
+  }
+  if (auto* rl = dynamic_cast<ReinforceRouter*>(layer.router.get())) {
+    if (c.training) in.tensors["uniform"] = rl->draws;
+    if (!c.reward.empty()) {
+      in.tensors["reward"] = Tensor({T});
+      std::copy(c.reward.begin(), c.reward.end(), in.tensors["reward"].data());
+      in.tensors["baseline"] = rl->baseline;
+    }
+  }
 
   const std::string dir = ::testing::TempDir();
   const std::string case_path = dir + "/moe_parity_" + c.name + ".safetensors";
@@ -93,7 +111,7 @@ TEST_P(MoeTorchParity, MatchesPyTorch) {
   const std::pair<const char*, float> ours[] = {
       {"aux", L.balance.aux},       {"z", L.balance.z},           {"expert", L.balance.expert},
       {"device", L.balance.device}, {"seq", L.balance.seq},       {"importance", L.router.importance},
-      {"load", L.router.load}};
+      {"load", L.router.load},     {"rl", L.router.rl}};
   for (auto [name, v] : ours) {
     auto it = ref.tensors.find(std::string("loss.") + name);
     if (it == ref.tensors.end()) {

@@ -3,6 +3,7 @@
 // corrupted checkpoints and unknown config keys.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -144,6 +145,69 @@ TEST(Train, ResumeContinuesTheSameRunBitForBit) {
   EXPECT_LT(a.back()["ce"].get<double>(), a.front()["ce"].get<double>() - 0.5);
 }
 
+// Every router of SPEC §2 trains the tiny model without NaN, lowers the loss, and logs the router
+// metrics of SPEC §8 for every MoE layer.
+class EveryRouter : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EveryRouter, TrainsWithoutNaNAndLogsRouterMetrics) {
+  const std::string router = GetParam();
+  const std::string dir = tmpdir("router-" + router);
+  std::vector<std::string> sets = {"model.router=" + router};
+  if (router == "hash") sets.push_back("model.router_aux_loss_coef=0");
+  if (router == "base") sets.push_back("model.num_experts_per_tok=1");
+  if (router == "noisy_topk") sets.push_back("model.noisy_loss_coef=0.01");
+  RunConfig c = tiny_run(dir);
+  const RunConfig base = c;
+  c = load_run_config("", sets, &base);
+  c.train.steps = 30;
+  c.train.out = dir + "/run";
+  const TrainSummary s = train_model(c, false);
+  EXPECT_TRUE(std::isfinite(s.val_loss));
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  std::string line;
+  std::vector<nlohmann::json> rows;
+  while (std::getline(in, line)) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(rows.size(), 30u);
+  for (const auto& r : rows) {
+    ASSERT_TRUE(std::isfinite(r["loss"].get<double>())) << "step " << r["step"];
+    ASSERT_TRUE(std::isfinite(r["grad_norm"].get<double>())) << "step " << r["step"];
+    ASSERT_EQ(r["moe"].size(), 2u);
+    for (const char* k : {"load", "cv", "max_mean", "cv_importance", "dropped", "unrouted", "experts_used", "entropy",
+                          "consecutive_same", "aux", "z"})
+      EXPECT_TRUE(r["moe"][0].contains(k)) << k;
+  }
+  EXPECT_LT(rows.back()["ce"].get<double>(), rows.front()["ce"].get<double>() - 0.5);
+  if (router == "base" || router == "expert_choice") {  // balanced by construction in training
+    EXPECT_NEAR(rows.back()["moe"][0]["max_mean"].get<double>(), 1.0, 1e-9);
+  }
+  if (router == "reinforce") {
+    EXPECT_TRUE(rows.back()["moe"][0].contains("rl"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Routers, EveryRouter,
+                         ::testing::Values("topk_softmax", "softmax_topk", "noisy_topk", "sigmoid_bias", "hash", "base",
+                                           "sbase", "reinforce", "expert_choice"));
+
+TEST(Train, ReinforceResumesBitForBitWithItsBaseline) {
+  const std::string dir = tmpdir("resume-rl");
+  RunConfig base = tiny_run(dir);
+  RunConfig c = load_run_config("", {"model.router=reinforce"}, &base);
+  c.train.steps = 12;
+  c.train.out = dir + "/straight";
+  train_model(c, false);
+  c.train.out = dir + "/resumed";
+  c.train.stop_after = 6;
+  train_model(c, false);
+  c.train.stop_after = 0;
+  train_model(c, true);
+  TensorFile a = load_safetensors(dir + "/straight/model.safetensors"), b = load_safetensors(dir + "/resumed/model.safetensors");
+  ASSERT_TRUE(a.tensors.count("model.layers.0.mlp.router.baseline"));
+  EXPECT_EQ(a.tensors.at("model.layers.0.mlp.router.baseline")[1], 1.f);
+  for (auto& [name, t] : a.tensors)
+    ASSERT_EQ(std::memcmp(t.data(), b.tensors.at(name).data(), t.numel() * 4), 0) << name;
+}
+
 int run_cli(const std::string& args, std::string* err) {
   const std::string errfile = ::testing::TempDir() + "/moe_cli_err.txt";
   const int rc = std::system((std::string(MOE_CLI) + " " + args + " > /dev/null 2> " + errfile).c_str());
@@ -162,6 +226,18 @@ TEST(Cli, CorruptCheckpointAndUnknownKeyExitNonZeroWithOneLine) {
   train_model(c, false);
   std::string err;
   ASSERT_EQ(run_cli("inspect --ckpt " + c.train.out, &err), 0) << err;
+  // Routing report: text, the SVG chart, and compare's markdown row.
+  ASSERT_EQ(run_cli("inspect --routing --windows 8 --ckpt " + c.train.out, &err), 0) << err;
+  EXPECT_TRUE(fs::exists(c.train.out + "/routing.svg"));
+  {
+    std::ifstream svg(c.train.out + "/routing.svg");
+    std::stringstream ss;
+    ss << svg.rdbuf();
+    EXPECT_NE(ss.str().find("<svg"), std::string::npos);
+  }
+  ASSERT_EQ(run_cli("compare --windows 8 " + c.train.out, &err), 0) << err;
+  EXPECT_NE(run_cli("inspect --routing", &err), 0);
+  EXPECT_NE(err.find("--ckpt"), std::string::npos) << err;
   // Truncate the weights.
   const std::string w = c.train.out + "/model.safetensors";
   const auto size = fs::file_size(w);

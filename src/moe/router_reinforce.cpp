@@ -22,6 +22,8 @@ void ReinforceRouter::route(int T, const RouteContext& ctx, Routing& r) {
   } else {
     // k draws without replacement: each draw inverts the CDF of π over the experts not yet taken.
     const uint64_t stream = (ctx.step << 16) | (cfg.layer_id << 4) | 6;
+    draws.resize({T, k});
+    fill_uniform(draws.data(), draws.numel(), cfg.seed, stream, 0.f, 1.f);
     parallel_for(static_cast<size_t>(T), [&](size_t t) {
       const float* p = prob.data() + t * E;
       int32_t* idx = r.expert.data() + t * k;
@@ -29,7 +31,7 @@ void ReinforceRouter::route(int T, const RouteContext& ctx, Routing& r) {
       taken.assign(static_cast<size_t>(E), 0);
       float left = 1.f;
       for (int i = 0; i < k; ++i) {
-        float u = rng_uniform(cfg.seed, stream, t * k + static_cast<size_t>(i)) * left;
+        float u = draws[t * k + static_cast<size_t>(i)] * left;
         int pick = -1;
         for (int e = 0; e < E; ++e) {
           if (taken[static_cast<size_t>(e)]) continue;

@@ -137,6 +137,7 @@ class ReinforceRouter : public Router {
  public:
   explicit ReinforceRouter(const MoeConfig& c);
   Tensor baseline;  // (2): the EMA of the mean reward, and 1 once it holds a value
+  Tensor draws;     // (T, k) the uniform draws of the last training forward
 
   void backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) override;
   RouterLosses losses() const override { return losses_; }

@@ -63,6 +63,51 @@ def capacity_keep(cfg, sel, gates, E):
     return keep
 
 
+def counts_of(sel, E):
+    """Pairs routed to each expert; -1 marks an empty slot (expert choice)."""
+    flat = sel.reshape(-1)
+    flat = flat[flat >= 0]
+    return torch.zeros(E, dtype=torch.float64).index_add_(0, flat, torch.ones(flat.numel(), dtype=torch.float64))
+
+
+def sinkhorn(s, iters=50, tol=1e-4):
+    """SPEC §2: C = exp(s - rowmax); d0 = 1/(T (C d1)), d1 = 1/(E (d0ᵀ C)); returns T·d0 ⊙ C ⊙ d1."""
+    T, E = s.shape
+    C = torch.exp(s - s.max(dim=1, keepdim=True).values)
+    d1 = torch.ones(E, dtype=torch.float64)
+    for _ in range(iters):
+        d0 = 1.0 / (T * (C @ d1))
+        nd1 = 1.0 / (E * (d0 @ C))
+        delta = (nd1 - d1).abs().mean()
+        d1 = nd1
+        if delta < tol:
+            break
+    return T * d0[:, None] * C * d1[None, :]
+
+
+def sample_without_replacement(pi, u, k):
+    """k draws per row from pi by inverting the CDF of the experts not yet taken; u: (T, k) uniforms."""
+    T, E = pi.shape
+    out = torch.zeros(T, k, dtype=torch.long)
+    for t in range(T):
+        taken = set()
+        left = 1.0
+        for i in range(k):
+            r = float(u[t, i]) * left
+            pick = -1
+            for e in range(E):
+                if e in taken:
+                    continue
+                pick = e
+                r -= float(pi[t, e])
+                if r < 0:
+                    break
+            taken.add(pick)
+            left -= float(pi[t, pick])
+            out[t, i] = pick
+    return out
+
+
 def swiglu(x, w1, w3, w2):
     return (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
 
@@ -76,9 +121,46 @@ def moe_forward(cfg, P, x, t, training, seq_len):
     router = cfg["router"]
 
     xr = x * torch.tensor(t["jitter"], dtype=torch.float64) if "jitter" in t else x
-    s = xr @ P["router.weight"].T
+    s = xr @ P["router.weight"].T if router != "hash" else torch.zeros(T, E, dtype=torch.float64)
     losses = {}
-    if router == "topk_softmax":
+    if router == "hash":
+        tok = torch.tensor(t["tokens"]).long()
+        table = torch.tensor(t["hash_table"]).long()
+        sel = torch.stack([(table[tok] + i * (E // k)) % E for i in range(k)], dim=1)
+        gates = torch.full((T, k), 1.0 / k, dtype=torch.float64)
+        prob = torch.full((T, E), 1.0 / E, dtype=torch.float64)
+    elif router == "base":
+        # Training: the C++ auction's assignment (its optimality is tested against brute force); eval: argmax.
+        sel = torch.tensor(t["assignment"]).long().view(T, 1) if training else select(cfg, s, 1)
+        gates = torch.sigmoid(s.gather(1, sel))
+        prob = F.softmax(s, dim=-1)
+    elif router == "sbase":
+        sel = select(cfg, sinkhorn(s.detach()) if training else s, k)
+        gates = torch.sigmoid(s.gather(1, sel)) if k == 1 else F.softmax(s.gather(1, sel), dim=-1)
+        prob = F.softmax(s, dim=-1)
+    elif router == "reinforce":
+        prob = F.softmax(s, dim=-1)
+        sel = sample_without_replacement(prob.detach(), t["uniform"], k) if training else select(cfg, s, k)
+        gates = torch.ones(T, k, dtype=torch.float64)
+        if "reward" in t:
+            r = torch.tensor(t["reward"], dtype=torch.float64)
+            valid = torch.isfinite(r)
+            b = float(t["baseline"][0]) if t["baseline"][1] > 0 else float(r[valid].mean())
+            adv = torch.where(valid, r - b, torch.zeros_like(r))
+            logp = torch.log(prob.gather(1, sel)).sum(-1)
+            losses["rl"] = -cfg["reinforce_coef"] / int(valid.sum()) * (adv * logp).sum()
+    elif router == "expert_choice":
+        prob = F.softmax(s, dim=-1)
+        cf = cfg["capacity_factor"] if cfg["capacity_factor"] > 0 else 1.0
+        C = min(T, math.ceil(cf * T * k / E))
+        sel = torch.full((T, E), -1, dtype=torch.long)
+        pd = prob.detach()
+        for e in range(E):
+            order = sorted(range(T), key=lambda tt: (-float(pd[tt, e]), tt))
+            for tt in order[:C]:
+                sel[tt, e] = e
+        gates = torch.where(sel >= 0, prob, torch.zeros_like(prob))
+    elif router == "topk_softmax":
         sel = select(cfg, s, k)
         gates = F.softmax(s.gather(1, sel), dim=-1)
         prob = F.softmax(s, dim=-1)
@@ -121,7 +203,7 @@ def moe_forward(cfg, P, x, t, training, seq_len):
         raise SystemExit("unknown router " + router)
 
     # Balance losses on the pre-capacity counts.
-    counts = torch.zeros(E, dtype=torch.float64).index_add_(0, sel.reshape(-1), torch.ones(T * k, dtype=torch.float64))
+    counts = counts_of(sel, E)
     pbar = prob.mean(0)
     f_switch = counts / (T * k)
     if cfg["aux_loss_coef"] > 0:
@@ -139,14 +221,14 @@ def moe_forward(cfg, P, x, t, training, seq_len):
         tot = 0
         for bi in range(B):
             sl = slice(bi * L, (bi + 1) * L)
-            cnt = torch.zeros(E, dtype=torch.float64).index_add_(0, sel[sl].reshape(-1), torch.ones(L * k, dtype=torch.float64))
+            cnt = counts_of(sel[sl], E)
             tot = tot + (E * cnt / (k * L) * prob[sl].mean(0)).sum()
         losses["seq"] = cfg["seq_aux_loss_coef"] * tot / B
     if cfg["z_loss_coef"] > 0:
         losses["z"] = cfg["z_loss_coef"] * (torch.logsumexp(s, dim=-1) ** 2).mean()
 
     # Experts: dense loop, each expert on every token it was routed to and kept.
-    keep = capacity_keep(cfg, sel, gates, E)
+    keep = sel >= 0 if router == "expert_choice" else capacity_keep(cfg, sel, gates, E)
     w1 = P["experts.w1"]
     w3 = P["experts.w3"]
     w2 = P["experts.w2"]
@@ -172,7 +254,8 @@ def main(case_path, out_path):
     training = meta.get("training", "1") == "1"
     seq_len = int(meta.get("seq_len", "0"))
     P = {n: torch.tensor(v, dtype=torch.float64, requires_grad=True) for n, v in t.items()
-         if not n.startswith(("x", "dy", "noise", "jitter", "bias"))}
+         if not n.startswith(("x", "dy", "noise", "jitter", "bias", "tokens", "hash_table", "assignment",
+                              "uniform", "reward", "baseline"))}
     x = torch.tensor(t["x"], dtype=torch.float64, requires_grad=True)
     dy = torch.tensor(t["dy"], dtype=torch.float64)
     y, losses, sel, keep = moe_forward(cfg, P, x, t, training, seq_len)
