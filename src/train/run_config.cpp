@@ -76,6 +76,8 @@ const std::map<std::string, Field>& fields() {
       {"model.device_groups", make([](RunConfig& c) -> int& { return c.model.moe.device_groups; })},
       {"model.seq_aux_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.seq_aux_loss_coef; })},
       {"model.bias_update_speed", make([](RunConfig& c) -> float& { return c.model.moe.bias_update_rate; })},
+      {"model.reinforce_coef", make([](RunConfig& c) -> float& { return c.model.moe.reinforce_coef; })},
+      {"model.reinforce_baseline_decay", make([](RunConfig& c) -> float& { return c.model.moe.reinforce_decay; })},
       {"model.capacity_factor", make([](RunConfig& c) -> float& { return c.model.moe.capacity_factor; })},
       {"model.drop_policy", make([](RunConfig& c) -> std::string& { return c.model.moe.drop_policy; })},
       {"model.n_shared_experts", make([](RunConfig& c) -> int& { return c.model.moe.n_shared; })},

@@ -1,0 +1,17 @@
+# lib.sh — shared by the experiment scripts: train a variant unless a finished run is already there.
+# Usage: train_variant OUT CONFIG [section.key=value ...]   (steps: $STEPS, default 600)
+STEPS=${STEPS:-600}
+MOE=${MOE:-build/bin/moe}
+
+train_variant() {
+  local out=$1 cfg=$2
+  shift 2
+  if [ -f "$out/model.safetensors" ] && grep -q "\"step\":$((STEPS - 1))[,}]" "$out/metrics.jsonl" 2>/dev/null; then
+    echo "== $out: finished run found, not trained again"
+    return
+  fi
+  local sets=(--set "train.out=$out" --set "train.steps=$STEPS")
+  for s in "$@"; do sets+=(--set "$s"); done
+  echo "== $out: $MOE train --config $cfg ${sets[*]}"
+  "$MOE" train --config "$cfg" "${sets[@]}" | grep -E "^(train:|validation|throughput|expert load)"
+}
