@@ -99,9 +99,16 @@ void add_routing(CLI::App& app) {
       }
       const Measured m = measure(run, corpus, windows, false);
       const nlohmann::json tr = training_means(run, last);
-      std::printf("| %s | %s | %.4f | %.2f | %.3f | %.3f | %.2f | %.3f | %.3f | %.3f (%.3f) |\n", run.c_str(),
-                  m.cfg.model.moe.router.c_str(), m.val_loss, tr["max_mean"].get<double>(), tr["cv"].get<double>(),
-                  tr["cv_importance"].get<double>(), layer_mean(m.layers, "max_mean"), layer_mean(m.layers, "cv"),
+      auto num = [](double v, int digits) {  // "–" for a metric the run did not log
+        if (!std::isfinite(v)) return std::string("–");
+        char b[32];
+        std::snprintf(b, sizeof b, "%.*f", digits, v);
+        return std::string(b);
+      };
+      std::printf("| %s | %s | %.4f | %s | %s | %s | %.2f | %.3f | %.3f | %.3f (%.3f) |\n", run.c_str(),
+                  m.cfg.model.moe.router.c_str(), m.val_loss, num(tr["max_mean"].get<double>(), 2).c_str(),
+                  num(tr["cv"].get<double>(), 3).c_str(), num(tr["cv_importance"].get<double>(), 3).c_str(),
+                  layer_mean(m.layers, "max_mean"), layer_mean(m.layers, "cv"),
                   layer_mean(m.layers, "entropy"), layer_mean(m.layers, "consecutive_same"),
                   layer_mean(m.layers, "random_same"));
       std::fflush(stdout);
