@@ -11,6 +11,7 @@
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "core/topk.h"
 #include "core/vmath.h"
 #include "moe/routers.h"
 
@@ -86,8 +87,6 @@ void Router::softmax_rows(int T) {
 }
 
 void Router::select_topk(const float* scores, int32_t* idx) const {
-  // Small fixed buffers: E is at most a few thousand experts per layer.
-  thread_local std::vector<uint64_t> keys;
   thread_local std::vector<float> masked;
   const float* s = scores;
   if (cfg.n_group > 1 && cfg.topk_group < cfg.n_group) {
@@ -117,18 +116,7 @@ void Router::select_topk(const float* scores, int32_t* idx) const {
     }
     s = masked.data();
   }
-  // One 64-bit key per expert: the score's bits mapped to an order-preserving unsigned integer in the
-  // high half, the inverted index in the low half, so that a plain integer sort orders by score
-  // (descending) and then by index (ascending), with no indirection.
-  keys.resize(static_cast<size_t>(E));
-  for (int e = 0; e < E; ++e) {
-    uint32_t u;
-    std::memcpy(&u, &s[e], 4);
-    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    keys[static_cast<size_t>(e)] = (static_cast<uint64_t>(u) << 32) | (0xffffffffu - static_cast<uint32_t>(e));
-  }
-  std::partial_sort(keys.begin(), keys.begin() + k, keys.end(), std::greater<uint64_t>());
-  for (int i = 0; i < k; ++i) idx[i] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(keys[static_cast<size_t>(i)]));
+  topk_desc(s, E, k, idx);
 }
 
 // ---- topk_softmax (Mixtral): top-k of s, softmax over the chosen logits -------------------------

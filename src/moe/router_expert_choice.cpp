@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "core/topk.h"
 #include "core/vmath.h"
 #include "moe/routers.h"
 
@@ -32,20 +33,15 @@ void ExpertChoiceRouter::route(int T, const RouteContext& ctx, Routing& r) {
   r.expert.assign(static_cast<size_t>(T) * E, -1);
   r.gate.assign(static_cast<size_t>(T) * E, 0.f);
   const int64_t C = capacity(T);
-  // Per expert, its C tokens of largest p_{t,e} (ties: the earlier token), by one 64-bit key per token
-  // as in select_topk: score bits (order-preserving) high, inverted token index low.
+  // Per expert, its C tokens of largest p_{t,e} (ties: the earlier token), by one order key per token.
   parallel_for(static_cast<size_t>(E), [&](size_t e) {
     thread_local std::vector<uint64_t> keys;
     keys.resize(static_cast<size_t>(T));
-    for (int t = 0; t < T; ++t) {
-      uint32_t u;
-      std::memcpy(&u, &prob[static_cast<size_t>(t) * E + e], 4);
-      u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-      keys[static_cast<size_t>(t)] = (static_cast<uint64_t>(u) << 32) | (0xffffffffu - static_cast<uint32_t>(t));
-    }
+    for (int t = 0; t < T; ++t)
+      keys[static_cast<size_t>(t)] = order_key(prob[static_cast<size_t>(t) * E + e], static_cast<uint32_t>(t));
     std::nth_element(keys.begin(), keys.begin() + (C - 1), keys.end(), std::greater<uint64_t>());
     for (int64_t i = 0; i < C; ++i) {
-      const size_t t = 0xffffffffu - static_cast<uint32_t>(keys[static_cast<size_t>(i)]);
+      const size_t t = key_index(keys[static_cast<size_t>(i)]);
       r.expert[t * E + e] = static_cast<int32_t>(e);
       r.gate[t * E + e] = prob[t * E + e];
     }
