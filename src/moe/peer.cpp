@@ -1,11 +1,16 @@
 #include "moe/peer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <vector>
 
 #include "core/error.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "core/rng.h"
 #include "core/topk.h"
+#include "core/vmath.h"
 
 namespace moe {
 
@@ -32,6 +37,277 @@ void product_key_topk(const float* s1, const float* s2, int n_keys, int k, int32
     idx[i] = static_cast<int32_t>(e);
     score[i] = s1[e / static_cast<uint32_t>(n_keys)] + s2[e % static_cast<uint32_t>(n_keys)];
   }
+}
+
+// ---- The PEER layer ---------------------------------------------------------------------------
+
+void PeerConfig::validate() const {
+  auto bad = [](const std::string& m) { fail("peer config: " + m); };
+  auto pos = [&](const char* f, int v) {
+    if (v <= 0) bad(std::string(f) + " = " + std::to_string(v) + " must be positive");
+  };
+  pos("d_model", d_model);
+  pos("n_keys", n_keys);
+  pos("heads", heads);
+  pos("top_k", top_k);
+  pos("d_key", d_key);
+  if (d_key % 2 != 0) bad("d_key = " + std::to_string(d_key) + " must be even (it is split in two halves)");
+  if (top_k > n_keys) bad("top_k = " + std::to_string(top_k) + " is larger than n_keys = " + std::to_string(n_keys) + "; choose top_k <= n_keys");
+  if (n_experts() > (int64_t{1} << 31) - 1) bad("n_keys = " + std::to_string(n_keys) + " gives more than 2^31 experts; choose n_keys <= 46340");
+  if (score != "softmax" && score != "sigmoid") bad("score = \"" + score + "\" is not known; use softmax or sigmoid");
+  if (activation != "gelu" && activation != "relu") bad("activation = \"" + activation + "\" is not known; use gelu or relu");
+  if (!(bn_eps > 0.f)) bad("bn_eps must be positive");
+  if (!(bn_momentum >= 0.f && bn_momentum <= 1.f)) bad("bn_momentum must be in [0, 1]");
+}
+
+static const PeerConfig& validated(const PeerConfig& c) {
+  c.validate();
+  return c;
+}
+
+PeerLayer::PeerLayer(const PeerConfig& c)
+    : cfg(validated(c)),
+      wq({c.heads * c.d_key, c.d_model}), dwq({c.heads * c.d_key, c.d_model}),
+      bn_gamma({c.heads * c.d_key}), dbn_gamma({c.heads * c.d_key}),
+      bn_beta({c.heads * c.d_key}), dbn_beta({c.heads * c.d_key}),
+      running_mean({c.heads * c.d_key}), running_var({c.heads * c.d_key}),
+      k1({c.n_keys, c.d_key / 2}), k2({c.n_keys, c.d_key / 2}),
+      u({c.n_experts(), c.d_model}), v({c.n_experts(), c.d_model}) {
+  const uint64_t s = c.layer_id * 64 + 40;
+  fill_normal(wq.data(), wq.numel(), c.seed, s, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_model)));
+  fill_normal(k1.data(), k1.numel(), c.seed, s + 1, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
+  fill_normal(k2.data(), k2.numel(), c.seed, s + 2, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
+  fill_normal(u.data(), u.numel(), c.seed, s + 3, 0.f, c.init_std);
+  fill_normal(v.data(), v.numel(), c.seed, s + 4, 0.f, c.init_std);
+  bn_gamma.fill(1.f);
+  running_var.fill(1.f);
+}
+
+std::vector<Param> PeerLayer::dense_params() {
+  std::vector<Param> out = {{"query.weight", &wq, &dwq}};
+  if (cfg.query_bn) {
+    out.push_back({"query_bn.weight", &bn_gamma, &dbn_gamma});
+    out.push_back({"query_bn.bias", &bn_beta, &dbn_beta});
+  }
+  return out;
+}
+
+void PeerLayer::zero_grad() {
+  for (Param& p : dense_params()) p.grad->zero();
+  for (SparseRows* s : {&dk1, &dk2, &du, &dv}) s->clear();
+}
+
+namespace {
+inline float act_fwd(bool gelu, float z) { return gelu ? z * normal_cdf(z) : (z > 0.f ? z : 0.f); }
+inline float act_grad(bool gelu, float z) { return gelu ? normal_cdf(z) + z * normal_pdf(z) : (z > 0.f ? 1.f : 0.f); }
+
+// Accumulates sparse row gradients deterministically: keys = (row << 32 | item), sorted; each
+// distinct row's items are added in item order by add(item, row_gradient).
+void accumulate_rows(std::vector<uint64_t>& keys, int width, SparseRows& out,
+                     const std::function<void(uint32_t, float*)>& add) {
+  std::sort(keys.begin(), keys.end());
+  std::vector<size_t> start;
+  out.rows.clear();
+  for (size_t i = 0; i < keys.size(); ++i)
+    if (i == 0 || (keys[i] >> 32) != (keys[i - 1] >> 32)) {
+      start.push_back(i);
+      out.rows.push_back(static_cast<int32_t>(keys[i] >> 32));
+    }
+  start.push_back(keys.size());
+  out.grad.resize({static_cast<int64_t>(out.rows.size()), width});
+  out.grad.zero();
+  parallel_for(out.rows.size(), [&](size_t r) {
+    for (size_t i = start[r]; i < start[r + 1]; ++i) add(static_cast<uint32_t>(keys[i]), out.grad.data() + r * width);
+  }, 16);
+}
+}  // namespace
+
+void PeerLayer::forward(const float* x, int T, float* y, bool training) {
+  MOE_CHECK(T > 0, "peer layer: forward needs at least one token");
+  const int d = cfg.d_model, H = cfg.heads, dk = cfg.d_key, hd = dk / 2, n = cfg.n_keys, K = cfg.top_k, HD = H * dk;
+  x_ = x;
+  T_ = T;
+  training_ = training;
+  q_raw_.resize({T, HD});
+  q_.resize({T, HD});
+  sgemm(false, true, T, HD, d, 1.f, x, d, wq.data(), d, 0.f, q_raw_.data(), HD);
+  if (!cfg.query_bn) {
+    q_ = q_raw_;
+  } else {
+    bn_mean_.resize({HD});
+    bn_rstd_.resize({HD});
+    if (training) {
+      parallel_for(static_cast<size_t>(HD), [&](size_t j) {
+        double m = 0.0, s = 0.0;
+        for (int t = 0; t < T; ++t) m += q_raw_[static_cast<size_t>(t) * HD + j];
+        m /= T;
+        for (int t = 0; t < T; ++t) {
+          const double c = q_raw_[static_cast<size_t>(t) * HD + j] - m;
+          s += c * c;
+        }
+        const double var = s / T;
+        bn_mean_[j] = static_cast<float>(m);
+        bn_rstd_[j] = static_cast<float>(1.0 / std::sqrt(var + cfg.bn_eps));
+        const double unbiased = T > 1 ? s / (T - 1) : var;
+        running_mean[j] = static_cast<float>((1.0 - cfg.bn_momentum) * running_mean[j] + cfg.bn_momentum * m);
+        running_var[j] = static_cast<float>((1.0 - cfg.bn_momentum) * running_var[j] + cfg.bn_momentum * unbiased);
+      }, 8);
+    } else {
+      for (int j = 0; j < HD; ++j) {
+        bn_mean_[static_cast<size_t>(j)] = running_mean[static_cast<size_t>(j)];
+        bn_rstd_[static_cast<size_t>(j)] = 1.f / std::sqrt(running_var[static_cast<size_t>(j)] + cfg.bn_eps);
+      }
+    }
+    parallel_for(static_cast<size_t>(T), [&](size_t t) {
+      for (int j = 0; j < HD; ++j) {
+        const size_t i = t * HD + j;
+        q_[i] = bn_gamma[static_cast<size_t>(j)] * (q_raw_[i] - bn_mean_[static_cast<size_t>(j)]) * bn_rstd_[static_cast<size_t>(j)] +
+                bn_beta[static_cast<size_t>(j)];
+      }
+    }, 64);
+  }
+  // Retrieval, a block of (token, head) rows at a time: half-scores by two GEMMs, then product keys.
+  const size_t R = static_cast<size_t>(T) * H;
+  idx_.resize(R * K);
+  score_.resize(R * K);
+  gate_.resize(R * K);
+  pre_.resize(R * K);
+  const size_t block = 1024;
+  std::vector<float> s1(block * n), s2(block * n);
+  for (size_t r0 = 0; r0 < R; r0 += block) {
+    const int rows = static_cast<int>(std::min(block, R - r0));
+    sgemm(false, true, rows, n, hd, 1.f, q_.data() + r0 * dk, dk, k1.data(), hd, 0.f, s1.data(), n);
+    sgemm(false, true, rows, n, hd, 1.f, q_.data() + r0 * dk + hd, dk, k2.data(), hd, 0.f, s2.data(), n);
+    parallel_for(static_cast<size_t>(rows), [&](size_t r) {
+      const size_t o = (r0 + r) * K;
+      product_key_topk(s1.data() + r * n, s2.data() + r * n, n, K, idx_.data() + o, score_.data() + o);
+      float* g = gate_.data() + o;
+      if (cfg.score == "softmax") {
+        softmax(score_.data() + o, g, K);
+      } else {
+        for (int i = 0; i < K; ++i) g[i] = sigmoid(score_[o + static_cast<size_t>(i)]);
+      }
+    }, 16);
+  }
+  // Experts: y_t = Σ_{h,i} g·act(u_eᵀx_t)·v_e.
+  const bool gelu = cfg.activation == "gelu";
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* xt = x + t * d;
+    float* yt = y + t * d;
+    std::fill(yt, yt + d, 0.f);
+    for (size_t p = t * H * K; p < (t + 1) * H * K; ++p) {
+      const float* ue = u.data() + static_cast<size_t>(idx_[p]) * d;
+      const float* ve = v.data() + static_cast<size_t>(idx_[p]) * d;
+      float z = 0.f;
+      for (int j = 0; j < d; ++j) z += ue[j] * xt[j];
+      pre_[p] = z;
+      const float c = gate_[p] * act_fwd(gelu, z);
+      for (int j = 0; j < d; ++j) yt[j] += c * ve[j];
+    }
+  }, 8);
+}
+
+void PeerLayer::backward(const float* dy, float* dx) {
+  MOE_CHECK(x_ != nullptr, "peer layer: backward called before forward");
+  const int T = T_, d = cfg.d_model, H = cfg.heads, dk = cfg.d_key, hd = dk / 2, n = cfg.n_keys, K = cfg.top_k, HD = H * dk;
+  const size_t P = static_cast<size_t>(T) * H * K;
+  const bool gelu = cfg.activation == "gelu";
+  const float* x = x_;
+  // Per pair p = (t, h, i): v_eᵀdy_t, then the gate and pre-activation gradients; dx from u.
+  std::vector<float> dgate(P), dz(P);
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* dyt = dy + t * d;
+    float* dxt = dx + t * d;
+    std::fill(dxt, dxt + d, 0.f);
+    for (size_t p = t * H * K; p < (t + 1) * H * K; ++p) {
+      const float* ve = v.data() + static_cast<size_t>(idx_[p]) * d;
+      const float* ue = u.data() + static_cast<size_t>(idx_[p]) * d;
+      float vdy = 0.f;
+      for (int j = 0; j < d; ++j) vdy += ve[j] * dyt[j];
+      dgate[p] = act_fwd(gelu, pre_[p]) * vdy;
+      dz[p] = gate_[p] * vdy * act_grad(gelu, pre_[p]);
+      for (int j = 0; j < d; ++j) dxt[j] += dz[p] * ue[j];
+    }
+  }, 8);
+  // u and v rows: du_e = Σ dz·x_t, dv_e = Σ g·act(z)·dy_t over the pairs that chose e.
+  std::vector<uint64_t> keys(P);
+  for (size_t p = 0; p < P; ++p) keys[p] = (static_cast<uint64_t>(idx_[p]) << 32) | p;
+  std::vector<uint64_t> keys_v = keys;
+  accumulate_rows(keys, d, du, [&](uint32_t p, float* g) {
+    const float* xt = x + static_cast<size_t>(p / (H * K)) * d;
+    for (int j = 0; j < d; ++j) g[j] += dz[p] * xt[j];
+  });
+  accumulate_rows(keys_v, d, dv, [&](uint32_t p, float* g) {
+    const float* dyt = dy + static_cast<size_t>(p / (H * K)) * d;
+    const float c = gate_[p] * act_fwd(gelu, pre_[p]);
+    for (int j = 0; j < d; ++j) g[j] += c * dyt[j];
+  });
+  // Gates → scores.
+  std::vector<float> dscore(P);
+  parallel_for(static_cast<size_t>(T) * H, [&](size_t r) {
+    const float* g = gate_.data() + r * K;
+    const float* dg = dgate.data() + r * K;
+    float* ds = dscore.data() + r * K;
+    if (cfg.score == "softmax") {
+      float dot = 0.f;
+      for (int i = 0; i < K; ++i) dot += g[i] * dg[i];
+      for (int i = 0; i < K; ++i) ds[i] = g[i] * (dg[i] - dot);
+    } else {
+      for (int i = 0; i < K; ++i) ds[i] = dg[i] * g[i] * (1.f - g[i]);
+    }
+  }, 64);
+  // Scores s1[i1] + s2[i2] → the query halves and the sub-key rows.
+  Tensor dq({T, HD});
+  dq.zero();
+  parallel_for(static_cast<size_t>(T) * H, [&](size_t r) {
+    float* dq1 = dq.data() + r * dk;
+    for (int i = 0; i < K; ++i) {
+      const size_t p = r * K + static_cast<size_t>(i);
+      const int32_t e = idx_[p];
+      const float* r1 = k1.data() + static_cast<size_t>(e / n) * hd;
+      const float* r2 = k2.data() + static_cast<size_t>(e % n) * hd;
+      for (int j = 0; j < hd; ++j) {
+        dq1[j] += dscore[p] * r1[j];
+        dq1[hd + j] += dscore[p] * r2[j];
+      }
+    }
+  }, 64);
+  for (size_t p = 0; p < P; ++p) keys[p] = (static_cast<uint64_t>(idx_[p] / n) << 32) | p;
+  accumulate_rows(keys, hd, dk1, [&](uint32_t p, float* g) {
+    const float* q1 = q_.data() + static_cast<size_t>(p / K) * dk;
+    for (int j = 0; j < hd; ++j) g[j] += dscore[p] * q1[j];
+  });
+  for (size_t p = 0; p < P; ++p) keys[p] = (static_cast<uint64_t>(idx_[p] % n) << 32) | p;
+  accumulate_rows(keys, hd, dk2, [&](uint32_t p, float* g) {
+    const float* q2 = q_.data() + static_cast<size_t>(p / K) * dk + hd;
+    for (int j = 0; j < hd; ++j) g[j] += dscore[p] * q2[j];
+  });
+  // BatchNorm.
+  if (cfg.query_bn) {
+    parallel_for(static_cast<size_t>(HD), [&](size_t j) {
+      double sdq = 0.0, sdqx = 0.0;
+      for (int t = 0; t < T; ++t) {
+        const size_t i = static_cast<size_t>(t) * HD + j;
+        const double xhat = (q_raw_[i] - bn_mean_[j]) * bn_rstd_[j];
+        sdq += dq[i];
+        sdqx += dq[i] * xhat;
+      }
+      dbn_gamma[j] += static_cast<float>(sdqx);
+      dbn_beta[j] += static_cast<float>(sdq);
+      const double gr = bn_gamma[j] * bn_rstd_[j];
+      for (int t = 0; t < T; ++t) {
+        const size_t i = static_cast<size_t>(t) * HD + j;
+        if (training_) {
+          const double xhat = (q_raw_[i] - bn_mean_[j]) * bn_rstd_[j];
+          dq[i] = static_cast<float>(gr * (dq[i] - sdq / T - xhat * sdqx / T));
+        } else {
+          dq[i] = static_cast<float>(gr * dq[i]);
+        }
+      }
+    }, 8);
+  }
+  sgemm(true, false, HD, d, T, 1.f, dq.data(), HD, x, d, 1.f, dwq.data(), d);
+  sgemm(false, false, T, d, HD, 1.f, dq.data(), HD, wq.data(), d, 1.f, dx, d);
 }
 
 }  // namespace moe

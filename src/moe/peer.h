@@ -15,3 +15,77 @@ namespace moe {
 void product_key_topk(const float* s1, const float* s2, int n_keys, int k, int32_t* idx, float* score);
 
 }  // namespace moe
+
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moe {
+
+struct PeerConfig {
+  int d_model = 256;
+  int n_keys = 1024;             // N = n_keys² experts
+  int heads = 8;                 // h
+  int top_k = 16;                // experts per head
+  int d_key = 128;               // d_k (split in two halves for the product keys)
+  bool query_bn = true;          // BatchNorm on the queries
+  std::string score = "softmax"; // softmax | sigmoid: the gate over a head's k scores
+  std::string activation = "gelu";  // gelu | relu
+  float bn_eps = 1e-5f;
+  float bn_momentum = 0.1f;      // running = (1 − m)·running + m·batch (unbiased variance), as PyTorch
+  float init_std = 0.02f;
+  uint64_t seed = 1;
+  uint64_t layer_id = 0;
+
+  int64_t n_experts() const { return static_cast<int64_t>(n_keys) * n_keys; }
+  // Throws moe::Error naming the field and the fix.
+  void validate() const;
+};
+
+// Gradient rows of a table of which a step touches few rows: the rows (sorted, unique) and their
+// gradients (rows, width). Memory and work grow with the rows touched, not with the table.
+struct SparseRows {
+  std::vector<int32_t> rows;
+  Tensor grad;
+  void clear() { rows.clear(); grad.resize({0}); }
+};
+
+// The PEER layer: f(x) = Σ_h Σ_{i∈I_h(x)} g_{h,i}(x)·act(u_iᵀx)·v_i, with I_h the product-key top-k
+// of the head's query q_h = BN(W_q,h·x). u, v: (N, d); K1, K2: (n_keys, d_k/2), shared by the heads.
+class PeerLayer {
+ public:
+  explicit PeerLayer(const PeerConfig& c);
+  const PeerConfig cfg;
+  Tensor wq, dwq;              // (h·d_k, d)
+  Tensor bn_gamma, dbn_gamma;  // (h·d_k)
+  Tensor bn_beta, dbn_beta;    // (h·d_k)
+  Tensor running_mean, running_var;  // (h·d_k) buffers
+  Tensor k1, k2;               // (n_keys, d_k/2)
+  Tensor u, v;                 // (N, d)
+  SparseRows dk1, dk2, du, dv; // gradients of the rows touched by the last backward
+
+  void forward(const float* x, int T, float* y, bool training);
+  // dy (T, d) → dx (T, d) (overwritten); dense gradients accumulate, sparse ones are replaced.
+  void backward(const float* dy, float* dx);
+  void zero_grad();
+  // The dense parameters (W_q and the BN affine), for a dense optimizer.
+  std::vector<Param> dense_params();
+
+  // Of the last forward: (T, h, k) expert ids and gates.
+  const std::vector<int32_t>& experts() const { return idx_; }
+  const std::vector<float>& gates() const { return gate_; }
+  const std::vector<float>& preactivations() const { return pre_; }  // (T, h, k) u_eᵀx
+
+ private:
+  const float* x_ = nullptr;
+  int T_ = 0;
+  bool training_ = false;
+  Tensor q_raw_, q_;                  // (T, h·d_k) before and after BN
+  Tensor bn_mean_, bn_rstd_;          // (h·d_k) batch statistics of the last training forward
+  std::vector<int32_t> idx_;          // (T, h, k)
+  std::vector<float> score_, gate_;   // (T, h, k)
+  std::vector<float> pre_;            // (T, h, k) u_eᵀx
+};
+
+}  // namespace moe
