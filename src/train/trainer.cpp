@@ -73,7 +73,10 @@ struct Progress {
 
 }  // namespace
 
-double evaluate(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch) {
+// Runs loss(tokens, targets, B) over the first `windows` validation windows in batches of up to
+// `batch`; returns the window-weighted mean of what it returns.
+static double over_eval_windows(const TokenShard& shard, int L, int windows, int batch,
+                                const std::function<double(const int32_t*, const int32_t*, int)>& loss) {
   const size_t n = eval_windows(shard, L, static_cast<size_t>(windows));
   MOE_CHECK(n > 0, "validation shard " + shard.path() + " is shorter than one sequence");
   std::vector<int32_t> tok(static_cast<size_t>(batch) * L), tgt(tok.size());
@@ -82,32 +85,32 @@ double evaluate(TransformerLM& model, const TokenShard& shard, int L, int window
   for (size_t w0 = 0; w0 < n; w0 += static_cast<size_t>(batch)) {
     const int B = static_cast<int>(std::min<size_t>(static_cast<size_t>(batch), n - w0));
     for (int b = 0; b < B; ++b) eval_window(shard, L, w0 + static_cast<size_t>(b), tok.data() + b * L, tgt.data() + b * L);
-    const Tensor& logits = model.forward_logits(tok.data(), B, L);
-    sum += cross_entropy(logits.data(), tgt.data(), B * L, model.cfg.vocab_size, nullptr) * B;
+    sum += loss(tok.data(), tgt.data(), B) * B;
     counted += static_cast<size_t>(B);
   }
   return sum / static_cast<double>(counted);
 }
 
+double evaluate(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch) {
+  return over_eval_windows(shard, L, windows, batch, [&](const int32_t* tok, const int32_t* tgt, int B) {
+    const Tensor& logits = model.forward_logits(tok, B, L);
+    return cross_entropy(logits.data(), tgt, B * L, model.cfg.vocab_size, nullptr);
+  });
+}
+
 double routing_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, bool train_routing,
                       std::vector<int>& layers, std::vector<RoutingStats>& stats) {
-  const size_t n = eval_windows(shard, L, static_cast<size_t>(windows));
-  MOE_CHECK(n > 0, "validation shard " + shard.path() + " is shorter than one sequence");
   layers.clear();
   for (size_t l = 0; l < model.blocks.size(); ++l)
     if (model.blocks[l].moe) layers.push_back(static_cast<int>(l));
   stats.assign(layers.size(), RoutingStats{});
-  std::vector<int32_t> tok(static_cast<size_t>(batch) * L), tgt(tok.size());
-  double sum = 0.0;
-  size_t counted = 0;
-  for (size_t w0 = 0; w0 < n; w0 += static_cast<size_t>(batch)) {
-    const int B = static_cast<int>(std::min<size_t>(static_cast<size_t>(batch), n - w0));
-    for (int b = 0; b < B; ++b) eval_window(shard, L, w0 + static_cast<size_t>(b), tok.data() + b * L, tgt.data() + b * L);
-    sum += model.forward(tok.data(), tgt.data(), B, L, train_routing, w0) * B;
-    counted += static_cast<size_t>(B);
+  uint64_t first_window = 0;  // keys the random draws of training routing
+  return over_eval_windows(shard, L, windows, batch, [&](const int32_t* tok, const int32_t* tgt, int B) {
+    const double ce = model.forward(tok, tgt, B, L, train_routing, first_window);
+    first_window += static_cast<uint64_t>(batch);
     for (size_t i = 0; i < layers.size(); ++i) stats[i].add(*model.blocks[static_cast<size_t>(layers[i])].moe, L);
-  }
-  return sum / static_cast<double>(counted);
+    return ce;
+  });
 }
 
 nlohmann::json router_metrics(TransformerLM& model, int seq_len) {
