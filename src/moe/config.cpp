@@ -1,6 +1,7 @@
 #include "moe/config.h"
 
 #include <cmath>
+#include <span>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -76,13 +77,16 @@ void MoeConfig::validate() const {
           "router_init_std = " + num(router_init_std) + " must be >= 0");
   require(std::isfinite(routed_scaling) && routed_scaling > 0.f,
           "routed_scaling = " + num(routed_scaling) + " must be positive");
-  const std::pair<const char*, float> coefs[] = {
+  const std::pair<const char*, float> balance_coefs[] = {
       {"aux_loss_coef", aux_loss_coef},       {"z_loss_coef", z_loss_coef},
-      {"noisy_loss_coef", noisy_loss_coef},   {"expert_loss_coef", expert_loss_coef},
-      {"device_loss_coef", device_loss_coef}, {"seq_aux_loss_coef", seq_aux_loss_coef},
-      {"bias_update_rate", bias_update_rate}, {"reinforce_coef", reinforce_coef}};
-  for (auto [field, v] : coefs)
-    require(std::isfinite(v) && v >= 0.f, std::string(field) + " = " + num(v) + " must be a finite number >= 0");
+      {"expert_loss_coef", expert_loss_coef}, {"device_loss_coef", device_loss_coef},
+      {"seq_aux_loss_coef", seq_aux_loss_coef}};
+  const std::pair<const char*, float> other_coefs[] = {
+      {"noisy_loss_coef", noisy_loss_coef}, {"bias_update_rate", bias_update_rate}, {"reinforce_coef", reinforce_coef}};
+  using Coefs = std::span<const std::pair<const char*, float>>;
+  for (Coefs list : {Coefs(balance_coefs), Coefs(other_coefs)})
+    for (auto [field, v] : list)
+      require(std::isfinite(v) && v >= 0.f, std::string(field) + " = " + num(v) + " must be a finite number >= 0");
   require(noisy_loss_coef == 0.f || kind == RouterKind::noisy_topk,
           "noisy_loss_coef is set but router = \"" + router + "\"; the importance and load losses need router = \"noisy_topk\"");
   require(std::isfinite(reinforce_decay) && reinforce_decay >= 0.f && reinforce_decay < 1.f,
@@ -91,9 +95,8 @@ void MoeConfig::validate() const {
   if (kind == RouterKind::hash) {
     require(vocab_size > 0, "router = \"hash\" hashes token ids but vocab_size = 0; set vocab_size (a model sets it from its own)");
     // Hash routing has no router logits: balance losses would be constants with no gradient.
-    for (auto [field, v] : coefs)
-      require(v == 0.f || std::string(field) == "bias_update_rate" || std::string(field) == "reinforce_coef",
-              std::string(field) + " = " + num(v) + " but router = \"hash\" has no router logits to balance; set " + field + " = 0");
+    for (auto [field, v] : balance_coefs)
+      require(v == 0.f, std::string(field) + " = " + num(v) + " but router = \"hash\" has no router logits to balance; set " + field + " = 0");
   }
   if (kind == RouterKind::base)
     require(k() == 1, "router = \"base\" assigns exactly one expert per token but top_k·granularity = " + std::to_string(k()) +

@@ -79,7 +79,7 @@ int64_t MoeLayer::router_params() const {
 }
 
 void MoeLayer::set_reward(const float* reward) {
-  router->set_reward(reward, T_);
+  router->set_reward(reward, routing_);
   losses_.router = router->losses();
 }
 

@@ -51,7 +51,11 @@ int32_t Routing::first(int t) const {
 void Router::forward(const float* xr, int T, const RouteContext& ctx, Routing& r) {
   logits.resize({T, E});
   prob.resize({T, E});
-  sgemm(false, true, T, E, d, 1.f, xr, d, w.data(), d, 0.f, logits.data(), E);
+  if (w.empty()) {
+    logits.zero();  // a router without W_r (hash): s = 0
+  } else {
+    sgemm(false, true, T, E, d, 1.f, xr, d, w.data(), d, 0.f, logits.data(), E);
+  }
   r.T = T;
   r.k = k;
   r.expert.resize(static_cast<size_t>(T) * k);
@@ -62,6 +66,7 @@ void Router::forward(const float* xr, int T, const RouteContext& ctx, Routing& r
 
 void Router::backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) {
   gate_backward(r.T, r, dgate, dlogits);
+  if (w.empty()) return;  // no W_r: nothing to differentiate
   sgemm(true, false, E, d, r.T, 1.f, dlogits, E, xr, d, 1.f, dw.data(), d);
   sgemm(false, false, r.T, d, E, 1.f, dlogits, E, w.data(), d, 1.f, dxr, d);
 }

@@ -73,9 +73,9 @@ class Router {
   // State that is not trained by gradient but belongs in checkpoints (name relative to the router,
   // e.g. "bias"): sigmoid_bias's b, reinforce's reward baseline.
   virtual std::vector<std::pair<std::string, Tensor*>> buffers() { return {}; }
-  // Per-token reward (T) of the last forward, NaN where a token has none; called between forward
-  // and backward by routers trained by reward (reinforce). No-op for the others.
-  virtual void set_reward(const float* /*reward*/, int /*T*/) {}
+  // Per-token reward (r.T) for the routing r of the last forward, NaN where a token has none; called
+  // between forward and backward by routers trained by reward (reinforce). No-op for the others.
+  virtual void set_reward(const float* /*reward*/, const Routing& /*r*/) {}
   // After each optimizer step (reinforce: fold the step's mean reward into the baseline).
   virtual void after_step() {}
 

@@ -25,26 +25,12 @@ HashRouter::HashRouter(const MoeConfig& c) : Router(c), table(static_cast<size_t
   dw.resize({0});
 }
 
-void HashRouter::forward(const float*, int T, const RouteContext& ctx, Routing& r) {
+void HashRouter::route(int T, const RouteContext& ctx, Routing& r) {
   MOE_CHECK(ctx.tokens != nullptr, "router = \"hash\" routes by token id, but the layer was given no token ids");
-  tokens_ = ctx.tokens;
-  // No logits: s = 0, P uniform (what the metrics see).
-  logits.resize({T, E});
-  logits.zero();
-  prob.resize({T, E});
-  prob.fill(1.f / static_cast<float>(E));
-  r.T = T;
-  r.k = k;
-  r.expert_slots = false;
-  r.expert.resize(static_cast<size_t>(T) * k);
-  r.gate.resize(static_cast<size_t>(T) * k);
-  route(T, ctx, r);
-}
-
-void HashRouter::route(int T, const RouteContext&, Routing& r) {
+  prob.fill(1.f / static_cast<float>(E));  // s = 0 (no W_r): P uniform, what the metrics see
   const int stride = E / k, V = static_cast<int>(table.size());
   for (int t = 0; t < T; ++t) {
-    const int32_t v = tokens_[t];
+    const int32_t v = ctx.tokens[t];
     MOE_CHECK(v >= 0 && v < V, "router = \"hash\": token id " + std::to_string(v) + " is outside the vocabulary of " +
                                    std::to_string(V));
     for (int i = 0; i < k; ++i) {
@@ -53,7 +39,5 @@ void HashRouter::route(int T, const RouteContext&, Routing& r) {
     }
   }
 }
-
-void HashRouter::backward(const float*, const Routing&, const float*, float*, float*) {}
 
 }  // namespace moe

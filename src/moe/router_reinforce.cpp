@@ -16,7 +16,6 @@ void ReinforceRouter::route(int T, const RouteContext& ctx, Routing& r) {
   softmax_rows(T);
   losses_ = {};
   advantage_.clear();
-  last_ = &r;
   if (!ctx.training || ctx.causal) {
     parallel_for(static_cast<size_t>(T), [&](size_t t) { select_topk(logits.data() + t * E, r.expert.data() + t * k); }, 256);
   } else {
@@ -47,10 +46,10 @@ void ReinforceRouter::route(int T, const RouteContext& ctx, Routing& r) {
   for (float& g : r.gate) g = 1.f;
 }
 
-void ReinforceRouter::set_reward(const float* reward, int T) {
+void ReinforceRouter::set_reward(const float* reward, const Routing& r) {
+  const int T = r.T;
   MOE_CHECK(T * E == static_cast<int>(prob.numel()), "reinforce router: set_reward for " + std::to_string(T) +
                                                         " tokens after a forward of another size");
-  MOE_CHECK(last_ != nullptr, "reinforce router: set_reward before backward needs the routing of the forward");
   double sum = 0.0;
   int n = 0;
   for (int t = 0; t < T; ++t)
@@ -70,7 +69,7 @@ void ReinforceRouter::set_reward(const float* reward, int T) {
     const float a = static_cast<float>(reward[t] - b);
     advantage_[static_cast<size_t>(t)] = a;
     double logp = 0.0;
-    for (int i = 0; i < k; ++i) logp += std::log(std::max(1e-30f, prob[static_cast<size_t>(t) * E + last_->expert[static_cast<size_t>(t) * k + i]]));
+    for (int i = 0; i < k; ++i) logp += std::log(std::max(1e-30f, prob[static_cast<size_t>(t) * E + r.expert[static_cast<size_t>(t) * k + i]]));
     rl -= advantage_scale_ * a * logp;
   }
   losses_.rl = static_cast<float>(rl);

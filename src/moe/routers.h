@@ -74,23 +74,18 @@ class SigmoidBiasRouter : public Router {
 // Hash Layers (Roller et al. 2021): the token id alone picks the experts, through a fixed random
 // permutation π of the vocabulary: slot i of token v goes to expert (π(v) + i·⌊E/k⌋) mod E, so every
 // slot is balanced over the vocabulary (each expert gets ⌊V/E⌋ or ⌈V/E⌉ ids). Gates 1/k (1 at k = 1).
-// No router parameters and no gradient.
+// No router parameters (W_r is empty, so s = 0 and P is uniform) and no gradient.
 class HashRouter : public Router {
  public:
   explicit HashRouter(const MoeConfig& c);
   std::vector<int32_t> table;  // (V) π(v) mod E, the expert of slot 0
 
-  void forward(const float* xr, int T, const RouteContext& ctx, Routing& r) override;
-  void backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) override;
   void prob_backward(const float*, float*, int) const override {}
   void params(std::vector<Param>&, const std::string&) override {}
 
  protected:
   void route(int T, const RouteContext& ctx, Routing& r) override;
   void gate_backward(int, const Routing&, const float*, float*) const override {}
-
- private:
-  const int32_t* tokens_ = nullptr;
 };
 
 // BASE layers (Lewis et al. 2021): in training, the exact balanced assignment of the T tokens to the
@@ -142,7 +137,7 @@ class ReinforceRouter : public Router {
   void backward(const float* xr, const Routing& r, const float* dgate, float* dlogits, float* dxr) override;
   RouterLosses losses() const override { return losses_; }
   std::vector<std::pair<std::string, Tensor*>> buffers() override { return {{"baseline", &baseline}}; }
-  void set_reward(const float* reward, int T) override;
+  void set_reward(const float* reward, const Routing& r) override;
   void after_step() override;
 
  protected:
@@ -155,7 +150,6 @@ class ReinforceRouter : public Router {
   double reward_sum_ = 0.0;       // mean rewards of the micro-batches since the last step
   int reward_batches_ = 0;
   RouterLosses losses_;
-  const Routing* last_ = nullptr;
 };
 
 // Expert choice (Zhou et al. 2022): p = softmax(s) over experts; each expert takes its C tokens of
