@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <new>
 
 #include "core/error.h"
@@ -68,6 +69,36 @@ std::string Tensor::shape_str() const { return shape_to_string(shape_); }
 void Tensor::check_shape(const std::vector<int64_t>& expected, const std::string& what) const {
   if (shape_ != expected)
     fail(what + ": shape " + shape_str() + " where " + shape_to_string(expected) + " is expected");
+}
+
+void SparseRows::add(SparseRows o) {
+  if (o.rows.empty()) return;
+  if (rows.empty()) {
+    *this = std::move(o);
+    return;
+  }
+  const int64_t w = o.grad.dim(1);
+  MOE_CHECK(grad.dim(1) == w, "sparse rows: adding gradients of width " + std::to_string(w) + " to width " +
+                                  std::to_string(grad.dim(1)));
+  std::vector<int32_t> merged;
+  merged.reserve(rows.size() + o.rows.size());
+  std::set_union(rows.begin(), rows.end(), o.rows.begin(), o.rows.end(), std::back_inserter(merged));
+  Tensor g({static_cast<int64_t>(merged.size()), w});
+  const size_t W = static_cast<size_t>(w);
+  for (size_t i = 0, a = 0, b = 0; i < merged.size(); ++i) {
+    float* out = g.data() + i * W;
+    if (a < rows.size() && rows[a] == merged[i]) {
+      std::copy_n(grad.data() + a * W, W, out);
+      ++a;
+    }
+    if (b < o.rows.size() && o.rows[b] == merged[i]) {
+      const float* src = o.grad.data() + b * W;
+      for (size_t j = 0; j < W; ++j) out[j] += src[j];
+      ++b;
+    }
+  }
+  rows = std::move(merged);
+  grad = std::move(g);
 }
 
 }  // namespace moe

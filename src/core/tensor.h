@@ -60,4 +60,21 @@ struct Param {
   Tensor* value;
   Tensor* grad;
 };
+
+// The gradient of a table of which a step touches few rows: the rows (sorted, unique) and their
+// gradients (rows, width). Memory and work grow with the rows touched, not with the table.
+struct SparseRows {
+  std::vector<int32_t> rows;
+  Tensor grad;  // (rows.size(), width)
+  void clear() { rows.clear(); grad.resize({0}); }
+  // this += o: the union of the rows, gradients of common rows summed (o's added after this's).
+  void add(SparseRows o);
+};
+
+// A table trained by rows (PEER's experts and sub-keys): its value (rows, width) and sparse gradient.
+struct SparseParam {
+  std::string name;
+  Tensor* value;
+  SparseRows* grad;
+};
 }  // namespace moe

@@ -15,6 +15,11 @@ inline uint64_t order_key(float score, uint32_t index) {
 }
 inline uint32_t key_index(uint64_t key) { return 0xffffffffu - static_cast<uint32_t>(key); }
 
+// The k largest of n distinct keys into best (descending), by insertion against the current k-th: about
+// n comparisons when k << n. best may already hold m keys (sorted descending) to merge with. Returns
+// how many it holds, min(k, m + n).
+int topk_keys(const uint64_t* keys, int n, int k, uint64_t* best, int m = 0);
+
 // The k best of s (n): indices best first (ties: lower index). k <= n.
 void topk_desc(const float* s, int n, int k, int32_t* idx);
 

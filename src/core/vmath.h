@@ -41,6 +41,19 @@ void swiglu(const float* a, const float* b, float* h, size_t n);
 // (da may alias a, db may alias b).
 void swiglu_backward(const float* a, const float* b, const float* dh, float* da, float* db, size_t n);
 
+// Σ a[i]·b[i] (vectorised: a fixed lane split, so the same on every run of one build).
+inline float dot(const float* a, const float* b, int n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+// y[i] += a·x[i]
+inline void axpy(float a, const float* x, float* y, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
 // Row softmax of n values, in place safe (out may equal in).
 void softmax(const float* in, float* out, int n);
 float logsumexp(const float* x, int n);
