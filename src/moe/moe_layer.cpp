@@ -8,15 +8,12 @@
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "core/timer.h"
 #include "core/vmath.h"
 
 namespace moe {
 
 namespace {
-using clock_type = std::chrono::steady_clock;
-double ms_since(clock_type::time_point t0) {
-  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-}
 constexpr float kInitStd = 0.02f;
 }  // namespace
 

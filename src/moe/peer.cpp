@@ -9,6 +9,7 @@
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "core/timer.h"
 #include "core/topk.h"
 #include "core/vmath.h"
 
@@ -18,7 +19,7 @@ void product_key_topk(const float* s1, const float* s2, int n_keys, int k, int32
   MOE_CHECK(k >= 1 && k <= n_keys, "product keys: top_k = " + std::to_string(k) + " must be in [1, n_keys = " +
                                        std::to_string(n_keys) + "]");
   thread_local std::vector<int32_t> a, b;
-  thread_local std::vector<uint64_t> cand;
+  thread_local std::vector<uint64_t> cand, best;
   a.resize(static_cast<size_t>(k));
   b.resize(static_cast<size_t>(k));
   topk_desc(s1, n_keys, k, a.data());
@@ -31,9 +32,10 @@ void product_key_topk(const float* s1, const float* s2, int n_keys, int k, int32
       cand[static_cast<size_t>(i) * k + j] =
           order_key(v1 + s2[b[static_cast<size_t>(j)]], base + static_cast<uint32_t>(b[static_cast<size_t>(j)]));
   }
-  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), std::greater<uint64_t>());
+  best.resize(static_cast<size_t>(k));
+  topk_keys(cand.data(), k * k, k, best.data());
   for (int i = 0; i < k; ++i) {
-    const uint32_t e = key_index(cand[static_cast<size_t>(i)]);
+    const uint32_t e = key_index(best[static_cast<size_t>(i)]);
     idx[i] = static_cast<int32_t>(e);
     score[i] = s1[e / static_cast<uint32_t>(n_keys)] + s2[e % static_cast<uint32_t>(n_keys)];
   }
@@ -92,6 +94,34 @@ std::vector<Param> PeerLayer::dense_params() {
   return out;
 }
 
+std::vector<SparseParam> PeerLayer::sparse_params() {
+  return {{"sub_keys.0", &k1, &dk1}, {"sub_keys.1", &k2, &dk2}, {"experts.u", &u, &du}, {"experts.v", &v, &dv}};
+}
+
+std::vector<std::pair<std::string, Tensor*>> PeerLayer::buffers() {
+  if (!cfg.query_bn) return {};
+  return {{"query_bn.running_mean", &running_mean}, {"query_bn.running_var", &running_var}};
+}
+
+int64_t PeerLayer::num_params() const {
+  const int64_t HD = static_cast<int64_t>(cfg.heads) * cfg.d_key;
+  return HD * cfg.d_model + (cfg.query_bn ? 2 * HD : 0) + static_cast<int64_t>(cfg.n_keys) * cfg.d_key +
+         2 * cfg.n_experts() * cfg.d_model;
+}
+
+int64_t PeerLayer::num_active_params() const {
+  const int64_t HD = static_cast<int64_t>(cfg.heads) * cfg.d_key;
+  return HD * cfg.d_model + (cfg.query_bn ? 2 * HD : 0) + static_cast<int64_t>(cfg.n_keys) * cfg.d_key +
+         2LL * cfg.heads * cfg.top_k * cfg.d_model;
+}
+
+double PeerLayer::flops_per_token() const {
+  const double d = cfg.d_model, H = cfg.heads, dk = cfg.d_key, n = cfg.n_keys, k = cfg.top_k;
+  const double query = 2.0 * d * H * dk, scores = 2.0 * H * n * dk, candidates = H * k * k;
+  const double key_grads = 2.0 * 2.0 * H * k * dk, experts = 2.0 * 2.0 * H * k * d;
+  return 3.0 * (query + experts) + scores + candidates + key_grads;
+}
+
 void PeerLayer::zero_grad() {
   for (Param& p : dense_params()) p.grad->zero();
   for (SparseRows* s : {&dk1, &dk2, &du, &dv}) s->clear();
@@ -101,26 +131,70 @@ namespace {
 inline float act_fwd(bool gelu, float z) { return gelu ? z * normal_cdf(z) : (z > 0.f ? z : 0.f); }
 inline float act_grad(bool gelu, float z) { return gelu ? normal_cdf(z) + z * normal_pdf(z) : (z > 0.f ? 1.f : 0.f); }
 
-// Accumulates sparse row gradients deterministically: keys = (row << 32 | item), sorted; each
-// distinct row's items are added in item order by add(item, row_gradient).
-void accumulate_rows(std::vector<uint64_t>& keys, int width, SparseRows& out,
-                     const std::function<void(uint32_t, float*)>& add) {
-  std::sort(keys.begin(), keys.end());
-  std::vector<size_t> start;
-  out.rows.clear();
-  for (size_t i = 0; i < keys.size(); ++i)
-    if (i == 0 || (keys[i] >> 32) != (keys[i - 1] >> 32)) {
-      start.push_back(i);
-      out.rows.push_back(static_cast<int32_t>(keys[i] >> 32));
+// Items 0..P-1 grouped by their row: rows ascending, items ascending within a row (a stable LSD
+// radix sort on the row, 11 bits a pass: work grows with the items, memory with the rows touched).
+struct RowGroups {
+  std::vector<int32_t> rows;     // distinct rows, ascending
+  std::vector<size_t> start;     // rows.size() + 1 offsets into items
+  std::vector<uint32_t> items;   // P items
+};
+
+void group_by_row(const std::vector<int32_t>& row_of, int64_t n_rows, RowGroups& g) {
+  const size_t P = row_of.size();
+  std::vector<uint32_t> tmp(P);
+  g.items.resize(P);
+  for (size_t p = 0; p < P; ++p) g.items[p] = static_cast<uint32_t>(p);
+  constexpr int kBits = 11;
+  std::vector<size_t> count(size_t{1} << kBits);
+  for (int shift = 0; (n_rows - 1) >> shift > 0 || shift == 0; shift += kBits) {
+    std::fill(count.begin(), count.end(), 0);
+    const uint32_t mask = (1u << kBits) - 1;
+    for (size_t p = 0; p < P; ++p) ++count[(static_cast<uint32_t>(row_of[p]) >> shift) & mask];
+    size_t sum = 0;
+    for (size_t& c : count) {
+      const size_t c0 = c;
+      c = sum;
+      sum += c0;
     }
-  start.push_back(keys.size());
-  out.grad.resize({static_cast<int64_t>(out.rows.size()), width});
-  out.grad.zero();
-  parallel_for(out.rows.size(), [&](size_t r) {
-    for (size_t i = start[r]; i < start[r + 1]; ++i) add(static_cast<uint32_t>(keys[i]), out.grad.data() + r * width);
+    for (size_t i = 0; i < P; ++i) {
+      const uint32_t item = g.items[i];
+      tmp[count[(static_cast<uint32_t>(row_of[item]) >> shift) & mask]++] = item;
+    }
+    g.items.swap(tmp);
+  }
+  g.rows.clear();
+  g.start.clear();
+  for (size_t i = 0; i < P; ++i)
+    if (i == 0 || row_of[g.items[i]] != row_of[g.items[i - 1]]) {
+      g.start.push_back(i);
+      g.rows.push_back(row_of[g.items[i]]);
+    }
+  g.start.push_back(P);
+}
+
+// Adds the row gradients of the groups into `into` (written in place when it holds no rows yet, so a
+// step reuses its memory): each row's items are summed in item order by add(item, row_gradient).
+void add_rows(const RowGroups& g, int width, SparseRows& into, const std::function<void(uint32_t, float*)>& add) {
+  SparseRows fresh;
+  SparseRows& out = into.rows.empty() ? into : fresh;
+  out.rows = g.rows;
+  out.grad.resize({static_cast<int64_t>(g.rows.size()), width});
+  parallel_for(g.rows.size(), [&](size_t r) {
+    float* row = out.grad.data() + r * static_cast<size_t>(width);
+    std::fill(row, row + width, 0.f);
+    for (size_t i = g.start[r]; i < g.start[r + 1]; ++i) add(g.items[i], row);
   }, 16);
+  if (&out == &fresh) into.add(std::move(fresh));
 }
 }  // namespace
+
+void PeerLayer::prefetch_expert(int32_t e) const {
+  const size_t d = static_cast<size_t>(cfg.d_model), o = static_cast<size_t>(e) * d;
+  for (size_t j = 0; j < d; j += 16) {
+    __builtin_prefetch(u.data() + o + j);
+    __builtin_prefetch(v.data() + o + j);
+  }
+}
 
 void PeerLayer::forward(const float* x, int T, float* y, bool training) {
   MOE_CHECK(T > 0, "peer layer: forward needs at least one token");
@@ -128,6 +202,8 @@ void PeerLayer::forward(const float* x, int T, float* y, bool training) {
   x_ = x;
   T_ = T;
   training_ = training;
+  timings_ = {};
+  auto t0 = clock_type::now();
   q_raw_.resize({T, HD});
   q_.resize({T, HD});
   sgemm(false, true, T, HD, d, 1.f, x, d, wq.data(), d, 0.f, q_raw_.data(), HD);
@@ -137,21 +213,31 @@ void PeerLayer::forward(const float* x, int T, float* y, bool training) {
     bn_mean_.resize({HD});
     bn_rstd_.resize({HD});
     if (training) {
-      parallel_for(static_cast<size_t>(HD), [&](size_t j) {
-        double m = 0.0, s = 0.0;
-        for (int t = 0; t < T; ++t) m += q_raw_[static_cast<size_t>(t) * HD + j];
-        m /= T;
+      // Column sums in row order (contiguous reads), in double; blocks of 64 columns in parallel.
+      std::vector<double> sum(static_cast<size_t>(HD), 0.0), sq(static_cast<size_t>(HD), 0.0);
+      parallel_for(static_cast<size_t>((HD + 63) / 64), [&](size_t cb) {
+        const size_t j0 = cb * 64, j1 = std::min<size_t>(static_cast<size_t>(HD), j0 + 64);
         for (int t = 0; t < T; ++t) {
-          const double c = q_raw_[static_cast<size_t>(t) * HD + j] - m;
-          s += c * c;
+          const float* row = q_raw_.data() + static_cast<size_t>(t) * HD;
+          for (size_t j = j0; j < j1; ++j) sum[j] += row[j];
         }
-        const double var = s / T;
+        for (size_t j = j0; j < j1; ++j) sum[j] /= T;
+        for (int t = 0; t < T; ++t) {
+          const float* row = q_raw_.data() + static_cast<size_t>(t) * HD;
+          for (size_t j = j0; j < j1; ++j) {
+            const double c = row[j] - sum[j];
+            sq[j] += c * c;
+          }
+        }
+      }, 1);
+      for (size_t j = 0; j < static_cast<size_t>(HD); ++j) {
+        const double m = sum[j], var = sq[j] / T;
         bn_mean_[j] = static_cast<float>(m);
         bn_rstd_[j] = static_cast<float>(1.0 / std::sqrt(var + cfg.bn_eps));
-        const double unbiased = T > 1 ? s / (T - 1) : var;
+        const double unbiased = T > 1 ? sq[j] / (T - 1) : var;
         running_mean[j] = static_cast<float>((1.0 - cfg.bn_momentum) * running_mean[j] + cfg.bn_momentum * m);
         running_var[j] = static_cast<float>((1.0 - cfg.bn_momentum) * running_var[j] + cfg.bn_momentum * unbiased);
-      }, 8);
+      }
     } else {
       for (int j = 0; j < HD; ++j) {
         bn_mean_[static_cast<size_t>(j)] = running_mean[static_cast<size_t>(j)];
@@ -166,6 +252,7 @@ void PeerLayer::forward(const float* x, int T, float* y, bool training) {
       }
     }, 64);
   }
+  timings_.query = ms_since(t0);
   // Retrieval, a block of (token, head) rows at a time: half-scores by two GEMMs, then product keys.
   const size_t R = static_cast<size_t>(T) * H;
   idx_.resize(R * K);
@@ -176,8 +263,11 @@ void PeerLayer::forward(const float* x, int T, float* y, bool training) {
   std::vector<float> s1(block * n), s2(block * n);
   for (size_t r0 = 0; r0 < R; r0 += block) {
     const int rows = static_cast<int>(std::min(block, R - r0));
+    t0 = clock_type::now();
     sgemm(false, true, rows, n, hd, 1.f, q_.data() + r0 * dk, dk, k1.data(), hd, 0.f, s1.data(), n);
     sgemm(false, true, rows, n, hd, 1.f, q_.data() + r0 * dk + hd, dk, k2.data(), hd, 0.f, s2.data(), n);
+    timings_.scores += ms_since(t0);
+    t0 = clock_type::now();
     parallel_for(static_cast<size_t>(rows), [&](size_t r) {
       const size_t o = (r0 + r) * K;
       product_key_topk(s1.data() + r * n, s2.data() + r * n, n, K, idx_.data() + o, score_.data() + o);
@@ -188,23 +278,26 @@ void PeerLayer::forward(const float* x, int T, float* y, bool training) {
         for (int i = 0; i < K; ++i) g[i] = sigmoid(score_[o + static_cast<size_t>(i)]);
       }
     }, 16);
+    timings_.topk += ms_since(t0);
   }
   // Experts: y_t = Σ_{h,i} g·act(u_eᵀx_t)·v_e.
+  t0 = clock_type::now();
   const bool gelu = cfg.activation == "gelu";
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
     const float* xt = x + t * d;
     float* yt = y + t * d;
     std::fill(yt, yt + d, 0.f);
-    for (size_t p = t * H * K; p < (t + 1) * H * K; ++p) {
+    const size_t p1 = (t + 1) * H * K;
+    for (size_t p = t * H * K; p < p1; ++p) {
+      if (p + 2 < p1) prefetch_expert(idx_[p + 2]);
       const float* ue = u.data() + static_cast<size_t>(idx_[p]) * d;
       const float* ve = v.data() + static_cast<size_t>(idx_[p]) * d;
-      float z = 0.f;
-      for (int j = 0; j < d; ++j) z += ue[j] * xt[j];
+      const float z = dot(ue, xt, d);
       pre_[p] = z;
-      const float c = gate_[p] * act_fwd(gelu, z);
-      for (int j = 0; j < d; ++j) yt[j] += c * ve[j];
+      axpy(gate_[p] * act_fwd(gelu, z), ve, yt, d);
     }
   }, 8);
+  timings_.experts = ms_since(t0);
 }
 
 void PeerLayer::backward(const float* dy, float* dx) {
@@ -213,35 +306,35 @@ void PeerLayer::backward(const float* dy, float* dx) {
   const size_t P = static_cast<size_t>(T) * H * K;
   const bool gelu = cfg.activation == "gelu";
   const float* x = x_;
+  auto t0 = clock_type::now();
   // Per pair p = (t, h, i): v_eᵀdy_t, then the gate and pre-activation gradients; dx from u.
   std::vector<float> dgate(P), dz(P);
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
     const float* dyt = dy + t * d;
     float* dxt = dx + t * d;
     std::fill(dxt, dxt + d, 0.f);
-    for (size_t p = t * H * K; p < (t + 1) * H * K; ++p) {
+    const size_t p1 = (t + 1) * H * K;
+    for (size_t p = t * H * K; p < p1; ++p) {
+      if (p + 2 < p1) prefetch_expert(idx_[p + 2]);
       const float* ve = v.data() + static_cast<size_t>(idx_[p]) * d;
       const float* ue = u.data() + static_cast<size_t>(idx_[p]) * d;
-      float vdy = 0.f;
-      for (int j = 0; j < d; ++j) vdy += ve[j] * dyt[j];
+      const float vdy = dot(ve, dyt, d);
       dgate[p] = act_fwd(gelu, pre_[p]) * vdy;
       dz[p] = gate_[p] * vdy * act_grad(gelu, pre_[p]);
-      for (int j = 0; j < d; ++j) dxt[j] += dz[p] * ue[j];
+      axpy(dz[p], ue, dxt, d);
     }
   }, 8);
+  timings_.experts_bwd = ms_since(t0);
+  t0 = clock_type::now();
   // u and v rows: du_e = Σ dz·x_t, dv_e = Σ g·act(z)·dy_t over the pairs that chose e.
-  std::vector<uint64_t> keys(P);
-  for (size_t p = 0; p < P; ++p) keys[p] = (static_cast<uint64_t>(idx_[p]) << 32) | p;
-  std::vector<uint64_t> keys_v = keys;
-  accumulate_rows(keys, d, du, [&](uint32_t p, float* g) {
-    const float* xt = x + static_cast<size_t>(p / (H * K)) * d;
-    for (int j = 0; j < d; ++j) g[j] += dz[p] * xt[j];
+  RowGroups groups;
+  group_by_row(idx_, cfg.n_experts(), groups);
+  add_rows(groups, d, du, [&](uint32_t p, float* g) { axpy(dz[p], x + static_cast<size_t>(p / (H * K)) * d, g, d); });
+  add_rows(groups, d, dv, [&](uint32_t p, float* g) {
+    axpy(gate_[p] * act_fwd(gelu, pre_[p]), dy + static_cast<size_t>(p / (H * K)) * d, g, d);
   });
-  accumulate_rows(keys_v, d, dv, [&](uint32_t p, float* g) {
-    const float* dyt = dy + static_cast<size_t>(p / (H * K)) * d;
-    const float c = gate_[p] * act_fwd(gelu, pre_[p]);
-    for (int j = 0; j < d; ++j) g[j] += c * dyt[j];
-  });
+  timings_.rows_bwd = ms_since(t0);
+  t0 = clock_type::now();
   // Gates → scores.
   std::vector<float> dscore(P);
   parallel_for(static_cast<size_t>(T) * H, [&](size_t r) {
@@ -272,42 +365,50 @@ void PeerLayer::backward(const float* dy, float* dx) {
       }
     }
   }, 64);
-  for (size_t p = 0; p < P; ++p) keys[p] = (static_cast<uint64_t>(idx_[p] / n) << 32) | p;
-  accumulate_rows(keys, hd, dk1, [&](uint32_t p, float* g) {
-    const float* q1 = q_.data() + static_cast<size_t>(p / K) * dk;
-    for (int j = 0; j < hd; ++j) g[j] += dscore[p] * q1[j];
-  });
-  for (size_t p = 0; p < P; ++p) keys[p] = (static_cast<uint64_t>(idx_[p] % n) << 32) | p;
-  accumulate_rows(keys, hd, dk2, [&](uint32_t p, float* g) {
-    const float* q2 = q_.data() + static_cast<size_t>(p / K) * dk + hd;
-    for (int j = 0; j < hd; ++j) g[j] += dscore[p] * q2[j];
-  });
+  std::vector<int32_t> half(P);
+  for (size_t p = 0; p < P; ++p) half[p] = idx_[p] / n;
+  group_by_row(half, n, groups);
+  add_rows(groups, hd, dk1, [&](uint32_t p, float* g) { axpy(dscore[p], q_.data() + static_cast<size_t>(p / K) * dk, g, hd); });
+  for (size_t p = 0; p < P; ++p) half[p] = idx_[p] % n;
+  group_by_row(half, n, groups);
+  add_rows(groups, hd, dk2, [&](uint32_t p, float* g) { axpy(dscore[p], q_.data() + static_cast<size_t>(p / K) * dk + hd, g, hd); });
+  timings_.keys_bwd = ms_since(t0);
+  t0 = clock_type::now();
   // BatchNorm.
   if (cfg.query_bn) {
-    parallel_for(static_cast<size_t>(HD), [&](size_t j) {
-      double sdq = 0.0, sdqx = 0.0;
+    // Blocks of 64 columns in parallel, each reading the rows in order (contiguous).
+    parallel_for(static_cast<size_t>((HD + 63) / 64), [&](size_t cb) {
+      const size_t j0 = cb * 64, j1 = std::min<size_t>(static_cast<size_t>(HD), j0 + 64);
+      double sdq[64] = {}, sdqx[64] = {};
       for (int t = 0; t < T; ++t) {
-        const size_t i = static_cast<size_t>(t) * HD + j;
-        const double xhat = (q_raw_[i] - bn_mean_[j]) * bn_rstd_[j];
-        sdq += dq[i];
-        sdqx += dq[i] * xhat;
-      }
-      dbn_gamma[j] += static_cast<float>(sdqx);
-      dbn_beta[j] += static_cast<float>(sdq);
-      const double gr = bn_gamma[j] * bn_rstd_[j];
-      for (int t = 0; t < T; ++t) {
-        const size_t i = static_cast<size_t>(t) * HD + j;
-        if (training_) {
-          const double xhat = (q_raw_[i] - bn_mean_[j]) * bn_rstd_[j];
-          dq[i] = static_cast<float>(gr * (dq[i] - sdq / T - xhat * sdqx / T));
-        } else {
-          dq[i] = static_cast<float>(gr * dq[i]);
+        const size_t o = static_cast<size_t>(t) * HD;
+        for (size_t j = j0; j < j1; ++j) {
+          const double xhat = (q_raw_[o + j] - bn_mean_[j]) * bn_rstd_[j];
+          sdq[j - j0] += dq[o + j];
+          sdqx[j - j0] += dq[o + j] * xhat;
         }
       }
-    }, 8);
+      for (size_t j = j0; j < j1; ++j) {
+        dbn_gamma[j] += static_cast<float>(sdqx[j - j0]);
+        dbn_beta[j] += static_cast<float>(sdq[j - j0]);
+      }
+      for (int t = 0; t < T; ++t) {
+        const size_t o = static_cast<size_t>(t) * HD;
+        for (size_t j = j0; j < j1; ++j) {
+          const double gr = bn_gamma[j] * bn_rstd_[j];
+          if (training_) {
+            const double xhat = (q_raw_[o + j] - bn_mean_[j]) * bn_rstd_[j];
+            dq[o + j] = static_cast<float>(gr * (dq[o + j] - sdq[j - j0] / T - xhat * sdqx[j - j0] / T));
+          } else {
+            dq[o + j] = static_cast<float>(gr * dq[o + j]);
+          }
+        }
+      }
+    }, 1);
   }
   sgemm(true, false, HD, d, T, 1.f, dq.data(), HD, x, d, 1.f, dwq.data(), d);
   sgemm(false, false, T, d, HD, 1.f, dq.data(), HD, wq.data(), d, 1.f, dx, d);
+  timings_.query_bwd = ms_since(t0);
 }
 
 }  // namespace moe

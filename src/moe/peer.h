@@ -43,12 +43,13 @@ struct PeerConfig {
   void validate() const;
 };
 
-// Gradient rows of a table of which a step touches few rows: the rows (sorted, unique) and their
-// gradients (rows, width). Memory and work grow with the rows touched, not with the table.
-struct SparseRows {
-  std::vector<int32_t> rows;
-  Tensor grad;
-  void clear() { rows.clear(); grad.resize({0}); }
+// Milliseconds in each phase of the last forward and backward.
+struct PeerTimings {
+  double query = 0, scores = 0, topk = 0, experts = 0;            // forward
+  double experts_bwd = 0, rows_bwd = 0, keys_bwd = 0, query_bwd = 0;  // backward
+  // Retrieval: the queries, their sub-key scores and product-key top-k, and the backward through them.
+  double retrieval() const { return query + scores + topk + keys_bwd + query_bwd; }
+  double total() const { return query + scores + topk + experts + experts_bwd + rows_bwd + keys_bwd + query_bwd; }
 };
 
 // The PEER layer: f(x) = Σ_h Σ_{i∈I_h(x)} g_{h,i}(x)·act(u_iᵀx)·v_i, with I_h the product-key top-k
@@ -66,16 +67,27 @@ class PeerLayer {
   SparseRows dk1, dk2, du, dv; // gradients of the rows touched by the last backward
 
   void forward(const float* x, int T, float* y, bool training);
-  // dy (T, d) → dx (T, d) (overwritten); dense gradients accumulate, sparse ones are replaced.
+  // dy (T, d) → dx (T, d) (overwritten); every gradient accumulates (the sparse ones by row union).
   void backward(const float* dy, float* dx);
   void zero_grad();
   // The dense parameters (W_q and the BN affine), for a dense optimizer.
   std::vector<Param> dense_params();
+  // The tables trained by rows: the sub-keys and the experts' u and v.
+  std::vector<SparseParam> sparse_params();
+  // State that is not trained but saved: BatchNorm's running statistics (empty without query_bn).
+  std::vector<std::pair<std::string, Tensor*>> buffers();
+  int64_t num_params() const;         // every parameter, the full tables included
+  int64_t num_active_params() const;  // used by one token: W_q, BN, the h·k experts' u and v, and the sub-keys
+  // Training FLOPs per token, forward + backward (a multiply-add is 2): the queries (×3), the sub-key
+  // scores of every head (forward only: their gradient reaches only the k retrieved pairs), the k²
+  // candidate sums, the retrieved pairs' key gradients, and the h·k experts (×3).
+  double flops_per_token() const;
 
   // Of the last forward: (T, h, k) expert ids and gates.
   const std::vector<int32_t>& experts() const { return idx_; }
   const std::vector<float>& gates() const { return gate_; }
   const std::vector<float>& preactivations() const { return pre_; }  // (T, h, k) u_eᵀx
+  const PeerTimings& timings() const { return timings_; }
 
  private:
   const float* x_ = nullptr;
@@ -86,6 +98,9 @@ class PeerLayer {
   std::vector<int32_t> idx_;          // (T, h, k)
   std::vector<float> score_, gate_;   // (T, h, k)
   std::vector<float> pre_;            // (T, h, k) u_eᵀx
+  PeerTimings timings_;
+  // Asks for the cache lines of expert e's u and v rows (the gathers are latency-bound at large N).
+  void prefetch_expert(int32_t e) const;
 };
 
 }  // namespace moe
