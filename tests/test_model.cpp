@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "train/run_config.h"
@@ -143,6 +144,129 @@ TEST_P(ModelGradient, MatchesPyTorch) {
     for (size_t i = 0; i < want.numel(); ++i) scale = std::max(scale, static_cast<double>(std::fabs(want[i])));
     for (size_t i = 0; i < want.numel(); ++i)
       ASSERT_NEAR((*p.grad)[i], want[i], 1e-4 * std::fabs(want[i]) + 1e-5 * scale) << p.name << "[" << i << "]";
+  }
+}
+
+// A model with a PEER FFN in block 1 (block 0 dense): finite differences of the whole objective for
+// the dense parameters and the retrieved rows of the tables; decoding with the KV cache equals the
+// full forward (eval mode: BatchNorm's running statistics); parameters and FLOPs are accounted.
+ModelConfig tiny_peer() {
+  ModelConfig c = tiny(false, "topk_softmax");
+  c.ffn = "peer";
+  c.sparse_layers = {1};
+  c.peer.n_keys = 6;
+  c.peer.heads = 2;
+  c.peer.top_k = 3;
+  c.peer.d_key = 4;
+  return c;
+}
+
+TEST(PeerModel, MatchesFiniteDifferences) {
+  const ModelConfig c = tiny_peer();
+  TransformerLM model(c);
+  ASSERT_TRUE(model.blocks[1].peer && !model.blocks[0].peer && !model.blocks[0].moe);
+  const int B = 2, L = 6, T = B * L;
+  std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
+  PeerLayer& peer = *model.blocks[1].peer;
+  const Tensor rm = peer.running_mean, rv = peer.running_var;
+  auto J = [&] {
+    peer.running_mean = rm;  // training forwards move the running statistics; J must not depend on that
+    peer.running_var = rv;
+    return model.forward(tok.data(), tgt.data(), B, L, true, 0);
+  };
+  model.zero_grad();
+  J();
+  model.backward();
+  const std::vector<int32_t> base = peer.experts();
+  const double eps = 1e-2;
+  int checked = 0;
+  auto check = [&](const std::string& name, Tensor& value, size_t i, double an) {
+    const float orig = value[i];
+    value[i] = orig + static_cast<float>(eps);
+    const double jp = J();
+    const bool same_p = peer.experts() == base;
+    value[i] = orig - static_cast<float>(eps);
+    const double jm = J();
+    const bool same_m = peer.experts() == base;
+    value[i] = orig;
+    if (!same_p || !same_m) return;
+    const double fd = (jp - jm) / (2 * eps);
+    EXPECT_NEAR(an, fd, 2e-3 + 3e-2 * std::max(std::fabs(fd), std::fabs(an))) << name << "[" << i << "]";
+    ++checked;
+  };
+  for (Param& p : model.params()) {
+    const Tensor grad = *p.grad;
+    for (size_t s = 0; s < std::min<size_t>(p.value->numel(), 4); ++s) {
+      const size_t i = static_cast<size_t>(rng_uniform(8, static_cast<uint64_t>(checked), s) * static_cast<float>(p.value->numel())) % p.value->numel();
+      check(p.name, *p.value, i, grad[i]);
+    }
+  }
+  for (SparseParam& p : model.sparse_params()) {
+    const SparseRows g = *p.grad;
+    ASSERT_FALSE(g.rows.empty()) << p.name;
+    const size_t w = static_cast<size_t>(p.value->dim(1));
+    for (size_t r = 0; r < std::min<size_t>(g.rows.size(), 3); ++r)
+      for (size_t j = 0; j < w; j += 3) check(p.name, *p.value, static_cast<size_t>(g.rows[r]) * w + j, g.grad[r * w + j]);
+  }
+  EXPECT_GT(checked, 50);
+}
+
+TEST(PeerModel, KvCacheDecodingMatchesFullForwardAndAccounting) {
+  ModelConfig c = tiny_peer();
+  c.max_position_embeddings = 16;
+  TransformerLM model(c);
+  const int L = 10;
+  std::vector<int32_t> tok = tokens_for(L, c.vocab_size, 5);
+  const Tensor full = model.forward_logits(tok.data(), 1, L);
+  model.reset_cache();
+  const float* z = model.decode(tok.data(), 4);
+  for (int pos = 3; pos < L; ++pos) {
+    if (pos > 3) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
+    for (int v = 0; v < c.vocab_size; ++v)
+      ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * c.vocab_size + v], 1e-4) << "position " << pos;
+  }
+  int64_t listed = 0;
+  for (const Param& p : model.params()) listed += static_cast<int64_t>(p.value->numel());
+  for (const SparseParam& p : model.sparse_params()) listed += static_cast<int64_t>(p.value->numel());
+  EXPECT_EQ(listed, model.num_params());
+  const PeerLayer& peer = *model.blocks[1].peer;
+  EXPECT_EQ(peer.num_params() - peer.num_active_params(), 2LL * (36 - 2 * 3) * c.hidden_size);
+  // FLOPs: the dense model's, less its block-1 FFN (6 per weight), plus the PEER layer's own count.
+  ModelConfig dense = c;
+  dense.ffn = "dense";
+  TransformerLM d(dense);
+  EXPECT_NEAR(model.flops_per_token(), d.flops_per_token() - 6.0 * 3 * c.intermediate_size * c.hidden_size + peer.flops_per_token(), 1e-6);
+  EXPECT_EQ(model.buffers().size(), 2u);
+}
+
+TEST(PeerModel, ConfigErrorsNameTheField) {
+  ModelConfig c = tiny_peer();
+  c.sparse_layers = {2};
+  EXPECT_THROW(
+      {
+        try {
+          c.validate();
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("sparse_layers"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      Error);
+  c = tiny_peer();
+  c.peer.top_k = 9;
+  try {
+    c.validate();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("top_k"), std::string::npos) << e.what();
+  }
+  c = tiny_peer();
+  c.peer.d_key = 5;
+  try {
+    c.validate();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("d_key"), std::string::npos) << e.what();
   }
 }
 

@@ -76,6 +76,29 @@ TEST(Tokenizer, RoundTripsTextAndBytes) {
   }
 }
 
+// Trains c for `steps` into dir/straight, and into dir/resumed stopped after `stop` steps then
+// resumed: the two runs of one schedule.
+void train_straight_and_resumed(RunConfig c, const std::string& dir, int steps, int stop) {
+  c.train.steps = steps;
+  c.train.out = dir + "/straight";
+  train_model(c, false);
+  c.train.out = dir + "/resumed";
+  c.train.stop_after = stop;
+  train_model(c, false);
+  c.train.stop_after = 0;
+  train_model(c, true);
+}
+
+// Every tensor of the named checkpoint files is byte-identical in dir/straight and dir/resumed.
+void expect_same_checkpoints(const std::string& dir, const std::vector<std::string>& files) {
+  for (const std::string& f : files) {
+    TensorFile a = load_safetensors(dir + "/straight/" + f), b = load_safetensors(dir + "/resumed/" + f);
+    ASSERT_EQ(a.tensors.size(), b.tensors.size()) << f;
+    for (auto& [name, t] : a.tensors)
+      ASSERT_EQ(std::memcmp(t.data(), b.tensors.at(name).data(), t.numel() * 4), 0) << f << " " << name;
+  }
+}
+
 TEST(RunConfig, UnknownKeyAndWrongTypeNameTheKey) {
   try {
     load_run_config("", {"model.hidden_sise=64"});
@@ -106,22 +129,9 @@ TEST(RunConfig, UnknownKeyAndWrongTypeNameTheKey) {
 
 TEST(Train, ResumeContinuesTheSameRunBitForBit) {
   const std::string dir = tmpdir("resume");
-  RunConfig c = tiny_run(dir);
-  c.train.steps = 20;
-  c.train.out = dir + "/straight";
-  train_model(c, false);
-  c.train.out = dir + "/resumed";
-  c.train.stop_after = 10;  // same 20-step schedule, stopped half way
-  train_model(c, false);
-  c.train.stop_after = 0;
-  train_model(c, true);
+  train_straight_and_resumed(tiny_run(dir), dir, 20, 10);  // same 20-step schedule, stopped half way
   // Same weights and optimizer state, byte for byte.
-  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
-    TensorFile a = load_safetensors(dir + "/straight/" + f), b = load_safetensors(dir + "/resumed/" + f);
-    ASSERT_EQ(a.tensors.size(), b.tensors.size());
-    for (auto& [name, t] : a.tensors)
-      ASSERT_EQ(std::memcmp(t.data(), b.tensors.at(name).data(), t.numel() * 4), 0) << f << " " << name;
-  }
+  expect_same_checkpoints(dir, {"model.safetensors", "optimizer.safetensors"});
   // Same losses, and every step logged once with the fields of a metrics line.
   auto lines = [](const std::string& p) {
     std::vector<nlohmann::json> v;
@@ -192,20 +202,50 @@ INSTANTIATE_TEST_SUITE_P(Routers, EveryRouter,
 TEST(Train, ReinforceResumesBitForBitWithItsBaseline) {
   const std::string dir = tmpdir("resume-rl");
   RunConfig base = tiny_run(dir);
-  RunConfig c = load_run_config("", {"model.router=reinforce"}, &base);
-  c.train.steps = 12;
-  c.train.out = dir + "/straight";
-  train_model(c, false);
-  c.train.out = dir + "/resumed";
-  c.train.stop_after = 6;
-  train_model(c, false);
-  c.train.stop_after = 0;
-  train_model(c, true);
-  TensorFile a = load_safetensors(dir + "/straight/model.safetensors"), b = load_safetensors(dir + "/resumed/model.safetensors");
+  train_straight_and_resumed(load_run_config("", {"model.router=reinforce"}, &base), dir, 12, 6);
+  TensorFile a = load_safetensors(dir + "/straight/model.safetensors");
   ASSERT_TRUE(a.tensors.count("model.layers.0.mlp.router.baseline"));
   EXPECT_EQ(a.tensors.at("model.layers.0.mlp.router.baseline")[1], 1.f);
-  for (auto& [name, t] : a.tensors)
-    ASSERT_EQ(std::memcmp(t.data(), b.tensors.at(name).data(), t.numel() * 4), 0) << name;
+  expect_same_checkpoints(dir, {"model.safetensors"});
+}
+
+// A PEER model (block 1 of 2) trains with gradient accumulation, logs its expert usage, and resumes
+// bit for bit: the full tables, BatchNorm's running statistics and the lazy Adam moments are in the
+// checkpoint. Its TOML subtable [model.peer] is read, and a bad value names its key.
+TEST(Train, PeerTrainsAndResumesBitForBit) {
+  const std::string dir = tmpdir("resume-peer");
+  std::ofstream(dir + "/peer.toml") << "[model]\nffn = \"peer\"\nsparse_layers = [1]\n[model.peer]\nn_keys = 16\nheads = 2\n"
+                                       "top_k = 4\nd_key = 8\nscore = \"sigmoid\"\n";
+  RunConfig base = tiny_run(dir);
+  RunConfig c = load_run_config(dir + "/peer.toml", {"train.grad_accum=2"}, &base);
+  EXPECT_EQ(c.model.peer.n_keys, 16);
+  EXPECT_EQ(c.model.peer.score, "sigmoid");
+  EXPECT_EQ(c.model.sparse_layers, std::vector<int>{1});
+  train_straight_and_resumed(c, dir, 12, 6);
+  expect_same_checkpoints(dir, {"model.safetensors", "optimizer.safetensors"});
+  TensorFile w = load_safetensors(dir + "/straight/model.safetensors");
+  EXPECT_EQ(w.tensors.at("model.layers.1.mlp.experts.u").shape(), (std::vector<int64_t>{256, 32}));
+  EXPECT_TRUE(w.tensors.count("model.layers.1.mlp.query_bn.running_var"));
+  std::ifstream in(dir + "/straight/metrics.jsonl");
+  std::string line;
+  std::vector<nlohmann::json> rows;
+  while (std::getline(in, line)) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(rows.size(), 12u);
+  EXPECT_GT(rows.back()["peer"][0]["usage"].get<double>(), 0.0);
+  EXPECT_LT(rows.back()["ce"].get<double>(), rows.front()["ce"].get<double>() - 0.5);
+  std::ofstream(dir + "/bad.toml") << "[model]\nffn = \"peer\"\n[model.peer]\nn_keys = 16\nhedas = 2\n";
+  try {
+    load_run_config(dir + "/bad.toml", {}, &base);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.peer.hedas"), std::string::npos) << e.what();
+  }
+  try {
+    load_run_config(dir + "/peer.toml", {"model.peer.top_k=40"}, &base);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("top_k = 40"), std::string::npos) << e.what();
+  }
 }
 
 int run_cli(const std::string& args, std::string* err) {
@@ -253,6 +293,46 @@ TEST(Cli, CorruptCheckpointAndUnknownKeyExitNonZeroWithOneLine) {
   std::ofstream(dir + "/bad.toml") << "[train]\nstep = 10\n";
   EXPECT_NE(run_cli("train --config " + dir + "/bad.toml", &err), 0);
   EXPECT_NE(err.find("unknown key \"train.step\""), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+// stdout of a CLI command as JSON (the command must print one JSON document).
+nlohmann::json cli_json(const std::string& args) {
+  const std::string out = ::testing::TempDir() + "/moe_cli_out.json";
+  const std::string cmd = std::string(MOE_CLI) + " " + args + " > " + out;
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ifstream in(out);
+  return nlohmann::json::parse(in);
+}
+
+// `moe bench peer --json` times a PEER layer and splits the time into phases; `moe inspect --routing`
+// of a PEER checkpoint reports its expert usage and unevenness on held-out text.
+TEST(Cli, BenchPeerAndInspectPeerRouting) {
+  const nlohmann::json b = cli_json("bench peer --n-keys 32 --heads 2 --top-k 4 --d-model 32 --d-key 16 --tokens 64 --reps 2 --json");
+  EXPECT_EQ(b["experts"].get<int64_t>(), 1024);
+  EXPECT_GT(b["ms"].get<double>(), 0.0);
+  EXPECT_GT(b["retrieval_share"].get<double>(), 0.0);
+  EXPECT_LT(b["retrieval_share"].get<double>(), 1.0);
+  EXPECT_TRUE(b["phases_ms"].contains("topk_fwd"));
+  const std::string dir = tmpdir("inspect-peer");
+  RunConfig base = tiny_run(dir);
+  RunConfig c = load_run_config("", {"model.ffn=peer", "model.peer.n_keys=8", "model.peer.heads=2", "model.peer.top_k=2",
+                                     "model.peer.d_key=8"}, &base);
+  c.train.steps = 3;
+  c.train.out = dir + "/run";
+  train_model(c, false);
+  const nlohmann::json r = cli_json("inspect --routing --ckpt " + dir + "/run --windows 4 --json");
+  ASSERT_EQ(r["layers"].size(), 1u);
+  EXPECT_EQ(r["layers"][0]["layer"].get<int>(), 1);  // the middle block of 2
+  EXPECT_EQ(r["layers"][0]["experts"].get<int>(), 64);
+  EXPECT_GT(r["layers"][0]["usage"].get<double>(), 0.0);
+  EXPECT_GE(r["layers"][0]["unevenness"].get<double>(), 0.0);
+  EXPECT_LE(r["layers"][0]["unevenness"].get<double>(), std::log(64.0) + 1e-9);
 }
 
 }  // namespace

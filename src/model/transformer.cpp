@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -31,6 +32,21 @@ MoeConfig ModelConfig::moe_layer(int layer) const {
   return m;
 }
 
+PeerConfig ModelConfig::peer_layer(int layer) const {
+  PeerConfig p = peer;
+  p.d_model = hidden_size;
+  p.seed = seed;
+  p.layer_id = static_cast<uint64_t>(layer) + 1;
+  p.init_std = initializer_range;
+  return p;
+}
+
+bool ModelConfig::is_sparse_block(int layer) const {
+  if (!sparse_layers.empty())
+    return std::find(sparse_layers.begin(), sparse_layers.end(), layer) != sparse_layers.end();
+  return ffn == "peer" ? layer == num_hidden_layers / 2 : layer >= first_k_dense_replace;
+}
+
 void ModelConfig::validate() const {
   auto bad = [](const std::string& m) { fail("model config: " + m); };
   auto pos = [&](const char* f, int v) {
@@ -41,13 +57,22 @@ void ModelConfig::validate() const {
   pos("num_hidden_layers", num_hidden_layers);
   pos("intermediate_size", intermediate_size);
   pos("max_position_embeddings", max_position_embeddings);
-  if (ffn != "moe" && ffn != "dense") bad("ffn = \"" + ffn + "\" is not known; use moe or dense");
+  if (ffn != "moe" && ffn != "dense" && ffn != "peer") bad("ffn = \"" + ffn + "\" is not known; use moe, dense or peer");
+  for (size_t i = 0; i < sparse_layers.size(); ++i) {
+    const int l = sparse_layers[i];
+    if (l < 0 || l >= num_hidden_layers)
+      bad("sparse_layers has block " + std::to_string(l) + "; blocks are numbered 0 to num_hidden_layers - 1 = " +
+          std::to_string(num_hidden_layers - 1));
+    if (std::find(sparse_layers.begin(), sparse_layers.begin() + static_cast<long>(i), l) != sparse_layers.begin() + static_cast<long>(i))
+      bad("sparse_layers lists block " + std::to_string(l) + " twice; list each block once");
+  }
   if (first_k_dense_replace < 0 || first_k_dense_replace > num_hidden_layers)
     bad("first_k_dense_replace = " + std::to_string(first_k_dense_replace) + " must be in [0, num_hidden_layers]");
   if (!(rms_norm_eps > 0.f)) bad("rms_norm_eps must be positive");
   if (!(initializer_range > 0.f)) bad("initializer_range must be positive");
   attention().validate();
   if (ffn == "moe") moe_layer(0).validate();
+  if (ffn == "peer") peer_layer(0).validate();
 }
 
 TransformerLM::TransformerLM(const ModelConfig& c) : cfg(c) {
@@ -64,6 +89,8 @@ TransformerLM::TransformerLM(const ModelConfig& c) : cfg(c) {
     b.attn = Attention(cfg.attention(), cfg.seed, stream, std);
     if (cfg.is_moe_block(l)) {
       b.moe = std::make_unique<MoeLayer>(cfg.moe_layer(l));
+    } else if (cfg.is_peer_block(l)) {
+      b.peer = std::make_unique<PeerLayer>(cfg.peer_layer(l));
     } else {
       b.dense = ExpertBank(1, d, cfg.intermediate_size, cfg.seed, stream + 10, std);
       b.dense.bf16 = cfg.moe.precision == "bf16";
@@ -91,6 +118,8 @@ std::vector<Param> TransformerLM::params() {
     out.push_back({p + "post_attention_layernorm.weight", &b.ffn_norm.w, &b.ffn_norm.dw});
     if (b.moe) {
       for (Param& q : b.moe->params()) out.push_back({p + "mlp." + q.name, q.value, q.grad});
+    } else if (b.peer) {
+      for (Param& q : b.peer->dense_params()) out.push_back({p + "mlp." + q.name, q.value, q.grad});
     } else {
       b.dense.params(out, p + "mlp.");
     }
@@ -100,8 +129,30 @@ std::vector<Param> TransformerLM::params() {
   return out;
 }
 
+std::vector<SparseParam> TransformerLM::sparse_params() {
+  std::vector<SparseParam> out;
+  for (size_t l = 0; l < blocks.size(); ++l)
+    if (blocks[l].peer)
+      for (SparseParam& q : blocks[l].peer->sparse_params())
+        out.push_back({"model.layers." + std::to_string(l) + ".mlp." + q.name, q.value, q.grad});
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor*>> TransformerLM::buffers() {
+  std::vector<std::pair<std::string, Tensor*>> out;
+  for (size_t l = 0; l < blocks.size(); ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
+    if (blocks[l].moe)
+      for (auto& [name, b] : blocks[l].moe->router->buffers()) out.emplace_back(p + "router." + name, b);
+    if (blocks[l].peer)
+      for (auto& [name, b] : blocks[l].peer->buffers()) out.emplace_back(p + name, b);
+  }
+  return out;
+}
+
 void TransformerLM::zero_grad() {
   for (Param& p : params()) p.grad->zero();
+  for (SparseParam& p : sparse_params()) p.grad->clear();
 }
 
 void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint64_t step) {
@@ -129,6 +180,8 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
     if (b.moe) {
       b.moe->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L, tokens, false});
       stats_.aux += b.moe->losses().total();
+    } else if (b.peer) {
+      b.peer->forward(b.h_ffn.data(), T, b.tmp.data(), training);
     } else {
       b.dense.forward(b.h_ffn.data(), {0, T}, b.tmp.data());
     }
@@ -192,6 +245,8 @@ const float* TransformerLM::decode(const int32_t* tokens, int n) {
     b.ffn_norm.forward(x.data(), n, h.data());
     if (b.moe) {
       b.moe->forward(h.data(), n, f.data(), {false, 0, n, tokens, true});
+    } else if (b.peer) {
+      b.peer->forward(h.data(), n, f.data(), false);
     } else {
       b.dense.forward(h.data(), {0, n}, f.data());
     }
@@ -221,6 +276,8 @@ void TransformerLM::backward() {
     // x_out = x_mid + ffn(norm(x_mid))
     if (b.moe) {
       b.moe->backward(dx_.data(), dh_.data());
+    } else if (b.peer) {
+      b.peer->backward(dx_.data(), dh_.data());
     } else {
       b.dense.backward(b.h_ffn.data(), dx_.data(), {0, T}, nullptr, dh_.data(), nullptr);
     }
@@ -249,7 +306,7 @@ int64_t TransformerLM::num_params() const {
   int64_t n = num_embedding_params() + cfg.hidden_size;  // + final norm
   for (const Block& b : blocks) {
     n += attention_params(cfg) + 2 * cfg.hidden_size;
-    n += b.moe ? b.moe->num_params() : 3LL * cfg.intermediate_size * cfg.hidden_size;
+    n += b.moe ? b.moe->num_params() : b.peer ? b.peer->num_params() : 3LL * cfg.intermediate_size * cfg.hidden_size;
   }
   return n;
 }
@@ -258,18 +315,24 @@ int64_t TransformerLM::num_active_params() const {
   int64_t n = num_embedding_params() + cfg.hidden_size;
   for (const Block& b : blocks) {
     n += attention_params(cfg) + 2 * cfg.hidden_size;
-    n += b.moe ? b.moe->num_active_params() : 3LL * cfg.intermediate_size * cfg.hidden_size;
+    n += b.moe ? b.moe->num_active_params() : b.peer ? b.peer->num_active_params() : 3LL * cfg.intermediate_size * cfg.hidden_size;
   }
   return n;
 }
 
 double TransformerLM::flops_per_token() const {
   const double d = cfg.hidden_size, V = cfg.vocab_size, L = cfg.max_position_embeddings;
-  double router = 0.0;
-  for (const Block& b : blocks)
+  double router = 0.0, peer_params = 0.0, peer_flops = 0.0;
+  for (const Block& b : blocks) {
     if (b.moe) router += d * b.moe->cfg.n_experts();
+    if (b.peer) {
+      peer_params += static_cast<double>(b.peer->num_active_params());
+      peer_flops += b.peer->flops_per_token();
+    }
+  }
   const double active_non_embedding = static_cast<double>(num_active_params() - num_embedding_params());
-  return 6.0 * (active_non_embedding - router) + 14.0 * router + 6.0 * V * d + 6.0 * cfg.num_hidden_layers * L * d;
+  return 6.0 * (active_non_embedding - router - peer_params) + 14.0 * router + peer_flops + 6.0 * V * d +
+         6.0 * cfg.num_hidden_layers * L * d;
 }
 
 }  // namespace moe

@@ -1,7 +1,9 @@
 // transformer.h — the decoder-only MoE language model: token embedding, then per block
 //   x ← x + Attention(RMSNorm(x));  x ← x + FFN(RMSNorm(x))   (FFN: dense SwiGLU or the MoE layer)
 // then a final RMSNorm and the LM head (tied to the embedding optionally), trained with cross-entropy
-// plus the MoE layers' balance losses. Explicit forward/backward; the model owns every parameter.
+// plus the MoE layers' balance losses. The FFN of a block is a dense SwiGLU, the MoE layer, or a PEER
+// layer (ffn = "peer": the listed blocks, by default the middle one, as He 2024; the others dense).
+// Explicit forward/backward; the model owns every parameter.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -11,6 +13,7 @@
 #include "core/tensor.h"
 #include "moe/experts.h"
 #include "moe/moe_layer.h"
+#include "moe/peer.h"
 #include "nn/attention.h"
 #include "nn/embedding.h"
 #include "nn/rmsnorm.h"
@@ -30,8 +33,11 @@ struct ModelConfig {
   float rope_theta = 10000.f;
   bool tie_word_embeddings = false;
   float initializer_range = 0.02f;
-  std::string ffn = "moe";           // moe | dense
+  std::string ffn = "moe";           // moe | dense | peer
   int first_k_dense_replace = 0;     // DeepSeek: the first k blocks keep a dense FFN
+  // The blocks whose FFN is the sparse one (ffn = moe or peer); the others are dense. Empty: for moe
+  // every block from first_k_dense_replace on, for peer the middle block (num_hidden_layers / 2).
+  std::vector<int> sparse_layers;
   // The MoE layer of every MoE block (d_model = hidden_size). Default: Mixtral-style top-2 of 8
   // experts of width 256, as many active FFN parameters as the dense FFN of width 512.
   MoeConfig moe = [] {
@@ -40,12 +46,24 @@ struct ModelConfig {
     m.aux_loss_coef = 1e-2f;
     return m;
   }();
+  // The PEER layer of every PEER block (d_model, seed, layer_id and init_std are filled in).
+  PeerConfig peer = [] {
+    PeerConfig p;
+    p.n_keys = 128;
+    p.d_key = 64;
+    return p;
+  }();
   uint64_t seed = 1;
 
-  bool is_moe_block(int layer) const { return ffn == "moe" && layer >= first_k_dense_replace; }
+  bool is_moe_block(int layer) const { return ffn == "moe" && is_sparse_block(layer); }
+  bool is_peer_block(int layer) const { return ffn == "peer" && is_sparse_block(layer); }
   AttentionConfig attention() const;
   MoeConfig moe_layer(int layer) const;  // moe with d_model, seed and layer_id filled in
+  PeerConfig peer_layer(int layer) const;
   void validate() const;                 // throws moe::Error naming the field
+
+ private:
+  bool is_sparse_block(int layer) const;
 };
 
 struct ModelStats {
@@ -61,8 +79,9 @@ class TransformerLM {
   struct Block {
     RMSNorm attn_norm, ffn_norm;
     Attention attn;
-    std::unique_ptr<MoeLayer> moe;  // MoE FFN, or
-    ExpertBank dense;               // dense SwiGLU FFN (one expert over every token)
+    std::unique_ptr<MoeLayer> moe;    // MoE FFN, or
+    std::unique_ptr<PeerLayer> peer;  // PEER FFN, or
+    ExpertBank dense;                 // dense SwiGLU FFN (one expert over every token)
     Tensor x_in, h_attn, x_mid, h_ffn, tmp;  // (T, d) activations
   };
   Embedding embed;
@@ -84,15 +103,19 @@ class TransformerLM {
   void reset_cache();
   int cache_len() const { return caches_.empty() ? 0 : caches_[0].len; }
   void zero_grad();
-  std::vector<Param> params();
+  std::vector<Param> params();               // dense parameters (AdamW)
+  std::vector<SparseParam> sparse_params();  // tables trained by rows (PEER's experts and sub-keys)
+  // Saved state that is not trained: the routers' buffers and PEER's BatchNorm running statistics.
+  std::vector<std::pair<std::string, Tensor*>> buffers();
   const ModelStats& stats() const { return stats_; }
 
   int64_t num_params() const;            // all parameters
   int64_t num_active_params() const;     // used by one token
   int64_t num_embedding_params() const;  // token embedding (+ the untied LM head)
   // Training FLOPs per token, forward + backward (SPEC §7, Krajewski Eq. 10): c_f = 6 per active
-  // non-embedding weight outside the routers, c_r = 14 per router weight (d·E·G per MoE layer), 6·V·d
-  // for the LM head, and 6·layers·L·d for attention over the context (Kaplan et al.).
+  // non-embedding weight outside the routers and PEER layers, c_r = 14 per router weight (d·E·G per
+  // MoE layer), PeerLayer::flops_per_token() per PEER layer, 6·V·d for the LM head, and
+  // 6·layers·L·d for attention over the context (Kaplan et al.).
   double flops_per_token() const;
 
  private:

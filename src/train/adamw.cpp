@@ -7,17 +7,22 @@
 
 namespace moe {
 
-AdamW::AdamW(std::vector<Param> params, const AdamWConfig& c) : cfg_(c), params_(std::move(params)) {
+AdamW::AdamW(std::vector<Param> params, const AdamWConfig& c, std::vector<SparseParam> sparse)
+    : cfg_(c), params_(std::move(params)), sparse_(std::move(sparse)) {
   for (const Param& p : params_) {
     m_.emplace_back(p.value->shape());
     v_.emplace_back(p.value->shape());
   }
-  frozen_.assign(params_.size(), 0);
+  for (const SparseParam& p : sparse_) {
+    m_.emplace_back(p.value->shape());
+    v_.emplace_back(p.value->shape());
+  }
+  frozen_.assign(m_.size(), 0);
 }
 
 void AdamW::set_frozen(const std::string& name, bool frozen) {
-  for (size_t i = 0; i < params_.size(); ++i)
-    if (params_[i].name == name) {
+  for (size_t i = 0; i < m_.size(); ++i)
+    if ((i < params_.size() ? params_[i].name : sparse_[i - params_.size()].name) == name) {
       frozen_[i] = frozen;
       return;
     }
@@ -26,9 +31,10 @@ void AdamW::set_frozen(const std::string& name, bool frozen) {
 
 std::vector<std::pair<std::string, Tensor*>> AdamW::state() {
   std::vector<std::pair<std::string, Tensor*>> out;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    out.emplace_back(params_[i].name + ".exp_avg", &m_[i]);
-    out.emplace_back(params_[i].name + ".exp_avg_sq", &v_[i]);
+  for (size_t i = 0; i < m_.size(); ++i) {
+    const std::string& name = i < params_.size() ? params_[i].name : sparse_[i - params_.size()].name;
+    out.emplace_back(name + ".exp_avg", &m_[i]);
+    out.emplace_back(name + ".exp_avg_sq", &v_[i]);
   }
   return out;
 }
@@ -53,25 +59,59 @@ void AdamW::step(float lr) {
       w[i] -= decay * w[i] + step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
     }, 4096);
   }
+  for (size_t si = 0; si < sparse_.size(); ++si) {
+    const size_t pi = params_.size() + si;
+    if (frozen_[pi]) continue;
+    const SparseRows& g = *sparse_[si].grad;
+    if (g.rows.empty()) continue;
+    Tensor& w = *sparse_[si].value;
+    Tensor& m = m_[pi];
+    Tensor& v = v_[pi];
+    const size_t width = static_cast<size_t>(w.dim(1));
+    const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps;
+    parallel_for(g.rows.size(), [&](size_t r) {
+      const size_t o = static_cast<size_t>(g.rows[r]) * width;
+      const float* gr = g.grad.data() + r * width;
+      for (size_t j = 0; j < width; ++j) {
+        const size_t i = o + j;
+        m[i] = b1 * m[i] + (1.f - b1) * gr[j];
+        v[i] = b2 * v[i] + (1.f - b2) * gr[j] * gr[j];
+        w[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+      }
+    }, 64);
+  }
 }
 
-double clip_grad_norm(const std::vector<Param>& params, double max_norm) {
+static double sum_squares(const Tensor& g) {
+  double s = 0.0;
+  for (size_t i = 0; i < g.numel(); ++i) s += static_cast<double>(g[i]) * g[i];
+  return s;
+}
+
+static void scale(Tensor& g, float s) {
+  for (size_t i = 0; i < g.numel(); ++i) g[i] *= s;
+}
+
+static void divide(Tensor& g, float n) {
+  for (size_t i = 0; i < g.numel(); ++i) g[i] /= n;
+}
+
+double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse) {
   double ss = 0.0;
-  for (const Param& p : params) {
-    const Tensor& g = *p.grad;
-    double s = 0.0;
-    for (size_t i = 0; i < g.numel(); ++i) s += static_cast<double>(g[i]) * g[i];
-    ss += s;
-  }
+  for (const Param& p : params) ss += sum_squares(*p.grad);
+  for (const SparseParam& p : sparse) ss += sum_squares(p.grad->grad);
   const double norm = std::sqrt(ss);
   if (max_norm > 0.0 && norm > max_norm) {
-    const float scale = static_cast<float>(max_norm / (norm + 1e-6));
-    for (const Param& p : params) {
-      Tensor& g = *p.grad;
-      for (size_t i = 0; i < g.numel(); ++i) g[i] *= scale;
-    }
+    const float s = static_cast<float>(max_norm / (norm + 1e-6));
+    for (const Param& p : params) scale(*p.grad, s);
+    for (const SparseParam& p : sparse) scale(p.grad->grad, s);
   }
   return norm;
+}
+
+void divide_grads(const std::vector<Param>& params, const std::vector<SparseParam>& sparse, float n) {
+  for (const Param& p : params) divide(*p.grad, n);
+  for (const SparseParam& p : sparse) divide(p.grad->grad, n);
 }
 
 }  // namespace moe

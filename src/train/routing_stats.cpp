@@ -147,4 +147,36 @@ std::string routing_svg(const nlohmann::json& layers, const std::string& title) 
   return o.str();
 }
 
+void PeerStats::add(const PeerLayer& layer) {
+  if (score.empty()) score.assign(static_cast<size_t>(layer.cfg.n_experts()), 0.0);
+  const std::vector<int32_t>& e = layer.experts();
+  const std::vector<float>& g = layer.gates();
+  for (size_t p = 0; p < e.size(); ++p) score[static_cast<size_t>(e[p])] += g[p];
+  pairs += static_cast<int64_t>(e.size());
+}
+
+double PeerStats::usage() const {
+  if (score.empty()) return 0.0;
+  size_t used = 0;
+  for (double s : score) used += s > 0.0;
+  return static_cast<double>(used) / static_cast<double>(score.size());
+}
+
+double PeerStats::unevenness() const {
+  double total = 0.0;
+  for (double s : score) total += s;
+  if (score.empty() || !(total > 0.0)) return 0.0;
+  double plogp = 0.0;
+  for (double s : score)
+    if (s > 0.0) {
+      const double z = s / total;
+      plogp += z * std::log(z);
+    }
+  return std::log(static_cast<double>(score.size())) + plogp;
+}
+
+nlohmann::json PeerStats::to_json() const {
+  return {{"usage", usage()}, {"unevenness", unevenness()}, {"experts", score.size()}, {"pairs", pairs}};
+}
+
 }  // namespace moe

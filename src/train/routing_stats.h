@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "moe/moe_layer.h"
+#include "moe/peer.h"
 
 namespace moe {
 
@@ -26,6 +27,19 @@ struct RoutingStats {
   // load, cv, max_mean, cv_importance, dropped, unrouted, experts_used, entropy, consecutive_same,
   // random_same (1/E), and the loss terms averaged over the forwards.
   nlohmann::json to_json() const;
+};
+
+// Expert usage of a PEER layer over one or many forwards (He 2024, Table 2): the gate accumulated
+// per expert over every retrieval. usage: the share of the N experts retrieved at least once;
+// unevenness: log N + Σ z_i log z_i with z the normalised accumulated gates (the KL divergence of
+// z from uniform; 0 when every expert gets the same total, log N when one gets everything).
+struct PeerStats {
+  std::vector<double> score;  // (N)
+  int64_t pairs = 0;
+  void add(const PeerLayer& layer);
+  double usage() const;
+  double unevenness() const;
+  nlohmann::json to_json() const;  // usage, unevenness, experts, pairs
 };
 
 // One SVG figure: a bar chart of the expert load per layer (uniform load marked), with the layer's

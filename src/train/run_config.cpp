@@ -85,6 +85,15 @@ const std::map<std::string, Field>& fields() {
       {"model.shared_expert_gate", make([](RunConfig& c) -> bool& { return c.model.moe.shared_gate; })},
       {"model.precision", make([](RunConfig& c) -> std::string& { return c.model.moe.precision; })},
       {"model.router_init_std", make([](RunConfig& c) -> float& { return c.model.moe.router_init_std; })},
+      {"model.sparse_layers", make([](RunConfig& c) -> std::vector<int>& { return c.model.sparse_layers; })},
+      {"model.peer.n_keys", make([](RunConfig& c) -> int& { return c.model.peer.n_keys; })},
+      {"model.peer.heads", make([](RunConfig& c) -> int& { return c.model.peer.heads; })},
+      {"model.peer.top_k", make([](RunConfig& c) -> int& { return c.model.peer.top_k; })},
+      {"model.peer.d_key", make([](RunConfig& c) -> int& { return c.model.peer.d_key; })},
+      {"model.peer.query_bn", make([](RunConfig& c) -> bool& { return c.model.peer.query_bn; })},
+      {"model.peer.score", make([](RunConfig& c) -> std::string& { return c.model.peer.score; })},
+      {"model.peer.activation", make([](RunConfig& c) -> std::string& { return c.model.peer.activation; })},
+      {"model.peer.bn_momentum", make([](RunConfig& c) -> float& { return c.model.peer.bn_momentum; })},
       {"model.seed", make([](RunConfig& c) -> uint64_t& { return c.model.seed; })},
       {"train.corpus", make([](RunConfig& c) -> std::string& { return c.train.corpus; })},
       {"train.data_dir", make([](RunConfig& c) -> std::string& { return c.train.data_dir; })},
@@ -124,19 +133,37 @@ json toml_to_json(const toml::node& n) {
   if (auto v = n.as_floating_point()) return json(v->get());
   if (auto v = n.as_boolean()) return json(v->get());
   if (auto v = n.as_string()) return json(v->get());
-  return json();  // tables and arrays have no field to go to
+  if (auto a = n.as_array()) {  // arrays of scalars (sparse_layers = [2])
+    json out = json::array();
+    for (const toml::node& e : *a) {
+      json j = toml_to_json(e);
+      if (j.is_null() || j.is_array()) return json();
+      out.push_back(j);
+    }
+    return out;
+  }
+  return json();  // tables have no field to go to
+}
+
+// Sets every key of table t under the dotted prefix; subtables ([model.peer]) extend the prefix.
+void apply_keys(RunConfig& c, const toml::table& t, const std::string& prefix, const std::string& where) {
+  for (auto&& [key, value] : t) {
+    const std::string full = prefix + "." + std::string(key.str());
+    if (const auto* sub = value.as_table()) {
+      apply_keys(c, *sub, full, where);
+      continue;
+    }
+    json j = toml_to_json(value);
+    if (j.is_null()) fail(where + ": key \"" + full + "\" must be a number, a boolean, a string or a list of them");
+    set_field(c, full, j, where);
+  }
 }
 
 void apply_table(RunConfig& c, const toml::table& t, const std::string& where) {
   for (auto&& [section, node] : t) {
     const auto* tab = node.as_table();
     if (!tab) fail(where + ": top-level key \"" + std::string(section.str()) + "\" must be a [model] or [train] table");
-    for (auto&& [key, value] : *tab) {
-      const std::string full = std::string(section.str()) + "." + std::string(key.str());
-      json j = toml_to_json(value);
-      if (j.is_null()) fail(where + ": key \"" + full + "\" must be a number, a boolean or a string");
-      set_field(c, full, j, where);
-    }
+    apply_keys(c, *tab, std::string(section.str()), where);
   }
 }
 

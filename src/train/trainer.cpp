@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <map>
 #include <numeric>
 #include <sstream>
 
@@ -113,6 +114,32 @@ double routing_report(TransformerLM& model, const TokenShard& shard, int L, int 
   });
 }
 
+double peer_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, std::vector<int>& layers,
+                   std::vector<PeerStats>& stats) {
+  layers.clear();
+  for (size_t l = 0; l < model.blocks.size(); ++l)
+    if (model.blocks[l].peer) layers.push_back(static_cast<int>(l));
+  stats.assign(layers.size(), PeerStats{});
+  return over_eval_windows(shard, L, windows, batch, [&](const int32_t* tok, const int32_t* tgt, int B) {
+    const double ce = model.forward(tok, tgt, B, L, false, 0);
+    for (size_t i = 0; i < layers.size(); ++i) stats[i].add(*model.blocks[static_cast<size_t>(layers[i])].peer);
+    return ce;
+  });
+}
+
+nlohmann::json peer_metrics(TransformerLM& model) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (size_t l = 0; l < model.blocks.size(); ++l)
+    if (const PeerLayer* p = model.blocks[l].peer.get()) {
+      PeerStats st;
+      st.add(*p);
+      nlohmann::json j = {{"layer", l}};
+      j.update(st.to_json());
+      layers.push_back(j);
+    }
+  return layers;
+}
+
 nlohmann::json router_metrics(TransformerLM& model, int seq_len) {
   nlohmann::json layers = nlohmann::json::array();
   for (size_t l = 0; l < model.blocks.size(); ++l) {
@@ -141,21 +168,16 @@ std::string checkpoint_val_shard(const std::string& ckpt, const RunConfig& c, co
 
 void save_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt, const RunConfig& c, int64_t step) {
   fs::create_directories(dir);
-  TensorFile w;
-  for (Param& p : model.params()) w.tensors[p.name] = *p.value;
-  for (size_t l = 0; l < model.blocks.size(); ++l)
-    if (model.blocks[l].moe)
-      for (auto& [name, b] : model.blocks[l].moe->router->buffers())
-        w.tensors["model.layers." + std::to_string(l) + ".mlp.router." + name] = *b;
-  w.metadata["step"] = std::to_string(step);
-  w.metadata["format"] = "moe.cpp";
-  save_safetensors(dir + "/model.safetensors", w);
+  std::map<std::string, const Tensor*> w;  // written from the model's own tensors
+  for (Param& p : model.params()) w[p.name] = p.value;
+  for (SparseParam& p : model.sparse_params()) w[p.name] = p.value;
+  for (auto& [name, b] : model.buffers()) w[name] = b;
+  save_safetensors(dir + "/model.safetensors", w, {{"step", std::to_string(step)}, {"format", "moe.cpp"}});
   if (opt) {
-    TensorFile o;
-    for (auto& [name, t] : opt->state()) o.tensors[name] = *t;
-    o.metadata["step"] = std::to_string(step);
-    o.metadata["optimizer_steps"] = std::to_string(opt->steps());
-    save_safetensors(dir + "/optimizer.safetensors", o);
+    std::map<std::string, const Tensor*> o;
+    for (auto& [name, t] : opt->state()) o[name] = t;
+    save_safetensors(dir + "/optimizer.safetensors", o,
+                     {{"step", std::to_string(step)}, {"optimizer_steps", std::to_string(opt->steps())}});
   }
   write_file_atomic(dir + "/config.json", run_config_to_json(c) + "\n");
 }
@@ -164,30 +186,41 @@ RunConfig read_checkpoint_config(const std::string& dir) {
   return run_config_from_json(read_text(dir + "/config.json"), dir + "/config.json");
 }
 
-static void copy_checked(Tensor& dst, const TensorFile& f, const std::string& name, const std::string& file) {
-  auto it = f.tensors.find(name);
-  if (it == f.tensors.end()) fail(file + " has no tensor '" + name + "' (a checkpoint of another model?)");
-  it->second.check_shape(dst.shape(), file + ": tensor '" + name + "'");
-  dst = it->second;
+// Reads the tensors of a safetensors file straight into `into` (name → tensor), each checked by
+// shape; every name of `into` must be in the file. Returns the file's metadata.
+static std::map<std::string, std::string> load_into(const std::string& file, const std::map<std::string, Tensor*>& into) {
+  std::map<std::string, bool> seen;
+  auto meta = load_safetensors_into(file, [&](const std::string& name, const std::vector<int64_t>& shape) -> Tensor* {
+    auto it = into.find(name);
+    if (it == into.end()) return nullptr;
+    if (shape != it->second->shape())
+      fail(file + ": tensor '" + name + "': shape " + shape_to_string(shape) + " where " +
+           shape_to_string(it->second->shape()) + " is expected");
+    seen[name] = true;
+    return it->second;
+  });
+  for (const auto& [name, t] : into)
+    if (!seen.count(name)) fail(file + " has no tensor '" + name + "' (a checkpoint of another model?)");
+  return meta;
 }
 
 int64_t load_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt) {
   const std::string mf = dir + "/model.safetensors";
   if (!fs::exists(mf)) fail("no checkpoint in " + dir + " (model.safetensors missing); train first or check --ckpt");
-  TensorFile w = load_safetensors(mf);
-  for (Param& p : model.params()) copy_checked(*p.value, w, p.name, mf);
-  for (size_t l = 0; l < model.blocks.size(); ++l)
-    if (model.blocks[l].moe)
-      for (auto& [name, b] : model.blocks[l].moe->router->buffers())
-        copy_checked(*b, w, "model.layers." + std::to_string(l) + ".mlp.router." + name, mf);
-  const int64_t step = std::stoll(w.metadata.count("step") ? w.metadata["step"] : "0");
+  std::map<std::string, Tensor*> weights;
+  for (Param& p : model.params()) weights[p.name] = p.value;
+  for (SparseParam& p : model.sparse_params()) weights[p.name] = p.value;
+  for (auto& [name, b] : model.buffers()) weights[name] = b;
+  auto wmeta = load_into(mf, weights);
+  const int64_t step = std::stoll(wmeta.count("step") ? wmeta["step"] : "0");
   if (opt) {
     const std::string of = dir + "/optimizer.safetensors";
-    TensorFile o = load_safetensors(of);
-    for (auto& [name, t] : opt->state()) copy_checked(*t, o, name, of);
-    if (o.metadata["step"] != w.metadata["step"])
-      fail(of + " is from step " + o.metadata["step"] + " but the weights from step " + w.metadata["step"] + "; the checkpoint is inconsistent");
-    opt->set_steps(std::stoll(o.metadata["optimizer_steps"]));
+    std::map<std::string, Tensor*> state;
+    for (auto& [name, t] : opt->state()) state[name] = t;
+    auto ometa = load_into(of, state);
+    if (ometa["step"] != wmeta["step"])
+      fail(of + " is from step " + ometa["step"] + " but the weights from step " + wmeta["step"] + "; the checkpoint is inconsistent");
+    opt->set_steps(std::stoll(ometa["optimizer_steps"]));
   }
   return step;
 }
@@ -263,7 +296,7 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
   oc.beta1 = t.beta1;
   oc.beta2 = t.beta2;
   oc.weight_decay = t.weight_decay;
-  AdamW opt(model.params(), oc);
+  AdamW opt(model.params(), oc, model.sparse_params());
   int64_t start = 0;
   fs::create_directories(t.out);
   if (resume) {
@@ -293,6 +326,7 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
 
   std::vector<int32_t> tokens(static_cast<size_t>(T)), targets(static_cast<size_t>(T));
   std::vector<Param> params = model.params();
+  std::vector<SparseParam> sparse = model.sparse_params();
   const int64_t end = t.stop_after > 0 ? t.stop_after : t.steps;
   Progress progress{end, start};
   double tok_s = 0.0, mfu = 0.0, last_val = -1.0;
@@ -310,10 +344,8 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
       loss += (model.stats().ce + model.stats().aux) / t.grad_accum;
       model.backward();
     }
-    if (t.grad_accum > 1)
-      for (Param& p : params)
-        for (size_t i = 0; i < p.grad->numel(); ++i) (*p.grad)[i] /= static_cast<float>(t.grad_accum);
-    const double gnorm = clip_grad_norm(params, t.grad_clip);
+    if (t.grad_accum > 1) divide_grads(params, sparse, static_cast<float>(t.grad_accum));
+    const double gnorm = clip_grad_norm(params, t.grad_clip, sparse);
     const float lr = lr_at(t, step);
     opt.step(lr);
     for (auto& b : model.blocks)
@@ -325,6 +357,7 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
     last_moe = router_metrics(model, L);
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
                         {"tokens_per_s", tok_s}, {"mfu", mfu}, {"moe", last_moe}};
+    if (!sparse.empty()) j["peer"] = peer_metrics(model);
     const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
     if (eval_now) j["val_loss"] = last_val = evaluate(model, val_shard, L, t.eval_windows, B);
     metrics << j.dump() << "\n";

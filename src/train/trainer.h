@@ -1,8 +1,10 @@
 // trainer.h — training, evaluation, checkpoints and sampling for the transformer LM.
 //
 // A run folder (train.out) holds: config.json (the RunConfig), model.safetensors (every parameter
-// under its Hugging Face-style name, plus the routers' buffers: sigmoid_bias biases, reinforce baselines), optimizer.safetensors
-// (AdamW moments, step in the metadata), tokenizer.model, and metrics.jsonl (one JSON line a step).
+// under its Hugging Face-style name, PEER's full expert and sub-key tables, plus the buffers: the
+// routers' sigmoid_bias biases and reinforce baselines, PEER's BatchNorm running statistics),
+// optimizer.safetensors (AdamW moments, step in the metadata), tokenizer.model, and metrics.jsonl
+// (one JSON line a step).
 // Every file is written atomically (temp file, fsync, rename).
 #pragma once
 #include <cstdint>
@@ -51,8 +53,15 @@ double evaluate(TransformerLM& model, const TokenShard& shard, int L, int window
 double routing_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, bool train_routing,
                       std::vector<int>& layers, std::vector<RoutingStats>& stats);
 
+// Expert usage and unevenness per PEER layer over the first `windows` windows of a shard, in eval
+// mode. Returns the mean cross-entropy; layers gets the index of each PEER layer.
+double peer_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, std::vector<int>& layers,
+                   std::vector<PeerStats>& stats);
+
 // Per MoE layer the router metrics of SPEC §8 from its last forward (seq_len for the consecutive rate).
 nlohmann::json router_metrics(TransformerLM& model, int seq_len);
+// Per PEER layer the usage and unevenness of its last forward.
+nlohmann::json peer_metrics(TransformerLM& model);
 
 struct SampleOptions {
   int max_tokens = 64;
