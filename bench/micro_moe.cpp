@@ -1,5 +1,6 @@
 // micro_moe — Google Benchmark timings of the MoE layer's pieces: sgemm (the peak the layer is
-// compared to), bf16 GEMM, router selection, dispatch plan, gather, and the whole layer.
+// compared to), bf16 GEMM, router selection, dispatch plan, gather, and the whole layer; PEER's
+// product-key top-k and the PEER layer.
 //   build/bin/micro_moe --benchmark_filter=Router
 #include <benchmark/benchmark.h>
 
@@ -9,6 +10,7 @@
 #include "core/gemm.h"
 #include "core/rng.h"
 #include "moe/moe_layer.h"
+#include "moe/peer.h"
 
 namespace moe {
 namespace {
@@ -103,6 +105,39 @@ void BM_MoeLayer(benchmark::State& st) {
   st.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_MoeLayer)->Args({1, 0})->Args({8, 0})->Args({1, 1})->Args({8, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+
+// Product-key top-16 of n_keys² experts from two half-score rows (one query of one head).
+void BM_ProductKeyTopK(benchmark::State& st) {
+  const int n = static_cast<int>(st.range(0)), k = 16;
+  std::vector<float> s1(static_cast<size_t>(n)), s2(s1.size()), score(k);
+  std::vector<int32_t> idx(k);
+  fill_normal(s1.data(), s1.size(), 1, 1, 0.f, 1.f);
+  fill_normal(s2.data(), s2.size(), 1, 2, 0.f, 1.f);
+  for (auto _ : st) {
+    product_key_topk(s1.data(), s2.data(), n, k, idx.data(), score.data());
+    benchmark::DoNotOptimize(idx.data());
+  }
+}
+BENCHMARK(BM_ProductKeyTopK)->Arg(128)->Arg(1024)->Unit(benchmark::kMicrosecond);
+
+// PEER layer forward+backward, d = 256, h = 8, k = 16, d_key = 128, 1024 tokens, N = n_keys².
+void BM_PeerLayer(benchmark::State& st) {
+  PeerConfig c;
+  c.n_keys = static_cast<int>(st.range(0));
+  PeerLayer layer(c);
+  const int T = 1024;
+  std::vector<float> x(static_cast<size_t>(T) * c.d_model), dy(x.size()), y(x.size()), dx(x.size());
+  fill_normal(x.data(), x.size(), 1, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.size(), 1, 2, 0.f, 1.f);
+  for (auto _ : st) {
+    layer.zero_grad();
+    layer.forward(x.data(), T, y.data(), true);
+    layer.backward(dy.data(), dx.data());
+  }
+  st.counters["tokens/s"] = benchmark::Counter(T, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_PeerLayer)->Arg(128)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 }  // namespace moe

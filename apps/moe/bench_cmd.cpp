@@ -1,5 +1,5 @@
-// bench_cmd.cpp — `moe bench gemm` and `moe bench moe-layer`: timings against the machine's measured
-// sgemm peak, taken in the same run.
+// bench_cmd.cpp — `moe bench gemm`, `moe bench moe-layer` and `moe bench peer`: timings against the
+// machine's measured sgemm peak, taken in the same run.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -11,7 +11,9 @@
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "core/timer.h"
 #include "moe/moe_layer.h"
+#include "moe/peer.h"
 
 namespace moe::cli {
 namespace {
@@ -22,6 +24,14 @@ struct LayerArgs {
   std::string precision = "fp32";
   float capacity_factor = 0.f;
   int reps = 7, warmup = 2, threads = 0;
+  bool json = false;
+};
+
+struct PeerArgs {
+  int n_keys = 1024, heads = 8, top_k = 16, d_model = 256, d_key = 128, tokens = 4096;
+  bool no_bn = false;
+  std::string score = "softmax", activation = "gelu";
+  int reps = 5, warmup = 1, threads = 0;
   bool json = false;
 };
 
@@ -126,6 +136,72 @@ void run_layer(const LayerArgs& a) {
               median(router), median(dispatch), median(combine), median(experts), median(shared), 100.0 * overhead / ms);
 }
 
+void run_peer(const PeerArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  PeerConfig c;
+  c.d_model = a.d_model;
+  c.n_keys = a.n_keys;
+  c.heads = a.heads;
+  c.top_k = a.top_k;
+  c.d_key = a.d_key;
+  c.query_bn = !a.no_bn;
+  c.score = a.score;
+  c.activation = a.activation;
+  const double peak = measure_sgemm_gflops(1024, 5);
+  PeerLayer layer(c);
+  const int T = a.tokens, d = a.d_model;
+  Tensor x({T, d}), dy({T, d}), y({T, d}), dx({T, d});
+  fill_normal(x.data(), x.numel(), 3, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 3, 2, 0.f, 1.f);
+  std::vector<double> total, fwd, retrieval;
+  std::vector<PeerTimings> phases;
+  size_t rows_u = 0;
+  for (int r = 0; r < a.warmup + a.reps; ++r) {
+    layer.zero_grad();
+    const auto t0 = clock_type::now();
+    layer.forward(x.data(), T, y.data(), true);
+    const double f = ms_since(t0);
+    layer.backward(dy.data(), dx.data());
+    const double ms = ms_since(t0);
+    if (r < a.warmup) continue;
+    total.push_back(ms);
+    fwd.push_back(f);
+    retrieval.push_back(layer.timings().retrieval());
+    phases.push_back(layer.timings());
+    rows_u = layer.du.rows.size();
+  }
+  auto med = [&](double PeerTimings::*f) {
+    std::vector<double> v;
+    for (const PeerTimings& t : phases) v.push_back(t.*f);
+    return median(v);
+  };
+  const double ms = median(total), share = median(retrieval) / ms;
+  const double state_gib = static_cast<double>(layer.num_params()) * 4.0 / (1 << 30);
+  nlohmann::json j = {
+      {"bench", "peer"}, {"n_keys", a.n_keys}, {"experts", c.n_experts()}, {"heads", a.heads}, {"top_k", a.top_k},
+      {"d_model", d}, {"d_key", a.d_key}, {"tokens", T}, {"query_bn", c.query_bn}, {"threads", num_threads()},
+      {"ms", ms}, {"forward_ms", median(fwd)}, {"us_per_token", 1e3 * ms / T}, {"retrieval_share", share},
+      {"phases_ms", {{"query_fwd", med(&PeerTimings::query)}, {"scores_fwd", med(&PeerTimings::scores)},
+                     {"topk_fwd", med(&PeerTimings::topk)}, {"experts_fwd", med(&PeerTimings::experts)},
+                     {"experts_bwd", med(&PeerTimings::experts_bwd)}, {"rows_bwd", med(&PeerTimings::rows_bwd)},
+                     {"keys_bwd", med(&PeerTimings::keys_bwd)}, {"query_bwd", med(&PeerTimings::query_bwd)}}},
+      {"flops_per_token", layer.flops_per_token()}, {"gflops", layer.flops_per_token() * T / (ms * 1e6)},
+      {"sgemm_peak_gflops", peak}, {"rows_touched_u", rows_u}, {"params_gib", state_gib}};
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("peer layer: N = %d² = %lld experts, h = %d, k = %d, d = %d, d_key = %d, T = %d, %d threads\n", a.n_keys,
+              static_cast<long long>(c.n_experts()), a.heads, a.top_k, d, a.d_key, T, num_threads());
+  std::printf("  forward+backward median %.2f ms (%.2f us/token), forward %.2f ms, retrieval %.0f%% of the time\n", ms,
+              1e3 * ms / T, median(fwd), 100.0 * share);
+  std::printf("  phases (ms): query %.2f  scores %.2f  top-k %.2f  experts %.2f | experts bwd %.2f  rows bwd %.2f  keys bwd %.2f  query bwd %.2f\n",
+              med(&PeerTimings::query), med(&PeerTimings::scores), med(&PeerTimings::topk), med(&PeerTimings::experts),
+              med(&PeerTimings::experts_bwd), med(&PeerTimings::rows_bwd), med(&PeerTimings::keys_bwd), med(&PeerTimings::query_bwd));
+  std::printf("  %.2f GFLOP/s of %.0f peak sgemm; %zu expert rows touched; parameters %.2f GiB\n", j["gflops"].get<double>(), peak,
+              rows_u, state_gib);
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
@@ -156,6 +232,22 @@ void add_bench(CLI::App& app) {
   layer->add_option("--threads", la.threads, "Threads (default: all cores / OMP_NUM_THREADS)")->check(CLI::PositiveNumber);
   layer->add_flag("--json", la.json, "Print one JSON line");
   layer->callback([] { run_layer(la); });
+  static PeerArgs pa;
+  auto* peer = bench->add_subcommand("peer", "Forward+backward of one PEER layer (training mode): time, share in retrieval, phases");
+  peer->add_option("--n-keys", pa.n_keys, "Sub-keys per half; N = n_keys² experts")->check(CLI::PositiveNumber);
+  peer->add_option("--heads", pa.heads, "Retrieval heads h")->check(CLI::PositiveNumber);
+  peer->add_option("--top-k", pa.top_k, "Experts per head k")->check(CLI::PositiveNumber);
+  peer->add_option("--d-model", pa.d_model, "Model width d")->check(CLI::PositiveNumber);
+  peer->add_option("--d-key", pa.d_key, "Query width d_key (even)")->check(CLI::PositiveNumber);
+  peer->add_option("--tokens", pa.tokens, "Tokens per batch T")->check(CLI::PositiveNumber);
+  peer->add_flag("--no-bn", pa.no_bn, "No BatchNorm on the queries");
+  peer->add_option("--score", pa.score, "softmax | sigmoid");
+  peer->add_option("--activation", pa.activation, "gelu | relu");
+  peer->add_option("--reps", pa.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
+  peer->add_option("--warmup", pa.warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
+  peer->add_option("--threads", pa.threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  peer->add_flag("--json", pa.json, "Print one JSON line");
+  peer->callback([] { run_peer(pa); });
 }
 
 }  // namespace moe::cli

@@ -163,7 +163,7 @@ void add_lm(CLI::App& app) {
   inspect->add_option("--config", o.config, "TOML config")->check(CLI::ExistingFile);
   inspect->add_option("--ckpt", o.ckpt, "Checkpoint folder");
   inspect->add_option("--set", o.sets, "Override: section.key=value");
-  inspect->add_flag("--routing", routing, "Router metrics per MoE layer on held-out text (needs --ckpt), with an SVG chart");
+  inspect->add_flag("--routing", routing, "Router metrics per MoE layer on held-out text (needs --ckpt), with an SVG chart; for a PEER model, expert usage and unevenness");
   inspect->add_option("--corpus", o.corpus, "With --routing: corpus to route (default: the one it trained on)");
   inspect->add_option("--windows", routing_windows, "With --routing: validation windows")->check(CLI::PositiveNumber);
   inspect->add_flag("--train-routing", train_routing, "With --routing: route as in training (noise, sampling, balanced assignment)");

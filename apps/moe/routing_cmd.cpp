@@ -1,5 +1,5 @@
-// routing_cmd.cpp — routing measurements of trained checkpoints: `moe inspect --routing` (per layer,
-// as text and an SVG chart) and `moe compare` (one markdown row per run, for the router experiments).
+// routing_cmd.cpp — routing measurements of trained checkpoints: `moe inspect --routing` (per MoE layer,
+// as text and an SVG chart; per PEER layer, expert usage and unevenness) and `moe compare` (one markdown row per run, for the router experiments).
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -116,8 +116,39 @@ void add_routing(CLI::App& app) {
   });
 }
 
+// PEER layers: the share of experts retrieved on held-out text and the unevenness of their use.
+void inspect_peer(const std::string& ckpt, const std::string& corpus_opt, int windows, bool json) {
+  const RunConfig c = read_checkpoint_config(ckpt);
+  TransformerLM model(c.model);
+  load_checkpoint(ckpt, model, nullptr);
+  TokenShard val(checkpoint_val_shard(ckpt, c, corpus_opt.empty() ? c.train.corpus : corpus_opt));
+  std::vector<int> layers;
+  std::vector<PeerStats> stats;
+  const double loss = peer_report(model, val, c.model.max_position_embeddings, windows, c.train.batch_size, layers, stats);
+  nlohmann::json out = {{"val_loss", loss}, {"layers", nlohmann::json::array()}};
+  for (size_t i = 0; i < layers.size(); ++i) {
+    nlohmann::json j = {{"layer", layers[i]}, {"query_bn", c.model.peer.query_bn}};
+    j.update(stats[i].to_json());
+    out["layers"].push_back(j);
+  }
+  if (json) {
+    std::printf("%s\n", out.dump(1).c_str());
+    return;
+  }
+  std::printf("%s: PEER, %d validation windows: loss %.4f\n", ckpt.c_str(), windows, loss);
+  for (const auto& L : out["layers"])
+    std::printf("layer %d: %lld experts, %lld retrievals: usage %.1f%%  unevenness %.3f (uniform 0, max log N = %.2f)\n",
+                L["layer"].get<int>(), L["experts"].get<long long>(), L["pairs"].get<long long>(),
+                100.0 * L["usage"].get<double>(), L["unevenness"].get<double>(),
+                std::log(L["experts"].get<double>()));
+}
+
 void inspect_routing(const std::string& ckpt, const std::string& corpus, int windows, bool train_routing,
                      const std::string& svg_path, bool json) {
+  if (read_checkpoint_config(ckpt).model.ffn == "peer") {
+    inspect_peer(ckpt, corpus, windows, json);
+    return;
+  }
   const Measured m = measure(ckpt, corpus, windows, train_routing);
   const std::string svg = svg_path.empty() ? ckpt + "/routing.svg" : svg_path;
   const std::string title = ckpt + ": expert load on " + (corpus.empty() ? m.cfg.train.corpus : corpus) + " (" +
