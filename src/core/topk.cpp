@@ -1,5 +1,7 @@
 #include "core/topk.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <functional>
 #include <vector>
@@ -35,12 +37,24 @@ void topk_desc(const float* s, int n, int k, int32_t* idx) {
     for (int i = 0; i < k; ++i) best[static_cast<size_t>(i)] = order_key(s[i], static_cast<uint32_t>(i));
     std::sort(best.begin(), best.end(), std::greater<uint64_t>());
     float kth = s[key_index(best[static_cast<size_t>(k - 1)])];
-    for (int i = k; i < n; ++i) {
-      if (s[i] < kth) continue;
+    auto consider = [&](int i) {
+      if (s[i] < kth) return;
       const uint64_t key = order_key(s[i], static_cast<uint32_t>(i));
       topk_keys(&key, 1, k, best.data(), k);
       kth = s[key_index(best[static_cast<size_t>(k - 1)])];
+    };
+    int i = k;
+#if defined(__AVX512F__)
+    // 16 scores a compare: only the lanes not below the k-th (NaN included) go through the keys.
+    for (; i + 16 <= n; i += 16) {
+      __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i), _mm512_set1_ps(kth), _CMP_NLT_UQ);
+      while (m) {
+        consider(i + __builtin_ctz(m));
+        m = static_cast<__mmask16>(m & (m - 1));
+      }
     }
+#endif
+    for (; i < n; ++i) consider(i);
   }
   for (int i = 0; i < k; ++i) idx[i] = static_cast<int32_t>(key_index(best[static_cast<size_t>(i)]));
 }
