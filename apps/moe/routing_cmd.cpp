@@ -129,6 +129,8 @@ void inspect_peer(const std::string& ckpt, const std::string& corpus_opt, int wi
   for (size_t i = 0; i < layers.size(); ++i) {
     nlohmann::json j = {{"layer", layers[i]}, {"query_bn", c.model.peer.query_bn}};
     j.update(stats[i].to_json());
+    j["cumulative_share"] = stats[i].cumulative_share(64);
+    for (double f : {0.001, 0.01, 0.1}) j[f == 0.001 ? "top_0.1%" : f == 0.01 ? "top_1%" : "top_10%"] = stats[i].top_share(f);
     out["layers"].push_back(j);
   }
   if (json) {
@@ -136,11 +138,14 @@ void inspect_peer(const std::string& ckpt, const std::string& corpus_opt, int wi
     return;
   }
   std::printf("%s: PEER, %d validation windows: loss %.4f\n", ckpt.c_str(), windows, loss);
-  for (const auto& L : out["layers"])
+  for (const auto& L : out["layers"]) {
     std::printf("layer %d: %lld experts, %lld retrievals: usage %.1f%%  unevenness %.3f (uniform 0, max log N = %.2f)\n",
                 L["layer"].get<int>(), L["experts"].get<long long>(), L["pairs"].get<long long>(),
                 100.0 * L["usage"].get<double>(), L["unevenness"].get<double>(),
                 std::log(L["experts"].get<double>()));
+    std::printf("  share of the gate held by the most used 0.1%% / 1%% / 10%% of the experts: %.0f%% / %.0f%% / %.0f%%\n",
+                100.0 * L["top_0.1%"].get<double>(), 100.0 * L["top_1%"].get<double>(), 100.0 * L["top_10%"].get<double>());
+  }
 }
 
 void inspect_routing(const std::string& ckpt, const std::string& corpus, int windows, bool train_routing,

@@ -49,7 +49,6 @@ struct PeerTimings {
   double experts_bwd = 0, rows_bwd = 0, keys_bwd = 0, query_bwd = 0;  // backward
   // Retrieval: the queries, their sub-key scores and product-key top-k, and the backward through them.
   double retrieval() const { return query + scores + topk + keys_bwd + query_bwd; }
-  double total() const { return query + scores + topk + experts + experts_bwd + rows_bwd + keys_bwd + query_bwd; }
 };
 
 // The PEER layer: f(x) = Σ_h Σ_{i∈I_h(x)} g_{h,i}(x)·act(u_iᵀx)·v_i, with I_h the product-key top-k

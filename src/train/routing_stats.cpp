@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <sstream>
 
 #include "core/vmath.h"
@@ -173,6 +174,39 @@ double PeerStats::unevenness() const {
       plogp += z * std::log(z);
     }
   return std::log(static_cast<double>(score.size())) + plogp;
+}
+
+nlohmann::json PeerStats::cumulative_share(int points) const {
+  nlohmann::json out = nlohmann::json::array();
+  if (score.empty() || points < 2) return out;
+  std::vector<double> sorted = score;
+  std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+  double total = 0.0;
+  for (double s : sorted) total += s;
+  if (!(total > 0.0)) return out;
+  const double n = static_cast<double>(sorted.size());
+  double cum = 0.0;
+  size_t done = 0;
+  int64_t last = 0;
+  for (int i = 0; i < points; ++i) {
+    const auto r = static_cast<int64_t>(std::llround(std::pow(n, static_cast<double>(i) / (points - 1))));
+    if (r <= last) continue;
+    for (; done < static_cast<size_t>(r); ++done) cum += sorted[done];
+    out.push_back({r, cum / total});
+    last = r;
+  }
+  return out;
+}
+
+double PeerStats::top_share(double fraction) const {
+  if (score.empty()) return 0.0;
+  std::vector<double> sorted = score;
+  const auto r = static_cast<size_t>(std::max<double>(1.0, std::round(fraction * static_cast<double>(sorted.size()))));
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<long>(r - 1), sorted.end(), std::greater<double>());
+  double top = 0.0, total = 0.0;
+  for (size_t i = 0; i < sorted.size(); ++i) (i < r ? top : total) += sorted[i];
+  total += top;
+  return total > 0.0 ? top / total : 0.0;
 }
 
 nlohmann::json PeerStats::to_json() const {

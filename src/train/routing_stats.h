@@ -39,6 +39,10 @@ struct PeerStats {
   void add(const PeerLayer& layer);
   double usage() const;
   double unevenness() const;
+  // The share of the total gate held by the r most used experts, at `points` ranks spaced evenly in
+  // log r from 1 to N: [[r, share], ...] (a Lorenz curve of expert use).
+  nlohmann::json cumulative_share(int points) const;
+  double top_share(double fraction) const;  // the share of the total gate held by the most used fraction of N
   nlohmann::json to_json() const;  // usage, unevenness, experts, pairs
 };
 
