@@ -36,11 +36,19 @@ void print_inspect(TransformerLM& m) {
   std::printf("model: %d layers, d=%d, %d heads (%d kv), vocab %d, context %d, ffn %s\n", c.num_hidden_layers,
               c.hidden_size, c.num_attention_heads, c.attention().kv_heads(), c.vocab_size, c.max_position_embeddings,
               c.ffn.c_str());
+  std::string sparse;  // the blocks whose FFN is the MoE or PEER layer
+  for (size_t l = 0; l < m.blocks.size(); ++l)
+    if (m.blocks[l].moe || m.blocks[l].peer) sparse += (sparse.empty() ? "" : ",") + std::to_string(l);
   if (c.ffn == "moe") {
     const MoeConfig mc = c.moe_layer(0);
-    std::printf("moe: router %s, %d routed experts of width %d (G=%d), %d active, %d shared, first %d blocks dense\n",
-                mc.router.c_str(), mc.n_experts(), mc.expert_hidden(), mc.granularity, mc.k(), mc.n_shared,
-                c.first_k_dense_replace);
+    std::printf("moe: router %s, %d routed experts of width %d (G=%d), %d active, %d shared, in blocks %s (the others dense)\n",
+                mc.router.c_str(), mc.n_experts(), mc.expert_hidden(), mc.granularity, mc.k(), mc.n_shared, sparse.c_str());
+  }
+  if (c.ffn == "peer") {
+    const PeerConfig& p = c.peer;
+    std::printf("peer: %lld experts (%d sub-keys per half), %d heads × top-%d, d_key %d, query BN %s, %s gates, %s, in blocks %s (the others dense)\n",
+                static_cast<long long>(p.n_experts()), p.n_keys, p.heads, p.top_k, p.d_key, p.query_bn ? "on" : "off",
+                p.score.c_str(), p.activation.c_str(), sparse.c_str());
   }
   const double total = static_cast<double>(m.num_params()), active = static_cast<double>(m.num_active_params());
   const double emb = static_cast<double>(m.num_embedding_params());
