@@ -96,7 +96,7 @@ void add_lm(CLI::App& app) {
     if (!s.load_summary.empty()) std::printf("expert load: %s\n", s.load_summary.c_str());
     Tokenizer tok;
     tok.load(c.train.out + "/tokenizer.model");
-    TransformerLM model(c.model);
+    TransformerLM model(c.model, ParamInit::for_loading);
     load_checkpoint(c.train.out, model, nullptr);
     const std::string prompt = c.train.corpus == "c-headers" ? "#include <stdio.h>\n" : "And God said";
     SampleOptions so;
@@ -117,7 +117,7 @@ void add_lm(CLI::App& app) {
   eval->callback([] {
     apply_threads(o.threads);
     RunConfig c = read_checkpoint_config(o.ckpt);
-    TransformerLM model(c.model);
+    TransformerLM model(c.model, ParamInit::for_loading);
     load_checkpoint(o.ckpt, model, nullptr);
     const std::string corpus = o.corpus.empty() ? c.train.corpus : o.corpus;
     TokenShard val(checkpoint_val_shard(o.ckpt, c, corpus));
@@ -139,7 +139,7 @@ void add_lm(CLI::App& app) {
   gen->add_flag("--show-experts", show_experts, "Print the experts each generated token went to, per MoE layer");
   gen->callback([] {
     RunConfig c = read_checkpoint_config(o.ckpt);
-    TransformerLM model(c.model);
+    TransformerLM model(c.model, ParamInit::for_loading);
     load_checkpoint(o.ckpt, model, nullptr);
     Tokenizer tok;
     tok.load(o.ckpt + "/tokenizer.model");
@@ -186,7 +186,7 @@ void add_lm(CLI::App& app) {
       return;
     }
     RunConfig c = o.ckpt.empty() ? load_run_config(o.config, o.sets) : read_checkpoint_config(o.ckpt);
-    TransformerLM model(c.model);
+    TransformerLM model(c.model, ParamInit::for_loading);  // counts only: the tables need no draw
     if (!o.ckpt.empty()) load_checkpoint(o.ckpt, model, nullptr);
     print_inspect(model);
   });

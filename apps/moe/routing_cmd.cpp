@@ -26,7 +26,7 @@ Measured measure(const std::string& ckpt, const std::string& corpus_opt, int win
   Measured m;
   m.cfg = read_checkpoint_config(ckpt);
   MOE_CHECK(m.cfg.model.ffn == "moe", ckpt + " is a dense model (ffn = \"" + m.cfg.model.ffn + "\"): it has no routing to inspect");
-  TransformerLM model(m.cfg.model);
+  TransformerLM model(m.cfg.model, ParamInit::for_loading);
   load_checkpoint(ckpt, model, nullptr);
   const std::string corpus = corpus_opt.empty() ? m.cfg.train.corpus : corpus_opt;
   TokenShard val(checkpoint_val_shard(ckpt, m.cfg, corpus));
@@ -90,7 +90,7 @@ void add_routing(CLI::App& app) {
     for (const auto& run : runs) {
       const RunConfig c = read_checkpoint_config(run);
       if (c.model.ffn != "moe") {
-        TransformerLM model(c.model);
+        TransformerLM model(c.model, ParamInit::for_loading);
         load_checkpoint(run, model, nullptr);
         TokenShard val(checkpoint_val_shard(run, c, corpus.empty() ? c.train.corpus : corpus));
         const double loss = evaluate(model, val, c.model.max_position_embeddings, windows, c.train.batch_size);
@@ -119,7 +119,7 @@ void add_routing(CLI::App& app) {
 // PEER layers: the share of experts retrieved on held-out text and the unevenness of their use.
 void inspect_peer(const std::string& ckpt, const std::string& corpus_opt, int windows, bool json) {
   const RunConfig c = read_checkpoint_config(ckpt);
-  TransformerLM model(c.model);
+  TransformerLM model(c.model, ParamInit::for_loading);
   load_checkpoint(ckpt, model, nullptr);
   TokenShard val(checkpoint_val_shard(ckpt, c, corpus_opt.empty() ? c.train.corpus : corpus_opt));
   std::vector<int> layers;

@@ -75,7 +75,7 @@ void ModelConfig::validate() const {
   if (ffn == "peer") peer_layer(0).validate();
 }
 
-TransformerLM::TransformerLM(const ModelConfig& c) : cfg(c) {
+TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
   cfg.validate();
   const int d = cfg.hidden_size, V = cfg.vocab_size;
   const float std = cfg.initializer_range;
@@ -90,7 +90,7 @@ TransformerLM::TransformerLM(const ModelConfig& c) : cfg(c) {
     if (cfg.is_moe_block(l)) {
       b.moe = std::make_unique<MoeLayer>(cfg.moe_layer(l));
     } else if (cfg.is_peer_block(l)) {
-      b.peer = std::make_unique<PeerLayer>(cfg.peer_layer(l));
+      b.peer = std::make_unique<PeerLayer>(cfg.peer_layer(l), init == ParamInit::random);
     } else {
       b.dense = ExpertBank(1, d, cfg.intermediate_size, cfg.seed, stream + 10, std);
       b.dense.bf16 = cfg.moe.precision == "bf16";

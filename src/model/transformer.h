@@ -71,9 +71,13 @@ struct ModelStats {
   double aux = 0.0;       // sum of the MoE layers' loss terms
 };
 
+// How a model's parameters start: random (for training), or with PEER's expert tables left zero
+// because a checkpoint load follows (drawing 2 × N·d normals at N = 1024² takes seconds).
+enum class ParamInit { random, for_loading };
+
 class TransformerLM {
  public:
-  explicit TransformerLM(const ModelConfig& c);
+  explicit TransformerLM(const ModelConfig& c, ParamInit init = ParamInit::random);
   const ModelConfig cfg;
 
   struct Block {

@@ -84,7 +84,7 @@ static const PeerConfig& validated(const PeerConfig& c) {
   return c;
 }
 
-PeerLayer::PeerLayer(const PeerConfig& c)
+PeerLayer::PeerLayer(const PeerConfig& c, bool init_tables)
     : cfg(validated(c)),
       wq({c.heads * c.d_key, c.d_model}), dwq({c.heads * c.d_key, c.d_model}),
       bn_gamma({c.heads * c.d_key}), dbn_gamma({c.heads * c.d_key}),
@@ -96,8 +96,10 @@ PeerLayer::PeerLayer(const PeerConfig& c)
   fill_normal(wq.data(), wq.numel(), c.seed, s, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_model)));
   fill_normal(k1.data(), k1.numel(), c.seed, s + 1, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
   fill_normal(k2.data(), k2.numel(), c.seed, s + 2, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
-  fill_normal(u.data(), u.numel(), c.seed, s + 3, 0.f, c.init_std);
-  fill_normal(v.data(), v.numel(), c.seed, s + 4, 0.f, c.init_std);
+  if (init_tables) {
+    fill_normal(u.data(), u.numel(), c.seed, s + 3, 0.f, c.init_std);
+    fill_normal(v.data(), v.numel(), c.seed, s + 4, 0.f, c.init_std);
+  }
   bn_gamma.fill(1.f);
   running_var.fill(1.f);
 }

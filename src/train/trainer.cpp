@@ -291,7 +291,7 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
   tok.load(data + "/tokenizer.model");
   MOE_CHECK(tok.vocab_size() == c.model.vocab_size, "tokenizer of " + data + " has " + std::to_string(tok.vocab_size()) +
                                                          " tokens but model.vocab_size = " + std::to_string(c.model.vocab_size));
-  TransformerLM model(c.model);
+  TransformerLM model(c.model, resume ? ParamInit::for_loading : ParamInit::random);
   AdamWConfig oc;
   oc.beta1 = t.beta1;
   oc.beta2 = t.beta2;
