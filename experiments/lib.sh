@@ -11,6 +11,7 @@ train_variant() {
     return
   fi
   local sets=(--set "train.out=$out" --set "train.steps=$STEPS")
+  local s
   for s in "$@"; do sets+=(--set "$s"); done
   echo "== $out: $MOE train --config $cfg ${sets[*]}"
   "$MOE" train --config "$cfg" "${sets[@]}" | grep -E "^(train:|validation|throughput|expert load)"
