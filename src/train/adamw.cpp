@@ -20,9 +20,13 @@ AdamW::AdamW(std::vector<Param> params, const AdamWConfig& c, std::vector<Sparse
   frozen_.assign(m_.size(), 0);
 }
 
+const std::string& AdamW::name_of(size_t i) const {
+  return i < params_.size() ? params_[i].name : sparse_[i - params_.size()].name;
+}
+
 void AdamW::set_frozen(const std::string& name, bool frozen) {
   for (size_t i = 0; i < m_.size(); ++i)
-    if ((i < params_.size() ? params_[i].name : sparse_[i - params_.size()].name) == name) {
+    if (name_of(i) == name) {
       frozen_[i] = frozen;
       return;
     }
@@ -32,9 +36,8 @@ void AdamW::set_frozen(const std::string& name, bool frozen) {
 std::vector<std::pair<std::string, Tensor*>> AdamW::state() {
   std::vector<std::pair<std::string, Tensor*>> out;
   for (size_t i = 0; i < m_.size(); ++i) {
-    const std::string& name = i < params_.size() ? params_[i].name : sparse_[i - params_.size()].name;
-    out.emplace_back(name + ".exp_avg", &m_[i]);
-    out.emplace_back(name + ".exp_avg_sq", &v_[i]);
+    out.emplace_back(name_of(i) + ".exp_avg", &m_[i]);
+    out.emplace_back(name_of(i) + ".exp_avg_sq", &v_[i]);
   }
   return out;
 }
@@ -45,6 +48,12 @@ void AdamW::step(float lr) {
   const double bc2 = 1.0 - std::pow(static_cast<double>(cfg_.beta2), static_cast<double>(t_));
   const float step_size = static_cast<float>(lr / bc1);
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+  const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps;
+  auto adam = [=](float& w, float& m, float& v, float g, float decay) {
+    m = b1 * m + (1.f - b1) * g;
+    v = b2 * v + (1.f - b2) * g * g;
+    w -= decay * w + step_size * m / (std::sqrt(v) * inv_sqrt_bc2 + eps);
+  };
   for (size_t pi = 0; pi < params_.size(); ++pi) {
     if (frozen_[pi]) continue;
     Tensor& w = *params_[pi].value;
@@ -52,32 +61,19 @@ void AdamW::step(float lr) {
     Tensor& m = m_[pi];
     Tensor& v = v_[pi];
     const float decay = w.ndim() >= 2 ? lr * cfg_.weight_decay : 0.f;  // no decay on norms and vectors
-    const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps;
-    parallel_for(w.numel(), [&](size_t i) {
-      m[i] = b1 * m[i] + (1.f - b1) * g[i];
-      v[i] = b2 * v[i] + (1.f - b2) * g[i] * g[i];
-      w[i] -= decay * w[i] + step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-    }, 4096);
+    parallel_for(w.numel(), [&](size_t i) { adam(w[i], m[i], v[i], g[i], decay); }, 4096);
   }
-  for (size_t si = 0; si < sparse_.size(); ++si) {
+  for (size_t si = 0; si < sparse_.size(); ++si) {  // lazy: the rows in the gradient only, no decay
     const size_t pi = params_.size() + si;
-    if (frozen_[pi]) continue;
     const SparseRows& g = *sparse_[si].grad;
-    if (g.rows.empty()) continue;
+    if (frozen_[pi] || g.rows.empty()) continue;
     Tensor& w = *sparse_[si].value;
     Tensor& m = m_[pi];
     Tensor& v = v_[pi];
     const size_t width = static_cast<size_t>(w.dim(1));
-    const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps;
     parallel_for(g.rows.size(), [&](size_t r) {
       const size_t o = static_cast<size_t>(g.rows[r]) * width;
-      const float* gr = g.grad.data() + r * width;
-      for (size_t j = 0; j < width; ++j) {
-        const size_t i = o + j;
-        m[i] = b1 * m[i] + (1.f - b1) * gr[j];
-        v[i] = b2 * v[i] + (1.f - b2) * gr[j] * gr[j];
-        w[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-      }
+      for (size_t j = 0; j < width; ++j) adam(w[o + j], m[o + j], v[o + j], g.grad[r * width + j], 0.f);
     }, 64);
   }
 }

@@ -37,6 +37,7 @@ class AdamW {
   std::vector<SparseParam> sparse_;
   std::vector<Tensor> m_, v_;      // dense, then sparse parameters
   std::vector<uint8_t> frozen_;    // same order
+  const std::string& name_of(size_t i) const;  // of the i-th in that order
   int64_t t_ = 0;
 };
 
