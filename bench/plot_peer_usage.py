@@ -12,7 +12,7 @@ import json
 import math
 import os
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+from plot_runs import COLORS, legend_line, svg_start, svg_write
 
 
 def main():
@@ -34,9 +34,7 @@ def main():
     xmin = min(p[0][0] for _, _, p, _ in curves)
     X = lambda f: ml + (W - ml - mr) * (math.log10(f) - math.log10(xmin)) / -math.log10(xmin)
     Y = lambda s: mt + (H - mt - mb) * (1 - s)
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="14">{a.title}</text>']
+    svg = svg_start(W, H, a.title)
     for i in range(6):
         s = i / 5
         svg.append(f'<line x1="{ml}" x2="{W - mr}" y1="{Y(s):.1f}" y2="{Y(s):.1f}" stroke="#ddd"/>')
@@ -55,17 +53,10 @@ def main():
         c = COLORS[i % len(COLORS)]
         svg.append(f'<polyline points="{" ".join(f"{X(f):.1f},{Y(s):.1f}" for f, s in pts)}" fill="none" stroke="{c}" stroke-width="2.5"/>')
         ly = mt + 20 + 36 * i
-        svg.append(f'<line x1="{W - mr + 12}" x2="{W - mr + 34}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="2.5"/>')
-        svg.append(f'<text x="{W - mr + 40}" y="{ly + 4}">{label}</text>')
+        svg += legend_line(W - mr + 12, ly, c, label)
         svg.append(f'<text x="{W - mr + 40}" y="{ly + 18}" fill="#555">usage {100 * layer["usage"]:.1f}%, unevenness {layer["unevenness"]:.2f}</text>')
-    ly = mt + 20 + 36 * len(curves)
-    svg.append(f'<line x1="{W - mr + 12}" x2="{W - mr + 34}" y1="{ly}" y2="{ly}" stroke="#999" stroke-dasharray="4 3"/>')
-    svg.append(f'<text x="{W - mr + 40}" y="{ly + 4}">uniform use</text>')
-    svg.append("</svg>")
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write("\n".join(svg) + "\n")
-    print(a.out)
+    svg += legend_line(W - mr + 12, mt + 20 + 36 * len(curves), "#999", "uniform use", dash="4 3")
+    svg_write(svg, a.out)
 
 
 if __name__ == "__main__":

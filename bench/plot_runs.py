@@ -26,6 +26,28 @@ def load(run):
     return steps, ce, val, tokens
 
 
+def svg_start(W, H, title):
+    """The opening of a white W×H SVG figure with a centred title."""
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+            f'<rect width="{W}" height="{H}" fill="white"/>',
+            f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="14">{title}</text>']
+
+
+def legend_line(x, y, color, label, dash=""):
+    """A legend entry: a short line in the curve's style, then its label."""
+    style = f' stroke-dasharray="{dash}"' if dash else ' stroke-width="2.5"'
+    return [f'<line x1="{x}" x2="{x + 22}" y1="{y}" y2="{y}" stroke="{color}"{style}/>',
+            f'<text x="{x + 28}" y="{y + 4}">{label}</text>']
+
+
+def svg_write(svg, out):
+    """Closes the figure and writes it to out (creating its folder), printing the path."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        f.write("\n".join(svg + ["</svg>"]) + "\n")
+    print(out)
+
+
 def smooth(v, k=20):
     out, acc = [], []
     for x in v:
@@ -51,9 +73,7 @@ def main():
     ymax = a.ymax or max(vals) + 0.05
     X = lambda x: ml + (W - ml - mr) * x / xmax
     Y = lambda y: mt + (H - mt - mb) * (1 - (min(y, ymax) - ymin) / (ymax - ymin))
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="14">{a.title}</text>']
+    svg = svg_start(W, H, a.title)
     for i in range(6):  # grid
         y = ymin + (ymax - ymin) * i / 5
         svg.append(f'<line x1="{ml}" x2="{W - mr}" y1="{Y(y):.1f}" y2="{Y(y):.1f}" stroke="#ddd"/>')
@@ -72,15 +92,9 @@ def main():
             svg.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2.5"/>')
             for s, v in val:
                 svg.append(f'<circle cx="{X(s * tok):.1f}" cy="{Y(v):.1f}" r="3" fill="{c}"/>')
-        ly = mt + 20 + 22 * i
-        svg.append(f'<line x1="{W - mr + 12}" x2="{W - mr + 34}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="2.5"/>')
         last = f" {val[-1][1]:.3f}" if val else ""
-        svg.append(f'<text x="{W - mr + 40}" y="{ly + 4}">{name}{last}</text>')
-    svg.append("</svg>")
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write("\n".join(svg) + "\n")
-    print(a.out)
+        svg += legend_line(W - mr + 12, mt + 20 + 22 * i, c, f"{name}{last}")
+    svg_write(svg, a.out)
 
 
 if __name__ == "__main__":
