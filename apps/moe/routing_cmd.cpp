@@ -117,8 +117,7 @@ void add_routing(CLI::App& app) {
 }
 
 // PEER layers: the share of experts retrieved on held-out text and the unevenness of their use.
-void inspect_peer(const std::string& ckpt, const std::string& corpus_opt, int windows, bool json) {
-  const RunConfig c = read_checkpoint_config(ckpt);
+void inspect_peer(const std::string& ckpt, const RunConfig& c, const std::string& corpus_opt, int windows, bool json) {
   TransformerLM model(c.model, ParamInit::for_loading);
   load_checkpoint(ckpt, model, nullptr);
   TokenShard val(checkpoint_val_shard(ckpt, c, corpus_opt.empty() ? c.train.corpus : corpus_opt));
@@ -150,8 +149,8 @@ void inspect_peer(const std::string& ckpt, const std::string& corpus_opt, int wi
 
 void inspect_routing(const std::string& ckpt, const std::string& corpus, int windows, bool train_routing,
                      const std::string& svg_path, bool json) {
-  if (read_checkpoint_config(ckpt).model.ffn == "peer") {
-    inspect_peer(ckpt, corpus, windows, json);
+  if (const RunConfig c = read_checkpoint_config(ckpt); c.model.ffn == "peer") {
+    inspect_peer(ckpt, c, corpus, windows, json);
     return;
   }
   const Measured m = measure(ckpt, corpus, windows, train_routing);

@@ -8,9 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
 

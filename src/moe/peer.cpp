@@ -207,12 +207,22 @@ void add_rows(const RowGroups& g, int width, SparseRows& into, const std::functi
 }
 }  // namespace
 
-void PeerLayer::prefetch_expert(int32_t e) const {
-  const size_t d = static_cast<size_t>(cfg.d_model), o = static_cast<size_t>(e) * d;
-  for (size_t j = 0; j < d; j += 16) {
-    __builtin_prefetch(u.data() + o + j);
-    __builtin_prefetch(v.data() + o + j);
-  }
+template <class F>
+void PeerLayer::over_pairs(int T, float* out, F&& f) const {
+  const size_t d = static_cast<size_t>(cfg.d_model), HK = static_cast<size_t>(cfg.heads) * cfg.top_k;
+  auto row = [&](const Tensor& table, size_t p) { return table.data() + static_cast<size_t>(idx_[p]) * d; };
+  parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    float* ot = out + t * d;
+    std::fill(ot, ot + d, 0.f);
+    for (size_t p = t * HK; p < (t + 1) * HK; ++p) {
+      if (p + 2 < (t + 1) * HK)  // the gathers are latency-bound at large N: ask for the rows early
+        for (size_t j = 0; j < d; j += 16) {
+          __builtin_prefetch(row(u, p + 2) + j);
+          __builtin_prefetch(row(v, p + 2) + j);
+        }
+      f(t, p, row(u, p), row(v, p), ot);
+    }
+  }, 8);
 }
 
 void PeerLayer::forward(const float* x, int T, float* y, bool training) {
@@ -302,20 +312,11 @@ void PeerLayer::forward(const float* x, int T, float* y, bool training) {
   // Experts: y_t = Σ_{h,i} g·act(u_eᵀx_t)·v_e.
   t0 = clock_type::now();
   const bool gelu = cfg.activation == "gelu";
-  parallel_for(static_cast<size_t>(T), [&](size_t t) {
-    const float* xt = x + t * d;
-    float* yt = y + t * d;
-    std::fill(yt, yt + d, 0.f);
-    const size_t p1 = (t + 1) * H * K;
-    for (size_t p = t * H * K; p < p1; ++p) {
-      if (p + 2 < p1) prefetch_expert(idx_[p + 2]);
-      const float* ue = u.data() + static_cast<size_t>(idx_[p]) * d;
-      const float* ve = v.data() + static_cast<size_t>(idx_[p]) * d;
-      const float z = dot(ue, xt, d);
-      pre_[p] = z;
-      axpy(gate_[p] * act_fwd(gelu, z), ve, yt, d);
-    }
-  }, 8);
+  over_pairs(T, y, [&](size_t t, size_t p, const float* ue, const float* ve, float* yt) {
+    const float z = dot(ue, x + t * d, d);
+    pre_[p] = z;
+    axpy(gate_[p] * act_fwd(gelu, z), ve, yt, d);
+  });
   timings_.experts = ms_since(t0);
 }
 
@@ -328,21 +329,12 @@ void PeerLayer::backward(const float* dy, float* dx) {
   auto t0 = clock_type::now();
   // Per pair p = (t, h, i): v_eᵀdy_t, then the gate and pre-activation gradients; dx from u.
   std::vector<float> dgate(P), dz(P);
-  parallel_for(static_cast<size_t>(T), [&](size_t t) {
-    const float* dyt = dy + t * d;
-    float* dxt = dx + t * d;
-    std::fill(dxt, dxt + d, 0.f);
-    const size_t p1 = (t + 1) * H * K;
-    for (size_t p = t * H * K; p < p1; ++p) {
-      if (p + 2 < p1) prefetch_expert(idx_[p + 2]);
-      const float* ve = v.data() + static_cast<size_t>(idx_[p]) * d;
-      const float* ue = u.data() + static_cast<size_t>(idx_[p]) * d;
-      const float vdy = dot(ve, dyt, d);
-      dgate[p] = act_fwd(gelu, pre_[p]) * vdy;
-      dz[p] = gate_[p] * vdy * act_grad(gelu, pre_[p]);
-      axpy(dz[p], ue, dxt, d);
-    }
-  }, 8);
+  over_pairs(T, dx, [&](size_t t, size_t p, const float* ue, const float* ve, float* dxt) {
+    const float vdy = dot(ve, dy + t * d, d);
+    dgate[p] = act_fwd(gelu, pre_[p]) * vdy;
+    dz[p] = gate_[p] * vdy * act_grad(gelu, pre_[p]);
+    axpy(dz[p], ue, dxt, d);
+  });
   timings_.experts_bwd = ms_since(t0);
   t0 = clock_type::now();
   // u and v rows: du_e = Σ dz·x_t, dv_e = Σ g·act(z)·dy_t over the pairs that chose e.

@@ -99,8 +99,10 @@ class PeerLayer {
   std::vector<float> score_, gate_;   // (T, h, k)
   std::vector<float> pre_;            // (T, h, k) u_eᵀx
   PeerTimings timings_;
-  // Asks for the cache lines of expert e's u and v rows (the gathers are latency-bound at large N).
-  void prefetch_expert(int32_t e) const;
+  // For each token t (in parallel): zeroes row t of out (T, d), then calls f(t, p, u_e, v_e, out_t)
+  // for its h·k pairs p in order, e the pair's expert, prefetching the rows two pairs ahead.
+  template <class F>
+  void over_pairs(int T, float* out, F&& f) const;
 };
 
 }  // namespace moe

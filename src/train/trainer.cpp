@@ -11,6 +11,7 @@
 #include <iomanip>
 #include <map>
 #include <numeric>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -189,14 +190,14 @@ RunConfig read_checkpoint_config(const std::string& dir) {
 // Reads the tensors of a safetensors file straight into `into` (name → tensor), each checked by
 // shape; every name of `into` must be in the file. Returns the file's metadata.
 static std::map<std::string, std::string> load_into(const std::string& file, const std::map<std::string, Tensor*>& into) {
-  std::map<std::string, bool> seen;
+  std::set<std::string> seen;
   auto meta = load_safetensors_into(file, [&](const std::string& name, const std::vector<int64_t>& shape) -> Tensor* {
     auto it = into.find(name);
     if (it == into.end()) return nullptr;
     if (shape != it->second->shape())
       fail(file + ": tensor '" + name + "': shape " + shape_to_string(shape) + " where " +
            shape_to_string(it->second->shape()) + " is expected");
-    seen[name] = true;
+    seen.insert(name);
     return it->second;
   });
   for (const auto& [name, t] : into)
