@@ -81,18 +81,19 @@ TEST(Tokenizer, RoundTripsTextAndBytes) {
 void train_straight_and_resumed(RunConfig c, const std::string& dir, int steps, int stop) {
   c.train.steps = steps;
   c.train.out = dir + "/straight";
-  train_model(c, false);
+  train_model(c);
   c.train.out = dir + "/resumed";
   c.train.stop_after = stop;
-  train_model(c, false);
+  train_model(c);
   c.train.stop_after = 0;
-  train_model(c, true);
+  train_model(c, {.resume = true});
 }
 
 // Every tensor of the named checkpoint files is byte-identical in dir/straight and dir/resumed.
 void expect_same_checkpoints(const std::string& dir, const std::vector<std::string>& files) {
   for (const std::string& f : files) {
-    TensorFile a = load_safetensors(dir + "/straight/" + f), b = load_safetensors(dir + "/resumed/" + f);
+    TensorFile a = load_safetensors(latest_checkpoint(dir + "/straight").dir + "/" + f),
+               b = load_safetensors(latest_checkpoint(dir + "/resumed").dir + "/" + f);
     ASSERT_EQ(a.tensors.size(), b.tensors.size()) << f;
     for (auto& [name, t] : a.tensors)
       ASSERT_EQ(std::memcmp(t.data(), b.tensors.at(name).data(), t.numel() * 4), 0) << f << " " << name;
@@ -171,7 +172,7 @@ TEST_P(EveryRouter, TrainsWithoutNaNAndLogsRouterMetrics) {
   c = load_run_config("", sets, &base);
   c.train.steps = 30;
   c.train.out = dir + "/run";
-  const TrainSummary s = train_model(c, false);
+  const TrainSummary s = train_model(c);
   EXPECT_TRUE(std::isfinite(s.val_loss));
   std::ifstream in(dir + "/run/metrics.jsonl");
   std::string line;
@@ -203,7 +204,7 @@ TEST(Train, ReinforceResumesBitForBitWithItsBaseline) {
   const std::string dir = tmpdir("resume-rl");
   RunConfig base = tiny_run(dir);
   train_straight_and_resumed(load_run_config("", {"model.router=reinforce"}, &base), dir, 12, 6);
-  TensorFile a = load_safetensors(dir + "/straight/model.safetensors");
+  TensorFile a = load_safetensors(latest_checkpoint(dir + "/straight").dir + "/model.safetensors");
   ASSERT_TRUE(a.tensors.count("model.layers.0.mlp.router.baseline"));
   EXPECT_EQ(a.tensors.at("model.layers.0.mlp.router.baseline")[1], 1.f);
   expect_same_checkpoints(dir, {"model.safetensors"});
@@ -223,7 +224,7 @@ TEST(Train, PeerTrainsAndResumesBitForBit) {
   EXPECT_EQ(c.model.sparse_layers, std::vector<int>{1});
   train_straight_and_resumed(c, dir, 12, 6);
   expect_same_checkpoints(dir, {"model.safetensors", "optimizer.safetensors"});
-  TensorFile w = load_safetensors(dir + "/straight/model.safetensors");
+  TensorFile w = load_safetensors(latest_checkpoint(dir + "/straight").dir + "/model.safetensors");
   EXPECT_EQ(w.tensors.at("model.layers.1.mlp.experts.u").shape(), (std::vector<int64_t>{256, 32}));
   EXPECT_TRUE(w.tensors.count("model.layers.1.mlp.query_bn.running_var"));
   std::ifstream in(dir + "/straight/metrics.jsonl");
@@ -263,7 +264,7 @@ TEST(Cli, CorruptCheckpointAndUnknownKeyExitNonZeroWithOneLine) {
   RunConfig c = tiny_run(dir);
   c.train.steps = 2;
   c.train.out = dir + "/run";
-  train_model(c, false);
+  train_model(c);
   std::string err;
   ASSERT_EQ(run_cli("inspect --ckpt " + c.train.out, &err), 0) << err;
   // Routing report: text, the SVG chart, and compare's markdown row.
@@ -279,7 +280,7 @@ TEST(Cli, CorruptCheckpointAndUnknownKeyExitNonZeroWithOneLine) {
   EXPECT_NE(run_cli("inspect --routing", &err), 0);
   EXPECT_NE(err.find("--ckpt"), std::string::npos) << err;
   // Truncate the weights.
-  const std::string w = c.train.out + "/model.safetensors";
+  const std::string w = latest_checkpoint(c.train.out).dir + "/model.safetensors";
   const auto size = fs::file_size(w);
   fs::resize_file(w, size / 2);
   EXPECT_NE(run_cli("inspect --ckpt " + c.train.out, &err), 0);
@@ -325,7 +326,7 @@ TEST(Cli, BenchPeerAndInspectPeerRouting) {
                                      "model.peer.d_key=8"}, &base);
   c.train.steps = 3;
   c.train.out = dir + "/run";
-  train_model(c, false);
+  train_model(c);
   const nlohmann::json r = cli_json("inspect --routing --ckpt " + dir + "/run --windows 4 --json");
   ASSERT_EQ(r["layers"].size(), 1u);
   EXPECT_EQ(r["layers"][0]["layer"].get<int>(), 1);  // the middle block of 2

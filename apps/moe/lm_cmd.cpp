@@ -25,7 +25,13 @@ struct Common {
   std::string ckpt;
   std::string corpus;
   int threads = 0;
+  bool allow_nonfinite = false;
 };
+
+// The --allow-nonfinite flag of the commands that load a checkpoint.
+void add_allow_nonfinite(CLI::App* cmd, bool& flag) {
+  cmd->add_flag("--allow-nonfinite", flag, "Load a checkpoint even if it holds NaN or infinite weights (forensics)");
+}
 
 void apply_threads(int n) {
   if (n > 0) set_num_threads(n);
@@ -62,7 +68,7 @@ void print_inspect(TransformerLM& m) {
 void add_lm(CLI::App& app) {
   static Common o;
   static int vocab = 4096;
-  static bool force = false, resume = false;
+  static bool force = false, resume = false, overwrite = false;
 
   auto* data = app.add_subcommand("data", "Prepare a corpus: text, held-out split, BPE tokenizer, token shards");
   static std::string data_corpus = "kjv", data_dir = "data";
@@ -78,18 +84,23 @@ void add_lm(CLI::App& app) {
   auto* train = app.add_subcommand("train", "Train a model (no arguments: the default MoE model on the KJV Bible)");
   train->add_option("--config", o.config, "TOML config (see configs/)")->check(CLI::ExistingFile);
   train->add_option("--set", o.sets, "Override: section.key=value (repeatable), e.g. --set train.steps=100");
-  train->add_flag("--resume", resume, "Continue the run in train.out from its checkpoint (its config, plus --set)");
+  train->add_flag("--resume", resume, "Continue the run in train.out from its newest complete checkpoint (its config, plus --set)");
+  train->add_flag("--overwrite", overwrite, "Replace the run train.out already holds (its checkpoints and metrics)");
   train->add_option("--threads", o.threads, "Threads (default: all cores)")->check(CLI::PositiveNumber);
   train->callback([] {
     apply_threads(o.threads);
-    // --resume without --config continues the checkpoint's own config, with the --set overrides on top
-    // (e.g. --set train.steps=1200 to train further).
+    // --resume without --config continues the run's own config.json, with the --set overrides on top
+    // (e.g. --set train.steps=1200 to train further); a run folder without one is an error.
+    if (resume && overwrite) fail("--resume and --overwrite contradict each other; give one");
     RunConfig c = load_run_config(o.config, o.sets);
-    if (resume && o.config.empty() && std::filesystem::exists(c.train.out + "/config.json")) {
+    if (resume && o.config.empty()) {
+      if (!std::filesystem::exists(c.train.out + "/config.json"))
+        fail("--resume: " + c.train.out + " has no config.json, so it holds no run to continue; train without --resume, "
+             "or point train.out at a run folder (--set train.out=DIR)");
       const RunConfig saved = read_checkpoint_config(c.train.out);
       c = load_run_config("", o.sets, &saved);
     }
-    TrainSummary s = train_model(c, resume);
+    TrainSummary s = train_model(c, {.resume = resume, .overwrite = overwrite});
     std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));
     std::printf("throughput %.0f tokens/s (median step)  MFU %.1f%% of the measured GEMM peak  %.0f s in all\n",
                 s.tokens_per_s, 100.0 * s.mfu, s.run_seconds);
@@ -98,6 +109,7 @@ void add_lm(CLI::App& app) {
     tok.load(c.train.out + "/tokenizer.model");
     TransformerLM model(c.model, ParamInit::for_loading);
     load_checkpoint(c.train.out, model, nullptr);
+    std::printf("checkpoint: %s\n", latest_checkpoint(c.train.out).dir.c_str());
     const std::string prompt = c.train.corpus == "c-headers" ? "#include <stdio.h>\n" : "And God said";
     SampleOptions so;
     so.max_tokens = 48;
@@ -114,11 +126,12 @@ void add_lm(CLI::App& app) {
   eval->add_option("--corpus", o.corpus, "Corpus to evaluate on (default: the one it trained on)");
   eval->add_option("--windows", eval_windows, "Validation windows")->check(CLI::PositiveNumber);
   eval->add_option("--threads", o.threads, "Threads")->check(CLI::PositiveNumber);
+  add_allow_nonfinite(eval, o.allow_nonfinite);
   eval->callback([] {
     apply_threads(o.threads);
     RunConfig c = read_checkpoint_config(o.ckpt);
     TransformerLM model(c.model, ParamInit::for_loading);
-    load_checkpoint(o.ckpt, model, nullptr);
+    load_checkpoint(o.ckpt, model, nullptr, o.allow_nonfinite);
     const std::string corpus = o.corpus.empty() ? c.train.corpus : o.corpus;
     TokenShard val(checkpoint_val_shard(o.ckpt, c, corpus));
     const double loss = evaluate(model, val, c.model.max_position_embeddings, eval_windows, c.train.batch_size);
@@ -137,10 +150,11 @@ void add_lm(CLI::App& app) {
   gen->add_option("--top-p", so.top_p, "Nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
   gen->add_option("--seed", so.seed, "Sampling seed");
   gen->add_flag("--show-experts", show_experts, "Print the experts each generated token went to, per MoE layer");
+  add_allow_nonfinite(gen, o.allow_nonfinite);
   gen->callback([] {
     RunConfig c = read_checkpoint_config(o.ckpt);
     TransformerLM model(c.model, ParamInit::for_loading);
-    load_checkpoint(o.ckpt, model, nullptr);
+    load_checkpoint(o.ckpt, model, nullptr, o.allow_nonfinite);
     Tokenizer tok;
     tok.load(o.ckpt + "/tokenizer.model");
     std::printf("%s", prompt.c_str());
@@ -153,7 +167,10 @@ void add_lm(CLI::App& app) {
         std::string line = "'" + tok.piece(id) + "':";
         for (size_t l = 0; l < experts.size(); ++l) {
           line += " L" + std::to_string(l) + "[";
-          for (size_t i = 0; i < experts[l].size(); ++i) line += (i ? "," : "") + std::to_string(experts[l][i]);
+          for (size_t i = 0; i < experts[l].size(); ++i) {
+            if (i) line += ",";
+            line += std::to_string(experts[l][i]);
+          }
           line += "]";
         }
         routes.push_back(line);
@@ -178,16 +195,17 @@ void add_lm(CLI::App& app) {
   inspect->add_option("--svg", svg, "With --routing: chart path (default: CKPT/routing.svg)");
   inspect->add_flag("--json", json, "With --routing: print JSON");
   inspect->add_option("--threads", o.threads, "Threads")->check(CLI::PositiveNumber);
+  add_allow_nonfinite(inspect, o.allow_nonfinite);
   inspect->callback([] {
     apply_threads(o.threads);
     if (routing) {
       if (o.ckpt.empty()) fail("inspect --routing needs --ckpt DIR (a trained checkpoint folder)");
-      inspect_routing(o.ckpt, o.corpus, routing_windows, train_routing, svg, json);
+      inspect_routing(o.ckpt, o.corpus, routing_windows, train_routing, svg, json, o.allow_nonfinite);
       return;
     }
     RunConfig c = o.ckpt.empty() ? load_run_config(o.config, o.sets) : read_checkpoint_config(o.ckpt);
     TransformerLM model(c.model, ParamInit::for_loading);  // counts only: the tables need no draw
-    if (!o.ckpt.empty()) load_checkpoint(o.ckpt, model, nullptr);
+    if (!o.ckpt.empty()) load_checkpoint(o.ckpt, model, nullptr, o.allow_nonfinite);
     print_inspect(model);
   });
 }

@@ -1,6 +1,7 @@
 // main.cpp — `moe`: build, train, measure and run Mixture-of-Experts language models.
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "apps/moe/commands.h"
 #include "core/error.h"
@@ -11,15 +12,23 @@ int main(int argc, char** argv) {
   moe::cli::add_lm(app);
   moe::cli::add_bench(app);
   moe::cli::add_routing(app);
+  // Exit codes: 0 done, 1 an error of the input or the run (one line naming the field and the fix),
+  // 2 a usage error of the command line.
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::fprintf(stderr, "moe: usage error: %s; see moe --help or moe COMMAND --help\n", e.what());
+    return 2;
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "moe: error: out of memory; lower the model's sizes (model.hidden_size, model.num_local_experts, "
+                         "model.peer.n_keys, ...) or train.batch_size\n");
+    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe: error: %s\n", e.what());
+    std::fprintf(stderr, "moe: error: unexpected failure (%s); please report it with the command that caused it\n", e.what());
     return 1;
   }
   return 0;

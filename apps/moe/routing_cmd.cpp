@@ -22,12 +22,13 @@ struct Measured {
   nlohmann::json layers = nlohmann::json::array();  // RoutingStats::to_json() + "layer"
 };
 
-Measured measure(const std::string& ckpt, const std::string& corpus_opt, int windows, bool train_routing) {
+Measured measure(const std::string& ckpt, const std::string& corpus_opt, int windows, bool train_routing,
+                 bool allow_nonfinite = false) {
   Measured m;
   m.cfg = read_checkpoint_config(ckpt);
   MOE_CHECK(m.cfg.model.ffn == "moe", ckpt + " is a dense model (ffn = \"" + m.cfg.model.ffn + "\"): it has no routing to inspect");
   TransformerLM model(m.cfg.model, ParamInit::for_loading);
-  load_checkpoint(ckpt, model, nullptr);
+  load_checkpoint(ckpt, model, nullptr, allow_nonfinite);
   const std::string corpus = corpus_opt.empty() ? m.cfg.train.corpus : corpus_opt;
   TokenShard val(checkpoint_val_shard(ckpt, m.cfg, corpus));
   std::vector<int> layers;
@@ -117,9 +118,10 @@ void add_routing(CLI::App& app) {
 }
 
 // PEER layers: the share of experts retrieved on held-out text and the unevenness of their use.
-void inspect_peer(const std::string& ckpt, const RunConfig& c, const std::string& corpus_opt, int windows, bool json) {
+void inspect_peer(const std::string& ckpt, const RunConfig& c, const std::string& corpus_opt, int windows, bool json,
+                  bool allow_nonfinite) {
   TransformerLM model(c.model, ParamInit::for_loading);
-  load_checkpoint(ckpt, model, nullptr);
+  load_checkpoint(ckpt, model, nullptr, allow_nonfinite);
   TokenShard val(checkpoint_val_shard(ckpt, c, corpus_opt.empty() ? c.train.corpus : corpus_opt));
   std::vector<int> layers;
   std::vector<PeerStats> stats;
@@ -148,12 +150,12 @@ void inspect_peer(const std::string& ckpt, const RunConfig& c, const std::string
 }
 
 void inspect_routing(const std::string& ckpt, const std::string& corpus, int windows, bool train_routing,
-                     const std::string& svg_path, bool json) {
+                     const std::string& svg_path, bool json, bool allow_nonfinite) {
   if (const RunConfig c = read_checkpoint_config(ckpt); c.model.ffn == "peer") {
-    inspect_peer(ckpt, c, corpus, windows, json);
+    inspect_peer(ckpt, c, corpus, windows, json, allow_nonfinite);
     return;
   }
-  const Measured m = measure(ckpt, corpus, windows, train_routing);
+  const Measured m = measure(ckpt, corpus, windows, train_routing, allow_nonfinite);
   const std::string svg = svg_path.empty() ? ckpt + "/routing.svg" : svg_path;
   const std::string title = ckpt + ": expert load on " + (corpus.empty() ? m.cfg.train.corpus : corpus) + " (" +
                             m.cfg.model.moe.router + ", " + (train_routing ? "training" : "eval") + " routing)";

@@ -16,51 +16,6 @@ namespace moe {
 
 using json = nlohmann::json;
 
-AtomicFile::AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())) {
-  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd_ < 0) fail("cannot write " + tmp_ + ": " + std::strerror(errno) + "; check the folder exists and is writable");
-}
-
-AtomicFile::~AtomicFile() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-    ::unlink(tmp_.c_str());
-  }
-}
-
-void AtomicFile::write(const void* data, size_t bytes) {
-  const char* p = static_cast<const char*>(data);
-  size_t done = 0;
-  while (done < bytes) {
-    const ssize_t w = ::write(fd_, p + done, bytes - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      fail("cannot write " + tmp_ + ": " + std::strerror(errno) + "; check free disk space");
-    }
-    done += static_cast<size_t>(w);
-  }
-}
-
-void AtomicFile::commit() {
-  const int fd = fd_;
-  fd_ = -1;
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp_.c_str());
-    fail("cannot flush " + tmp_ + ": " + std::strerror(errno));
-  }
-  if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
-    std::string err = std::strerror(errno);
-    ::unlink(tmp_.c_str());
-    fail("cannot rename " + tmp_ + " to " + path_ + ": " + err);
-  }
-}
-
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  AtomicFile f(path);
-  f.write(bytes.data(), bytes.size());
-  f.commit();
-}
-
 void save_safetensors(const std::string& path, const std::map<std::string, const Tensor*>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   json header = json::object();
@@ -148,72 +103,82 @@ struct MappedFile {
 };
 }  // namespace
 
-std::map<std::string, std::string> load_safetensors_into(
-    const std::string& path, const std::function<Tensor*(const std::string&, const std::vector<int64_t>&)>& dest) {
-  const MappedFile file(path);
-  const char* buf = file.data;
-  const std::string where = "safetensors file " + path;
-  if (file.size < 8) fail(where + " is truncated (" + std::to_string(file.size) + " bytes, no header length)");
+std::map<std::string, std::string> parse_safetensors(const char* buf, size_t size, const std::string& where,
+                                                     const TensorDest& dest, const ReadDone& done) {
+  if (size < 8) fail(where + " is truncated (" + std::to_string(size) + " bytes, no header length)");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(buf[i])) << (8 * i);
-  if (n > file.size - 8) fail(where + " is truncated: header of " + std::to_string(n) + " bytes, file of " + std::to_string(file.size));
-  json header;
-  try {
-    header = json::parse(std::string(buf + 8, n));
-  } catch (const std::exception& e) {
-    fail(where + " has a corrupt JSON header: " + e.what());
-  }
-  if (!header.is_object()) fail(where + " has a header that is not a JSON object");
-  const size_t data_start = 8 + n, data_size = file.size - data_start;
+  if (n > size - 8) fail(where + " is truncated: header of " + std::to_string(n) + " bytes, file of " + std::to_string(size));
+  json header = json::parse(buf + 8, buf + 8 + n, nullptr, false);
+  if (header.is_discarded()) fail(where + " has a corrupt JSON header (not valid JSON); the file is damaged, write it again");
+  if (!header.is_object()) fail(where + " has a header that is not a JSON object; the file is damaged, write it again");
+  const size_t data_start = 8 + n, data_size = size - data_start;
   std::map<std::string, std::string> metadata;
   for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string entry = where + ": tensor '" + it.key() + "'";
     if (it.key() == "__metadata__") {
+      if (!it->is_object()) fail(where + ": __metadata__ is not a JSON object of strings; the file is damaged");
       for (auto m = it->begin(); m != it->end(); ++m)
         metadata[m.key()] = m->is_string() ? m->get<std::string>() : m->dump();
       continue;
     }
     const json& e = *it;
-    try {
-      std::string dtype = e.at("dtype").get<std::string>();
-      std::vector<int64_t> shape = e.at("shape").get<std::vector<int64_t>>();
-      auto off = e.at("data_offsets").get<std::vector<size_t>>();
-      size_t esize = dtype == "F32" ? 4 : dtype == "F64" ? 8 : (dtype == "F16" || dtype == "BF16") ? 2 : 0;
-      if (esize == 0) fail(where + ": tensor '" + it.key() + "' has dtype " + dtype + "; F32, F64, F16 and BF16 are supported");
-      size_t numel = shape.empty() ? 0 : 1;
-      for (int64_t d : shape) numel *= d >= 0 ? static_cast<size_t>(d) : 0;
-      if (off.size() != 2 || off[1] < off[0] || off[1] > data_size || off[1] - off[0] != numel * esize)
-        fail(where + ": tensor '" + it.key() + "' has data_offsets outside the file or not matching its shape (truncated or corrupt file)");
-      Tensor* dst = dest(it.key(), shape);
-      if (!dst) continue;
-      Tensor& t = *dst;
-      MOE_CHECK(t.numel() == numel, where + ": tensor '" + it.key() + "' read into a tensor of another size");
-      const char* src = buf + data_start + off[0];
-      if (dtype == "F32") {
-        std::memcpy(t.data(), src, 4 * t.numel());
-        file.release(src, 4 * t.numel());
+    if (!e.is_object() || !e.contains("dtype") || !e["dtype"].is_string() || !e.contains("shape") ||
+        !e["shape"].is_array() || !e.contains("data_offsets") || !e["data_offsets"].is_array())
+      fail(entry + " has a malformed header entry (needs dtype, shape and data_offsets); the file is damaged");
+    const std::string dtype = e["dtype"].get<std::string>();
+    const size_t esize = dtype == "F32" ? 4 : dtype == "F64" ? 8 : (dtype == "F16" || dtype == "BF16") ? 2 : 0;
+    if (esize == 0) fail(entry + " has dtype " + dtype + "; F32, F64, F16 and BF16 are supported");
+    std::vector<int64_t> shape;
+    size_t numel = 1;
+    for (const json& d : e["shape"]) {
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > (uint64_t{1} << 40))
+        fail(entry + " has a shape entry " + d.dump() + " that is not a size; the file is damaged");
+      const size_t v = d.get<size_t>();
+      if (v != 0 && numel > (size_t{1} << 48) / v) fail(entry + " has a shape too large for any file; the file is damaged");
+      numel *= v;
+      shape.push_back(static_cast<int64_t>(v));
+    }
+    const json& o = e["data_offsets"];
+    if (o.size() != 2 || !o[0].is_number_unsigned() || !o[1].is_number_unsigned())
+      fail(entry + " has data_offsets that are not two sizes; the file is damaged");
+    const uint64_t b = o[0].get<uint64_t>(), f = o[1].get<uint64_t>();
+    if (f < b || f > data_size || f - b != numel * esize)
+      fail(entry + " has data_offsets outside the file or not matching its shape (truncated or corrupt file)");
+    Tensor* dst = dest(it.key(), shape);
+    if (!dst) continue;
+    Tensor& t = *dst;
+    MOE_CHECK(t.numel() == numel, entry + " read into a tensor of another size");
+    const char* src = buf + data_start + b;
+    if (dtype == "F32") {
+      if (numel) std::memcpy(t.data(), src, 4 * numel);
+      if (done) done(src, 4 * numel);
+      continue;
+    }
+    for (size_t i = 0; i < numel; ++i) {
+      if (dtype == "F64") {
+        double d;
+        std::memcpy(&d, src + 8 * i, 8);
+        t[i] = static_cast<float>(d);
       } else {
-        for (size_t i = 0; i < t.numel(); ++i) {
-          if (dtype == "F64") {
-            double d;
-            std::memcpy(&d, src + 8 * i, 8);
-            t[i] = static_cast<float>(d);
-          } else {
-            uint16_t h;
-            std::memcpy(&h, src + 2 * i, 2);
-            if (dtype == "F16") {
-              t[i] = half_to_float(h);
-            } else {
-              uint32_t bits = static_cast<uint32_t>(h) << 16;
-              std::memcpy(&t[i], &bits, 4);
-            }
-          }
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        if (dtype == "F16") {
+          t[i] = half_to_float(h);
+        } else {
+          uint32_t bits = static_cast<uint32_t>(h) << 16;
+          std::memcpy(&t[i], &bits, 4);
         }
       }
-    } catch (const json::exception& ex) {
-      fail(where + ": tensor '" + it.key() + "' has a malformed header entry: " + ex.what());
     }
   }
   return metadata;
+}
+
+std::map<std::string, std::string> load_safetensors_into(const std::string& path, const TensorDest& dest) {
+  const MappedFile file(path);
+  return parse_safetensors(file.data, file.size, "safetensors file " + path, dest,
+                           [&](const char* p, size_t bytes) { file.release(p, bytes); });
 }
 
 TensorFile load_safetensors(const std::string& path) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/files.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -27,26 +28,13 @@ TensorFile load_safetensors(const std::string& path);
 // Reads each tensor straight from the mapped file into dest(name, shape), which returns the tensor to
 // fill (already of that shape) or nullptr to skip it; returns the metadata. No copy of the file in
 // memory: loading a checkpoint of gigabytes costs no more than the model it fills.
-std::map<std::string, std::string> load_safetensors_into(
-    const std::string& path, const std::function<Tensor*(const std::string&, const std::vector<int64_t>&)>& dest);
-
-// Write `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
-void write_file_atomic(const std::string& path, const std::string& bytes);
-
-// A file written atomically in pieces: write() appends to a temporary file beside `path`; commit()
-// fsyncs and renames it onto path. Destroyed without commit(), it removes the temporary file.
-class AtomicFile {
- public:
-  explicit AtomicFile(std::string path);
-  ~AtomicFile();
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-  void write(const void* data, size_t bytes);
-  void commit();
-
- private:
-  std::string path_, tmp_;
-  int fd_ = -1;
-};
+using TensorDest = std::function<Tensor*(const std::string&, const std::vector<int64_t>&)>;
+std::map<std::string, std::string> load_safetensors_into(const std::string& path, const TensorDest& dest);
+// The same from bytes in memory (`where` names them in errors); what the file loader and the fuzz
+// target call. Any input gives either the tensors or a moe::Error, never a crash or another exception.
+// done(src, bytes), when given, is told of each range of buf copied out (the loader drops its pages).
+using ReadDone = std::function<void(const char*, size_t)>;
+std::map<std::string, std::string> parse_safetensors(const char* buf, size_t size, const std::string& where,
+                                                     const TensorDest& dest, const ReadDone& done = {});
 
 }  // namespace moe

@@ -1,7 +1,10 @@
 #include "model/transformer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -57,6 +60,22 @@ void ModelConfig::validate() const {
   pos("num_hidden_layers", num_hidden_layers);
   pos("intermediate_size", intermediate_size);
   pos("max_position_embeddings", max_position_embeddings);
+  // Upper bounds far above any model this engine trains, so that size arithmetic cannot overflow.
+  auto at_most = [&](const char* f, int64_t v, int64_t cap, const char* why) {
+    if (v > cap) bad(std::string(f) + " = " + std::to_string(v) + " is above " + std::to_string(cap) + why);
+  };
+  at_most("vocab_size", vocab_size, 65536, " (token shards hold uint16 ids)");
+  at_most("hidden_size", hidden_size, 1 << 16, "; choose a smaller width");
+  at_most("num_hidden_layers", num_hidden_layers, 1 << 12, "; choose fewer blocks");
+  at_most("intermediate_size", intermediate_size, 1 << 20, "; choose a smaller width");
+  at_most("max_position_embeddings", max_position_embeddings, 1 << 20, "; choose a shorter context");
+  if (ffn == "moe") {
+    at_most("num_local_experts × granularity", static_cast<int64_t>(moe.experts) * moe.granularity, 1 << 20, "; choose fewer experts");
+    at_most("moe_intermediate_size", moe.d_ff_expert, 1 << 20, "; choose a smaller expert width");
+    at_most("n_shared_experts", moe.n_shared, 1 << 10, "; choose fewer shared experts");
+    at_most("shared_expert_intermediate_size", moe.shared_hidden, 1 << 20, "; choose a smaller width");
+  }
+  if (ffn == "peer") at_most("peer.n_keys", peer.n_keys, 1 << 16, " (n_keys² experts); choose fewer keys");
   if (ffn != "moe" && ffn != "dense" && ffn != "peer") bad("ffn = \"" + ffn + "\" is not known; use moe, dense or peer");
   for (size_t i = 0; i < sparse_layers.size(); ++i) {
     const int l = sparse_layers[i];
@@ -77,6 +96,7 @@ void ModelConfig::validate() const {
 
 TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
   cfg.validate();
+  cfg.check_memory(8.0, 0.0, "hold (weights and gradients)");
   const int d = cfg.hidden_size, V = cfg.vocab_size;
   const float std = cfg.initializer_range;
   embed = Embedding(V, d, cfg.seed, 1, std);
@@ -302,14 +322,60 @@ static int64_t attention_params(const ModelConfig& c) {
   return d * H * hd * 2 + d * KV * hd * 2;
 }
 
-int64_t TransformerLM::num_params() const {
-  int64_t n = num_embedding_params() + cfg.hidden_size;  // + final norm
-  for (const Block& b : blocks) {
-    n += attention_params(cfg) + 2 * cfg.hidden_size;
-    n += b.moe ? b.moe->num_params() : b.peer ? b.peer->num_params() : 3LL * cfg.intermediate_size * cfg.hidden_size;
+namespace {
+// The parameters of a model by part, each with the settings that size it (for memory errors).
+struct ParamPart {
+  const char* settings;
+  int64_t count;
+};
+std::vector<ParamPart> param_parts(const ModelConfig& c) {
+  const int64_t Vd = static_cast<int64_t>(c.vocab_size) * c.hidden_size;
+  std::vector<ParamPart> parts = {
+      {"model.vocab_size × model.hidden_size", (c.tie_word_embeddings ? Vd : 2 * Vd) + c.hidden_size},
+      {"model.hidden_size × model.num_hidden_layers", 0},
+      {"model.num_local_experts × model.moe_intermediate_size", 0},
+      {"model.peer.n_keys", 0},
+      {"model.intermediate_size", 0}};
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    parts[1].count += attention_params(c) + 2 * c.hidden_size;
+    if (c.is_moe_block(l)) parts[2].count += c.moe_layer(l).num_params();
+    else if (c.is_peer_block(l)) parts[3].count += c.peer_layer(l).num_params();
+    else parts[4].count += 3LL * c.intermediate_size * c.hidden_size;
   }
+  return parts;
+}
+
+std::string gib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
+}  // namespace
+
+int64_t ModelConfig::num_params() const {
+  int64_t n = 0;
+  for (const ParamPart& p : param_parts(*this)) n += p.count;
   return n;
 }
+
+void ModelConfig::check_memory(double bytes_per_param, double other_bytes, const std::string& what) const {
+  const double machine = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  std::vector<ParamPart> parts = param_parts(*this);
+  double params = 0.0;
+  for (const ParamPart& p : parts) params += static_cast<double>(p.count);
+  const double need = params * bytes_per_param + other_bytes;
+  if (machine <= 0 || need <= machine) return;
+  const auto big = std::max_element(parts.begin(), parts.end(), [](const ParamPart& a, const ParamPart& b) { return a.count < b.count; });
+  char head[160];
+  std::snprintf(head, sizeof head, "model of %.3g parameters needs about %s to %s but this machine has %s; ", params,
+                gib(need).c_str(), what.c_str(), gib(machine).c_str());
+  if (other_bytes > params * bytes_per_param)
+    fail(std::string(head) + "the activations dominate: lower train.batch_size or model.max_position_embeddings");
+  fail(std::string(head) + "the largest part (" + std::to_string(big->count) + ") is sized by " + big->settings +
+       ": lower " + std::string(big->settings).substr(0, std::string(big->settings).find(' ')));
+}
+
+int64_t TransformerLM::num_params() const { return cfg.num_params(); }
 
 int64_t TransformerLM::num_active_params() const {
   int64_t n = num_embedding_params() + cfg.hidden_size;

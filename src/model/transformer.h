@@ -61,6 +61,10 @@ struct ModelConfig {
   MoeConfig moe_layer(int layer) const;  // moe with d_model, seed and layer_id filled in
   PeerConfig peer_layer(int layer) const;
   void validate() const;                 // throws moe::Error naming the field
+  int64_t num_params() const;            // every parameter of the model it describes
+  // Throws moe::Error, naming the settings that make the model big, when `bytes_per_param` bytes
+  // for each parameter plus `other_bytes` exceed this machine's memory (`what`: "train", "load").
+  void check_memory(double bytes_per_param, double other_bytes, const std::string& what) const;
 
  private:
   bool is_sparse_block(int layer) const;

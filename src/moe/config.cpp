@@ -115,6 +115,20 @@ void MoeConfig::validate() const {
   require(!shared_gate || n_shared > 0, "shared_gate = true needs n_shared > 0");
 }
 
+int64_t MoeConfig::router_params() const {
+  const int64_t d = d_model, E = n_experts();
+  switch (router_kind()) {
+    case RouterKind::hash: return 0;
+    case RouterKind::noisy_topk: return 2 * E * d;  // W_r and W_n
+    default: return E * d;
+  }
+}
+
+int64_t MoeConfig::num_params() const {
+  const int64_t d = d_model, E = n_experts(), h = expert_hidden();
+  return 3 * E * h * d + router_params() + 3 * static_cast<int64_t>(n_shared) * shared_width() * d + (shared_gate ? d : 0);
+}
+
 std::string MoeConfig::to_json() const {
   nlohmann::json j = {
       {"d_model", d_model}, {"d_ff_expert", d_ff_expert}, {"experts", experts}, {"top_k", top_k},

@@ -65,6 +65,8 @@ struct MoeConfig {
   int shared_width() const { return shared_hidden > 0 ? shared_hidden : expert_hidden(); }
   int n_device_groups() const { return device_groups > 0 ? device_groups : n_group; }
   RouterKind router_kind() const { return parse_router(router); }
+  int64_t router_params() const;  // W_r (and W_n for noisy_topk; none for hash)
+  int64_t num_params() const;     // all parameters of the layer (routed, shared, router)
 
   // Throws moe::Error naming the field and the fix, e.g.
   // "moe config: top_k = 9 is larger than experts = 8; choose top_k <= experts".

@@ -48,12 +48,7 @@ std::vector<Param> MoeLayer::params() {
   return out;
 }
 
-int64_t MoeLayer::num_params() const {
-  const int64_t d = cfg.d_model, E = cfg.n_experts(), h = cfg.expert_hidden();
-  int64_t n = 3 * E * h * d + router_params();
-  n += 3 * static_cast<int64_t>(cfg.n_shared) * cfg.shared_width() * d + (cfg.shared_gate ? d : 0);
-  return n;
-}
+int64_t MoeLayer::num_params() const { return cfg.num_params(); }
 
 int64_t MoeLayer::num_active_params() const {
   const int64_t d = cfg.d_model, h = cfg.expert_hidden();
@@ -66,14 +61,7 @@ void MoeLayer::zero_grad() {
   for (Param& p : params()) p.grad->zero();
 }
 
-int64_t MoeLayer::router_params() const {
-  const int64_t d = cfg.d_model, E = cfg.n_experts();
-  switch (cfg.router_kind()) {
-    case RouterKind::hash: return 0;
-    case RouterKind::noisy_topk: return 2 * E * d;  // W_r and W_n
-    default: return E * d;
-  }
-}
+int64_t MoeLayer::router_params() const { return cfg.router_params(); }
 
 void MoeLayer::set_reward(const float* reward) {
   router->set_reward(reward, routing_);

@@ -122,11 +122,12 @@ std::vector<std::pair<std::string, Tensor*>> PeerLayer::buffers() {
   return {{"query_bn.running_mean", &running_mean}, {"query_bn.running_var", &running_var}};
 }
 
-int64_t PeerLayer::num_params() const {
-  const int64_t HD = static_cast<int64_t>(cfg.heads) * cfg.d_key;
-  return HD * cfg.d_model + (cfg.query_bn ? 2 * HD : 0) + static_cast<int64_t>(cfg.n_keys) * cfg.d_key +
-         2 * cfg.n_experts() * cfg.d_model;
+int64_t PeerConfig::num_params() const {
+  const int64_t HD = static_cast<int64_t>(heads) * d_key;
+  return HD * d_model + (query_bn ? 2 * HD : 0) + static_cast<int64_t>(n_keys) * d_key + 2 * n_experts() * d_model;
 }
+
+int64_t PeerLayer::num_params() const { return cfg.num_params(); }
 
 int64_t PeerLayer::num_active_params() const {
   const int64_t HD = static_cast<int64_t>(cfg.heads) * cfg.d_key;

@@ -39,6 +39,7 @@ struct PeerConfig {
   uint64_t layer_id = 0;
 
   int64_t n_experts() const { return static_cast<int64_t>(n_keys) * n_keys; }
+  int64_t num_params() const;  // every parameter, the full tables included
   // Throws moe::Error naming the field and the fix.
   void validate() const;
 };

@@ -12,10 +12,12 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/files.h"
 #include "core/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -38,12 +40,7 @@ static std::string run_command(const std::string& cmd) {
   return out;
 }
 
-static std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+static std::string read_file(const fs::path& p) { return read_file(p.string(), "check it is readable"); }
 
 std::string corpus_text(const std::string& name) {
   if (name.rfind("file:", 0) == 0) {
@@ -125,16 +122,32 @@ void Tokenizer::train(const std::string& text, int vocab_size, const std::string
     out << text;
   }
   std::string prefix = model_path.substr(0, model_path.size() - std::string(".model").size());
-  std::ostringstream args;
-  args << "--input=" << tmp << " --model_prefix=" << prefix << " --vocab_size=" << vocab_size
-       << " --model_type=bpe --byte_fallback=true --character_coverage=1.0 --split_digits=true"
-       << " --normalization_rule_name=identity --remove_extra_whitespaces=false --allow_whitespace_only_pieces=true"
-       << " --input_sentence_size=200000 --shuffle_input_sentence=false --num_threads=2"
-       << " --max_sentence_length=8192 --bos_id=-1 --eos_id=-1 --unk_id=0 --pad_id=-1 --minloglevel=2";
-  auto status = sentencepiece::SentencePieceTrainer::Train(args.str());
+  auto run = [&](bool hard_limit) {
+    std::ostringstream args;
+    args << "--input=" << tmp << " --model_prefix=" << prefix << " --vocab_size=" << vocab_size
+         << " --model_type=bpe --byte_fallback=true --character_coverage=1.0 --split_digits=true"
+         << " --normalization_rule_name=identity --remove_extra_whitespaces=false --allow_whitespace_only_pieces=true"
+         << " --input_sentence_size=200000 --shuffle_input_sentence=false --num_threads=2"
+         << " --max_sentence_length=8192 --bos_id=-1 --eos_id=-1 --unk_id=0 --pad_id=-1 --minloglevel=2"
+         << " --hard_vocab_limit=" << (hard_limit ? "true" : "false");
+    return sentencepiece::SentencePieceTrainer::Train(args.str());
+  };
+  auto status = run(true);
+  int reachable = 0;  // when the text is too small for vocab_size: the vocabulary it does give
+  if (!status.ok() && run(false).ok()) {
+    Tokenizer t;
+    t.load(model_path);
+    reachable = t.vocab_size();
+    fs::remove(model_path);
+  }
   fs::remove(tmp);
   fs::remove(prefix + ".vocab");
-  if (!status.ok()) fail("tokenizer training failed: " + status.ToString());
+  if (reachable > 0)
+    fail("the training text (" + std::to_string(text.size()) + " bytes) gives a BPE vocabulary of at most " +
+         std::to_string(reachable) + " tokens, fewer than --vocab-size " + std::to_string(vocab_size) +
+         "; use --vocab-size " + std::to_string(reachable) + " (or less) or a bigger corpus");
+  if (!status.ok()) fail("tokenizer training on " + std::to_string(text.size()) + " bytes of text failed (sentencepiece says: " +
+                         status.ToString() + "); check the corpus is text");
 }
 
 void Tokenizer::load(const std::string& model_path) {
@@ -203,19 +216,76 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& ids)
   write_file_atomic(path, bytes);
 }
 
+namespace {
+
+// FNV-1a, 64 bits: the content fingerprint of a file corpus.
+std::string fnv1a_hex(const std::string& bytes) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ull;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+// What identifies the source of a corpus: for file:PATH the absolute path, size, modification time
+// and content hash (an edited or another same-named file is prepared again); for the named corpora
+// their name.
+nlohmann::json corpus_source(const std::string& name, std::string* text) {
+  if (name.rfind("file:", 0) != 0) return {{"corpus", name}};
+  const fs::path p = fs::absolute(name.substr(5)).lexically_normal();
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) fail("corpus " + name + ": no such file; give file:PATH of a text file");
+  *text = read_file(p);
+  const auto mtime = fs::last_write_time(p, ec).time_since_epoch().count();
+  return {{"corpus", name}, {"path", p.string()}, {"size", text->size()}, {"mtime", mtime}, {"fnv1a", fnv1a_hex(*text)}};
+}
+
+// The number of distinct characters (UTF-8 code points) of text: sentencepiece with character
+// coverage 1 makes each a piece, beside the 256 byte pieces and <unk>.
+size_t distinct_chars(const std::string& text) {
+  std::set<std::string> chars;
+  for (size_t i = 0; i < text.size();) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+    chars.insert(text.substr(i, n));
+    i += n;
+  }
+  return chars.size();
+}
+
+}  // namespace
+
 std::string prepare_corpus(const std::string& name, const std::string& dir, int vocab_size, bool force) {
-  // A file corpus gets a folder named after the file.
-  const std::string folder = name.rfind("file:", 0) == 0 ? "file-" + fs::path(name.substr(5)).stem().string() : name;
+  std::string text;
+  const nlohmann::json source = corpus_source(name, &text);
+  // A file corpus gets a folder named after the file and its absolute path.
+  const std::string folder = name.rfind("file:", 0) == 0
+                                 ? "file-" + fs::path(name.substr(5)).stem().string() + "-" +
+                                       fnv1a_hex(source["path"].get<std::string>()).substr(0, 8)
+                                 : name;
   const fs::path out = fs::path(dir) / folder;
   const fs::path meta = out / "meta.json";
   if (!force && fs::exists(meta)) {
     auto j = nlohmann::json::parse(read_file(meta), nullptr, false);
-    if (!j.is_discarded() && j.value("vocab_size", 0) == vocab_size) return out.string();
+    if (!j.is_discarded() && j.is_object() && j.value("vocab_size", 0) == vocab_size && j.value("source", nlohmann::json()) == source)
+      return out.string();
+    if (!j.is_discarded() && j.is_object() && j.contains("source") && j["source"] != source)
+      std::printf("data: %s changed since it was prepared; preparing it again\n", name.c_str());
   }
   fs::create_directories(out);
   std::printf("data: reading corpus %s\n", name.c_str());
   std::fflush(stdout);
-  auto [train, val] = split_train_val(corpus_text(name));
+  if (text.empty()) text = corpus_text(name);
+  auto [train, val] = split_train_val(text);
+  const size_t lines = static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
+  if (val.empty() || train.empty())
+    fail("corpus " + name + " has " + std::to_string(lines) + " lines; its held-out split takes every 20th block of 32 "
+         "lines, so it needs at least 640 lines (more for a useful validation set); use a bigger text");
+  const size_t min_vocab = 257 + distinct_chars(train);
+  if (static_cast<size_t>(vocab_size) < min_vocab)
+    fail("corpus " + name + ": --vocab-size " + std::to_string(vocab_size) + " is too small: its " +
+         std::to_string(min_vocab - 257) + " distinct characters, 256 byte pieces and <unk> need at least " +
+         std::to_string(min_vocab) + "; use --vocab-size " + std::to_string(min_vocab) + " or more");
   write_file_atomic((out / "train.txt").string(), train);
   write_file_atomic((out / "val.txt").string(), val);
   std::printf("data: %s: %.1f MB train, %.2f MB validation; training a %d-token BPE tokenizer\n", name.c_str(),
@@ -228,7 +298,7 @@ std::string prepare_corpus(const std::string& name, const std::string& dir, int 
   std::vector<int32_t> tr = tok.encode(train), va = tok.encode(val);
   write_token_shard((out / "train.bin").string(), tr);
   write_token_shard((out / "val.bin").string(), va);
-  nlohmann::json j = {{"corpus", name}, {"vocab_size", vocab_size}, {"train_tokens", tr.size()},
+  nlohmann::json j = {{"corpus", name}, {"source", source}, {"vocab_size", vocab_size}, {"train_tokens", tr.size()},
                       {"val_tokens", va.size()}, {"train_bytes", train.size()}, {"val_bytes", val.size()}};
   write_file_atomic(meta.string(), j.dump(2) + "\n");
   std::printf("data: %s: %zu train tokens, %zu validation tokens (%.2f bytes/token) in %s\n", name.c_str(),

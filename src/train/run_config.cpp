@@ -1,6 +1,11 @@
 #include "train/run_config.h"
 
+#include <cmath>
+#include <fstream>
 #include <functional>
+#include <sstream>
+#include <limits>
+#include <type_traits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
@@ -14,13 +19,19 @@ void TrainConfig::validate() const {
   if (batch_size <= 0) bad("batch_size must be positive");
   if (steps < 0) bad("steps must be >= 0");
   if (grad_accum <= 0) bad("grad_accum must be positive");
-  if (!(lr > 0.f)) bad("lr must be positive");
+  if (!(lr > 0.f) || !std::isfinite(lr)) bad("lr = " + std::to_string(lr) + " must be a finite positive number, e.g. 3e-3");
+  if (!(beta1 >= 0.f && beta1 < 1.f)) bad("beta1 = " + std::to_string(beta1) + " must be in [0, 1), e.g. 0.9");
+  if (!(beta2 >= 0.f && beta2 < 1.f)) bad("beta2 = " + std::to_string(beta2) + " must be in [0, 1), e.g. 0.95");
   if (min_lr_ratio < 0.f || min_lr_ratio > 1.f) bad("min_lr_ratio must be in [0, 1]");
   if (warmup_steps < 0) bad("warmup_steps must be >= 0");
   if (weight_decay < 0.f) bad("weight_decay must be >= 0");
   if (grad_clip < 0.f) bad("grad_clip must be >= 0 (0: no clipping)");
   if (eval_every < 0 || eval_windows <= 0) bad("eval_every must be >= 0 and eval_windows positive");
   if (stop_after < 0 || stop_after > steps) bad("stop_after must be in [0, steps]");
+  if (save_every < 0) bad("save_every must be >= 0 (0: only at the end)");
+  if (keep_checkpoints < 0) bad("keep_checkpoints must be >= 0 (0: keep all)");
+  if (max_bad_steps <= 0) bad("max_bad_steps must be positive (bad steps in a row before training stops)");
+  if (!(spike_factor == 0.f || spike_factor > 1.f)) bad("spike_factor must be 0 (off) or above 1, e.g. 3");
 }
 
 namespace {
@@ -29,16 +40,60 @@ using nlohmann::json;
 
 // One configurable field: how to set it from JSON (TOML values are converted to JSON first) and read it.
 struct Field {
-  std::function<void(RunConfig&, const json&)> set;
+  std::function<void(RunConfig&, const json&, const std::string&)> set;
   std::function<json(const RunConfig&)> get;
 };
 
+// A JSON value as the field's type V: integers only from integers within V's range (no wrap, no
+// truncation of 8.9 to 8), floats from finite numbers within float's range, strings from strings,
+// booleans from booleans. Errors say what the key needs.
+template <class V>
+V checked_value(const json& v, const std::string& key) {
+  if constexpr (std::is_same_v<V, bool>) {
+    if (!v.is_boolean()) fail("key \"" + key + "\" must be true or false, not " + v.dump());
+    return v.get<bool>();
+  } else if constexpr (std::is_integral_v<V>) {
+    std::string range = "[";  // (built step by step: g++ 12 warns falsely on "literal" + string&&)
+    range += std::to_string(std::numeric_limits<V>::min());
+    range += ", ";
+    range += std::to_string(std::numeric_limits<V>::max());
+    range += "]";
+    if (!v.is_number_integer())
+      fail("key \"" + key + "\" must be a whole number in " + range + ", not " + v.dump());
+    if (v.is_number_unsigned()) {
+      const uint64_t u = v.get<uint64_t>();
+      if (u > static_cast<uint64_t>(std::numeric_limits<V>::max()))
+        fail("key \"" + key + "\" = " + v.dump() + " is out of range; it must be in " + range);
+      return static_cast<V>(u);
+    }
+    const int64_t i = v.get<int64_t>();
+    if ((std::is_unsigned_v<V> && i < 0) ||
+        (!std::is_unsigned_v<V> && (i < static_cast<int64_t>(std::numeric_limits<V>::min()) ||
+                                    i > static_cast<int64_t>(std::numeric_limits<V>::max()))))
+      fail("key \"" + key + "\" = " + v.dump() + " is out of range; it must be in " + range);
+    return static_cast<V>(i);
+  } else if constexpr (std::is_floating_point_v<V>) {
+    if (!v.is_number()) fail("key \"" + key + "\" must be a number, not " + v.dump());
+    const double d = v.get<double>();
+    if (!std::isfinite(d) || std::fabs(d) > static_cast<double>(std::numeric_limits<V>::max()))
+      fail("key \"" + key + "\" = " + v.dump() + " is not a finite number a float can hold");
+    return static_cast<V>(d);
+  } else if constexpr (std::is_same_v<V, std::string>) {
+    if (!v.is_string()) fail("key \"" + key + "\" must be a string, not " + v.dump());
+    return v.get<std::string>();
+  } else {  // lists of integers
+    if (!v.is_array()) fail("key \"" + key + "\" must be a list, not " + v.dump());
+    V out;
+    for (const json& e : v) out.push_back(checked_value<typename V::value_type>(e, key));
+    return out;
+  }
+}
+
 template <class Get>
 Field make(Get get) {
-  return Field{[get](RunConfig& c, const json& v) {
+  return Field{[get](RunConfig& c, const json& v, const std::string& key) {
                  auto& slot = get(c);
-                 using V = std::decay_t<decltype(slot)>;
-                 slot = v.get<V>();
+                 slot = checked_value<std::decay_t<decltype(slot)>>(v, key);
                },
                [get](const RunConfig& c) { return json(get(const_cast<RunConfig&>(c))); }};
 }
@@ -112,6 +167,9 @@ const std::map<std::string, Field>& fields() {
       {"train.eval_windows", make([](RunConfig& c) -> int& { return c.train.eval_windows; })},
       {"train.save_every", make([](RunConfig& c) -> int& { return c.train.save_every; })},
       {"train.stop_after", make([](RunConfig& c) -> int& { return c.train.stop_after; })},
+      {"train.keep_checkpoints", make([](RunConfig& c) -> int& { return c.train.keep_checkpoints; })},
+      {"train.max_bad_steps", make([](RunConfig& c) -> int& { return c.train.max_bad_steps; })},
+      {"train.spike_factor", make([](RunConfig& c) -> float& { return c.train.spike_factor; })},
       {"train.seed", make([](RunConfig& c) -> uint64_t& { return c.train.seed; })},
   };
   return f;
@@ -122,9 +180,9 @@ void set_field(RunConfig& c, const std::string& key, const json& v, const std::s
   if (it == fields().end())
     fail(where + ": unknown key \"" + key + "\"; the keys are listed in src/train/run_config.h (e.g. model.hidden_size, train.steps)");
   try {
-    it->second.set(c, v);
-  } catch (const json::exception&) {
-    fail(where + ": key \"" + key + "\" has the wrong type (" + v.dump() + "); see src/train/run_config.h");
+    it->second.set(c, v, key);
+  } catch (const Error& e) {
+    fail(where + ": " + e.what() + "; see src/train/run_config.h");
   }
 }
 
@@ -167,17 +225,32 @@ void apply_table(RunConfig& c, const toml::table& t, const std::string& where) {
   }
 }
 
+void apply_toml(RunConfig& c, std::string_view text, const std::string& where) {
+  try {
+    apply_table(c, toml::parse(text, where), where);
+  } catch (const toml::parse_error& e) {
+    fail(where + ": " + std::string(e.description()) + " at line " + std::to_string(e.source().begin.line));
+  }
+}
+
 }  // namespace
+
+RunConfig parse_run_config_toml(const std::string& text, const std::string& where) {
+  RunConfig c;
+  apply_toml(c, text, where);
+  c.model.validate();
+  c.train.validate();
+  return c;
+}
 
 RunConfig load_run_config(const std::string& toml_path, const std::vector<std::string>& sets, const RunConfig* base) {
   RunConfig c = base ? *base : RunConfig{};
   if (!toml_path.empty()) {
-    try {
-      apply_table(c, toml::parse_file(toml_path), "config " + toml_path);
-    } catch (const toml::parse_error& e) {
-      fail("config " + toml_path + ": " + std::string(e.description()) + " at line " +
-           std::to_string(e.source().begin.line));
-    }
+    std::ifstream in(toml_path, std::ios::binary);
+    if (!in) fail("config " + toml_path + ": cannot read it; check the path");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    apply_toml(c, ss.str(), "config " + toml_path);
   }
   for (const std::string& s : sets) {
     const size_t eq = s.find('=');

@@ -13,7 +13,9 @@
 //            precision, router_init_std, seed
 //   [train]  corpus, data_dir, out, batch_size, steps, grad_accum, lr, min_lr_ratio, warmup_steps,
 //            weight_decay, beta1, beta2, grad_clip, eval_every, eval_windows, save_every, stop_after,
-//            seed
+//            keep_checkpoints, max_bad_steps, spike_factor, seed
+// Integers must be whole numbers within their type's range, floats finite: 8.9 or 4294967552 for an
+// int is an error that names the key, never a silent truncation or wrap.
 #pragma once
 #include <string>
 #include <vector>
@@ -39,6 +41,12 @@ struct TrainConfig {
   int eval_windows = 64;
   int save_every = 0;   // 0: only at the end
   int stop_after = 0;   // stop (with a checkpoint) after this step, keeping the schedule of `steps`; 0: run to the end
+  int keep_checkpoints = 2;   // complete checkpoints kept in the run folder, newest first (0: all)
+  // Bad steps: a non-finite loss or gradient norm, or a loss above spike_factor × the running mean
+  // of the good steps' losses (0: no spike rule). A bad step's update is skipped; after
+  // max_bad_steps in a row training stops with an error, the last good checkpoint kept.
+  int max_bad_steps = 5;
+  float spike_factor = 3.f;
   uint64_t seed = 1;
   void validate() const;
 };
@@ -52,6 +60,8 @@ struct RunConfig {
 // overrides, and validates.
 RunConfig load_run_config(const std::string& toml_path, const std::vector<std::string>& sets,
                           const RunConfig* base = nullptr);
+// The TOML text itself (`where` names it in errors), validated; what the fuzz target calls.
+RunConfig parse_run_config_toml(const std::string& text, const std::string& where);
 std::string run_config_to_json(const RunConfig& c);
 RunConfig run_config_from_json(const std::string& json, const std::string& where);
 

@@ -18,6 +18,7 @@
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "core/files.h"
 #include "core/safetensors.h"
 #include "core/vmath.h"
 #include "nn/cross_entropy.h"
@@ -33,14 +34,6 @@ using clock_type = std::chrono::steady_clock;
 
 double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read " + path + ": no such file (is this a checkpoint folder written by `moe train`?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 float lr_at(const TrainConfig& t, int64_t step) {
@@ -162,68 +155,9 @@ std::string checkpoint_val_shard(const std::string& ckpt, const RunConfig& c, co
   if (!fs::exists(shard)) {
     Tokenizer tok;
     tok.load(ckpt + "/tokenizer.model");
-    write_token_shard(shard, tok.encode(read_text(dir + "/val.txt")));
+    write_token_shard(shard, tok.encode(read_file(dir + "/val.txt", "run `moe data --corpus " + corpus + " --force`")));
   }
   return shard;
-}
-
-void save_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt, const RunConfig& c, int64_t step) {
-  fs::create_directories(dir);
-  std::map<std::string, const Tensor*> w;  // written from the model's own tensors
-  for (Param& p : model.params()) w[p.name] = p.value;
-  for (SparseParam& p : model.sparse_params()) w[p.name] = p.value;
-  for (auto& [name, b] : model.buffers()) w[name] = b;
-  save_safetensors(dir + "/model.safetensors", w, {{"step", std::to_string(step)}, {"format", "moe.cpp"}});
-  if (opt) {
-    std::map<std::string, const Tensor*> o;
-    for (auto& [name, t] : opt->state()) o[name] = t;
-    save_safetensors(dir + "/optimizer.safetensors", o,
-                     {{"step", std::to_string(step)}, {"optimizer_steps", std::to_string(opt->steps())}});
-  }
-  write_file_atomic(dir + "/config.json", run_config_to_json(c) + "\n");
-}
-
-RunConfig read_checkpoint_config(const std::string& dir) {
-  return run_config_from_json(read_text(dir + "/config.json"), dir + "/config.json");
-}
-
-// Reads the tensors of a safetensors file straight into `into` (name → tensor), each checked by
-// shape; every name of `into` must be in the file. Returns the file's metadata.
-static std::map<std::string, std::string> load_into(const std::string& file, const std::map<std::string, Tensor*>& into) {
-  std::set<std::string> seen;
-  auto meta = load_safetensors_into(file, [&](const std::string& name, const std::vector<int64_t>& shape) -> Tensor* {
-    auto it = into.find(name);
-    if (it == into.end()) return nullptr;
-    if (shape != it->second->shape())
-      fail(file + ": tensor '" + name + "': shape " + shape_to_string(shape) + " where " +
-           shape_to_string(it->second->shape()) + " is expected");
-    seen.insert(name);
-    return it->second;
-  });
-  for (const auto& [name, t] : into)
-    if (!seen.count(name)) fail(file + " has no tensor '" + name + "' (a checkpoint of another model?)");
-  return meta;
-}
-
-int64_t load_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt) {
-  const std::string mf = dir + "/model.safetensors";
-  if (!fs::exists(mf)) fail("no checkpoint in " + dir + " (model.safetensors missing); train first or check --ckpt");
-  std::map<std::string, Tensor*> weights;
-  for (Param& p : model.params()) weights[p.name] = p.value;
-  for (SparseParam& p : model.sparse_params()) weights[p.name] = p.value;
-  for (auto& [name, b] : model.buffers()) weights[name] = b;
-  auto wmeta = load_into(mf, weights);
-  const int64_t step = std::stoll(wmeta.count("step") ? wmeta["step"] : "0");
-  if (opt) {
-    const std::string of = dir + "/optimizer.safetensors";
-    std::map<std::string, Tensor*> state;
-    for (auto& [name, t] : opt->state()) state[name] = t;
-    auto ometa = load_into(of, state);
-    if (ometa["step"] != wmeta["step"])
-      fail(of + " is from step " + ometa["step"] + " but the weights from step " + wmeta["step"] + "; the checkpoint is inconsistent");
-    opt->set_steps(std::stoll(ometa["optimizer_steps"]));
-  }
-  return step;
 }
 
 std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
@@ -284,46 +218,94 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
   return {seq.begin() + static_cast<long>(prompt.size()), seq.end()};
 }
 
-TrainSummary train_model(const RunConfig& c, bool resume) {
+namespace {
+
+// Why a step is bad ("" when it is good): a non-finite loss or gradient norm, or a loss above
+// spike_factor × the running mean of the good steps' losses.
+std::string bad_step_reason(double loss, double gnorm, double loss_ema, float spike_factor) {
+  char buf[160];
+  if (!std::isfinite(loss)) return "loss is " + std::to_string(loss);
+  if (!std::isfinite(gnorm)) return "gradient norm is " + std::to_string(gnorm);
+  if (spike_factor > 0.f && loss_ema > 0.0 && loss > spike_factor * loss_ema) {
+    std::snprintf(buf, sizeof buf, "loss %.4g is above train.spike_factor %.3g x its running mean %.4g", loss,
+                  static_cast<double>(spike_factor), loss_ema);
+    return buf;
+  }
+  return "";
+}
+
+// A token shard that holds at least one window of L + 1 tokens (the message says what to change).
+void check_shard_length(const TokenShard& s, int L, const std::string& corpus) {
+  if (s.size() > static_cast<size_t>(L) + 1) return;
+  fail("token shard " + s.path() + " of corpus " + corpus + " has " + std::to_string(s.size()) +
+       " tokens, fewer than one sequence of model.max_position_embeddings + 1 = " + std::to_string(L + 1) +
+       "; use a bigger corpus or set model.max_position_embeddings below " + std::to_string(s.size()));
+}
+
+}  // namespace
+
+TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   const TrainConfig& t = c.train;
+  const int B = t.batch_size, L = c.model.max_position_embeddings, T = B * L;
+  // Parameters, their gradients and two Adam moments, plus the activations of one micro-batch.
+  c.model.check_memory(16.0, 4.0 * T * (24.0 * c.model.hidden_size * c.model.num_hidden_layers + 3.0 * c.model.vocab_size),
+                       "train");
   const std::string data = prepare_corpus(t.corpus, t.data_dir, c.model.vocab_size, false);
   TokenShard train_shard(data + "/train.bin"), val_shard(data + "/val.bin");
+  check_shard_length(train_shard, L, t.corpus);
+  check_shard_length(val_shard, L, t.corpus);
   Tokenizer tok;
   tok.load(data + "/tokenizer.model");
   MOE_CHECK(tok.vocab_size() == c.model.vocab_size, "tokenizer of " + data + " has " + std::to_string(tok.vocab_size()) +
                                                          " tokens but model.vocab_size = " + std::to_string(c.model.vocab_size));
-  TransformerLM model(c.model, resume ? ParamInit::for_loading : ParamInit::random);
+  fs::create_directories(t.out);
+  const FolderLock lock(t.out, "moe train");
+  if (const int n = remove_temp_files(t.out))
+    std::printf("train: removed %d unfinished file(s) of an interrupted writer in %s\n", n, t.out.c_str());
+  if (opts.resume) {
+    if (!fs::exists(t.out + "/config.json"))
+      fail("--resume: " + t.out + " has no config.json, so it holds no run to continue; train without --resume");
+  } else if (const std::string held = describe_run(t.out); !held.empty()) {
+    if (!opts.overwrite)
+      fail(t.out + " already holds a run (" + held + "); pass --resume to continue it, --overwrite to replace it, "
+           "or set another train.out");
+    clear_run(t.out);
+  }
+  TransformerLM model(c.model, opts.resume ? ParamInit::for_loading : ParamInit::random);
   AdamWConfig oc;
   oc.beta1 = t.beta1;
   oc.beta2 = t.beta2;
   oc.weight_decay = t.weight_decay;
   AdamW opt(model.params(), oc, model.sparse_params());
-  int64_t start = 0;
-  fs::create_directories(t.out);
-  if (resume) {
-    start = load_checkpoint(t.out, model, &opt);
-    std::printf("train: resumed %s at step %lld\n", t.out.c_str(), static_cast<long long>(start));
+  TrainState st;
+  if (opts.resume) {
+    st = load_checkpoint(t.out, model, &opt);
+    std::printf("train: resumed %s at step %lld\n", t.out.c_str(), static_cast<long long>(st.step));
   }
+  const int64_t start = st.step;
+  write_run_config(t.out, c);
   fs::copy_file(data + "/tokenizer.model", t.out + "/tokenizer.model", fs::copy_options::overwrite_existing);
-  const int B = t.batch_size, L = c.model.max_position_embeddings, T = B * L;
   const double peak = measure_sgemm_gflops(1024, 5);
   std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %d tokens, GEMM peak %.0f GFLOP/s\n",
               t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
               static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
               T * t.grad_accum, peak);
   std::fflush(stdout);
-  // Metrics: a resumed run keeps the lines of the steps before the checkpoint.
-  std::vector<std::string> kept;
-  if (resume && fs::exists(t.out + "/metrics.jsonl")) {
-    std::istringstream in(read_text(t.out + "/metrics.jsonl"));
-    std::string line;
-    while (std::getline(in, line)) {
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.value("step", int64_t{-1}) < start) kept.push_back(line);
+  // Metrics: a resumed run keeps the lines of the steps before the checkpoint (rewritten atomically).
+  const std::string metrics_path = t.out + "/metrics.jsonl";
+  {
+    std::string kept;
+    if (opts.resume && fs::exists(metrics_path)) {
+      std::istringstream in(read_file(metrics_path, "check the run folder's permissions"));
+      std::string line;
+      while (std::getline(in, line)) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.is_object() && j.value("step", int64_t{-1}) < start) kept += line + "\n";
+      }
     }
+    write_file_atomic(metrics_path, kept);
   }
-  std::ofstream metrics(t.out + "/metrics.jsonl", std::ios::trunc);
-  for (const auto& line : kept) metrics << line << "\n";
+  std::ofstream metrics(metrics_path, std::ios::app);
 
   std::vector<int32_t> tokens(static_cast<size_t>(T)), targets(static_cast<size_t>(T));
   std::vector<Param> params = model.params();
@@ -331,8 +313,18 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
   const int64_t end = t.stop_after > 0 ? t.stop_after : t.steps;
   Progress progress{end, start};
   double tok_s = 0.0, mfu = 0.0, last_val = -1.0;
+  int64_t good_step = start;  // the newest weights known good: their loss was finite and no spike
   std::vector<double> rates;
   nlohmann::json last_moe = nlohmann::json::array();
+  // Stops the run: the checkpoints after the last good weights are set aside, the good one is kept.
+  auto diverged = [&](int64_t step, const std::string& why) {
+    const int n = quarantine_checkpoints_after(t.out, good_step);
+    const std::vector<Checkpoint> left = list_checkpoints(t.out);
+    fail("training diverged at step " + std::to_string(step + 1) + ": " + why + "; " +
+         (n ? std::to_string(n) + " checkpoint(s) after it renamed *.diverged; " : std::string()) +
+         (left.empty() ? "no good checkpoint was written" : "the last good checkpoint " + left.back().dir + " is kept") +
+         "; lower train.lr (now " + std::to_string(t.lr) + ") or raise train.warmup_steps");
+  };
   const auto run_t0 = clock_type::now();
   for (int64_t step = start; step < end; ++step) {
     const auto t0 = clock_type::now();
@@ -348,9 +340,22 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
     if (t.grad_accum > 1) divide_grads(params, sparse, static_cast<float>(t.grad_accum));
     const double gnorm = clip_grad_norm(params, t.grad_clip, sparse);
     const float lr = lr_at(t, step);
-    opt.step(lr);
-    for (auto& b : model.blocks)
-      if (b.moe) b.moe->update_bias();
+    const std::string bad = bad_step_reason(loss, gnorm, st.loss_ema, t.spike_factor);
+    if (bad.empty()) {
+      good_step = step;  // the weights this loss was measured on
+      opt.step(lr);
+      for (auto& b : model.blocks)
+        if (b.moe) b.moe->update_bias();
+      st.loss_ema = st.loss_ema < 0.0 ? loss : 0.9 * st.loss_ema + 0.1 * loss;
+      st.bad_in_row = 0;
+    } else {
+      ++st.bad_in_row;
+      ++st.skipped_steps;
+      std::printf("%strain: step %lld skipped (%s); %d bad in a row of train.max_bad_steps = %d\n", progress.tty ? "\n" : "",
+                  static_cast<long long>(step + 1), bad.c_str(), st.bad_in_row, t.max_bad_steps);
+    }
+    st.step = step + 1;
+    st.optimizer_steps = opt.steps();
     const double dt = seconds_since(t0);
     tok_s = T * t.grad_accum / dt;
     mfu = tok_s * model.flops_per_token() / (peak * 1e9);
@@ -358,17 +363,30 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
     last_moe = router_metrics(model, L);
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
                         {"tokens_per_s", tok_s}, {"mfu", mfu}, {"moe", last_moe}};
+    if (!bad.empty()) j["skipped"] = bad;
     if (!sparse.empty()) j["peer"] = peer_metrics(model);
     const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
     if (eval_now) j["val_loss"] = last_val = evaluate(model, val_shard, L, t.eval_windows, B);
     metrics << j.dump() << "\n";
     metrics.flush();
+    if (st.bad_in_row >= t.max_bad_steps) diverged(step, bad);
+    if (eval_now && !std::isfinite(last_val)) diverged(step, "validation loss is " + std::to_string(last_val));
     progress.update(step, ce, tok_s);
     if (eval_now && !progress.tty)
-      std::printf("step %lld val_loss %.4f\n", static_cast<long long>(step + 1), j["val_loss"].get<double>());
-    if ((t.save_every > 0 && (step + 1) % t.save_every == 0) || step + 1 == end)
-      save_checkpoint(t.out, model, &opt, c, step + 1);
+      std::printf("step %lld val_loss %.4f\n", static_cast<long long>(step + 1), last_val);
+    const bool save_now = (t.save_every > 0 && (step + 1) % t.save_every == 0) || step + 1 == end;
+    if (save_now && bad.empty()) {
+      try {
+        save_checkpoint(t.out, model, &opt, st, t.keep_checkpoints, good_step);
+      } catch (const Error& e) {
+        if (std::string(e.what()).find("NaN or infinite") == std::string::npos) throw;
+        diverged(step, e.what());
+      }
+    }
   }
+  if (st.bad_in_row > 0)
+    std::printf("train: the last %d step(s) were skipped as bad; the newest checkpoint is %s\n", st.bad_in_row,
+                latest_checkpoint(t.out).dir.c_str());
   TrainSummary s;
   s.steps = end;
   s.val_loss = last_val >= 0.0 ? last_val : evaluate(model, val_shard, L, t.eval_windows, B);
@@ -384,7 +402,7 @@ TrainSummary train_model(const RunConfig& c, bool resume) {
     sum << "L" << layer["layer"].get<int>() << " max/mean " << std::fixed << std::setprecision(2)
         << layer["max_mean"].get<double>() << " cv " << layer["cv"].get<double>() << "  ";
   s.load_summary = sum.str();
-  if (end == start) save_checkpoint(t.out, model, &opt, c, start);
+  if (end == start && list_checkpoints(t.out).empty()) save_checkpoint(t.out, model, &opt, st, t.keep_checkpoints, start);
   return s;
 }
 

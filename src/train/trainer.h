@@ -1,11 +1,10 @@
-// trainer.h — training, evaluation, checkpoints and sampling for the transformer LM.
+// trainer.h — training, evaluation and sampling for the transformer LM. The run folder and its
+// checkpoints are described in train/checkpoint.h.
 //
-// A run folder (train.out) holds: config.json (the RunConfig), model.safetensors (every parameter
-// under its Hugging Face-style name, PEER's full expert and sub-key tables, plus the buffers: the
-// routers' sigmoid_bias biases and reinforce baselines, PEER's BatchNorm running statistics),
-// optimizer.safetensors (AdamW moments, step in the metadata), tokenizer.model, and metrics.jsonl
-// (one JSON line a step).
-// Every file is written atomically (temp file, fsync, rename).
+// Every step is checked: a non-finite loss or gradient norm, or a loss spike (train.spike_factor),
+// makes it a bad step whose update is skipped and counted ("skipped" in its metrics line); after
+// train.max_bad_steps in a row training stops with an error naming the step, the checkpoints written
+// since the last good step are set aside as "step-N.diverged", and the last good one is kept.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -15,6 +14,7 @@
 
 #include "model/transformer.h"
 #include "train/adamw.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/routing_stats.h"
 #include "train/run_config.h"
@@ -29,15 +29,14 @@ struct TrainSummary {
   std::string load_summary;  // one line: per MoE layer, the max/mean load and CV
 };
 
-// Trains per c (resuming from c.train.out when resume is set); prints progress; returns the summary.
-TrainSummary train_model(const RunConfig& c, bool resume);
+struct TrainOptions {
+  bool resume = false;     // continue the run in train.out from its newest complete checkpoint
+  bool overwrite = false;  // replace the run train.out holds (without it, a folder holding a run is an error)
+};
 
-void save_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt, const RunConfig& c, int64_t step);
-// Reads the config of a checkpoint folder (errors name the file and the problem).
-RunConfig read_checkpoint_config(const std::string& dir);
-// Loads weights (and the optimizer state when opt is given) into a model built from the checkpoint's
-// config; returns the step. Every tensor is checked by name and shape.
-int64_t load_checkpoint(const std::string& dir, TransformerLM& model, AdamW* opt);
+// Trains per c into c.train.out, which it holds locked (a second writer gets an error naming this
+// process); prints progress; returns the summary. Throws moe::Error when training diverges.
+TrainSummary train_model(const RunConfig& c, const TrainOptions& o = {});
 
 // The held-out text of `corpus` encoded with the checkpoint's own tokenizer, as a token shard cached
 // in the checkpoint folder (val-<corpus>.bin); returns its path.

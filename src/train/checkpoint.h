@@ -1,0 +1,71 @@
+// checkpoint.h — the run folder and its checkpoints, each one complete or absent.
+//
+// A run folder (train.out) holds:
+//   config.json       the RunConfig of the run (written when training starts)
+//   tokenizer.model   the corpus's tokenizer
+//   metrics.jsonl     one JSON line a step
+//   .lock             held (flock) by the one `moe train` writing the folder; holds its PID
+//   step-00000600/    a checkpoint: model.safetensors (every parameter under its Hugging Face-style
+//                     name, PEER's full tables, the buffers: router biases and baselines, BatchNorm
+//                     running statistics), optimizer.safetensors (AdamW moments), manifest.json
+//                     (step, optimizer steps, the bad-step state, the files and their sizes)
+//
+// A checkpoint is written into "step-N.tmp.<pid>/" (each file fsynced), its manifest last, then the
+// folder is renamed to "step-N/" and the run folder fsynced: a kill or a full disk at any moment
+// leaves the previous checkpoints as they were, and at most a temporary folder that the next writer
+// removes. Readers take the newest complete checkpoint (a "step-N" folder whose manifest lists files
+// that are there with their sizes). The newest train.keep_checkpoints are kept, and never the last
+// one known good (see TrainState).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+#include "train/adamw.h"
+#include "train/run_config.h"
+
+namespace moe {
+
+// What a checkpoint holds besides the tensors, so that a resumed run continues bit for bit.
+struct TrainState {
+  int64_t step = 0;             // optimizer steps of the schedule done (the weights after them)
+  int64_t optimizer_steps = 0;  // AdamW's own count (bias correction)
+  double loss_ema = -1.0;       // running mean of the good steps' losses (< 0: none yet)
+  int bad_in_row = 0;           // bad steps in a row before this checkpoint
+  int64_t skipped_steps = 0;    // bad steps skipped in the whole run
+};
+
+struct Checkpoint {
+  int64_t step;
+  std::string dir;  // run/step-N
+};
+
+// The complete checkpoints of a run folder, oldest first.
+std::vector<Checkpoint> list_checkpoints(const std::string& run);
+// The newest complete checkpoint; throws moe::Error naming the folder when there is none.
+Checkpoint latest_checkpoint(const std::string& run);
+
+// Writes the model (and the optimizer when given) as checkpoint st.step of `run`, then removes the
+// older ones beyond `keep` (0: none removed), never the one at step `protect`. Throws moe::Error,
+// leaving the earlier checkpoints as they were, when a tensor is not finite or a write fails.
+void save_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, const TrainState& st, int keep,
+                     int64_t protect);
+// Loads the newest complete checkpoint of `run` into a model built from its config (and the
+// optimizer when given); every tensor is checked by name and shape, and must be finite unless
+// allow_nonfinite. Returns its state.
+TrainState load_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, bool allow_nonfinite = false);
+
+// The run's config.json (errors name the file and the fix).
+RunConfig read_checkpoint_config(const std::string& run);
+void write_run_config(const std::string& run, const RunConfig& c);
+
+// Renames the checkpoints after step `good` to "step-N.diverged" (kept for forensics, never read).
+// Returns how many.
+int quarantine_checkpoints_after(const std::string& run, int64_t good);
+// What of a run the folder already holds ("" when nothing): e.g. "a checkpoint at step 600".
+std::string describe_run(const std::string& run);
+// Removes the run's checkpoints, config, metrics and cached shards (for `moe train --overwrite`).
+void clear_run(const std::string& run);
+
+}  // namespace moe
