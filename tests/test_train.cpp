@@ -17,46 +17,12 @@
 #include "train/data.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
+#include "train_helpers.h"
 
 namespace fs = std::filesystem;
 
 namespace moe {
 namespace {
-
-std::string tmpdir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/moe_train_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-// A small synthetic corpus with structure to learn: numbered "verses" of repeated phrases.
-std::string synthetic_text() {
-  const char* words[] = {"the", "light", "was", "good", "and", "God", "said", "let", "there", "be", "waters", "earth"};
-  std::string out;
-  for (int line = 0; line < 3000; ++line) {
-    out += std::to_string(line % 50) + ":";
-    for (int w = 0; w < 10; ++w) {
-      out += " ";
-      out += words[static_cast<size_t>(rng_uniform(4, static_cast<uint64_t>(line), static_cast<uint64_t>(w)) * 12.f) % 12];
-    }
-    out += ".\n";
-  }
-  return out;
-}
-
-RunConfig tiny_run(const std::string& dir) {
-  const std::string corpus = dir + "/corpus.txt";
-  if (!fs::exists(corpus)) std::ofstream(corpus) << synthetic_text();
-  RunConfig c = load_run_config("", {"model.vocab_size=320", "model.hidden_size=32", "model.num_hidden_layers=2",
-                                     "model.num_attention_heads=2", "model.intermediate_size=64",
-                                     "model.max_position_embeddings=16", "model.moe_intermediate_size=32",
-                                     "model.num_local_experts=4", "train.batch_size=4", "train.eval_every=5",
-                                     "train.eval_windows=8", "train.warmup_steps=3"});
-  c.train.corpus = "file:" + corpus;
-  c.train.data_dir = dir + "/data";
-  return c;
-}
 
 TEST(Tokenizer, RoundTripsTextAndBytes) {
   const std::string dir = tmpdir("tok");
@@ -249,16 +215,6 @@ TEST(Train, PeerTrainsAndResumesBitForBit) {
   }
 }
 
-int run_cli(const std::string& args, std::string* err) {
-  const std::string errfile = ::testing::TempDir() + "/moe_cli_err.txt";
-  const int rc = std::system((std::string(MOE_CLI) + " " + args + " > /dev/null 2> " + errfile).c_str());
-  std::ifstream in(errfile);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  *err = ss.str();
-  return rc;
-}
-
 TEST(Cli, CorruptCheckpointAndUnknownKeyExitNonZeroWithOneLine) {
   const std::string dir = tmpdir("cli");
   RunConfig c = tiny_run(dir);
@@ -304,7 +260,7 @@ namespace {
 
 // stdout of a CLI command as JSON (the command must print one JSON document).
 nlohmann::json cli_json(const std::string& args) {
-  const std::string out = ::testing::TempDir() + "/moe_cli_out.json";
+  const std::string out = ::testing::TempDir() + "/moe_cli_out." + std::to_string(::getpid()) + ".json";
   const std::string cmd = std::string(MOE_CLI) + " " + args + " > " + out;
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   std::ifstream in(out);
