@@ -1,4 +1,5 @@
-# lib.sh — shared by the experiment scripts: train a variant unless a finished run is already there.
+# lib.sh — shared by the experiment scripts: train a variant unless a finished run is already there
+# (its checkpoint at step $STEPS); an unfinished one is trained again from the start (--overwrite).
 # Usage: train_variant OUT CONFIG [section.key=value ...]   (steps: $STEPS, default 600)
 STEPS=${STEPS:-600}
 MOE=${MOE:-build/bin/moe}
@@ -6,7 +7,7 @@ MOE=${MOE:-build/bin/moe}
 train_variant() {
   local out=$1 cfg=$2
   shift 2
-  if [ -f "$out/model.safetensors" ] && grep -q "\"step\":$((STEPS - 1))[,}]" "$out/metrics.jsonl" 2>/dev/null; then
+  if [ -f "$out/step-$(printf %08d "$STEPS")/manifest.json" ]; then
     echo "== $out: finished run found, not trained again"
     return
   fi
@@ -14,5 +15,5 @@ train_variant() {
   local s
   for s in "$@"; do sets+=(--set "$s"); done
   echo "== $out: $MOE train --config $cfg ${sets[*]}"
-  "$MOE" train --config "$cfg" "${sets[@]}" | grep -E "^(train:|validation|throughput|expert load)"
+  "$MOE" train --config "$cfg" "${sets[@]}" --overwrite | grep -E "^(train:|validation|throughput|expert load)"
 }

@@ -5,8 +5,10 @@
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
+#include "core/gemm.h"
 
 namespace moe {
 
@@ -50,6 +52,10 @@ struct Bf16Gemm {
   dnnl::matmul prims[2][2][2];  // [trans_a][trans_b][beta != 0], fp32 output
   dnnl::matmul prims_bf16[2][2];  // [trans_a][trans_b], bf16 output
   std::string impl;
+  // False where this oneDNN has no bf16 matmul for the CPU (seen on CPUs without AVX-512): the
+  // GEMMs then widen the bf16 inputs to fp32 (exactly) and run sgemm, the same arithmetic (exact
+  // products, fp32 accumulation) at the fp32 rate.
+  bool onednn = true;
 
   // Runtime sizes with fixed layouts (runtime strides would select oneDNN's reference kernel).
   static memory::desc desc(memory::data_type dt, bool trans) {
@@ -57,6 +63,15 @@ struct Bf16Gemm {
   }
 
   Bf16Gemm() {
+    try {
+      make_primitives();
+    } catch (const dnnl::error&) {
+      onednn = false;
+      impl = "sgemm on bf16 inputs widened to fp32 (oneDNN has no bf16 matmul for this CPU)";
+    }
+  }
+
+  void make_primitives() {
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb)
         for (int acc = 0; acc < 2; ++acc) {
@@ -90,6 +105,18 @@ Bf16Gemm& instance() {
 
 const char* bf16_gemm_impl() { return instance().impl.c_str(); }
 
+// The fallback of both GEMMs: C = op(A)·op(B) + beta·C in fp32 from the widened inputs.
+static void gemm_bf16_widened(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, const bf16_t* B,
+                              float beta, float* C) {
+  thread_local std::vector<float> a, b;
+  const size_t na = static_cast<size_t>(M) * K, nb = static_cast<size_t>(K) * N;
+  a.resize(na);
+  b.resize(nb);
+  for (size_t i = 0; i < na; ++i) a[i] = bf16_to_float(A[i]);
+  for (size_t i = 0; i < nb; ++i) b[i] = bf16_to_float(B[i]);
+  sgemm(trans_a, trans_b, M, N, K, 1.f, a.data(), trans_a ? M : K, b.data(), trans_b ? K : N, beta, C, N);
+}
+
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
                int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
@@ -101,6 +128,10 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A,
     if (beta == 0.f)
       for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) C[static_cast<size_t>(i) * ldc + j] = 0.f;
+    return;
+  }
+  if (!g.onednn) {
+    gemm_bf16_widened(trans_a, trans_b, M, N, K, A, B, beta, C);
     return;
   }
   thread_local dnnl::stream stream(g.engine);
@@ -122,6 +153,13 @@ void gemm_bf16_out(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t
   MOE_CHECK(lda == (trans_a ? M : K) && ldb == (trans_b ? K : N) && ldc == N,
             "gemm_bf16_out: matrices must be stored densely (lda, ldb, ldc equal to their row lengths)");
   Bf16Gemm& g = instance();
+  if (!g.onednn) {
+    thread_local std::vector<float> c;
+    c.resize(static_cast<size_t>(M) * N);
+    gemm_bf16_widened(trans_a, trans_b, M, N, K, A, B, 0.f, c.data());
+    to_bf16(c.data(), C, c.size());
+    return;
+  }
   thread_local dnnl::stream stream(g.engine);
   using tag = memory::format_tag;
   const memory::dim m = M, n = N, k = K;

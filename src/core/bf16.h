@@ -2,7 +2,9 @@
 //
 // The GEMM runs on oneDNN's matmul (Debian's libdnnl), which uses the avx512_bf16 dot-product
 // instructions where the CPU has them (about twice the fp32 FLOP rate) and falls back to its own
-// kernels elsewhere. Shapes are runtime arguments: one primitive per (transposes, beta) serves every
+// kernels elsewhere; where this oneDNN has no bf16 matmul for the CPU at all (seen without AVX-512),
+// the inputs are widened to fp32 and sgemm runs: the same exact products and fp32 accumulation, at the
+// fp32 rate (bf16_gemm_impl() says which). Shapes are runtime arguments: one primitive per (transposes, beta) serves every
 // expert size, so nothing is compiled per step.
 #pragma once
 #include <cstddef>

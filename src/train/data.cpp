@@ -22,6 +22,13 @@
 
 namespace fs = std::filesystem;
 
+// Exported by libsentencepiece but not declared in its public headers: its log threshold, raised so
+// that its INFO lines ("Running command: ...") stay off the user's terminal; failures come back as a
+// status and are reported in our words.
+namespace sentencepiece::logging {
+void SetMinLogLevel(int v);
+}
+
 namespace moe {
 
 const std::vector<std::string>& corpus_names() {
@@ -132,6 +139,7 @@ void Tokenizer::train(const std::string& text, int vocab_size, const std::string
          << " --hard_vocab_limit=" << (hard_limit ? "true" : "false");
     return sentencepiece::SentencePieceTrainer::Train(args.str());
   };
+  sentencepiece::logging::SetMinLogLevel(2);
   auto status = run(true);
   int reachable = 0;  // when the text is too small for vocab_size: the vocabulary it does give
   if (!status.ok() && run(false).ok()) {

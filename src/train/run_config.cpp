@@ -1,6 +1,7 @@
 #include "train/run_config.h"
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -14,14 +15,20 @@
 
 namespace moe {
 
+static std::string num(double v) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
 void TrainConfig::validate() const {
   auto bad = [](const std::string& m) { fail("train config: " + m); };
   if (batch_size <= 0) bad("batch_size must be positive");
   if (steps < 0) bad("steps must be >= 0");
-  if (grad_accum <= 0) bad("grad_accum must be positive");
-  if (!(lr > 0.f) || !std::isfinite(lr)) bad("lr = " + std::to_string(lr) + " must be a finite positive number, e.g. 3e-3");
-  if (!(beta1 >= 0.f && beta1 < 1.f)) bad("beta1 = " + std::to_string(beta1) + " must be in [0, 1), e.g. 0.9");
-  if (!(beta2 >= 0.f && beta2 < 1.f)) bad("beta2 = " + std::to_string(beta2) + " must be in [0, 1), e.g. 0.95");
+  if (grad_accum <= 0 || grad_accum > (1 << 16)) bad("grad_accum must be in [1, 65536]");
+  if (!(lr > 0.f) || !std::isfinite(lr)) bad("lr = " + num(lr) + " must be a finite positive number, e.g. 3e-3");
+  if (!(beta1 >= 0.f && beta1 < 1.f)) bad("beta1 = " + num(beta1) + " must be in [0, 1), e.g. 0.9");
+  if (!(beta2 >= 0.f && beta2 < 1.f)) bad("beta2 = " + num(beta2) + " must be in [0, 1), e.g. 0.95");
   if (min_lr_ratio < 0.f || min_lr_ratio > 1.f) bad("min_lr_ratio must be in [0, 1]");
   if (warmup_steps < 0) bad("warmup_steps must be >= 0");
   if (weight_decay < 0.f) bad("weight_decay must be >= 0");
@@ -75,8 +82,11 @@ V checked_value(const json& v, const std::string& key) {
   } else if constexpr (std::is_floating_point_v<V>) {
     if (!v.is_number()) fail("key \"" + key + "\" must be a number, not " + v.dump());
     const double d = v.get<double>();
-    if (!std::isfinite(d) || std::fabs(d) > static_cast<double>(std::numeric_limits<V>::max()))
-      fail("key \"" + key + "\" = " + v.dump() + " is not a finite number a float can hold");
+    if (!std::isfinite(d) || std::fabs(d) > static_cast<double>(std::numeric_limits<V>::max())) {
+      char buf[48];
+      std::snprintf(buf, sizeof buf, "%g", d);
+      fail("key \"" + key + "\" = " + buf + " is not a finite number a float can hold");
+    }
     return static_cast<V>(d);
   } else if constexpr (std::is_same_v<V, std::string>) {
     if (!v.is_string()) fail("key \"" + key + "\" must be a string, not " + v.dump());

@@ -9,17 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
-#include <map>
 #include <numeric>
-#include <set>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
-#include "core/files.h"
-#include "core/safetensors.h"
 #include "core/vmath.h"
 #include "nn/cross_entropy.h"
 #include "train/routing_stats.h"
@@ -246,6 +243,10 @@ void check_shard_length(const TokenShard& s, int L, const std::string& corpus) {
 
 TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   const TrainConfig& t = c.train;
+  if (static_cast<int64_t>(t.batch_size) * c.model.max_position_embeddings > (int64_t{1} << 30))
+    fail("train.batch_size × model.max_position_embeddings = " +
+         std::to_string(static_cast<int64_t>(t.batch_size) * c.model.max_position_embeddings) +
+         " tokens a micro-batch is above 2^30; lower train.batch_size (train.grad_accum adds micro-batches)");
   const int B = t.batch_size, L = c.model.max_position_embeddings, T = B * L;
   // Parameters, their gradients and two Adam moments, plus the activations of one micro-batch.
   c.model.check_memory(16.0, 4.0 * T * (24.0 * c.model.hidden_size * c.model.num_hidden_layers + 3.0 * c.model.vocab_size),
@@ -314,16 +315,19 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   Progress progress{end, start};
   double tok_s = 0.0, mfu = 0.0, last_val = -1.0;
   int64_t good_step = start;  // the newest weights known good: their loss was finite and no spike
+  std::string last_bad;       // why the last bad step was bad
   std::vector<double> rates;
   nlohmann::json last_moe = nlohmann::json::array();
   // Stops the run: the checkpoints after the last good weights are set aside, the good one is kept.
+  char lr_text[32];
+  std::snprintf(lr_text, sizeof lr_text, "%g", static_cast<double>(t.lr));
   auto diverged = [&](int64_t step, const std::string& why) {
     const int n = quarantine_checkpoints_after(t.out, good_step);
     const std::vector<Checkpoint> left = list_checkpoints(t.out);
     fail("training diverged at step " + std::to_string(step + 1) + ": " + why + "; " +
          (n ? std::to_string(n) + " checkpoint(s) after it renamed *.diverged; " : std::string()) +
          (left.empty() ? "no good checkpoint was written" : "the last good checkpoint " + left.back().dir + " is kept") +
-         "; lower train.lr (now " + std::to_string(t.lr) + ") or raise train.warmup_steps");
+         "; lower train.lr (now " + lr_text + ") or raise train.warmup_steps");
   };
   const auto run_t0 = clock_type::now();
   for (int64_t step = start; step < end; ++step) {
@@ -341,6 +345,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     const double gnorm = clip_grad_norm(params, t.grad_clip, sparse);
     const float lr = lr_at(t, step);
     const std::string bad = bad_step_reason(loss, gnorm, st.loss_ema, t.spike_factor);
+    if (!bad.empty()) last_bad = bad;
     if (bad.empty()) {
       good_step = step;  // the weights this loss was measured on
       opt.step(lr);
@@ -384,9 +389,9 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
       }
     }
   }
+  // A run that ends on bad steps has no good final weights: the same as diverging.
   if (st.bad_in_row > 0)
-    std::printf("train: the last %d step(s) were skipped as bad; the newest checkpoint is %s\n", st.bad_in_row,
-                latest_checkpoint(t.out).dir.c_str());
+    diverged(end - 1, "the run ended on " + std::to_string(st.bad_in_row) + " bad step(s) in a row (the last: " + last_bad + ")");
   TrainSummary s;
   s.steps = end;
   s.val_loss = last_val >= 0.0 ? last_val : evaluate(model, val_shard, L, t.eval_windows, B);
