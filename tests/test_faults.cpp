@@ -169,6 +169,32 @@ TEST(RunFolder, ASecondWriterIsToldWhoHoldsIt) {
   EXPECT_EQ(run_cli(tiny_train_args(dir, "--resume --set train.stop_after=0"), &err), 0) << err;
 }
 
+TEST(RunFolder, TwoTrainingProcessesNeverShareAFolder) {
+  const std::string dir = tmpdir("two-writers");
+  first_half(dir);
+  // A long run in the background, then a second one into the same folder while it trains.
+  const std::string pidfile = dir + "/first.pid";
+  const std::string first = std::string(MOE_CLI) + " " +
+                            tiny_train_args(dir, "--resume --set train.stop_after=0 --set train.steps=1000000") +
+                            " > /dev/null 2>&1 & echo $! > " + pidfile;
+  ASSERT_EQ(std::system(first.c_str()), 0);
+  std::string pid;
+  for (int i = 0; i < 200 && (pid.empty() || read_file(dir + "/run/.lock", "test").rfind(pid, 0) != 0); ++i) {
+    ::usleep(50000);
+    std::ifstream(pidfile) >> pid;
+  }
+  ASSERT_FALSE(pid.empty());
+  ASSERT_EQ(read_file(dir + "/run/.lock", "test").rfind(pid, 0), 0u) << "the first run never took the lock";
+  std::string err;
+  EXPECT_EQ(run_cli(tiny_train_args(dir, "--resume --set train.stop_after=0"), &err), 1);
+  EXPECT_NE(err.find("in use by another moe train (PID " + pid + ")"), std::string::npos) << err;
+  ASSERT_EQ(std::system(("kill -9 " + pid).c_str()), 0);
+  for (int i = 0; i < 100 && std::system(("kill -0 " + pid + " 2>/dev/null").c_str()) == 0; ++i) ::usleep(50000);
+  // The first run's folder is consistent and the lock died with it.
+  EXPECT_NO_THROW(latest_checkpoint(dir + "/run"));
+  EXPECT_NO_THROW(FolderLock(dir + "/run", "test"));
+}
+
 TEST(RunFolder, ResumeNeedsAConfigAndANewRunNeedsAnEmptyFolder) {
   const std::string dir = tmpdir("resume-config");
   first_half(dir);

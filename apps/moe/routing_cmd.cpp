@@ -45,7 +45,10 @@ Measured measure(const std::string& ckpt, const std::string& corpus_opt, int win
 
 double layer_mean(const nlohmann::json& layers, const char* key) {
   double s = 0.0;
-  for (const auto& l : layers) s += l[key].get<double>();
+  for (const auto& l : layers) {  // a layer without the number (a damaged line) makes the mean NaN
+    const auto it = l.is_object() ? l.find(key) : l.end();
+    s += it != l.end() && it->is_number() ? it->get<double>() : std::nan("");
+  }
   return layers.empty() ? 0.0 : s / static_cast<double>(layers.size());
 }
 
@@ -57,7 +60,10 @@ nlohmann::json training_means(const std::string& ckpt, int last) {
   std::string line;
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.contains("moe")) rows.push_back(j);
+    // Lines of another shape (a damaged file) are skipped.
+    if (!j.is_discarded() && j.is_object() && j.contains("moe") && j["moe"].is_array() && !j["moe"].empty() &&
+        j["moe"][0].is_object())
+      rows.push_back(j);
   }
   nlohmann::json out = nlohmann::json::object();
   const size_t from = rows.size() > static_cast<size_t>(last) ? rows.size() - static_cast<size_t>(last) : 0;
@@ -65,7 +71,7 @@ nlohmann::json training_means(const std::string& ckpt, int last) {
     double s = 0.0;
     size_t n = 0;
     for (size_t i = from; i < rows.size(); ++i) {
-      if (rows[i]["moe"].empty() || !rows[i]["moe"][0].contains(key)) continue;
+      if (!rows[i]["moe"][0].contains(key) || !rows[i]["moe"][0][key].is_number()) continue;
       s += layer_mean(rows[i]["moe"], key);
       ++n;
     }

@@ -143,7 +143,14 @@ void save_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, c
     fail("step " + std::to_string(st.step) + ": tensor '" + bad + "' holds NaN or infinite values; not saved (the earlier checkpoints are kept)");
   const std::string final_dir = step_dir(run, st.step), tmp = temp_name(final_dir);
   std::error_code ec;
-  if (fs::exists(final_dir, ec)) return;  // this step is already saved, complete
+  if (fs::exists(final_dir, ec)) {
+    json m;
+    if (read_manifest(final_dir, m)) return;  // this step is already saved, complete
+    // Damaged after it was written (our writes never leave one): set aside, then written anew.
+    fs::remove_all(final_dir + ".damaged", ec);
+    if (::rename(final_dir.c_str(), (final_dir + ".damaged").c_str()) != 0)
+      fail("cannot set aside the damaged checkpoint " + final_dir + "; move it away by hand");
+  }
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp);
   try {

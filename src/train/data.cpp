@@ -274,11 +274,11 @@ std::string prepare_corpus(const std::string& name, const std::string& dir, int 
   const fs::path out = fs::path(dir) / folder;
   const fs::path meta = out / "meta.json";
   if (!force && fs::exists(meta)) {
-    auto j = nlohmann::json::parse(read_file(meta), nullptr, false);
-    if (!j.is_discarded() && j.is_object() && j.value("vocab_size", 0) == vocab_size && j.value("source", nlohmann::json()) == source)
-      return out.string();
-    if (!j.is_discarded() && j.is_object() && j.contains("source") && j["source"] != source)
-      std::printf("data: %s changed since it was prepared; preparing it again\n", name.c_str());
+    // A meta.json of another shape (damaged, or from an older moe.cpp) means: prepare again.
+    const auto j = nlohmann::json::parse(read_file(meta), nullptr, false);
+    const bool ok = j.is_object() && j.contains("vocab_size") && j.contains("source");
+    if (ok && j["vocab_size"] == vocab_size && j["source"] == source) return out.string();
+    if (ok && j["source"] != source) std::printf("data: %s changed since it was prepared; preparing it again\n", name.c_str());
   }
   fs::create_directories(out);
   std::printf("data: reading corpus %s\n", name.c_str());
