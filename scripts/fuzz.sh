@@ -18,7 +18,7 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_FUZZ=ON > /dev/null
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMOE_FUZZ=ON > /dev/null
 cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors fuzz_config
 for t in safetensors config; do
   mkdir -p "build-fuzz/corpus-$t"
