@@ -1,6 +1,5 @@
 #include "core/files.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -51,13 +50,14 @@ std::string parent_of(const std::string& path) {
   return p.empty() ? "." : p;
 }
 
-}  // namespace
-
-std::string temp_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
-
+// Test hook: kills this process if MOE_FAULT asks for it after the file named like `path`.
 void fault_point_after(const std::string& path) {
   if (fault_is("kill-after", path)) ::kill(::getpid(), SIGKILL);
 }
+
+}  // namespace
+
+std::string temp_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
 
 std::string read_file(const std::string& path, const std::string& hint) {
   std::ifstream in(path, std::ios::binary);

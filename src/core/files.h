@@ -48,9 +48,6 @@ std::string temp_name(const std::string& path);
 // how many. Call it only while holding the folder's FolderLock.
 int remove_temp_files(const std::string& dir);
 
-// Test hook: kills this process if MOE_FAULT asks for it after the file named like `path`.
-void fault_point_after(const std::string& path);
-
 // Exclusive ownership of a folder for as long as the object lives. Throws moe::Error naming the
 // holder's PID when another process has it.
 class FolderLock {
