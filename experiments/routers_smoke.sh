@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every router of SPEC §2 (or the ones named) trains its preset configs/routers/NAME.toml for 200
+# Every router of docs/MECHANISMS.md §2 (or the ones named) trains its preset configs/routers/NAME.toml for 200
 # steps; prints the final validation loss and fails if any loss or gradient norm is not finite.
 #   bash experiments/routers_smoke.sh [ROUTER...]
 set -euo pipefail

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 KILLS=${1:-50}
 WORK=${2:-/tmp/moe-kill-loop}
 MOE=${MOE:-build/bin/moe}
-STEPS=${STEPS:-3000}
+STEPS=${STEPS:-6000}
 [ -x "$MOE" ] || { echo "kill_loop: $MOE not found; run scripts/setup.sh first" >&2; exit 1; }
 
 ARGS=(--set model.vocab_size=400 --set model.hidden_size=16 --set model.num_hidden_layers=2

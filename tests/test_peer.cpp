@@ -1,4 +1,4 @@
-// PEER (SPEC §5): product-key retrieval equals brute force over all N = n_keys² scores (ties to the
+// PEER (docs/MECHANISMS.md §5): product-key retrieval equals brute force over all N = n_keys² scores (ties to the
 // lower expert index); the layer's gradients match finite differences and the PyTorch reference
 // tests/torch_ref/peer_ref.py; BatchNorm's train/eval behaviour; sparse gradients accumulate by row
 // union; the lazy Adam rows.

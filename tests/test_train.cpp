@@ -122,8 +122,8 @@ TEST(Train, ResumeContinuesTheSameRunBitForBit) {
   EXPECT_LT(a.back()["ce"].get<double>(), a.front()["ce"].get<double>() - 0.5);
 }
 
-// Every router of SPEC §2 trains the tiny model without NaN, lowers the loss, and logs the router
-// metrics of SPEC §8 for every MoE layer.
+// Every router of docs/MECHANISMS.md §2 trains the tiny model without NaN, lowers the loss, and logs the router
+// metrics of docs/MECHANISMS.md §8 for every MoE layer.
 class EveryRouter : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EveryRouter, TrainsWithoutNaNAndLogsRouterMetrics) {

@@ -120,7 +120,7 @@ class TransformerLM {
   int64_t num_params() const;            // all parameters
   int64_t num_active_params() const;     // used by one token
   int64_t num_embedding_params() const;  // token embedding (+ the untied LM head)
-  // Training FLOPs per token, forward + backward (SPEC §7, Krajewski Eq. 10): c_f = 6 per active
+  // Training FLOPs per token, forward + backward (docs/MECHANISMS.md §7, Krajewski Eq. 10): c_f = 6 per active
   // non-embedding weight outside the routers and PEER layers, c_r = 14 per router weight (d·E·G per
   // MoE layer), PeerLayer::flops_per_token() per PEER layer, 6·V·d for the LM head, and
   // 6·layers·L·d for attention over the context (Kaplan et al.).

@@ -1,4 +1,4 @@
-// balance.h — the load-balancing losses of SPEC §3 that act on the router's affinity P (T, E) and its
+// balance.h — the load-balancing losses of docs/MECHANISMS.md §3 that act on the router's affinity P (T, E) and its
 // logits s, each with its own coefficient and reported separately:
 //   aux     Switch/GShard   α·E·Σ_i f_i·P̄_i,   f_i = count_i/(T·k), P̄_i = mean_t P_{t,i}
 //   z       ST-MoE          β·mean_t (logsumexp_i s_{t,i})²

@@ -1,4 +1,4 @@
-// config.h — the configuration of one MoE feed-forward layer (SPEC §1–4), a plain struct.
+// config.h — the configuration of one MoE feed-forward layer (docs/MECHANISMS.md §1–4), a plain struct.
 // Names follow the papers and, where one exists, the Hugging Face config key in the comment.
 #pragma once
 #include <cstdint>

@@ -1,5 +1,5 @@
 // dispatch.h — the dispatch plan: which (token, choice) pairs each expert processes, in which row of
-// an expert-contiguous buffer, and which pairs capacity drops (SPEC §4).
+// an expert-contiguous buffer, and which pairs capacity drops (docs/MECHANISMS.md §4).
 //
 // Built once per step by a counting sort over expert ids and reused by the backward pass. It is a
 // separate step so that an expert-parallel all-to-all can sit between gather and experts: the plan

@@ -1,4 +1,4 @@
-// moe_layer.h — the MoE feed-forward layer (SPEC §1–4):
+// moe_layer.h — the MoE feed-forward layer (docs/MECHANISMS.md §1–4):
 //
 //   x (T, d) → [jitter] → router: experts (T, k), gates (T, k) + balance losses
 //            → dispatch plan (counting sort, capacity) → gather (rows, d)

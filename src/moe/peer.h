@@ -1,4 +1,4 @@
-// peer.h — PEER (He 2024, "Mixture of A Million Experts"), SPEC §5: retrieval of the best of
+// peer.h — PEER (He 2024, "Mixture of A Million Experts"), docs/MECHANISMS.md §5: retrieval of the best of
 // N = n_keys² single-neuron experts by product keys. (The PEER layer itself builds on this.)
 //
 // A query q ∈ R^{d_k} is split into halves q1, q2; sub-key tables K1, K2 ∈ R^{n_keys × d_k/2} give

@@ -1,4 +1,4 @@
-// router.h — the routers of SPEC §2: from the router input x_r (T, d) to, per token, k experts and
+// router.h — the routers of docs/MECHANISMS.md §2: from the router input x_r (T, d) to, per token, k experts and
 // their gates, and back. Router math is fp32 throughout.
 //
 //   s = x_r·W_rᵀ (T, E)  →  selection scores (router-specific)  →  group-limited top-k  →  gates

@@ -1,4 +1,4 @@
-// routers.h — the concrete routers behind Router::create (SPEC §2).
+// routers.h — the concrete routers behind Router::create (docs/MECHANISMS.md §2).
 #pragma once
 #include "moe/router.h"
 
@@ -120,7 +120,7 @@ class SBaseRouter : public Router {
   void gate_backward(int T, const Routing& r, const float* dgate, float* dlogits) const override;
 };
 
-// Sinkhorn normalisation of SPEC §2: C = exp(s − rowmax); d0 = 1/(T·(C·d1)), d1 = 1/(E·(d0ᵀ·C)) until
+// Sinkhorn normalisation of docs/MECHANISMS.md §2: C = exp(s − rowmax); d0 = 1/(T·(C·d1)), d1 = 1/(E·(d0ᵀ·C)) until
 // mean|Δd1| < tol or max_iter; writes T·(d0 ⊙ C ⊙ d1) (T, E): row sums 1, column sums T/E at the fixed
 // point. Returns the iterations run.
 int sinkhorn(const float* s, int T, int E, float* out, int max_iter = 50, float tol = 1e-4f);

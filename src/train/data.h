@@ -1,4 +1,4 @@
-// data.h — the three corpora of DESIGN.md, read from their Debian packages, a sentencepiece BPE
+// data.h — the three corpora of docs/MECHANISMS.md §10, read from their Debian packages, a sentencepiece BPE
 // tokenizer (byte fallback), and token shards read by memory mapping.
 //
 //   kjv        King James Bible (package bible-kjv, `bible -f Gen1:1-Rev22:21`), the default

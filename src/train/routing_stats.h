@@ -1,4 +1,4 @@
-// routing_stats.h — the router metrics of SPEC §8 for one MoE layer, accumulated over one or many
+// routing_stats.h — the router metrics of docs/MECHANISMS.md §8 for one MoE layer, accumulated over one or many
 // forwards: per-expert load, its CV and max/mean, the CV of importance (Σ gates, Shazeer), dropped
 // pairs, tokens that reach no expert, experts used, router entropy and the rate at which consecutive
 // tokens share their first expert (Mixtral; random baseline 1/E).

@@ -57,7 +57,7 @@ double routing_report(TransformerLM& model, const TokenShard& shard, int L, int 
 double peer_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, std::vector<int>& layers,
                    std::vector<PeerStats>& stats);
 
-// Per MoE layer the router metrics of SPEC §8 from its last forward (seq_len for the consecutive rate).
+// Per MoE layer the router metrics of docs/MECHANISMS.md §8 from its last forward (seq_len for the consecutive rate).
 nlohmann::json router_metrics(TransformerLM& model, int seq_len);
 // Per PEER layer the usage and unevenness of its last forward.
 nlohmann::json peer_metrics(TransformerLM& model);

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch reference of the moe.cpp MoE layer (SPEC §1-4), in float64 with autograd.
+"""PyTorch reference of the moe.cpp MoE layer (docs/MECHANISMS.md §1-4), in float64 with autograd.
 
 Usage: moe_ref.py CASE.safetensors OUT.safetensors
 CASE holds the layer's config (metadata "config", JSON), its parameters under the layer's parameter
@@ -71,7 +71,7 @@ def counts_of(sel, E):
 
 
 def sinkhorn(s, iters=50, tol=1e-4):
-    """SPEC §2: C = exp(s - rowmax); d0 = 1/(T (C d1)), d1 = 1/(E (d0ᵀ C)); returns T·d0 ⊙ C ⊙ d1."""
+    """docs/MECHANISMS.md §2: C = exp(s - rowmax); d0 = 1/(T (C d1)), d1 = 1/(E (d0ᵀ C)); returns T·d0 ⊙ C ⊙ d1."""
     T, E = s.shape
     C = torch.exp(s - s.max(dim=1, keepdim=True).values)
     d1 = torch.ones(E, dtype=torch.float64)

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch reference of the moe.cpp PEER layer (SPEC §5), in float64 with autograd.
+"""PyTorch reference of the moe.cpp PEER layer (docs/MECHANISMS.md §5), in float64 with autograd.
 
 Usage: peer_ref.py CASE.safetensors OUT.safetensors
 CASE holds the layer's config (metadata: n_keys, heads, top_k, d_key, query_bn, score, activation,
