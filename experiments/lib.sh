@@ -17,3 +17,13 @@ train_variant() {
   echo "== $out: $MOE train --config $cfg ${sets[*]}"
   "$MOE" train --config "$cfg" "${sets[@]}" --overwrite | grep -E "^(train:|validation|throughput|expert load)"
 }
+
+# The validation loss of a run over $WINDOWS windows (4 decimals), from `moe eval --json`.
+eval_loss() {
+  "$MOE" eval --ckpt "$1" --windows "$WINDOWS" --json | python3 -c 'import json, sys; print("%.4f" % json.load(sys.stdin)["val_loss"])'
+}
+
+# Training MFLOP per token of a run, from `moe inspect --json`.
+mflops() {
+  "$MOE" inspect --ckpt "$1" --json | python3 -c 'import json, sys; print("%.2f" % (json.load(sys.stdin)["flops_per_token"] / 1e6))'
+}

@@ -19,14 +19,13 @@ done
 train_variant runs/peer/peer-1024-nobn configs/peer/peer-tiny.toml model.peer.query_bn=false
 train_variant runs/peer/peer-128-nobn configs/peer/peer-tiny.toml model.peer.n_keys=128 model.peer.query_bn=false
 
-flops() { "$MOE" inspect --ckpt "$1" | sed -n 's/.*: \([0-9.]*\) MFLOP.*/\1/p' | head -1; }
 echo "| run | experts | MFLOP/token | val loss ($WINDOWS windows) | tokens/s |"
 echo "|---|---|---|---|---|"
 for r in runs/dense-tiny runs/peer/moe-middle runs/peer/peer-128 runs/peer/peer-256 runs/peer/peer-512 runs/peer/peer-1024; do
-  loss=$("$MOE" eval --ckpt "$r" --windows "$WINDOWS" | sed -n 's/.*loss \([0-9.]*\).*/\1/p' | head -1)
+  loss=$(eval_loss "$r")
   tps=$(python3 -c "import json,statistics as s;print(round(s.median(json.loads(l)['tokens_per_s'] for l in open('$r/metrics.jsonl'))))")
   experts=$(python3 -c "import json;m=json.load(open('$r/config.json'))['model'];f=m['ffn'];print('%d²' % m['peer.n_keys'] if f == 'peer' else '%d' % m['num_local_experts'] if f == 'moe' else 'dense')")
-  echo "| $r | $experts | $(flops "$r") | $loss | $tps |"
+  echo "| $r | $experts | $(mflops "$r") | $loss | $tps |"
 done
 echo
 echo "| run | query BN | val loss | usage | unevenness | gate share of the top 1% / 10% |"

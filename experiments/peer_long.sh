@@ -13,5 +13,5 @@ train_variant runs/peer/1200/peer-1024 configs/peer/peer-tiny.toml
 echo "| run (1200 steps) | val loss ($WINDOWS windows) |"
 echo "|---|---|"
 for r in runs/dense-tiny-1200 runs/peer/1200/peer-128 runs/peer/1200/peer-1024; do
-  echo "| $r | $("$MOE" eval --ckpt "$r" --windows "$WINDOWS" | sed -n 's/.*loss \([0-9.]*\).*/\1/p' | head -1) |"
+  echo "| $r | $(eval_loss "$r") |"
 done

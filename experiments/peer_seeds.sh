@@ -15,7 +15,7 @@ for sd in $SEEDS; do
   train_variant "runs/peer/seed$sd/peer-128" configs/peer/peer-tiny.toml model.peer.n_keys=128 "${seed[@]}"
   train_variant "runs/peer/seed$sd/peer-1024" configs/peer/peer-tiny.toml "${seed[@]}"
 done
-loss() { "$MOE" eval --ckpt "$1" --windows "$WINDOWS" | sed -n 's/.*loss \([0-9.]*\).*/\1/p' | head -1; }
+loss() { eval_loss "$1"; }
 header="| run | seed 1"
 for s in $SEEDS; do header+=" | seed $s"; done
 echo "$header | mean | max − min |"

@@ -294,3 +294,28 @@ TEST(Cli, BenchPeerAndInspectPeerRouting) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+// `moe eval --json` and `moe inspect --json` print one JSON object with what their text says.
+TEST(Cli, EvalAndInspectPrintJson) {
+  const std::string dir = tmpdir("json");
+  RunConfig c = tiny_run(dir);
+  c.train.steps = 2;
+  c.train.out = dir + "/run";
+  train_model(c);
+  const nlohmann::json e = cli_json("eval --json --windows 4 --ckpt " + c.train.out);
+  EXPECT_EQ(e["step"].get<int64_t>(), 2);
+  EXPECT_EQ(e["windows"].get<int>(), 4);
+  EXPECT_TRUE(std::isfinite(e["val_loss"].get<double>()));
+  EXPECT_NEAR(e["perplexity"].get<double>(), std::exp(e["val_loss"].get<double>()), 1e-9);
+  const nlohmann::json i = cli_json("inspect --json --ckpt " + c.train.out);
+  EXPECT_EQ(i["ffn"], "moe");
+  EXPECT_EQ(i["moe"]["routed_experts"].get<int>(), 4);
+  EXPECT_GT(i["params"].get<int64_t>(), i["active_params"].get<int64_t>());
+  EXPECT_GT(i["flops_per_token"].get<double>(), 0.0);
+}
+
+}  // namespace
+}  // namespace moe

@@ -223,7 +223,7 @@ void add_bench(CLI::App& app) {
   layer->add_option("--experts", la.experts, "Experts E at granularity 1")->check(CLI::PositiveNumber);
   layer->add_option("--top-k", la.top_k, "Experts per token k at granularity 1")->check(CLI::PositiveNumber);
   layer->add_option("--granularity", la.granularity, "Granularity G (E·G experts of width d_ff/G, k·G active)")->check(CLI::PositiveNumber);
-  layer->add_option("--router", la.router, "topk_softmax | softmax_topk | noisy_topk | sigmoid_bias");
+  layer->add_option("--router", la.router, router_choices());
   layer->add_option("--precision", la.precision, "Expert GEMM arithmetic: fp32 | bf16 (bf16 inputs, fp32 accumulation)");
   layer->add_option("--shared", la.shared, "Shared experts S")->check(CLI::NonNegativeNumber);
   layer->add_option("--capacity-factor", la.capacity_factor, "Capacity factor (<= 0: dropless)");

@@ -63,6 +63,28 @@ void print_inspect(TransformerLM& m) {
   std::printf("training FLOPs per token (with routing cost, c_f = 6, c_r = 14): %.2f MFLOP\n", m.flops_per_token() / 1e6);
 }
 
+// What print_inspect prints, as JSON.
+nlohmann::json inspect_json(TransformerLM& m) {
+  const ModelConfig& c = m.cfg;
+  nlohmann::json sparse = nlohmann::json::array();
+  for (size_t l = 0; l < m.blocks.size(); ++l)
+    if (m.blocks[l].moe || m.blocks[l].peer) sparse.push_back(l);
+  nlohmann::json j = {{"layers", c.num_hidden_layers}, {"hidden_size", c.hidden_size}, {"heads", c.num_attention_heads},
+                      {"kv_heads", c.attention().kv_heads()}, {"vocab_size", c.vocab_size},
+                      {"context", c.max_position_embeddings}, {"ffn", c.ffn}, {"sparse_blocks", sparse},
+                      {"params", m.num_params()}, {"active_params", m.num_active_params()},
+                      {"embedding_params", m.num_embedding_params()}, {"flops_per_token", m.flops_per_token()}};
+  if (c.ffn == "moe") {
+    const MoeConfig mc = c.moe_layer(0);
+    j["moe"] = {{"router", mc.router}, {"routed_experts", mc.n_experts()}, {"expert_width", mc.expert_hidden()},
+                {"granularity", mc.granularity}, {"active_experts", mc.k()}, {"shared_experts", mc.n_shared}};
+  }
+  if (c.ffn == "peer")
+    j["peer"] = {{"experts", c.peer.n_experts()}, {"n_keys", c.peer.n_keys}, {"heads", c.peer.heads},
+                 {"top_k", c.peer.top_k}, {"d_key", c.peer.d_key}, {"query_bn", c.peer.query_bn}};
+  return j;
+}
+
 }  // namespace
 
 void add_lm(CLI::App& app) {
@@ -72,7 +94,7 @@ void add_lm(CLI::App& app) {
 
   auto* data = app.add_subcommand("data", "Prepare a corpus: text, held-out split, BPE tokenizer, token shards");
   static std::string data_corpus = "kjv", data_dir = "data";
-  data->add_option("--corpus", data_corpus, "kjv | fortunes | c-headers | all");
+  data->add_option("--corpus", data_corpus, "kjv | fortunes | c-headers | file:PATH | all");
   data->add_option("--vocab-size", vocab, "Tokenizer vocabulary")->check(CLI::Range(256, 65535));
   data->add_option("--out", data_dir, "Folder for the prepared corpora");
   data->add_flag("--force", force, "Prepare again even if present");
@@ -123,7 +145,9 @@ void add_lm(CLI::App& app) {
   auto* eval = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint");
   static int eval_windows = 256;
   eval->add_option("--ckpt", o.ckpt, "Checkpoint folder (train.out of a run)")->required();
-  eval->add_option("--corpus", o.corpus, "Corpus to evaluate on (default: the one it trained on)");
+  eval->add_option("--corpus", o.corpus, "Corpus to evaluate on: kjv | fortunes | c-headers | file:PATH (default: the one it trained on)");
+  static bool eval_json = false;
+  eval->add_flag("--json", eval_json, "Print one JSON object: checkpoint, step, corpus, windows, val_loss, perplexity");
   eval->add_option("--windows", eval_windows, "Validation windows")->check(CLI::PositiveNumber);
   eval->add_option("--threads", o.threads, "Threads")->check(CLI::PositiveNumber);
   add_allow_nonfinite(eval, o.allow_nonfinite);
@@ -131,10 +155,16 @@ void add_lm(CLI::App& app) {
     apply_threads(o.threads);
     RunConfig c = read_checkpoint_config(o.ckpt);
     TransformerLM model(c.model, ParamInit::for_loading);
-    load_checkpoint(o.ckpt, model, nullptr, o.allow_nonfinite);
+    const TrainState st = load_checkpoint(o.ckpt, model, nullptr, o.allow_nonfinite);
     const std::string corpus = o.corpus.empty() ? c.train.corpus : o.corpus;
     TokenShard val(checkpoint_val_shard(o.ckpt, c, corpus));
     const double loss = evaluate(model, val, c.model.max_position_embeddings, eval_windows, c.train.batch_size);
+    if (eval_json) {
+      const nlohmann::json j = {{"ckpt", latest_checkpoint(o.ckpt).dir}, {"step", st.step}, {"corpus", corpus},
+                                {"windows", eval_windows}, {"val_loss", loss}, {"perplexity", std::exp(loss)}};
+      std::printf("%s\n", j.dump().c_str());
+      return;
+    }
     std::printf("%s on %s: validation loss %.4f  perplexity %.2f\n", o.ckpt.c_str(), corpus.c_str(), loss, std::exp(loss));
   });
 
@@ -193,7 +223,7 @@ void add_lm(CLI::App& app) {
   inspect->add_option("--windows", routing_windows, "With --routing: validation windows")->check(CLI::PositiveNumber);
   inspect->add_flag("--train-routing", train_routing, "With --routing: route as in training (noise, sampling, balanced assignment)");
   inspect->add_option("--svg", svg, "With --routing: chart path (default: CKPT/routing.svg)");
-  inspect->add_flag("--json", json, "With --routing: print JSON");
+  inspect->add_flag("--json", json, "Print JSON (the model's sizes; with --routing, the routing report)");
   inspect->add_option("--threads", o.threads, "Threads")->check(CLI::PositiveNumber);
   add_allow_nonfinite(inspect, o.allow_nonfinite);
   inspect->callback([] {
@@ -206,6 +236,10 @@ void add_lm(CLI::App& app) {
     RunConfig c = o.ckpt.empty() ? load_run_config(o.config, o.sets) : read_checkpoint_config(o.ckpt);
     TransformerLM model(c.model, ParamInit::for_loading);  // counts only: the tables need no draw
     if (!o.ckpt.empty()) load_checkpoint(o.ckpt, model, nullptr, o.allow_nonfinite);
+    if (json) {
+      std::printf("%s\n", inspect_json(model).dump(1).c_str());
+      return;
+    }
     print_inspect(model);
   });
 }

@@ -44,6 +44,12 @@ DropPolicy parse_drop_policy(const std::string& name) {
 }
 
 const char* router_name(RouterKind k) { return kRouters[static_cast<int>(k)]; }
+
+std::string router_choices() {
+  std::string s;
+  for (int i = 0; i < kNumRouters; ++i) s += (i ? " | " : "") + std::string(kRouters[i]);
+  return s;
+}
 const char* drop_policy_name(DropPolicy p) { return kPolicies[static_cast<int>(p)]; }
 
 void MoeConfig::validate() const {

@@ -12,6 +12,7 @@ enum class DropPolicy { position, probs };
 RouterKind parse_router(const std::string& name);      // throws, listing the known names
 DropPolicy parse_drop_policy(const std::string& name);
 const char* router_name(RouterKind k);
+std::string router_choices();  // every router name, "topk_softmax | softmax_topk | ..." (for --help)
 const char* drop_policy_name(DropPolicy p);
 
 struct MoeConfig {
