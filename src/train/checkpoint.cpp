@@ -140,7 +140,8 @@ void save_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, c
                      int64_t protect) {
   const std::map<std::string, const Tensor*> w = model_tensors(model);
   if (const std::string bad = first_nonfinite(w); !bad.empty())
-    fail("step " + std::to_string(st.step) + ": tensor '" + bad + "' holds NaN or infinite values; not saved (the earlier checkpoints are kept)");
+    throw NonFiniteWeights("step " + std::to_string(st.step) + ": tensor '" + bad +
+                           "' holds NaN or infinite values; not saved (the earlier checkpoints are kept)");
   const std::string final_dir = step_dir(run, st.step), tmp = temp_name(final_dir);
   std::error_code ec;
   if (fs::exists(final_dir, ec)) {

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/run_config.h"
@@ -46,9 +47,15 @@ std::vector<Checkpoint> list_checkpoints(const std::string& run);
 // The newest complete checkpoint; throws moe::Error naming the folder when there is none.
 Checkpoint latest_checkpoint(const std::string& run);
 
+// What save_checkpoint throws when a weight is NaN or infinite (nothing is written then).
+struct NonFiniteWeights : Error {
+  using Error::Error;
+};
+
 // Writes the model (and the optimizer when given) as checkpoint st.step of `run`, then removes the
-// older ones beyond `keep` (0: none removed), never the one at step `protect`. Throws moe::Error,
-// leaving the earlier checkpoints as they were, when a tensor is not finite or a write fails.
+// older ones beyond `keep` (0: none removed), never the one at step `protect`. Throws
+// NonFiniteWeights when a weight is not finite and moe::Error when a write fails, leaving the earlier
+// checkpoints as they were.
 void save_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, const TrainState& st, int keep,
                      int64_t protect);
 // Loads the newest complete checkpoint of `run` into a model built from its config (and the

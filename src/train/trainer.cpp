@@ -285,12 +285,12 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   }
   const int64_t start = st.step;
   write_run_config(t.out, c);
-  fs::copy_file(data + "/tokenizer.model", t.out + "/tokenizer.model", fs::copy_options::overwrite_existing);
+  write_file_atomic(t.out + "/tokenizer.model", read_file(data + "/tokenizer.model", "run `moe data --force`"));
   const double peak = measure_sgemm_gflops(1024, 5);
-  std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %d tokens, GEMM peak %.0f GFLOP/s\n",
+  std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %lld tokens, GEMM peak %.0f GFLOP/s\n",
               t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
               static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
-              T * t.grad_accum, peak);
+              static_cast<long long>(T) * t.grad_accum, peak);
   std::fflush(stdout);
   // Metrics: a resumed run keeps the lines of the steps before the checkpoint (rewritten atomically).
   const std::string metrics_path = t.out + "/metrics.jsonl";
@@ -362,7 +362,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     st.step = step + 1;
     st.optimizer_steps = opt.steps();
     const double dt = seconds_since(t0);
-    tok_s = T * t.grad_accum / dt;
+    tok_s = static_cast<double>(T) * t.grad_accum / dt;
     mfu = tok_s * model.flops_per_token() / (peak * 1e9);
     rates.push_back(tok_s);
     last_moe = router_metrics(model, L);
@@ -383,8 +383,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     if (save_now && bad.empty()) {
       try {
         save_checkpoint(t.out, model, &opt, st, t.keep_checkpoints, good_step);
-      } catch (const Error& e) {
-        if (std::string(e.what()).find("NaN or infinite") == std::string::npos) throw;
+      } catch (const NonFiniteWeights& e) {
         diverged(step, e.what());
       }
     }
