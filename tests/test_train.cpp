@@ -216,11 +216,8 @@ TEST(Train, PeerTrainsAndResumesBitForBit) {
 }
 
 TEST(Cli, CorruptCheckpointAndUnknownKeyExitNonZeroWithOneLine) {
-  const std::string dir = tmpdir("cli");
-  RunConfig c = tiny_run(dir);
-  c.train.steps = 2;
-  c.train.out = dir + "/run";
-  train_model(c);
+  const RunConfig c = trained_tiny_run("cli", 2);
+  const std::string dir = std::filesystem::path(c.train.out).parent_path().string();
   std::string err;
   ASSERT_EQ(run_cli("inspect --ckpt " + c.train.out, &err), 0) << err;
   // Routing report: text, the SVG chart, and compare's markdown row.
@@ -300,11 +297,7 @@ namespace {
 
 // `moe eval --json` and `moe inspect --json` print one JSON object with what their text says.
 TEST(Cli, EvalAndInspectPrintJson) {
-  const std::string dir = tmpdir("json");
-  RunConfig c = tiny_run(dir);
-  c.train.steps = 2;
-  c.train.out = dir + "/run";
-  train_model(c);
+  const RunConfig c = trained_tiny_run("json", 2);
   const nlohmann::json e = cli_json("eval --json --windows 4 --ckpt " + c.train.out);
   EXPECT_EQ(e["step"].get<int64_t>(), 2);
   EXPECT_EQ(e["windows"].get<int>(), 4);

@@ -1,5 +1,6 @@
 // train_helpers.h — what the training tests share: a fresh temp folder, a small learnable corpus, a
-// tiny model config on it, and running the `moe` CLI (MOE_CLI) with its exit status and stderr.
+// tiny model config on it (trained a few steps, if asked), and running the `moe` CLI (MOE_CLI) with
+// its exit status and stderr.
 #pragma once
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -13,6 +14,7 @@
 
 #include "core/rng.h"
 #include "train/run_config.h"
+#include "train/trainer.h"
 
 namespace moe {
 
@@ -54,6 +56,15 @@ inline RunConfig tiny_run(const std::string& dir) {
   RunConfig c = load_run_config("", tiny_sets());
   c.train.corpus = "file:" + corpus;
   c.train.data_dir = dir + "/data";
+  return c;
+}
+
+// tiny_run in a fresh tmpdir(name), trained `steps` steps into its run/ folder; returns the config.
+inline RunConfig trained_tiny_run(const std::string& name, int steps) {
+  RunConfig c = tiny_run(tmpdir(name));
+  c.train.steps = steps;
+  c.train.out = std::filesystem::path(c.train.data_dir).parent_path().string() + "/run";
+  train_model(c);
   return c;
 }
 
