@@ -112,13 +112,10 @@ void add_lm(CLI::App& app) {
   train->callback([] {
     apply_threads(o.threads);
     // --resume without --config continues the run's own config.json, with the --set overrides on top
-    // (e.g. --set train.steps=1200 to train further); a run folder without one is an error.
+    // (e.g. --set train.steps=1200 to train further); a run folder without one is train_model's error.
     if (resume && overwrite) fail("--resume and --overwrite contradict each other; give one");
     RunConfig c = load_run_config(o.config, o.sets);
-    if (resume && o.config.empty()) {
-      if (!std::filesystem::exists(c.train.out + "/config.json"))
-        fail("--resume: " + c.train.out + " has no config.json, so it holds no run to continue; train without --resume, "
-             "or point train.out at a run folder (--set train.out=DIR)");
+    if (resume && o.config.empty() && std::filesystem::exists(c.train.out + "/config.json")) {
       const RunConfig saved = read_checkpoint_config(c.train.out);
       c = load_run_config("", o.sets, &saved);
     }
@@ -130,8 +127,7 @@ void add_lm(CLI::App& app) {
     Tokenizer tok;
     tok.load(c.train.out + "/tokenizer.model");
     TransformerLM model(c.model, ParamInit::for_loading);
-    load_checkpoint(c.train.out, model, nullptr);
-    std::printf("checkpoint: %s\n", latest_checkpoint(c.train.out).dir.c_str());
+    std::printf("checkpoint: %s\n", step_dir(c.train.out, load_checkpoint(c.train.out, model, nullptr).step).c_str());
     const std::string prompt = c.train.corpus == "c-headers" ? "#include <stdio.h>\n" : "And God said";
     SampleOptions so;
     so.max_tokens = 48;
@@ -160,7 +156,7 @@ void add_lm(CLI::App& app) {
     TokenShard val(checkpoint_val_shard(o.ckpt, c, corpus));
     const double loss = evaluate(model, val, c.model.max_position_embeddings, eval_windows, c.train.batch_size);
     if (eval_json) {
-      const nlohmann::json j = {{"ckpt", latest_checkpoint(o.ckpt).dir}, {"step", st.step}, {"corpus", corpus},
+      const nlohmann::json j = {{"ckpt", step_dir(o.ckpt, st.step)}, {"step", st.step}, {"corpus", corpus},
                                 {"windows", eval_windows}, {"val_loss", loss}, {"perplexity", std::exp(loss)}};
       std::printf("%s\n", j.dump().c_str());
       return;

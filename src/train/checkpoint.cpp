@@ -23,12 +23,6 @@ constexpr const char* kModel = "model.safetensors";
 constexpr const char* kOptimizer = "optimizer.safetensors";
 constexpr const char* kManifest = "manifest.json";
 
-std::string step_dir(const std::string& run, int64_t step) {
-  char name[32];
-  std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
-  return run + "/" + name;
-}
-
 // The step of a folder named exactly "step-<digits>", or -1.
 int64_t step_of(const std::string& name) {
   if (name.rfind("step-", 0) != 0 || name.size() == 5 || name.size() > 5 + 15) return -1;
@@ -102,6 +96,12 @@ void load_into(const std::string& file, const std::map<std::string, const Tensor
 }
 
 }  // namespace
+
+std::string step_dir(const std::string& run, int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
+  return run + "/" + name;
+}
 
 std::vector<Checkpoint> list_checkpoints(const std::string& run) {
   std::vector<Checkpoint> out;

@@ -42,6 +42,8 @@ struct Checkpoint {
   std::string dir;  // run/step-N
 };
 
+// The folder of the checkpoint at `step` of a run: run/step-%08d.
+std::string step_dir(const std::string& run, int64_t step);
 // The complete checkpoints of a run folder, oldest first.
 std::vector<Checkpoint> list_checkpoints(const std::string& run);
 // The newest complete checkpoint; throws moe::Error naming the folder when there is none.

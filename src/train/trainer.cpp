@@ -251,6 +251,17 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   // Parameters, their gradients and two Adam moments, plus the activations of one micro-batch.
   c.model.check_memory(16.0, 4.0 * T * (24.0 * c.model.hidden_size * c.model.num_hidden_layers + 3.0 * c.model.vocab_size),
                        "train");
+  fs::create_directories(t.out);
+  const FolderLock lock(t.out, "moe train");
+  if (const int n = remove_temp_files(t.out))
+    std::printf("train: removed %d unfinished file(s) of an interrupted writer in %s\n", n, t.out.c_str());
+  if (opts.resume) {
+    if (!fs::exists(t.out + "/config.json"))
+      fail("--resume: " + t.out + " has no config.json, so it holds no run to continue; train without --resume, or set train.out to a run folder");
+  } else if (const std::string held = describe_run(t.out); !held.empty() && !opts.overwrite) {
+    fail(t.out + " already holds a run (" + held + "); pass --resume to continue it, --overwrite to replace it, "
+         "or set another train.out");
+  }
   const std::string data = prepare_corpus(t.corpus, t.data_dir, c.model.vocab_size, false);
   TokenShard train_shard(data + "/train.bin"), val_shard(data + "/val.bin");
   check_shard_length(train_shard, L, t.corpus);
@@ -259,19 +270,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   tok.load(data + "/tokenizer.model");
   MOE_CHECK(tok.vocab_size() == c.model.vocab_size, "tokenizer of " + data + " has " + std::to_string(tok.vocab_size()) +
                                                          " tokens but model.vocab_size = " + std::to_string(c.model.vocab_size));
-  fs::create_directories(t.out);
-  const FolderLock lock(t.out, "moe train");
-  if (const int n = remove_temp_files(t.out))
-    std::printf("train: removed %d unfinished file(s) of an interrupted writer in %s\n", n, t.out.c_str());
-  if (opts.resume) {
-    if (!fs::exists(t.out + "/config.json"))
-      fail("--resume: " + t.out + " has no config.json, so it holds no run to continue; train without --resume");
-  } else if (const std::string held = describe_run(t.out); !held.empty()) {
-    if (!opts.overwrite)
-      fail(t.out + " already holds a run (" + held + "); pass --resume to continue it, --overwrite to replace it, "
-           "or set another train.out");
-    clear_run(t.out);
-  }
+  if (!opts.resume && opts.overwrite) clear_run(t.out);  // only once the data and sizes are known good
   TransformerLM model(c.model, opts.resume ? ParamInit::for_loading : ParamInit::random);
   AdamWConfig oc;
   oc.beta1 = t.beta1;
