@@ -10,7 +10,9 @@
 #include "core/gemm.h"
 #include "core/rng.h"
 #include "moe/moe_layer.h"
-#include "moe/peer.h"
+#include "peer/peer_layer.h"
+#include "peer/peer_stats.h"
+#include "peer/product_keys.h"
 
 namespace moe {
 namespace {
@@ -36,12 +38,12 @@ void BM_GemmBf16(benchmark::State& st) {
 }
 BENCHMARK(BM_GemmBf16)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-MoeConfig layer_config(int G, const std::string& router) {
+MoeConfig layer_config(int G, RouterKind router) {
   MoeConfig c;
-  c.d_model = 512;
-  c.d_ff_expert = 1024;
-  c.experts = 8;
-  c.top_k = 2;
+  c.hidden_size = 512;
+  c.moe_intermediate_size = 1024;
+  c.num_local_experts = 8;
+  c.num_experts_per_tok = 2;
   c.granularity = G;
   c.router = router;
   return c;
@@ -52,23 +54,23 @@ MoeConfig layer_config(int G, const std::string& router) {
 // id; base (auction) and sbase (Sinkhorn) show what balanced routing costs.
 void BM_Router(benchmark::State& st) {
   const auto kind = static_cast<RouterKind>(st.range(1));
-  MoeConfig c = layer_config(static_cast<int>(st.range(0)), router_name(kind));
+  MoeConfig c = layer_config(static_cast<int>(st.range(0)), kind);
   if (kind == RouterKind::base) {  // one expert per token, as many experts
-    c.experts *= c.granularity;
-    c.top_k = c.granularity = 1;
+    c.num_local_experts *= c.granularity;
+    c.num_experts_per_tok = c.granularity = 1;
   }
   c.vocab_size = 4096;
   auto router = Router::create(c);
   const int T = 4096;
-  std::vector<float> x(static_cast<size_t>(T) * c.d_model);
+  std::vector<float> x(static_cast<size_t>(T) * c.hidden_size);
   fill_normal(x.data(), x.size(), 1, 1, 0.f, 1.f);
   std::vector<int32_t> tokens(static_cast<size_t>(T));
   for (int t = 0; t < T; ++t) tokens[static_cast<size_t>(t)] = (t * 7919) % c.vocab_size;
   Routing r;
   uint64_t step = 0;
-  for (auto _ : st) router->forward(x.data(), T, RouteContext{true, step++, tokens.data(), false}, r);
+  for (auto _ : st) router->forward(x.data(), T, FfnContext{.training = true, .step = step++, .tokens = tokens.data()}, r);
   st.SetItemsProcessed(st.iterations() * T);
-  st.SetLabel(router_name(kind));
+  st.SetLabel(name_of(kind));
 }
 BENCHMARK(BM_Router)->ArgsProduct({{1, 8}, {0, 1, 2, 3, 4, 5, 6, 7, 8}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -91,14 +93,14 @@ BENCHMARK(BM_DispatchPlan)->Args({8, 2, 0})->Args({8, 2, 1})->Args({64, 16, 0})-
 
 // Whole layer forward + backward at the shape: args = granularity, bf16.
 void BM_MoeLayer(benchmark::State& st) {
-  MoeConfig c = layer_config(static_cast<int>(st.range(0)), "topk_softmax");
-  if (st.range(1)) c.precision = "bf16";
+  MoeConfig c = layer_config(static_cast<int>(st.range(0)), RouterKind::topk_softmax);
+  if (st.range(1)) c.precision = Precision::bf16;
   MoeLayer layer(c);
-  const int T = 4096, d = c.d_model;
+  const int T = 4096, d = c.hidden_size;
   std::vector<float> x(static_cast<size_t>(T) * d), y(x.size()), dx(x.size());
   fill_normal(x.data(), x.size(), 1, 1, 0.f, 1.f);
   for (auto _ : st) {
-    layer.forward(x.data(), T, y.data());
+    layer.forward(x.data(), T, y.data(), {});
     layer.backward(x.data(), dx.data());
   }
   const double flops = 9.0 * 2.0 * T * c.k() * d * c.expert_hidden();
@@ -127,12 +129,12 @@ void BM_PeerLayer(benchmark::State& st) {
   c.n_keys = static_cast<int>(st.range(0));
   PeerLayer layer(c);
   const int T = 1024;
-  std::vector<float> x(static_cast<size_t>(T) * c.d_model), dy(x.size()), y(x.size()), dx(x.size());
+  std::vector<float> x(static_cast<size_t>(T) * c.hidden_size), dy(x.size()), y(x.size()), dx(x.size());
   fill_normal(x.data(), x.size(), 1, 1, 0.f, 1.f);
   fill_normal(dy.data(), dy.size(), 1, 2, 0.f, 1.f);
   for (auto _ : st) {
     layer.zero_grad();
-    layer.forward(x.data(), T, y.data(), true);
+    layer.forward(x.data(), T, y.data(), {.training = true});
     layer.backward(dy.data(), dx.data());
   }
   st.counters["tokens/s"] = benchmark::Counter(T, benchmark::Counter::kIsIterationInvariantRate);

@@ -26,11 +26,11 @@ inline void PrintTo(const LayerCase& c, std::ostream* os) { *os << c.name; }
 
 inline MoeConfig small_config(const std::string& router) {
   MoeConfig c;
-  c.d_model = 12;
-  c.d_ff_expert = 8;
-  c.experts = 4;
-  c.top_k = 2;
-  c.router = router;
+  c.hidden_size = 12;
+  c.moe_intermediate_size = 8;
+  c.num_local_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.router = parse_enum<RouterKind>(router, "router");
   c.seed = 11;
   return c;
 }
@@ -39,20 +39,20 @@ inline std::vector<LayerCase> layer_cases() {
   std::vector<LayerCase> v;
   {
     LayerCase c{"topk_softmax_aux_z", small_config("topk_softmax")};
-    c.cfg.aux_loss_coef = 0.3f;
-    c.cfg.z_loss_coef = 0.05f;
+    c.cfg.router_aux_loss_coef = 0.3f;
+    c.cfg.router_z_loss_coef = 0.05f;
     v.push_back(c);
   }
   {
     LayerCase c{"switch_top1_capacity_position", small_config("softmax_topk")};
-    c.cfg.top_k = 1;
-    c.cfg.aux_loss_coef = 0.2f;
+    c.cfg.num_experts_per_tok = 1;
+    c.cfg.router_aux_loss_coef = 0.2f;
     c.cfg.capacity_factor = 1.0f;
     v.push_back(c);
   }
   {
     LayerCase c{"softmax_topk_renorm_deepseek_losses", small_config("softmax_topk")};
-    c.cfg.renormalize = true;
+    c.cfg.norm_topk_prob = true;
     c.cfg.expert_loss_coef = 0.2f;
     c.cfg.device_loss_coef = 0.3f;
     c.cfg.device_groups = 2;
@@ -60,10 +60,10 @@ inline std::vector<LayerCase> layer_cases() {
   }
   {
     LayerCase c{"softmax_topk_group_limited", small_config("softmax_topk")};
-    c.cfg.experts = 8;
+    c.cfg.num_local_experts = 8;
     c.cfg.n_group = 4;
     c.cfg.topk_group = 2;
-    c.cfg.aux_loss_coef = 0.1f;
+    c.cfg.router_aux_loss_coef = 0.1f;
     v.push_back(c);
   }
   {
@@ -79,69 +79,69 @@ inline std::vector<LayerCase> layer_cases() {
   }
   {
     LayerCase c{"sigmoid_bias_seq_loss_groups", small_config("sigmoid_bias")};
-    c.cfg.experts = 8;
+    c.cfg.num_local_experts = 8;
     c.cfg.n_group = 4;
     c.cfg.topk_group = 2;
-    c.cfg.routed_scaling = 2.5f;
+    c.cfg.routed_scaling_factor = 2.5f;
     c.cfg.seq_aux_loss_coef = 0.3f;
     c.seq_len = 8;
     v.push_back(c);
   }
   {
     LayerCase c{"topk_softmax_jitter", small_config("topk_softmax")};
-    c.cfg.jitter_eps = 0.1f;
-    c.cfg.z_loss_coef = 0.05f;
+    c.cfg.router_jitter_noise = 0.1f;
+    c.cfg.router_z_loss_coef = 0.05f;
     v.push_back(c);
   }
   {
     LayerCase c{"shared_gated_granularity2", small_config("softmax_topk")};
     c.cfg.granularity = 2;
-    c.cfg.n_shared = 2;
-    c.cfg.shared_gate = true;
-    c.cfg.aux_loss_coef = 0.1f;
+    c.cfg.n_shared_experts = 2;
+    c.cfg.shared_expert_gate = true;
+    c.cfg.router_aux_loss_coef = 0.1f;
     v.push_back(c);
   }
   {
     LayerCase c{"shared_plain_capacity_probs", small_config("topk_softmax")};
-    c.cfg.n_shared = 1;
-    c.cfg.shared_hidden = 6;
+    c.cfg.n_shared_experts = 1;
+    c.cfg.shared_expert_intermediate_size = 6;
     c.cfg.capacity_factor = 0.75f;
-    c.cfg.drop_policy = "probs";
+    c.cfg.drop_policy = DropPolicy::probs;
     v.push_back(c);
   }
   {
     LayerCase c{"hash_top2_shared", small_config("hash")};
     c.cfg.vocab_size = 37;
-    c.cfg.n_shared = 1;
+    c.cfg.n_shared_experts = 1;
     v.push_back(c);
   }
   {
     LayerCase c{"base_balanced_assignment", small_config("base")};
-    c.cfg.top_k = 1;
-    c.cfg.aux_loss_coef = 0.2f;
+    c.cfg.num_experts_per_tok = 1;
+    c.cfg.router_aux_loss_coef = 0.2f;
     v.push_back(c);
   }
   {
     LayerCase c{"base_eval_argmax", small_config("base")};
-    c.cfg.top_k = 1;
+    c.cfg.num_experts_per_tok = 1;
     c.training = false;
     v.push_back(c);
   }
   {
     LayerCase c{"sbase_top1", small_config("sbase")};
-    c.cfg.top_k = 1;
-    c.cfg.z_loss_coef = 0.05f;
+    c.cfg.num_experts_per_tok = 1;
+    c.cfg.router_z_loss_coef = 0.05f;
     v.push_back(c);
   }
   {
     LayerCase c{"sbase_top2", small_config("sbase")};
-    c.cfg.aux_loss_coef = 0.1f;
+    c.cfg.router_aux_loss_coef = 0.1f;
     v.push_back(c);
   }
   {
     LayerCase c{"reinforce_reward", small_config("reinforce")};
     c.cfg.reinforce_coef = 0.5f;
-    c.cfg.aux_loss_coef = 0.1f;
+    c.cfg.router_aux_loss_coef = 0.1f;
     c.reward.resize(static_cast<size_t>(c.T));
     fill_normal(c.reward.data(), c.reward.size(), 3, 3, -3.f, 1.f);
     c.reward[5] = std::nanf("");  // a token without a target
@@ -154,8 +154,8 @@ inline std::vector<LayerCase> layer_cases() {
   }
   {
     LayerCase c{"expert_choice", small_config("expert_choice")};
-    c.cfg.aux_loss_coef = 0.1f;
-    c.cfg.z_loss_coef = 0.05f;
+    c.cfg.router_aux_loss_coef = 0.1f;
+    c.cfg.router_z_loss_coef = 0.05f;
     v.push_back(c);
   }
   {

@@ -53,23 +53,23 @@ TEST(Bf16, GemmMatchesReferenceForEveryTranspose) {
 TEST(Bf16, LayerMatchesFp32WithinBf16Precision) {
   for (int G : {1, 4}) {
     MoeConfig c;
-    c.d_model = 64;
-    c.d_ff_expert = 128;
-    c.experts = 8;
-    c.top_k = 2;
+    c.hidden_size = 64;
+    c.moe_intermediate_size = 128;
+    c.num_local_experts = 8;
+    c.num_experts_per_tok = 2;
     c.granularity = G;
-    c.n_shared = 1;
-    c.aux_loss_coef = 0.01f;
+    c.n_shared_experts = 1;
+    c.router_aux_loss_coef = 0.01f;
     MoeLayer ref(c);
-    c.precision = "bf16";
+    c.precision = Precision::bf16;
     MoeLayer mixed(c);
     const int T = 256, d = 64;
     Tensor x({T, d}), dy({T, d}), y1({T, d}), y2({T, d}), dx1({T, d}), dx2({T, d});
     fill_normal(x.data(), x.numel(), 3, 1, 0.f, 1.f);
     fill_normal(dy.data(), dy.numel(), 3, 2, 0.f, 1.f);
-    ref.forward(x.data(), T, y1.data());
+    ref.forward(x.data(), T, y1.data(), {});
     ref.backward(dy.data(), dx1.data());
-    mixed.forward(x.data(), T, y2.data());
+    mixed.forward(x.data(), T, y2.data(), {});
     mixed.backward(dy.data(), dx2.data());
     ASSERT_EQ(ref.routing().expert, mixed.routing().expert) << "the router is fp32 in both";
     auto rel = [](const Tensor& a, const Tensor& b) {

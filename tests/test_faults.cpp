@@ -16,7 +16,9 @@
 #include "core/files.h"
 #include "core/safetensors.h"
 #include "train/checkpoint.h"
-#include "train/data.h"
+#include "data/corpus.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
 #include "train/run_config.h"
 #include "train_helpers.h"
 

@@ -11,10 +11,13 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
-#include "train/run_config.h"
+#include "model/dense_ffn.h"
 #include "model/transformer.h"
+#include "moe/moe_layer.h"
 #include "nn/cross_entropy.h"
+#include "peer/peer_layer.h"
 #include "train/adamw.h"
+#include "train/run_config.h"
 
 namespace moe {
 namespace {
@@ -31,13 +34,13 @@ ModelConfig tiny(bool tied, const std::string& router) {
   c.tie_word_embeddings = tied;
   c.first_k_dense_replace = 1;
   c.initializer_range = 0.3f;
-  c.moe.d_ff_expert = 8;
-  c.moe.experts = 4;
-  c.moe.top_k = 2;
-  c.moe.router = router;
+  c.moe.moe_intermediate_size = 8;
+  c.moe.num_local_experts = 4;
+  c.moe.num_experts_per_tok = 2;
+  c.moe.router = parse_enum<RouterKind>(router, "router");
   c.moe.router_init_std = 0.5f;
-  c.moe.aux_loss_coef = 0.1f;
-  c.moe.n_shared = 1;
+  c.moe.router_aux_loss_coef = 0.1f;
+  c.moe.n_shared_experts = 1;
   return c;
 }
 
@@ -69,7 +72,7 @@ TEST_P(ModelGradient, MatchesFiniteDifferences) {
   auto routes = [&] {
     std::vector<int32_t> r;
     for (auto& b : model.blocks)
-      if (b.moe) r.insert(r.end(), b.moe->routing().expert.begin(), b.moe->routing().expert.end());
+      if (const MoeLayer* m = b.ffn_as<MoeLayer>()) r.insert(r.end(), m->routing().expert.begin(), m->routing().expert.end());
     return r;
   };
   const std::vector<int32_t> base = routes();
@@ -110,7 +113,7 @@ TEST_P(ModelGradient, MatchesPyTorch) {
   const int B = 2, L = 6, T = B * L;
   std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
   tgt[3] = kIgnoreIndex;
-  if (Tensor* bias = model.blocks[1].moe->router->selection_bias()) fill_normal(bias->data(), bias->numel(), 4, 4, 0.f, 0.1f);
+  if (Tensor* bias = model.blocks[1].ffn_as<MoeLayer>()->router->selection_bias()) fill_normal(bias->data(), bias->numel(), 4, 4, 0.f, 0.1f);
   model.zero_grad();
   const double ce = model.forward(tok.data(), tgt.data(), B, L, true, 0);
   model.backward();
@@ -118,7 +121,7 @@ TEST_P(ModelGradient, MatchesPyTorch) {
   RunConfig rc;
   rc.model = c;
   in.metadata["model"] = nlohmann::json::parse(run_config_to_json(rc))["model"].dump();
-  in.metadata["moe"] = model.blocks[1].moe->cfg.to_json();
+  in.metadata["moe"] = model.blocks[1].ffn_as<MoeLayer>()->cfg.to_json();
   in.metadata["B"] = std::to_string(B);
   in.metadata["L"] = std::to_string(L);
   Tensor tt({T}), tg({T});
@@ -129,7 +132,7 @@ TEST_P(ModelGradient, MatchesPyTorch) {
   in.tensors["tokens"] = tt;
   in.tensors["targets"] = tg;
   for (Param& p : model.params()) in.tensors[p.name] = *p.value;
-  if (Tensor* bias = model.blocks[1].moe->router->selection_bias()) in.tensors["model.layers.1.mlp.router.bias"] = *bias;
+  if (Tensor* bias = model.blocks[1].ffn_as<MoeLayer>()->router->selection_bias()) in.tensors["model.layers.1.mlp.router.bias"] = *bias;
   // Named after the case: ctest runs the cases in parallel.
   const std::string base = ::testing::TempDir() + "/model_" + GetParam().name;
   const std::string case_path = base + ".safetensors", out_path = base + ".out.safetensors";
@@ -152,7 +155,7 @@ TEST_P(ModelGradient, MatchesPyTorch) {
 // full forward (eval mode: BatchNorm's running statistics); parameters and FLOPs are accounted.
 ModelConfig tiny_peer() {
   ModelConfig c = tiny(false, "topk_softmax");
-  c.ffn = "peer";
+  c.ffn = FfnKind::peer;
   c.sparse_layers = {1};
   c.peer.n_keys = 6;
   c.peer.heads = 2;
@@ -164,10 +167,10 @@ ModelConfig tiny_peer() {
 TEST(PeerModel, MatchesFiniteDifferences) {
   const ModelConfig c = tiny_peer();
   TransformerLM model(c);
-  ASSERT_TRUE(model.blocks[1].peer && !model.blocks[0].peer && !model.blocks[0].moe);
+  ASSERT_TRUE(model.blocks[1].ffn_as<PeerLayer>() && model.blocks[0].ffn_as<DenseFfn>());
   const int B = 2, L = 6, T = B * L;
   std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
-  PeerLayer& peer = *model.blocks[1].peer;
+  PeerLayer& peer = *model.blocks[1].ffn_as<PeerLayer>();
   const Tensor rm = peer.running_mean, rv = peer.running_var;
   auto J = [&] {
     peer.running_mean = rm;  // training forwards move the running statistics; J must not depend on that
@@ -229,14 +232,58 @@ TEST(PeerModel, KvCacheDecodingMatchesFullForwardAndAccounting) {
   for (const Param& p : model.params()) listed += static_cast<int64_t>(p.value->numel());
   for (const SparseParam& p : model.sparse_params()) listed += static_cast<int64_t>(p.value->numel());
   EXPECT_EQ(listed, model.num_params());
-  const PeerLayer& peer = *model.blocks[1].peer;
+  const PeerLayer& peer = *model.blocks[1].ffn_as<PeerLayer>();
   EXPECT_EQ(peer.num_params() - peer.num_active_params(), 2LL * (36 - 2 * 3) * c.hidden_size);
   // FLOPs: the dense model's, less its block-1 FFN (6 per weight), plus the PEER layer's own count.
   ModelConfig dense = c;
-  dense.ffn = "dense";
+  dense.ffn = FfnKind::dense;
   TransformerLM d(dense);
   EXPECT_NEAR(model.flops_per_token(), d.flops_per_token() - 6.0 * 3 * c.intermediate_size * c.hidden_size + peer.flops_per_token(), 1e-6);
   EXPECT_EQ(model.buffers().size(), 2u);
+}
+
+// Above the model, the FFNs are seen through the Ffn interface only: which experts each token went to
+// (per block with experts: MoE's slots, PEER's h·k retrievals; none for a dense block), and the
+// metrics of the last forward grouped by kind, each with its block.
+TEST(Model, ExpertsAndMetricsPerSparseBlockThroughTheFfnInterface) {
+  const int B = 2, L = 6, T = B * L;
+  {
+    const ModelConfig c = tiny(false, "topk_softmax");  // block 0 dense (first_k_dense_replace = 1), block 1 MoE
+    TransformerLM model(c);
+    std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
+    model.forward(tok.data(), tgt.data(), B, L, true, 0);
+    const Routing& r = model.blocks[1].ffn_as<MoeLayer>()->routing();
+    for (int t = 0; t < T; ++t) {
+      const auto e = model.experts_of(t);
+      ASSERT_EQ(e.size(), 1u);
+      EXPECT_EQ(e[0].first, 1);
+      EXPECT_EQ(e[0].second, std::vector<int32_t>(r.expert.begin() + t * 2, r.expert.begin() + t * 2 + 2));
+    }
+    std::string summary;
+    const nlohmann::json m = model.metrics(&summary);
+    ASSERT_EQ(m["moe"].size(), 1u);
+    EXPECT_EQ(m["moe"][0]["layer"], 1);
+    EXPECT_EQ(m["moe"][0]["load"].size(), 4u);
+    EXPECT_FALSE(m.contains("peer"));
+    EXPECT_EQ(summary.rfind("L1 max/mean ", 0), 0u) << summary;
+    EXPECT_NEAR(model.stats().aux, model.blocks[1].ffn->loss(), 1e-12);  // only the MoE block has loss terms
+  }
+  {
+    const ModelConfig c = tiny_peer();  // block 1 PEER, heads 2 × top-3
+    TransformerLM model(c);
+    std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
+    model.forward(tok.data(), tgt.data(), B, L, false, 0);
+    const std::vector<int32_t>& idx = model.blocks[1].ffn_as<PeerLayer>()->experts();
+    const auto e = model.experts_of(5);
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_EQ(e[0].first, 1);
+    EXPECT_EQ(e[0].second, std::vector<int32_t>(idx.begin() + 5 * 6, idx.begin() + 6 * 6));
+    const nlohmann::json m = model.metrics();
+    EXPECT_TRUE(m["moe"].empty());  // always there, as metrics.jsonl has always had it
+    ASSERT_EQ(m["peer"].size(), 1u);
+    EXPECT_EQ(m["peer"][0]["layer"], 1);
+    EXPECT_EQ(m["peer"][0]["pairs"], T * 6);
+  }
 }
 
 TEST(PeerModel, ConfigErrorsNameTheField) {

@@ -16,7 +16,7 @@ struct Eval {
 };
 
 Eval objective(MoeLayer& layer, const LayerCase& c, const Tensor& x, const Tensor& dy) {
-  Tensor y({c.T, c.cfg.d_model});
+  Tensor y({c.T, c.cfg.hidden_size});
   case_forward(layer, c, x.data(), y.data());
   double J = layer.losses().total();
   for (size_t i = 0; i < y.numel(); ++i) J += static_cast<double>(y[i]) * dy[i];
@@ -29,7 +29,7 @@ TEST_P(MoeGradient, MatchesFiniteDifferences) {
   const LayerCase& c = GetParam();
   MoeLayer layer(c.cfg);
   randomize(layer, 5);
-  Tensor x({c.T, c.cfg.d_model}), dy({c.T, c.cfg.d_model}), y({c.T, c.cfg.d_model}), dx({c.T, c.cfg.d_model});
+  Tensor x({c.T, c.cfg.hidden_size}), dy({c.T, c.cfg.hidden_size}), y({c.T, c.cfg.hidden_size}), dx({c.T, c.cfg.hidden_size});
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
   fill_normal(dy.data(), dy.numel(), 9, 2, 0.f, 1.f);
 

@@ -12,14 +12,14 @@ namespace {
 
 TEST(SigmoidBias, UpdateMovesBiasTowardsBalance) {
   MoeConfig c = small_config("sigmoid_bias");
-  c.experts = 8;
-  c.bias_update_rate = 1e-3f;
+  c.num_local_experts = 8;
+  c.bias_update_speed = 1e-3f;
   MoeLayer layer(c);
   randomize(layer, 3);
   Tensor* b = layer.router->selection_bias();
   ASSERT_NE(b, nullptr);
   b->zero();
-  const int T = 32, d = c.d_model;
+  const int T = 32, d = c.hidden_size;
   Tensor x({T, d}), y({T, d});
   // Two training forwards: the update uses the loads routed since the last update, summed.
   std::vector<int64_t> load(8, 0);
@@ -30,7 +30,7 @@ TEST(SigmoidBias, UpdateMovesBiasTowardsBalance) {
   }
   // An eval forward does not count.
   layer.forward(x.data(), T, y.data(), {false, 9, 0});
-  layer.update_bias();
+  layer.after_step();
   double mean = 0;
   for (int64_t v : load) mean += static_cast<double>(v) / 8.0;
   int moved = 0;
@@ -43,7 +43,7 @@ TEST(SigmoidBias, UpdateMovesBiasTowardsBalance) {
   EXPECT_GT(moved, 0);
   // The counts restart after an update: with no forward in between the bias stays.
   Tensor before = *b;
-  layer.update_bias();
+  layer.after_step();
   for (int e = 0; e < 8; ++e) EXPECT_FLOAT_EQ((*b)[e], before[e]);
 }
 
@@ -55,7 +55,7 @@ TEST(SigmoidBias, BiasSteersSelection) {
   b->zero();
   (*b)[2] = 10.f;  // a large bias forces expert 2 into every token's top-k
   const int T = 16;
-  Tensor x({T, c.d_model}), y({T, c.d_model});
+  Tensor x({T, c.hidden_size}), y({T, c.hidden_size});
   fill_normal(x.data(), x.numel(), 4, 1, 0.f, 1.f);
   layer.forward(x.data(), T, y.data(), {true, 0, 0});
   EXPECT_EQ(layer.plan().routed[2], T);
@@ -69,7 +69,7 @@ TEST(MoeLayer, SameSeedSameThreadsIsBitIdentical) {
     for (int run = 0; run < 2; ++run) {
       MoeLayer layer(c.cfg);
       randomize(layer, 5);
-      Tensor x({c.T, c.cfg.d_model}), y({c.T, c.cfg.d_model}), dy({c.T, c.cfg.d_model}), dx({c.T, c.cfg.d_model});
+      Tensor x({c.T, c.cfg.hidden_size}), y({c.T, c.cfg.hidden_size}), dy({c.T, c.cfg.hidden_size}), dx({c.T, c.cfg.hidden_size});
       fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
       fill_normal(dy.data(), dy.numel(), 9, 2, 0.f, 1.f);
       case_forward(layer, c, x.data(), y.data());
@@ -86,10 +86,10 @@ TEST(MoeLayer, SameSeedSameThreadsIsBitIdentical) {
 TEST(MoeLayer, LargeBatchIsBitIdenticalAcrossRuns) {
   // Big enough that the expert-parallel schedule and threaded BLAS both engage.
   MoeConfig c;
-  c.d_model = 64;
-  c.d_ff_expert = 128;
-  c.experts = 8;
-  c.top_k = 2;
+  c.hidden_size = 64;
+  c.moe_intermediate_size = 128;
+  c.num_local_experts = 8;
+  c.num_experts_per_tok = 2;
   c.granularity = 4;
   const int T = 512;
   Tensor first;
@@ -97,7 +97,7 @@ TEST(MoeLayer, LargeBatchIsBitIdenticalAcrossRuns) {
     MoeLayer layer(c);
     Tensor x({T, 64}), y({T, 64}), dx({T, 64});
     fill_normal(x.data(), x.numel(), 1, 1, 0.f, 1.f);
-    layer.forward(x.data(), T, y.data());
+    layer.forward(x.data(), T, y.data(), {});
     layer.backward(x.data(), dx.data());
     if (run == 0) {
       first = layer.experts.dw1;
@@ -115,11 +115,11 @@ TEST(MoeLayer, DroppedPairsContributeNothing) {
   MoeLayer dropless(c);
   randomize(dropping, 5);
   randomize(dropless, 5);
-  const int T = 16, d = c.d_model, k = 2;
+  const int T = 16, d = c.hidden_size, k = 2;
   Tensor x({T, d}), y1({T, d}), y2({T, d});
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
-  dropping.forward(x.data(), T, y1.data());
-  dropless.forward(x.data(), T, y2.data());
+  dropping.forward(x.data(), T, y1.data(), {});
+  dropless.forward(x.data(), T, y2.data(), {});
   ASSERT_GT(dropping.plan().dropped, 0);
   EXPECT_FLOAT_EQ(dropping.plan().dropped_fraction(), static_cast<float>(dropping.plan().dropped) / (T * k));
   // y_dropless − y_dropping = Σ over dropped pairs of g·e(x): a token with nothing dropped is equal.
@@ -142,7 +142,7 @@ TEST(MoeLayer, NoisyEvalHasNoNoise) {
   MoeLayer layer(c);
   randomize(layer, 5);
   const int T = 16;
-  Tensor x({T, c.d_model}), y1({T, c.d_model}), y2({T, c.d_model});
+  Tensor x({T, c.hidden_size}), y1({T, c.hidden_size}), y2({T, c.hidden_size});
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
   layer.forward(x.data(), T, y1.data(), {false, 1, 0});
   layer.forward(x.data(), T, y2.data(), {false, 2, 0});
@@ -155,19 +155,19 @@ TEST(MoeLayer, BalancedAuxLossEqualsCoefficient) {
   // With uniform router weights (zero) every P_i = 1/E; any routing gives α·E·Σ f_i/E = α.
   MoeConfig c = small_config("softmax_topk");
   c.router_init_std = 0.f;
-  c.aux_loss_coef = 0.01f;
+  c.router_aux_loss_coef = 0.01f;
   MoeLayer layer(c);
   const int T = 16;
-  Tensor x({T, c.d_model}), y({T, c.d_model});
+  Tensor x({T, c.hidden_size}), y({T, c.hidden_size});
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
-  layer.forward(x.data(), T, y.data());
+  layer.forward(x.data(), T, y.data(), {});
   EXPECT_NEAR(layer.losses().balance.aux, 0.01f, 1e-7);
 }
 
 TEST(MoeLayer, ParameterCounts) {
   MoeConfig c = small_config("topk_softmax");
-  c.n_shared = 2;
-  c.shared_gate = true;
+  c.n_shared_experts = 2;
+  c.shared_expert_gate = true;
   MoeLayer layer(c);
   const int64_t d = 12, h = 8;
   EXPECT_EQ(layer.num_params(), 3 * 4 * h * d + 4 * d + 3 * 2 * h * d + d);

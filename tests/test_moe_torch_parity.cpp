@@ -8,7 +8,7 @@
 #include <filesystem>
 
 #include "core/safetensors.h"
-#include "moe/routers.h"
+#include "moe/routers/routers.h"
 #include "moe_cases.h"
 
 #ifndef MOE_SOURCE_DIR
@@ -47,7 +47,7 @@ TEST_P(MoeTorchParity, MatchesPyTorch) {
   const LayerCase& c = GetParam();
   MoeLayer layer(c.cfg);
   randomize(layer, 5);
-  const int T = c.T, d = c.cfg.d_model;
+  const int T = c.T, d = c.cfg.hidden_size;
   Tensor x({T, d}), dy({T, d}), y({T, d}), dx({T, d});
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
   fill_normal(dy.data(), dy.numel(), 9, 2, 0.f, 1.f);
@@ -71,7 +71,7 @@ TEST_P(MoeTorchParity, MatchesPyTorch) {
     in.tensors["tokens"] = Tensor({T});
     for (int t = 0; t < T; ++t) in.tensors["tokens"][static_cast<size_t>(t)] = static_cast<float>(c.tokens[static_cast<size_t>(t)]);
   }
-  if (c.cfg.router == "base" && c.training) {  // the auction's assignment (its optimality: test_routers)
+  if (c.cfg.router == RouterKind::base && c.training) {  // the auction's assignment (its optimality: test_routers)
     in.tensors["assignment"] = Tensor({T});
     for (int t = 0; t < T; ++t) in.tensors["assignment"][static_cast<size_t>(t)] = static_cast<float>(layer.routing().expert[static_cast<size_t>(t)]);
   }

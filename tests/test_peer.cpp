@@ -14,9 +14,11 @@
 #include "core/gemm.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
-#include "moe/peer.h"
+#include "peer/peer_layer.h"
+#include "peer/peer_stats.h"
+#include "peer/product_keys.h"
 #include "train/adamw.h"
-#include "train/routing_stats.h"
+
 
 #ifndef MOE_SOURCE_DIR
 #error "MOE_SOURCE_DIR must point at the source tree"
@@ -81,7 +83,7 @@ namespace {
 // A tiny PEER layer config.
 PeerConfig small_peer(int d_model, int n_keys, int heads, int top_k, int d_key) {
   PeerConfig c;
-  c.d_model = d_model;
+  c.hidden_size = d_model;
   c.n_keys = n_keys;
   c.heads = heads;
   c.top_k = top_k;
@@ -101,10 +103,10 @@ std::vector<PeerCase> peer_cases() {
   c.seed = 3;
   std::vector<PeerCase> v = {{"bn_softmax_gelu", c, true}, {"bn_eval", c, false}};
   c.query_bn = false;
-  c.score = "sigmoid";
+  c.score = PeerScore::sigmoid;
   v.push_back({"nobn_sigmoid", c, true});
-  c.score = "softmax";
-  c.activation = "relu";
+  c.score = PeerScore::softmax;
+  c.activation = PeerActivation::relu;
   v.push_back({"nobn_relu", c, true});
   return v;
 }
@@ -135,7 +137,7 @@ Tensor densify(const SparseRows& s, const Tensor& like) {
 TEST_P(PeerGradient, MatchesFiniteDifferences) {
   const PeerCase& pc = GetParam();
   PeerLayer layer(pc.cfg);
-  const int T = 10, d = pc.cfg.d_model;
+  const int T = 10, d = pc.cfg.hidden_size;
   randomize_bn(layer);
   Tensor x({T, d}), y({T, d}), dy({T, d}), dx({T, d});
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
@@ -144,7 +146,7 @@ TEST_P(PeerGradient, MatchesFiniteDifferences) {
   auto J = [&](std::vector<int32_t>* sel) {
     layer.running_mean = rm;  // a training forward moves the running statistics: keep them fixed
     layer.running_var = rv;
-    layer.forward(x.data(), T, y.data(), pc.training);
+    layer.forward(x.data(), T, y.data(), {.training = pc.training});
     if (sel) {  // the retrieval, and for ReLU which side of its kink each pre-activation is on
       *sel = layer.experts();
       for (float z : layer.preactivations()) sel->push_back(z > 0.f);
@@ -205,13 +207,13 @@ TEST(PeerLayer, BatchNormUsesBatchStatisticsInTrainingAndRunningOnesAtEval) {
   c.bn_momentum = 0.5f;
   PeerLayer layer(c);
   const int T = 64;
-  Tensor x({T, c.d_model}), y({T, c.d_model});
+  Tensor x({T, c.hidden_size}), y({T, c.hidden_size});
   fill_normal(x.data(), x.numel(), 1, 1, 2.f, 3.f);
-  layer.forward(x.data(), T, y.data(), true);
+  layer.forward(x.data(), T, y.data(), {.training = true});
   // Training: the normalised queries have batch mean 0 and variance 1 (gamma 1, beta 0).
   // Running statistics moved halfway (momentum 0.5) from (0, 1) toward the batch's.
   Tensor q({T, c.heads * c.d_key});
-  sgemm(false, true, T, c.heads * c.d_key, c.d_model, 1.f, x.data(), c.d_model, layer.wq.data(), c.d_model, 0.f, q.data(), c.heads * c.d_key);
+  sgemm(false, true, T, c.heads * c.d_key, c.hidden_size, 1.f, x.data(), c.hidden_size, layer.wq.data(), c.hidden_size, 0.f, q.data(), c.heads * c.d_key);
   for (int j = 0; j < c.heads * c.d_key; ++j) {
     double m = 0.0, s = 0.0;
     for (int t = 0; t < T; ++t) m += q[static_cast<size_t>(t * c.heads * c.d_key + j)];
@@ -224,15 +226,15 @@ TEST(PeerLayer, BatchNormUsesBatchStatisticsInTrainingAndRunningOnesAtEval) {
   // running statistics do not move.
   const Tensor rm = layer.running_mean;
   const std::vector<int32_t> train_sel = layer.experts();
-  layer.forward(x.data(), T, y.data(), false);
+  layer.forward(x.data(), T, y.data(), {.training = false});
   EXPECT_EQ(std::memcmp(rm.data(), layer.running_mean.data(), rm.numel() * 4), 0);
   EXPECT_NE(train_sel, layer.experts());
   // After many training forwards on the same batch the running statistics converge to the batch's,
   // and eval routing equals training routing.
-  for (int i = 0; i < 40; ++i) layer.forward(x.data(), T, y.data(), true);
-  layer.forward(x.data(), T, y.data(), false);
+  for (int i = 0; i < 40; ++i) layer.forward(x.data(), T, y.data(), {.training = true});
+  layer.forward(x.data(), T, y.data(), {.training = false});
   const std::vector<int32_t> eval_sel = layer.experts();
-  layer.forward(x.data(), T, y.data(), true);
+  layer.forward(x.data(), T, y.data(), {.training = true});
   size_t same = 0;
   for (size_t i = 0; i < eval_sel.size(); ++i) same += eval_sel[i] == layer.experts()[i];
   EXPECT_GT(same, eval_sel.size() * 9 / 10);  // unbiased vs biased variance differ by T/(T−1)
@@ -243,10 +245,10 @@ TEST(PeerLayer, BatchNormUsesBatchStatisticsInTrainingAndRunningOnesAtEval) {
 TEST_P(PeerGradient, MatchesPyTorch) {
   const PeerCase& pc = GetParam();
   PeerConfig cfg = pc.cfg;
-  cfg.d_model = 8;
+  cfg.hidden_size = 8;
   cfg.n_keys = 6;
   PeerLayer layer(cfg);
-  const int T = 16, d = cfg.d_model;
+  const int T = 16, d = cfg.hidden_size;
   randomize_bn(layer);
   Tensor x({T, d}), y({T, d}), dy({T, d}), dx({T, d});
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
@@ -254,17 +256,17 @@ TEST_P(PeerGradient, MatchesPyTorch) {
   TensorFile in;
   in.tensors["x"] = x;
   in.tensors["dy"] = dy;
-  for (Param& p : layer.dense_params()) in.tensors[p.name] = *p.value;
+  for (Param& p : layer.params()) in.tensors[p.name] = *p.value;
   for (SparseParam& p : layer.sparse_params()) in.tensors[p.name] = *p.value;
   in.tensors["running_mean"] = layer.running_mean;
   in.tensors["running_var"] = layer.running_var;
   in.metadata = {{"n_keys", std::to_string(cfg.n_keys)}, {"heads", std::to_string(cfg.heads)},
                  {"top_k", std::to_string(cfg.top_k)}, {"d_key", std::to_string(cfg.d_key)},
-                 {"query_bn", cfg.query_bn ? "1" : "0"}, {"score", cfg.score}, {"activation", cfg.activation},
+                 {"query_bn", cfg.query_bn ? "1" : "0"}, {"score", name_of(cfg.score)}, {"activation", name_of(cfg.activation)},
                  {"bn_eps", std::to_string(cfg.bn_eps)}, {"bn_momentum", std::to_string(cfg.bn_momentum)},
                  {"training", pc.training ? "1" : "0"}};
   layer.zero_grad();
-  layer.forward(x.data(), T, y.data(), pc.training);
+  layer.forward(x.data(), T, y.data(), {.training = pc.training});
   layer.backward(dy.data(), dx.data());
   const std::string base = ::testing::TempDir() + "/peer_" + pc.name;  // ctest runs cases in parallel
   save_safetensors(base + ".safetensors", in);
@@ -284,7 +286,7 @@ TEST_P(PeerGradient, MatchesPyTorch) {
   };
   close(y, ref.tensors.at("y"), "y");
   close(dx, ref.tensors.at("dx"), "dx");
-  for (Param& p : layer.dense_params()) close(*p.grad, ref.tensors.at("grad." + p.name), p.name);
+  for (Param& p : layer.params()) close(*p.grad, ref.tensors.at("grad." + p.name), p.name);
   for (SparseParam& p : layer.sparse_params()) close(densify(*p.grad, *p.value), ref.tensors.at("grad." + p.name), p.name);
   if (cfg.query_bn) {
     close(layer.running_mean, ref.tensors.at("running_mean"), "running_mean");
@@ -304,16 +306,16 @@ TEST(PeerLayer, SparseGradientsAccumulateByRowUnion) {
   fill_normal(dy.data(), dy.numel(), 1, 3, 0.f, 1.f);
   auto grads = [&](const Tensor& x) {
     layer.zero_grad();
-    layer.forward(x.data(), T, y.data(), false);
+    layer.forward(x.data(), T, y.data(), {.training = false});
     layer.backward(dy.data(), dx.data());
     return std::vector<Tensor>{densify(layer.du, layer.u), densify(layer.dv, layer.v), densify(layer.dk1, layer.k1),
                                densify(layer.dk2, layer.k2)};
   };
   const std::vector<Tensor> ga = grads(xa), gb = grads(xb);
   layer.zero_grad();
-  layer.forward(xa.data(), T, y.data(), false);
+  layer.forward(xa.data(), T, y.data(), {.training = false});
   layer.backward(dy.data(), dx.data());
-  layer.forward(xb.data(), T, y.data(), false);
+  layer.forward(xb.data(), T, y.data(), {.training = false});
   layer.backward(dy.data(), dx.data());
   const std::vector<SparseRows*> acc = {&layer.du, &layer.dv, &layer.dk1, &layer.dk2};
   const std::vector<Tensor*> tabs = {&layer.u, &layer.v, &layer.k1, &layer.k2};
@@ -371,7 +373,8 @@ TEST(SparseAdam, UpdatesOnlyTheRowsInTheGradient) {
 // Table 2's metrics: usage is the share of experts retrieved; unevenness = log N + Σ z log z of the
 // normalised accumulated gates, 0 for uniform use and log N for a single expert.
 TEST(PeerStats, UsageAndUnevenness) {
-  PeerStats st;
+  PeerLayer layer(small_peer(8, 4, 2, 2, 4));
+  PeerStats st(layer);
   st.score = {1.0, 1.0, 0.0, 2.0};
   EXPECT_DOUBLE_EQ(st.usage(), 0.75);
   EXPECT_NEAR(st.unevenness(), std::log(4.0) + 0.5 * std::log(0.25) + 0.5 * std::log(0.5), 1e-12);
@@ -380,12 +383,11 @@ TEST(PeerStats, UsageAndUnevenness) {
   st.score = {0.0, 5.0, 0.0, 0.0};
   EXPECT_NEAR(st.unevenness(), std::log(4.0), 1e-12);
   // From a layer: every retrieval's gate lands on its expert.
-  PeerLayer layer(small_peer(8, 4, 2, 2, 4));
   Tensor x({5, 8}), y({5, 8});
   fill_normal(x.data(), x.numel(), 1, 1, 0.f, 1.f);
-  layer.forward(x.data(), 5, y.data(), false);
-  PeerStats from;
-  from.add(layer);
+  layer.forward(x.data(), 5, y.data(), {.training = false});
+  PeerStats from(layer);
+  from.add();
   EXPECT_EQ(from.pairs, 20);
   double total = 0.0;
   for (double v : from.score) total += v;

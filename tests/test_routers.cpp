@@ -12,7 +12,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "moe/moe_layer.h"
-#include "moe/routers.h"
+#include "moe/routers/routers.h"
 #include "moe_cases.h"
 
 namespace moe::test {
@@ -64,24 +64,24 @@ TEST(BaseRouter, AuctionIsOptimalAgainstBruteForce) {
 
 TEST(BaseRouter, TrainingGivesEveryExpertExactlyTOverE) {
   MoeConfig c = small_config("base");
-  c.top_k = 1;
-  c.experts = 8;
-  c.d_model = 16;
+  c.num_experts_per_tok = 1;
+  c.num_local_experts = 8;
+  c.hidden_size = 16;
   MoeLayer layer(c);
   randomize(layer, 3);
   const int T = 256;
-  Tensor x({T, c.d_model}), y({T, c.d_model});
+  Tensor x({T, c.hidden_size}), y({T, c.hidden_size});
   fill_normal(x.data(), x.numel(), 4, 4, 0.5f, 1.f);  // a shared offset: argmax alone is far from balanced
   layer.forward(x.data(), T, y.data(), {false, 0, 0});
   const std::vector<int32_t> eval_load = layer.plan().counts;
   layer.forward(x.data(), T, y.data(), {true, 0, 0});
-  for (int e = 0; e < c.experts; ++e) EXPECT_EQ(layer.plan().counts[static_cast<size_t>(e)], T / c.experts) << "expert " << e;
+  for (int e = 0; e < c.num_local_experts; ++e) EXPECT_EQ(layer.plan().counts[static_cast<size_t>(e)], T / c.num_local_experts) << "expert " << e;
   EXPECT_NE(eval_load, layer.plan().counts) << "the test input should be unbalanced under argmax";
   // Larger: 4096 tokens over 64 experts.
-  c.experts = 64;
+  c.num_local_experts = 64;
   MoeLayer big(c);
   randomize(big, 4);
-  Tensor xb({4096, c.d_model}), yb({4096, c.d_model});
+  Tensor xb({4096, c.hidden_size}), yb({4096, c.hidden_size});
   fill_normal(xb.data(), xb.numel(), 5, 5, 0.f, 1.f);
   big.forward(xb.data(), 4096, yb.data(), {true, 0, 0});
   for (int e = 0; e < 64; ++e) EXPECT_EQ(big.plan().counts[static_cast<size_t>(e)], 64);
@@ -115,19 +115,19 @@ TEST(SBaseRouter, SinkhornColumnsAndRowsAreUniform) {
 
 TEST(SBaseRouter, TrainingSelectionIsBalancedEvalIsTopK) {
   MoeConfig c = small_config("sbase");
-  c.top_k = 1;
-  c.experts = 8;
+  c.num_experts_per_tok = 1;
+  c.num_local_experts = 8;
   MoeLayer layer(c);
   randomize(layer, 3);
   const int T = 1024;
-  Tensor x({T, c.d_model}), y({T, c.d_model});
+  Tensor x({T, c.hidden_size}), y({T, c.hidden_size});
   fill_normal(x.data(), x.numel(), 4, 4, 0.5f, 1.f);
   layer.forward(x.data(), T, y.data(), {false, 0, 0});
   const auto eval_counts = layer.plan().counts;
   layer.forward(x.data(), T, y.data(), {true, 0, 0});
   const auto train_counts = layer.plan().counts;
   auto max_mean = [&](const std::vector<int32_t>& v) {
-    return static_cast<double>(*std::max_element(v.begin(), v.end())) * c.experts / T;
+    return static_cast<double>(*std::max_element(v.begin(), v.end())) * c.num_local_experts / T;
   };
   EXPECT_GT(max_mean(eval_counts), 1.5);
   EXPECT_LT(max_mean(train_counts), 1.25) << "Sinkhorn selection should be close to balanced";
@@ -135,8 +135,8 @@ TEST(SBaseRouter, TrainingSelectionIsBalancedEvalIsTopK) {
   layer.forward(x.data(), T, y.data(), {false, 0, 0});
   const Tensor& s = layer.router->logits;
   for (int t = 0; t < T; ++t) {
-    const float* st = s.data() + static_cast<size_t>(t) * c.experts;
-    EXPECT_EQ(layer.routing().expert[static_cast<size_t>(t)], std::max_element(st, st + c.experts) - st);
+    const float* st = s.data() + static_cast<size_t>(t) * c.num_local_experts;
+    EXPECT_EQ(layer.routing().expert[static_cast<size_t>(t)], std::max_element(st, st + c.num_local_experts) - st);
   }
 }
 
@@ -144,13 +144,13 @@ TEST(HashRouter, DeterministicAndBalancedOverTheVocabulary) {
   for (int V : {37, 4096}) {
     for (int k : {1, 2}) {
       MoeConfig c = small_config("hash");
-      c.experts = 8;
-      c.top_k = k;
+      c.num_local_experts = 8;
+      c.num_experts_per_tok = k;
       c.vocab_size = V;
       MoeLayer a(c), b(c);
       std::vector<int32_t> vocab(static_cast<size_t>(V));
       std::iota(vocab.begin(), vocab.end(), 0);
-      Tensor x({V, c.d_model}), y({V, c.d_model});
+      Tensor x({V, c.hidden_size}), y({V, c.hidden_size});
       fill_normal(x.data(), x.numel(), 1, 1, 0.f, 1.f);
       a.forward(x.data(), V, y.data(), {true, 1, 0, vocab.data()});
       const std::vector<int32_t> first = a.routing().expert;
@@ -181,16 +181,16 @@ TEST(HashRouter, NeedsTokenIdsAndAVocabulary) {
   MoeConfig c = small_config("hash");
   EXPECT_THROW(c.validate(), Error);  // vocab_size = 0
   c.vocab_size = 10;
-  c.aux_loss_coef = 0.01f;
+  c.router_aux_loss_coef = 0.01f;
   try {
     c.validate();
     FAIL() << "aux loss with hash routing should be rejected";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("aux_loss_coef"), std::string::npos) << e.what();
   }
-  c.aux_loss_coef = 0.f;
+  c.router_aux_loss_coef = 0.f;
   MoeLayer layer(c);
-  Tensor x({4, c.d_model}), y({4, c.d_model});
+  Tensor x({4, c.hidden_size}), y({4, c.hidden_size});
   EXPECT_THROW(layer.forward(x.data(), 4, y.data(), {true, 0, 0}), Error);
 }
 
@@ -198,12 +198,12 @@ TEST(ExpertChoiceRouter, EveryExpertFillsExactlyCSlotsWithItsTopTokens) {
   struct Case { int T, E, k; float cf; };
   for (Case cs : {Case{64, 4, 2, 0.f}, Case{100, 8, 1, 1.25f}, Case{50, 8, 2, 0.5f}, Case{7, 4, 1, 2.f}}) {
     MoeConfig c = small_config("expert_choice");
-    c.experts = cs.E;
-    c.top_k = cs.k;
+    c.num_local_experts = cs.E;
+    c.num_experts_per_tok = cs.k;
     c.capacity_factor = cs.cf;
     MoeLayer layer(c);
     randomize(layer, 2);
-    Tensor x({cs.T, c.d_model}), y({cs.T, c.d_model});
+    Tensor x({cs.T, c.hidden_size}), y({cs.T, c.hidden_size});
     fill_normal(x.data(), x.numel(), 6, 6, 0.f, 1.f);
     layer.forward(x.data(), cs.T, y.data(), {true, 0, 0});
     const double cf = cs.cf > 0.f ? cs.cf : 1.0;
@@ -230,29 +230,29 @@ TEST(ExpertChoiceRouter, DecodingFallsBackToTokenChoice) {
   MoeConfig c = small_config("expert_choice");
   MoeLayer layer(c);
   randomize(layer, 2);
-  Tensor x({1, c.d_model}), y({1, c.d_model});
+  Tensor x({1, c.hidden_size}), y({1, c.hidden_size});
   fill_normal(x.data(), x.numel(), 6, 6, 0.f, 1.f);
   layer.forward(x.data(), 1, y.data(), {false, 0, 1, nullptr, true});
-  EXPECT_EQ(layer.routing().k, c.top_k);
-  EXPECT_EQ(layer.plan().rows(), c.top_k);
+  EXPECT_EQ(layer.routing().k, c.num_experts_per_tok);
+  EXPECT_EQ(layer.plan().rows(), c.num_experts_per_tok);
 }
 
 TEST(ReinforceRouter, SamplesFollowThePolicy) {
   MoeConfig c = small_config("reinforce");
-  c.top_k = 1;
+  c.num_experts_per_tok = 1;
   MoeLayer layer(c);
   randomize(layer, 2);
   const int T = 20000;
-  Tensor x({T, c.d_model}), y({T, c.d_model});
-  std::vector<float> row(static_cast<size_t>(c.d_model));
+  Tensor x({T, c.hidden_size}), y({T, c.hidden_size});
+  std::vector<float> row(static_cast<size_t>(c.hidden_size));
   fill_normal(row.data(), row.size(), 6, 6, 0.f, 1.f);
-  for (int t = 0; t < T; ++t) std::copy(row.begin(), row.end(), x.data() + static_cast<size_t>(t) * c.d_model);
+  for (int t = 0; t < T; ++t) std::copy(row.begin(), row.end(), x.data() + static_cast<size_t>(t) * c.hidden_size);
   layer.forward(x.data(), T, y.data(), {true, 0, 0});
-  std::vector<double> freq(static_cast<size_t>(c.experts), 0.0);
+  std::vector<double> freq(static_cast<size_t>(c.num_local_experts), 0.0);
   for (int32_t e : layer.routing().expert) freq[static_cast<size_t>(e)] += 1.0 / T;
-  for (int e = 0; e < c.experts; ++e) EXPECT_NEAR(freq[static_cast<size_t>(e)], layer.router->prob[static_cast<size_t>(e)], 0.01);
+  for (int e = 0; e < c.num_local_experts; ++e) EXPECT_NEAR(freq[static_cast<size_t>(e)], layer.router->prob[static_cast<size_t>(e)], 0.01);
   // Without replacement at k = 2: two distinct experts per token.
-  c.top_k = 2;
+  c.num_experts_per_tok = 2;
   MoeLayer two(c);
   two.forward(x.data(), 100, y.data(), {true, 0, 0});
   for (int t = 0; t < 100; ++t) EXPECT_NE(two.routing().expert[static_cast<size_t>(t) * 2], two.routing().expert[static_cast<size_t>(t) * 2 + 1]);
@@ -264,7 +264,7 @@ TEST(ReinforceRouter, SurrogateGradientMatchesFiniteDifferences) {
   MoeLayer layer(c);
   randomize(layer, 5);
   const int T = 24;
-  Tensor x({T, c.d_model}), y({T, c.d_model}), dy({T, c.d_model}), dx({T, c.d_model});
+  Tensor x({T, c.hidden_size}), y({T, c.hidden_size}), dy({T, c.hidden_size}), dx({T, c.hidden_size});
   fill_normal(x.data(), x.numel(), 9, 1, 0.f, 1.f);
   std::vector<float> reward(static_cast<size_t>(T));
   fill_normal(reward.data(), reward.size(), 9, 3, -4.f, 1.f);
@@ -318,15 +318,15 @@ TEST(ReinforceRouter, BaselineIsAnEmaOfTheMeanReward) {
   auto* rl = dynamic_cast<ReinforceRouter*>(layer.router.get());
   ASSERT_NE(rl, nullptr);
   const int T = 4;
-  Tensor x({T, c.d_model}), y({T, c.d_model});
+  Tensor x({T, c.hidden_size}), y({T, c.hidden_size});
   std::vector<float> r1 = {-2.f, -4.f, std::nanf(""), -3.f}, r2 = {-1.f, -1.f, -1.f, -1.f};
   layer.forward(x.data(), T, y.data(), {true, 0, 0});
   layer.set_reward(r1.data());
-  layer.update_bias();
+  layer.after_step();
   EXPECT_FLOAT_EQ(rl->baseline[0], -3.f);  // first step: the mean reward itself (NaN skipped)
   layer.forward(x.data(), T, y.data(), {true, 1, 0});
   layer.set_reward(r2.data());
-  layer.update_bias();
+  layer.after_step();
   EXPECT_FLOAT_EQ(rl->baseline[0], 0.99f * -3.f + 0.01f * -1.f);
   ASSERT_EQ(rl->buffers().size(), 1u);
   EXPECT_EQ(rl->buffers()[0].first, "baseline");

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -14,8 +15,11 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
-#include "train/data.h"
+#include "data/corpus.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
 #include "train/run_config.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 #include "train_helpers.h"
 
@@ -90,8 +94,62 @@ TEST(RunConfig, UnknownKeyAndWrongTypeNameTheKey) {
   // Round trip through the checkpoint JSON.
   RunConfig c = load_run_config("", {"model.router=sigmoid_bias", "train.steps=7"});
   RunConfig d = run_config_from_json(run_config_to_json(c), "test");
-  EXPECT_EQ(d.model.moe.router, "sigmoid_bias");
+  EXPECT_EQ(d.model.moe.router, RouterKind::sigmoid_bias);
   EXPECT_EQ(d.train.steps, 7);
+}
+
+// Every key of the one field table reaches its own field: each set to a value unlike its default is
+// read back from the config JSON (which the same table writes) under its own key, and no other key
+// moves. A mistyped key is answered with the nearest one.
+TEST(RunConfig, EveryKeyOfTheTableReachesItsField) {
+  const nlohmann::json keys = run_config_keys();
+  ASSERT_GT(keys.size(), 60u);
+  const nlohmann::json defaults = nlohmann::json::parse(run_config_to_json(RunConfig{}));
+  auto at = [](const nlohmann::json& j, const std::string& key) {
+    const size_t dot = key.find('.');
+    return j.at(key.substr(0, dot)).at(key.substr(dot + 1));
+  };
+  size_t checked = 0;
+  for (const auto& k : keys) {
+    const std::string key = k["key"], type = k["type"];
+    nlohmann::json v;  // a value of the key's type, different from its default
+    if (type == "integer") v = k["default"].get<int64_t>() + 1;
+    else if (type == "number") v = k["default"].get<double>() * 0.5 + 0.25;
+    else if (type == "true/false") v = !k["default"].get<bool>();
+    else if (type == "string") v = k["default"].get<std::string>().append("-x");
+    else if (type == "list of integers") v = nlohmann::json::array({1});
+    else v = type.substr(type.rfind(' ') + 1);  // an enum: its last choice
+    if (v == k["default"]) v = type.substr(0, type.find(' '));  // an enum whose default is its last choice
+    ASSERT_NE(v, k["default"]) << key;
+    RunConfig c;
+    set_run_config_value(c, key, v);
+    const nlohmann::json j = nlohmann::json::parse(run_config_to_json(c));
+    if (v.is_number_float()) {
+      EXPECT_FLOAT_EQ(at(j, key).get<float>(), v.get<float>()) << key;
+    } else {
+      EXPECT_EQ(at(j, key), v) << key;
+    }
+    for (const auto& other : keys) {
+      if (other["key"] == key) continue;
+      EXPECT_EQ(at(j, other["key"]), at(defaults, other["key"])) << key << " moved " << other["key"];
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, keys.size());
+  try {
+    load_run_config("", {"model.num_local_expert=4"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did you mean model.num_local_experts?"), std::string::npos) << e.what();
+  }
+  // `moe keys --json` prints the same list.
+  FILE* p = popen((std::string(MOE_CLI) + " keys --json").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  ASSERT_EQ(pclose(p), 0);
+  EXPECT_EQ(nlohmann::json::parse(out), keys);
 }
 
 TEST(Train, ResumeContinuesTheSameRunBitForBit) {
@@ -186,7 +244,7 @@ TEST(Train, PeerTrainsAndResumesBitForBit) {
   RunConfig base = tiny_run(dir);
   RunConfig c = load_run_config(dir + "/peer.toml", {"train.grad_accum=2"}, &base);
   EXPECT_EQ(c.model.peer.n_keys, 16);
-  EXPECT_EQ(c.model.peer.score, "sigmoid");
+  EXPECT_EQ(c.model.peer.score, PeerScore::sigmoid);
   EXPECT_EQ(c.model.sparse_layers, std::vector<int>{1});
   train_straight_and_resumed(c, dir, 12, 6);
   expect_same_checkpoints(dir, {"model.safetensors", "optimizer.safetensors"});

@@ -1,15 +1,17 @@
-// commands.h — the subcommands of the `moe` command line, each registered on the CLI11 app.
+// commands.h — the subcommands of the `moe` command line, one file each (cmd_<name>.cpp), each
+// registered on the CLI11 app by its add_<name>; common.h holds what several share.
 #pragma once
 #include <CLI/CLI.hpp>
-#include <string>
 
 namespace moe::cli {
 
-void add_bench(CLI::App& app);
-void add_lm(CLI::App& app);
-void add_routing(CLI::App& app);  // `moe compare`
-// `moe inspect --routing`: per MoE layer the router metrics on a corpus, as text (or JSON) and an SVG.
-void inspect_routing(const std::string& ckpt, const std::string& corpus, int windows, bool train_routing,
-                     const std::string& svg_path, bool json, bool allow_nonfinite);
+void add_data(CLI::App& app);      // moe data
+void add_train(CLI::App& app);     // moe train
+void add_eval(CLI::App& app);      // moe eval
+void add_generate(CLI::App& app);  // moe generate
+void add_inspect(CLI::App& app);   // moe inspect (sizes; --routing: the sparse layers on held-out text)
+void add_compare(CLI::App& app);   // moe compare
+void add_bench(CLI::App& app);     // moe bench gemm | moe-layer | peer
+void add_keys(CLI::App& app);      // moe keys
 
 }  // namespace moe::cli

@@ -9,9 +9,14 @@
 int main(int argc, char** argv) {
   CLI::App app{"moe — build, train, measure and run Mixture-of-Experts models"};
   app.require_subcommand(1);
-  moe::cli::add_lm(app);
+  moe::cli::add_data(app);
+  moe::cli::add_train(app);
+  moe::cli::add_eval(app);
+  moe::cli::add_generate(app);
+  moe::cli::add_inspect(app);
+  moe::cli::add_compare(app);
   moe::cli::add_bench(app);
-  moe::cli::add_routing(app);
+  moe::cli::add_keys(app);
   // Exit codes: 0 done, 1 an error of the input or the run (one line naming the field and the fix),
   // 2 a usage error of the command line.
   try {

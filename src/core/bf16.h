@@ -13,9 +13,20 @@
 #include <new>
 #include <vector>
 
+#include "core/enum_names.h"
+
 namespace moe {
 
 using bf16_t = uint16_t;
+
+// The arithmetic of a layer's GEMMs: fp32, or bf16 (bf16 inputs, fp32 accumulation; weights,
+// gradients and everything outside the GEMMs stay fp32).
+enum class Precision { fp32, bf16 };
+template <>
+struct EnumNames<Precision> {
+  static constexpr const char* what = "precision";
+  static constexpr std::array<const char*, 2> names = {"fp32", "bf16"};
+};
 
 // 64-byte aligned storage (one cache line, one AVX-512 register), for buffers written with
 // streaming stores.

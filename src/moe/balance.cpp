@@ -8,7 +8,7 @@
 namespace moe {
 
 bool balance_uses_prob(const MoeConfig& c) {
-  return c.aux_loss_coef > 0.f || c.expert_loss_coef > 0.f || c.device_loss_coef > 0.f || c.seq_aux_loss_coef > 0.f;
+  return c.router_aux_loss_coef > 0.f || c.expert_loss_coef > 0.f || c.device_loss_coef > 0.f || c.seq_aux_loss_coef > 0.f;
 }
 
 BalanceLosses balance_losses(const MoeConfig& c, const float* prob, const float* logits, const Routing& r,
@@ -18,7 +18,7 @@ BalanceLosses balance_losses(const MoeConfig& c, const float* prob, const float*
   BalanceLosses out;
   // Per-token coefficient of P_{t,i} in the summed loss: the loss is linear in P given the counts.
   std::vector<double> coef(static_cast<size_t>(E), 0.0);
-  if (c.aux_loss_coef > 0.f || c.expert_loss_coef > 0.f || c.device_loss_coef > 0.f) {
+  if (c.router_aux_loss_coef > 0.f || c.expert_loss_coef > 0.f || c.device_loss_coef > 0.f) {
     std::vector<double> count(static_cast<size_t>(E), 0.0), pbar(static_cast<size_t>(E), 0.0);
     for (size_t j = 0; j < r.expert.size(); ++j)
       if (r.expert[j] >= 0) count[r.expert[j]] += 1.0;
@@ -29,9 +29,9 @@ BalanceLosses balance_losses(const MoeConfig& c, const float* prob, const float*
     for (int e = 0; e < E; ++e) {
       const double f_switch = count[e] / (static_cast<double>(T) * k);  // Switch f_i
       const double f_ds = E * f_switch;                                 // DeepSeek f_i = E·count/(k·T)
-      aux += static_cast<double>(c.aux_loss_coef) * E * f_switch * pbar[e];
+      aux += static_cast<double>(c.router_aux_loss_coef) * E * f_switch * pbar[e];
       expert += c.expert_loss_coef * f_ds * pbar[e];
-      coef[e] += (static_cast<double>(c.aux_loss_coef) * E * f_switch + c.expert_loss_coef * f_ds) / T;
+      coef[e] += (static_cast<double>(c.router_aux_loss_coef) * E * f_switch + c.expert_loss_coef * f_ds) / T;
     }
     out.aux = static_cast<float>(aux);
     out.expert = static_cast<float>(expert);
@@ -75,16 +75,16 @@ BalanceLosses balance_losses(const MoeConfig& c, const float* prob, const float*
     }
     out.seq = static_cast<float>(seq);
   }
-  if (c.z_loss_coef > 0.f) {
+  if (c.router_z_loss_coef > 0.f) {
     std::vector<float> lse(static_cast<size_t>(T));
     parallel_for(static_cast<size_t>(T), [&](size_t t) { lse[t] = logsumexp(logits + t * E, E); }, 256);
     double z = 0.0;
     for (int t = 0; t < T; ++t) z += static_cast<double>(lse[t]) * lse[t];
-    out.z = static_cast<float>(c.z_loss_coef * z / T);
+    out.z = static_cast<float>(c.router_z_loss_coef * z / T);
     if (dlogits)
       parallel_for(static_cast<size_t>(T), [&](size_t t) {
         const float* s = logits + t * E;
-        const float scale = 2.f * c.z_loss_coef * lse[t] / static_cast<float>(T);
+        const float scale = 2.f * c.router_z_loss_coef * lse[t] / static_cast<float>(T);
         for (int e = 0; e < E; ++e) dlogits[t * E + e] += scale * exp_approx(s[e] - lse[t]);
       }, 256);
   }

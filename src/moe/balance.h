@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "moe/config.h"
-#include "moe/router.h"
+#include "moe/routing.h"
 
 namespace moe {
 

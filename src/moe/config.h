@@ -1,78 +1,116 @@
 // config.h — the configuration of one MoE feed-forward layer (docs/MECHANISMS.md §1–4), a plain struct.
-// Names follow the papers and, where one exists, the Hugging Face config key in the comment.
+// Each field has one name: its config key, the Hugging Face name where one exists. visit_fields lists
+// them once, with their meaning; the TOML/JSON readers and writers and `moe keys` are generated from it.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/enum_names.h"
+#include "moe/routers/kind.h"
 
 namespace moe {
 
-enum class RouterKind { topk_softmax, softmax_topk, noisy_topk, sigmoid_bias, hash, base, sbase, reinforce, expert_choice };
 enum class DropPolicy { position, probs };
-
-RouterKind parse_router(const std::string& name);      // throws, listing the known names
-DropPolicy parse_drop_policy(const std::string& name);
-const char* router_name(RouterKind k);
-std::string router_choices();  // every router name, "topk_softmax | softmax_topk | ..." (for --help)
-const char* drop_policy_name(DropPolicy p);
+template <>
+struct EnumNames<DropPolicy> {
+  static constexpr const char* what = "drop policy";
+  static constexpr std::array<const char*, 2> names = {"position", "probs"};
+};
 
 struct MoeConfig {
-  int d_model = 512;                   // hidden_size
-  int d_ff_expert = 1024;              // moe_intermediate_size: one expert's width at granularity 1
-  int experts = 8;                     // num_local_experts, at granularity 1
-  int top_k = 2;                       // num_experts_per_tok, at granularity 1
-  int granularity = 1;                 // G: E·G experts of width d_ff_expert/G, k·G of them active
-  // topk_softmax | softmax_topk | noisy_topk | sigmoid_bias | hash | base | sbase | reinforce | expert_choice
-  std::string router = "topk_softmax";
-  bool renormalize = false;            // norm_topk_prob (softmax_topk): gates p_i / Σ_I p
-  float routed_scaling = 1.0f;         // routed_scaling_factor (sigmoid_bias)
+  int hidden_size = 512;               // d, the model width
+  int moe_intermediate_size = 1024;    // one expert's width at granularity 1
+  int num_local_experts = 8;           // routed experts E at granularity 1
+  int num_experts_per_tok = 2;         // experts per token k at granularity 1
+  int granularity = 1;                 // G: E·G experts of width moe_intermediate_size/G, k·G of them active
+  RouterKind router = kDefaultRouter;
+  bool norm_topk_prob = false;         // softmax_topk: gates p_i / Σ_I p
+  float routed_scaling_factor = 1.0f;  // sigmoid_bias: gates scaled by it
   int n_group = 1;                     // group-limited routing: experts in n_group groups...
   int topk_group = 1;                  // ...of which the best topk_group groups are kept
-  float jitter_eps = 0.0f;             // router input jitter x ⊙ U(1−ε, 1+ε), training only
+  float router_jitter_noise = 0.0f;    // router input jitter x ⊙ U(1−ε, 1+ε), training only
   float router_init_std = 0.02f;       // W_r ~ N(0, std); 0 gives W_r = 0 (Shazeer)
 
   // Balance losses, each with its own coefficient; 0 turns a term off.
-  float aux_loss_coef = 0.0f;          // router_aux_loss_coef: Switch/GShard α·E·Σ f_i P_i
-  float z_loss_coef = 0.0f;            // router_z_loss_coef: β·mean (logsumexp s)²
+  float router_aux_loss_coef = 0.0f;   // Switch/GShard α·E·Σ f_i P_i
+  float router_z_loss_coef = 0.0f;     // ST-MoE β·mean (logsumexp s)²
   float noisy_loss_coef = 0.0f;        // Shazeer's w for L_importance and L_load (noisy_topk)
   float expert_loss_coef = 0.0f;       // DeepSeek α1: expert-level balance loss
   float device_loss_coef = 0.0f;       // DeepSeek α2: device-level balance loss over device_groups
   int device_groups = 0;               // D devices for α2 (0: n_group)
   float seq_aux_loss_coef = 0.0f;      // DeepSeek-V3 sequence-wise balance loss α
-  float bias_update_rate = 1e-3f;      // γ of the sigmoid_bias bias update
+  float bias_update_speed = 1e-3f;     // γ of the sigmoid_bias bias update
   float reinforce_coef = 1e-2f;        // RL-R: weight of the REINFORCE surrogate loss
-  float reinforce_decay = 0.99f;       // RL-R: EMA decay of the reward baseline
-  int vocab_size = 0;                  // token ids are < vocab_size (the hash router's domain)
+  float reinforce_baseline_decay = 0.99f;  // RL-R: EMA decay of the reward baseline
 
   // Capacity
   float capacity_factor = 0.0f;        // C = ceil(cf·T·k/E); <= 0: dropless
-  std::string drop_policy = "position";  // position | probs
+  DropPolicy drop_policy = DropPolicy::position;
 
   // Shared experts (DeepSeekMoE, Qwen2-MoE)
-  int n_shared = 0;                    // n_shared_experts
-  int shared_hidden = 0;               // width of one shared expert (0: the routed expert width)
-  bool shared_gate = false;            // Qwen2-MoE: shared sum scaled by sigmoid(x·w_sg)
+  int n_shared_experts = 0;
+  int shared_expert_intermediate_size = 0;  // width of one shared expert (0: the routed expert width)
+  bool shared_expert_gate = false;     // Qwen2-MoE: shared sum scaled by sigmoid(x·w_sg)
 
- // Arithmetic of the expert GEMMs: fp32, or bf16 (bf16 inputs, fp32 accumulation; weights,
-  // gradients and the router stay fp32).
-  std::string precision = "fp32";
+  Precision precision = Precision::fp32;  // arithmetic of the expert GEMMs
 
+  // Filled in by the model from its own settings (ModelConfig::moe_layer), not config keys of their own.
+  int vocab_size = 0;                  // token ids are < vocab_size (the hash router's domain)
   uint64_t seed = 1;                   // parameter init and the layer's random streams
   uint64_t layer_id = 0;               // separates random streams of layers sharing a seed
 
+  // The settings above, each under its config key with its meaning (the model's [model] table holds
+  // them flat: model.num_local_experts, …). hidden_size, vocab_size, seed and layer_id are the model's.
+  template <class Self, class V>
+  static void visit_fields(Self& c, V&& v) {
+    v("num_local_experts", c.num_local_experts, "routed experts E at granularity 1");
+    v("num_experts_per_tok", c.num_experts_per_tok, "experts per token k at granularity 1");
+    v("moe_intermediate_size", c.moe_intermediate_size, "width of one routed expert at granularity 1");
+    v("granularity", c.granularity, "G: E·G experts of width moe_intermediate_size/G, k·G active");
+    v("router", c.router, "how tokens choose experts (docs/MECHANISMS.md §2)");
+    v("norm_topk_prob", c.norm_topk_prob, "softmax_topk: gates renormalised over the chosen experts");
+    v("routed_scaling_factor", c.routed_scaling_factor, "sigmoid_bias: scale of the gates");
+    v("n_group", c.n_group, "group-limited routing: experts in this many groups");
+    v("topk_group", c.topk_group, "group-limited routing: the best groups kept per token");
+    v("router_jitter_noise", c.router_jitter_noise, "router input multiplied by U(1-eps, 1+eps) in training");
+    v("router_init_std", c.router_init_std, "W_r ~ N(0, std); 0: W_r = 0");
+    v("router_aux_loss_coef", c.router_aux_loss_coef, "Switch/GShard load-balancing loss");
+    v("router_z_loss_coef", c.router_z_loss_coef, "ST-MoE router z-loss");
+    v("noisy_loss_coef", c.noisy_loss_coef, "noisy_topk: Shazeer's importance and load losses");
+    v("expert_loss_coef", c.expert_loss_coef, "DeepSeek expert-level balance loss");
+    v("device_loss_coef", c.device_loss_coef, "DeepSeek device-level balance loss");
+    v("device_groups", c.device_groups, "devices for the device-level loss (0: n_group)");
+    v("seq_aux_loss_coef", c.seq_aux_loss_coef, "DeepSeek-V3 sequence-wise balance loss");
+    v("bias_update_speed", c.bias_update_speed, "sigmoid_bias: step of the selection-bias update");
+    v("reinforce_coef", c.reinforce_coef, "reinforce: weight of the REINFORCE surrogate loss");
+    v("reinforce_baseline_decay", c.reinforce_baseline_decay, "reinforce: EMA decay of the reward baseline");
+    v("capacity_factor", c.capacity_factor, "C = ceil(cf·T·k/E) per expert; <= 0: dropless");
+    v("drop_policy", c.drop_policy, "which pairs an expert over capacity keeps");
+    v("n_shared_experts", c.n_shared_experts, "shared experts every token goes through");
+    v("shared_expert_intermediate_size", c.shared_expert_intermediate_size, "width of one shared expert (0: the routed width)");
+    v("shared_expert_gate", c.shared_expert_gate, "Qwen2-MoE: shared experts scaled by sigmoid(x·w_sg)");
+    v("precision", c.precision, "arithmetic of the FFN GEMMs (bf16: bf16 inputs, fp32 accumulation)");
+  }
+
   // Derived sizes (valid after validate()).
-  int n_experts() const { return experts * granularity; }      // E·G
-  int k() const { return top_k * granularity; }                // k·G
-  int expert_hidden() const { return d_ff_expert / granularity; }  // h/G
-  int shared_width() const { return shared_hidden > 0 ? shared_hidden : expert_hidden(); }
+  int n_experts() const { return num_local_experts * granularity; }      // E·G
+  int k() const { return num_experts_per_tok * granularity; }            // k·G
+  int expert_hidden() const { return moe_intermediate_size / granularity; }  // h/G
+  int shared_width() const { return shared_expert_intermediate_size > 0 ? shared_expert_intermediate_size : expert_hidden(); }
   int n_device_groups() const { return device_groups > 0 ? device_groups : n_group; }
-  RouterKind router_kind() const { return parse_router(router); }
-  int64_t router_params() const;  // W_r (and W_n for noisy_topk; none for hash)
+  // The balance-loss coefficients by name (the losses that act on the router's logits).
+  std::vector<std::pair<const char*, float>> balance_coefs() const;
+  int64_t router_params() const;  // the router's trained weights (W_r, and W_n for noisy_topk; none for hash)
   int64_t num_params() const;     // all parameters of the layer (routed, shared, router)
 
-  // Throws moe::Error naming the field and the fix, e.g.
-  // "moe config: top_k = 9 is larger than experts = 8; choose top_k <= experts".
+  // Throws moe::Error naming the field and the fix, e.g. "moe config: num_experts_per_tok = 9 is
+  // larger than num_local_experts = 8; choose num_experts_per_tok <= num_local_experts".
   void validate() const;
-  // Every field as a JSON object (the keys are the field names above).
+  // Every field as a JSON object (keys: the field names above).
   std::string to_json() const;
 };
 

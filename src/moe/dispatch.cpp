@@ -6,16 +6,12 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 
 #include "core/bf16.h"
 #include "core/parallel.h"
 
 namespace moe {
-
-int64_t expert_capacity(float capacity_factor, int T, int k, int E) {
-  if (capacity_factor <= 0.f) return -1;
-  return static_cast<int64_t>(std::ceil(static_cast<double>(capacity_factor) * T * k / E));
-}
 
 DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, DropPolicy policy) {
   DispatchPlan p;
@@ -93,7 +89,7 @@ void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf) {
   }, 512);
 }
 
-void dispatch_gather(const DispatchPlan& p, const float* x, int d, uint16_t* buf) {
+void dispatch_gather(const DispatchPlan& p, const float* x, int d, bf16_t* buf) {
   if (d % 32 == 0 && reinterpret_cast<uintptr_t>(buf) % 64 == 0) {  // see the fp32 gather
     parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
       to_bf16_stream(x + static_cast<size_t>(p.row_token[row]) * d, buf + row * d, static_cast<size_t>(d));
@@ -104,6 +100,71 @@ void dispatch_gather(const DispatchPlan& p, const float* x, int d, uint16_t* buf
   parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
     to_bf16(x + static_cast<size_t>(p.row_token[row]) * d, buf + row * d, static_cast<size_t>(d));
   }, 512);
+}
+
+template <class Y>
+static void combine(const DispatchPlan& p, const Routing& r, const Y* Ybuf, int d, float* y, const float* base,
+                    const float* base_scale) {
+  const int k = r.k;
+  parallel_for(static_cast<size_t>(r.T), [&](size_t t) {
+    float* yt = y + t * d;
+    if (base) {
+      const float s = base_scale ? base_scale[t] : 1.f;
+      const float* bt = base + t * d;
+      for (int j = 0; j < d; ++j) yt[j] = s * bt[j];
+    } else {
+      std::memset(yt, 0, sizeof(float) * d);
+    }
+    for (int i = 0; i < k; ++i) {
+      const int32_t row = p.pair_row[t * k + i];
+      if (row < 0) continue;
+      const float g = r.gate[t * k + i];
+      const Y* yr = Ybuf + static_cast<size_t>(row) * d;
+      if constexpr (std::is_same_v<Y, bf16_t>) {
+        for (int j = 0; j < d; ++j) yt[j] += g * bf16_to_float(yr[j]);
+      } else {
+        for (int j = 0; j < d; ++j) yt[j] += g * yr[j];
+      }
+    }
+  }, 64);
+}
+
+void dispatch_combine(const DispatchPlan& p, const Routing& r, const float* Y, int d, float* y, const float* base,
+                      const float* base_scale) {
+  combine(p, r, Y, d, y, base, base_scale);
+}
+
+void dispatch_combine(const DispatchPlan& p, const Routing& r, const bf16_t* Y, int d, float* y, const float* base,
+                      const float* base_scale) {
+  combine(p, r, Y, d, y, base, base_scale);
+}
+
+void dispatch_scatter(const DispatchPlan& p, const float* dX, int d, float* dx) {
+  const int k = p.k;
+  parallel_for(static_cast<size_t>(p.T), [&](size_t t) {
+    float* dxt = dx + t * d;
+    std::memset(dxt, 0, sizeof(float) * d);
+    for (int i = 0; i < k; ++i) {
+      const int32_t row = p.pair_row[t * k + i];
+      if (row < 0) continue;
+      const float* src = dX + static_cast<size_t>(row) * d;
+      // The rows of a token lie in k different experts' blocks: start loading the next one early.
+      if (i + 1 < k && p.pair_row[t * k + i + 1] >= 0) {
+        const float* next = dX + static_cast<size_t>(p.pair_row[t * k + i + 1]) * d;
+        for (int j = 0; j < d; j += 16) __builtin_prefetch(next + j);
+      }
+      for (int j = 0; j < d; ++j) dxt[j] += src[j];
+    }
+  }, 64);
+}
+
+void pairs_to_rows(const DispatchPlan& p, const float* per_pair, float* per_row) {
+  for (int64_t r = 0; r < p.rows(); ++r) per_row[r] = per_pair[p.row_pair[r]];
+}
+
+void rows_to_pairs(const DispatchPlan& p, const float* per_row, float* per_pair) {
+  std::fill(per_pair, per_pair + static_cast<size_t>(p.T) * p.k, 0.f);
+  for (int64_t r = 0; r < p.rows(); ++r) per_pair[p.row_pair[r]] = per_row[r];
 }
 
 }  // namespace moe

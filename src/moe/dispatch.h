@@ -1,15 +1,21 @@
-// dispatch.h — the dispatch plan: which (token, choice) pairs each expert processes, in which row of
-// an expert-contiguous buffer, and which pairs capacity drops (docs/MECHANISMS.md §4).
+// dispatch.h — the way from tokens to experts and back (docs/MECHANISMS.md §4):
 //
-// Built once per step by a counting sort over expert ids and reused by the backward pass. It is a
-// separate step so that an expert-parallel all-to-all can sit between gather and experts: the plan
-// says exactly which rows go to which expert.
+//   plan      which (token, choice) pairs each expert processes, in which row of an expert-contiguous
+//             buffer, and which pairs capacity drops: a counting sort over expert ids, built once per
+//             step and reused by the backward pass
+//   gather    tokens → rows (forward: x; backward: dy)
+//   combine   rows → tokens, weighted by the gates (forward: y_t = Σ_i g_{t,i}·Y[row(t,i)])
+//   scatter   rows → tokens, summed (backward: dx_t = Σ_i dX[row(t,i)])
+//
+// Each is its own step so that an expert-parallel all-to-all can sit between gather and experts and
+// between experts and combine: the plan says exactly which rows go to which expert.
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "core/bf16.h"
 #include "moe/config.h"
-#include "moe/router.h"
+#include "moe/routing.h"
 
 namespace moe {
 
@@ -32,9 +38,6 @@ struct DispatchPlan {
   }
 };
 
-// C = ceil(cf·T·k/E), or -1 when cf <= 0 (dropless).
-int64_t expert_capacity(float capacity_factor, int T, int k, int E);
-
 // Counting sort of the pairs of r by expert (empty slots, expert -1, are skipped). With a capacity, `position` keeps each expert's first C
 // pairs in token order (pair t·k+i before t·k+i+1), `probs` its C pairs with the largest gates (ties:
 // token order). Within an expert, rows follow token order.
@@ -42,6 +45,19 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, 
 
 // buf[row] = x[row_token[row]] for every row: (rows, d) from (T, d); the bf16 form rounds as it copies.
 void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf);
-void dispatch_gather(const DispatchPlan& p, const float* x, int d, uint16_t* buf);
+void dispatch_gather(const DispatchPlan& p, const float* x, int d, bf16_t* buf);
+
+// y (T, d): y_t = a_t·base_t + Σ_i g_{t,i}·Y[pair_row(t,i)] over the kept pairs of r, Y (rows, d) in
+// fp32 or bf16. base null: y_t starts at 0; base_scale null: a_t = 1 (base: the shared experts'
+// output, base_scale: their Qwen2-MoE gate). One token per task, no atomics.
+void dispatch_combine(const DispatchPlan& p, const Routing& r, const float* Y, int d, float* y,
+                      const float* base = nullptr, const float* base_scale = nullptr);
+void dispatch_combine(const DispatchPlan& p, const Routing& r, const bf16_t* Y, int d, float* y,
+                      const float* base = nullptr, const float* base_scale = nullptr);
+// dx (T, d): dx_t = Σ_i dX[pair_row(t,i)] over the kept pairs (dX (rows, d)); dx is overwritten.
+void dispatch_scatter(const DispatchPlan& p, const float* dX, int d, float* dx);
+// Per-pair values (T·k, e.g. the gates) to per-row values (rows), and back (pairs without a row get 0).
+void pairs_to_rows(const DispatchPlan& p, const float* per_pair, float* per_row);
+void rows_to_pairs(const DispatchPlan& p, const float* per_row, float* per_pair);
 
 }  // namespace moe

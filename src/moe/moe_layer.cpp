@@ -10,6 +10,7 @@
 #include "core/rng.h"
 #include "core/timer.h"
 #include "core/vmath.h"
+#include "moe/routing_stats.h"
 
 namespace moe {
 
@@ -25,52 +26,57 @@ static const MoeConfig& validated(const MoeConfig& c) {
 MoeLayer::MoeLayer(const MoeConfig& c)
     : cfg(validated(c)),
       router(Router::create(cfg)),
-      experts(cfg.n_experts(), cfg.d_model, cfg.expert_hidden(), cfg.seed, cfg.layer_id * 64 + 8, kInitStd) {
-  experts.bf16 = cfg.precision == "bf16";
-  if (cfg.n_shared > 0) {
-    shared = ExpertBank(1, cfg.d_model, cfg.n_shared * cfg.shared_width(), cfg.seed, cfg.layer_id * 64 + 16, kInitStd);
+      experts(cfg.n_experts(), cfg.hidden_size, cfg.expert_hidden(), cfg.seed, cfg.layer_id * 64 + 8, kInitStd) {
+  experts.bf16 = cfg.precision == Precision::bf16;
+  if (cfg.n_shared_experts > 0) {
+    shared = ExpertBank(1, cfg.hidden_size, cfg.n_shared_experts * cfg.shared_width(), cfg.seed, cfg.layer_id * 64 + 16,
+                        kInitStd);
     shared.bf16 = experts.bf16;
-    if (cfg.shared_gate) {
-      w_sg = Tensor({cfg.d_model});
-      dw_sg = Tensor({cfg.d_model});
+    if (cfg.shared_expert_gate) {
+      w_sg = Tensor({cfg.hidden_size});
+      dw_sg = Tensor({cfg.hidden_size});
       fill_normal(w_sg.data(), w_sg.numel(), cfg.seed, cfg.layer_id * 64 + 20, 0.f, kInitStd);
     }
   }
-  bias_load_.assign(static_cast<size_t>(cfg.n_experts()), 0);
 }
 
-std::vector<Param> MoeLayer::params() {
-  std::vector<Param> out;
-  router->params(out, "");
-  experts.params(out, "experts.");
-  if (cfg.n_shared > 0) shared.params(out, "shared_experts.");
-  if (cfg.shared_gate) out.push_back({"shared_expert_gate.weight", &w_sg, &dw_sg});
-  return out;
+void MoeLayer::collect_params(std::vector<Param>& out, const std::string& prefix) {
+  router->params(out, prefix);
+  experts.params(out, prefix + "experts.");
+  if (cfg.n_shared_experts > 0) shared.params(out, prefix + "shared_experts.");
+  if (cfg.shared_expert_gate) out.push_back({prefix + "shared_expert_gate.weight", &w_sg, &dw_sg});
+}
+
+void MoeLayer::collect_buffers(std::vector<NamedTensor>& out, const std::string& prefix) {
+  for (auto& [name, b] : router->buffers()) out.emplace_back(prefix + "router." + name, b);
 }
 
 int64_t MoeLayer::num_params() const { return cfg.num_params(); }
 
 int64_t MoeLayer::num_active_params() const {
-  const int64_t d = cfg.d_model, h = cfg.expert_hidden();
-  int64_t n = 3 * cfg.k() * h * d + router_params();
-  n += 3 * static_cast<int64_t>(cfg.n_shared) * cfg.shared_width() * d + (cfg.shared_gate ? d : 0);
+  const int64_t d = cfg.hidden_size, h = cfg.expert_hidden();
+  int64_t n = 3 * cfg.k() * h * d + router->num_params();
+  n += 3 * static_cast<int64_t>(cfg.n_shared_experts) * cfg.shared_width() * d + (cfg.shared_expert_gate ? d : 0);
   return n;
 }
 
-void MoeLayer::zero_grad() {
-  for (Param& p : params()) p.grad->zero();
+double MoeLayer::flops_per_token() const {
+  // The router's d·E·G weights cost 14 FLOPs each (c_r); every other active weight 6 (c_f). A router
+  // with no W_r (hash) or a second matrix (noisy_topk's W_n) is still counted at d·E·G routing weights.
+  const double router_weights = static_cast<double>(cfg.hidden_size) * cfg.n_experts();
+  return 6.0 * (static_cast<double>(num_active_params()) - router_weights) + 14.0 * router_weights;
 }
 
-int64_t MoeLayer::router_params() const { return cfg.router_params(); }
+std::unique_ptr<FfnStats> MoeLayer::new_stats() const { return std::make_unique<RoutingStats>(*this); }
 
 void MoeLayer::set_reward(const float* reward) {
   router->set_reward(reward, routing_);
   losses_.router = router->losses();
 }
 
-void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions& opt) {
+void MoeLayer::forward(const float* x, int T, float* y, const FfnContext& opt) {
   MOE_CHECK(T > 0, "moe layer: forward needs at least one token");
-  const int d = cfg.d_model, E = cfg.n_experts();
+  const int d = cfg.hidden_size, E = cfg.n_experts();
   seq_len_ = opt.seq_len > 0 ? opt.seq_len : T;
   MOE_CHECK(T % seq_len_ == 0, "moe layer: seq_len = " + std::to_string(seq_len_) + " does not divide the " +
                                    std::to_string(T) + " tokens of the batch");
@@ -82,30 +88,27 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
   // Router (with input jitter in training) and balance losses.
   auto t0 = clock_type::now();
   xr_ = x;
-  if (opt.training && cfg.jitter_eps > 0.f) {
+  if (opt.training && cfg.router_jitter_noise > 0.f) {
     jitter_.resize({T, d});
     xr_buf_.resize({T, d});
     const uint64_t stream = (opt.step << 16) | (cfg.layer_id << 4) | 5;
-    fill_uniform(jitter_.data(), jitter_.numel(), cfg.seed, stream, 1.f - cfg.jitter_eps, 1.f + cfg.jitter_eps);
+    fill_uniform(jitter_.data(), jitter_.numel(), cfg.seed, stream, 1.f - cfg.router_jitter_noise,
+                 1.f + cfg.router_jitter_noise);
     for (size_t i = 0; i < jitter_.numel(); ++i) xr_buf_[i] = x[i] * jitter_[i];
     xr_ = xr_buf_.data();
   } else {
     jitter_.resize({0});
   }
-  router->forward(xr_, T, RouteContext{opt.training, opt.step, opt.tokens, opt.causal}, routing_);
-  const int k = routing_.k;  // slots per token (E for expert choice)
+  router->forward(xr_, T, opt, routing_);
   losses_.balance = balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, nullptr);
   losses_.router = router->losses();
-  if (opt.training)
-    for (int32_t e : routing_.expert)
-      if (e >= 0) ++bias_load_[e];
   timings_.router = ms_since(t0);
 
   // Dispatch: plan and gather.
   t0 = clock_type::now();
-  // Expert choice has applied its capacity already.
-  const float cf = cfg.router_kind() == RouterKind::expert_choice ? 0.f : cfg.capacity_factor;
-  plan_ = make_dispatch_plan(routing_, E, cf, parse_drop_policy(cfg.drop_policy));
+  // A router that obeys a capacity itself (expert choice) gets none from the plan.
+  const float cf = router->traits.applies_capacity ? 0.f : cfg.capacity_factor;
+  plan_ = make_dispatch_plan(routing_, E, cf, cfg.drop_policy);
   const int64_t rows = plan_.rows();
   ybuf_.resize({rows, d});  // expert outputs (fp32 mode); in both modes dX of the backward
   if (experts.bf16) {  // gather straight into the experts' bf16 input
@@ -128,10 +131,10 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
 
   // Shared experts, applied to every token.
   t0 = clock_type::now();
-  if (cfg.n_shared > 0) {
+  if (cfg.n_shared_experts > 0) {
     shared_out_.resize({T, d});
     shared.forward(x, {0, T}, shared_out_.data());
-    if (cfg.shared_gate) {
+    if (cfg.shared_expert_gate) {
       sgate_.resize({T});
       parallel_for(static_cast<size_t>(T), [&](size_t t) {
         float z = 0.f;
@@ -142,36 +145,20 @@ void MoeLayer::forward(const float* x, int T, float* y, const MoeForwardOptions&
   }
   timings_.shared = ms_since(t0);
 
-  // Combine: y_t = Σ_i g_{t,i}·Y[row(t,i)] (+ shared), one token per iteration.
+  // Combine: y_t = Σ_i g_{t,i}·Y[row(t,i)] (+ shared).
   t0 = clock_type::now();
-  parallel_for(static_cast<size_t>(T), [&](size_t t) {
-    float* yt = y + t * d;
-    if (cfg.n_shared > 0) {
-      const float s = cfg.shared_gate ? sgate_[t] : 1.f;
-      const float* st = shared_out_.data() + t * d;
-      for (int j = 0; j < d; ++j) yt[j] = s * st[j];
-    } else {
-      std::memset(yt, 0, sizeof(float) * d);
-    }
-    for (int i = 0; i < k; ++i) {
-      const int32_t row = plan_.pair_row[t * k + i];
-      if (row < 0) continue;
-      const float g = routing_.gate[t * k + i];
-      if (experts.bf16) {
-        const bf16_t* yr = ybuf_bf16_.data() + static_cast<size_t>(row) * d;
-        for (int j = 0; j < d; ++j) yt[j] += g * bf16_to_float(yr[j]);
-      } else {
-        const float* yr = ybuf_.data() + static_cast<size_t>(row) * d;
-        for (int j = 0; j < d; ++j) yt[j] += g * yr[j];
-      }
-    }
-  }, 64);
+  const float* base = cfg.n_shared_experts > 0 ? shared_out_.data() : nullptr;
+  const float* base_scale = cfg.shared_expert_gate ? sgate_.data() : nullptr;
+  if (experts.bf16)
+    dispatch_combine(plan_, routing_, ybuf_bf16_.data(), d, y, base, base_scale);
+  else
+    dispatch_combine(plan_, routing_, ybuf_.data(), d, y, base, base_scale);
   timings_.combine = ms_since(t0);
 }
 
 void MoeLayer::backward(const float* dy, float* dx) {
   MOE_CHECK(x_ != nullptr, "moe layer: backward called before forward");
-  const int T = T_, d = cfg.d_model, E = cfg.n_experts(), k = routing_.k;
+  const int T = T_, d = cfg.hidden_size, E = cfg.n_experts(), k = routing_.k;
 
   // Combine backward: each kept row gets the token's dy (the experts apply the gate g and return
   // dgate = dy·y for the row); dropped pairs get nothing.
@@ -187,7 +174,7 @@ void MoeLayer::backward(const float* dy, float* dx) {
   }
   row_gate_.resize({rows});
   row_dgate_.resize({rows});
-  for (int64_t r = 0; r < rows; ++r) row_gate_[static_cast<size_t>(r)] = routing_.gate[plan_.row_pair[r]];
+  pairs_to_rows(plan_, routing_.gate.data(), row_gate_.data());
   timings_.combine_bwd = ms_since(t0);
 
   // Experts backward; dX lands in ybuf (Y is no longer needed).
@@ -199,33 +186,18 @@ void MoeLayer::backward(const float* dy, float* dx) {
     experts.backward(xbuf_.data(), dybuf_.data(), plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
   }
   dgate_.resize({T, k});
-  dgate_.zero();
   float* dgate = dgate_.data();
-  for (int64_t r = 0; r < rows; ++r) dgate[plan_.row_pair[r]] = row_dgate_[static_cast<size_t>(r)];
+  rows_to_pairs(plan_, row_dgate_.data(), dgate);
   timings_.experts_bwd = ms_since(t0);
 
   // Scatter: dx_t = Σ_i dX[row(t,i)].
   t0 = clock_type::now();
-  parallel_for(static_cast<size_t>(T), [&](size_t t) {
-    float* dxt = dx + t * d;
-    std::memset(dxt, 0, sizeof(float) * d);
-    for (int i = 0; i < k; ++i) {
-      const int32_t row = plan_.pair_row[t * k + i];
-      if (row < 0) continue;
-      const float* src = dxbuf + static_cast<size_t>(row) * d;
-      // The rows of a token lie in k different experts' blocks: start loading the next one early.
-      if (i + 1 < k && plan_.pair_row[t * k + i + 1] >= 0) {
-        const float* next = dxbuf + static_cast<size_t>(plan_.pair_row[t * k + i + 1]) * d;
-        for (int j = 0; j < d; j += 16) __builtin_prefetch(next + j);
-      }
-      for (int j = 0; j < d; ++j) dxt[j] += src[j];
-    }
-  }, 64);
+  dispatch_scatter(plan_, dxbuf, d, dx);
   timings_.scatter_bwd = ms_since(t0);
 
   // Shared experts (and the Qwen2-MoE gate).
   t0 = clock_type::now();
-  if (cfg.n_shared > 0) {
+  if (cfg.n_shared_experts > 0) {
     dys_.resize({T, d});
     dxs_.resize({T, d});
     dz_.resize({T});
@@ -234,21 +206,21 @@ void MoeLayer::backward(const float* dy, float* dx) {
     Tensor& dxs = dxs_;
     Tensor& dz = dz_;
     parallel_for(static_cast<size_t>(T), [&](size_t t) {
-      const float s = cfg.shared_gate ? sgate_[t] : 1.f;
+      const float s = cfg.shared_expert_gate ? sgate_[t] : 1.f;
       float dot = 0.f;
       for (int j = 0; j < d; ++j) {
         dys[t * d + j] = s * dy[t * d + j];
         dot += dy[t * d + j] * shared_out_[t * d + j];
       }
-      if (cfg.shared_gate) dz[t] = dot * s * (1.f - s);
+      if (cfg.shared_expert_gate) dz[t] = dot * s * (1.f - s);
     }, 64);
     shared.backward(x_, dys.data(), {0, T}, nullptr, dxs.data(), nullptr);
-    if (cfg.shared_gate) {
+    if (cfg.shared_expert_gate) {
       for (int t = 0; t < T; ++t)
         for (int j = 0; j < d; ++j) dw_sg[j] += dz[t] * x_[static_cast<size_t>(t) * d + j];
     }
     parallel_for(static_cast<size_t>(T), [&](size_t t) {
-      for (int j = 0; j < d; ++j) dx[t * d + j] += dxs[t * d + j] + (cfg.shared_gate ? dz[t] * w_sg[j] : 0.f);
+      for (int j = 0; j < d; ++j) dx[t * d + j] += dxs[t * d + j] + (cfg.shared_expert_gate ? dz[t] * w_sg[j] : 0.f);
     }, 64);
   }
   timings_.shared_bwd = ms_since(t0);
@@ -262,7 +234,7 @@ void MoeLayer::backward(const float* dy, float* dx) {
     dprob_.zero();
     balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, dprob_.data(), dlogits_.data());
     router->prob_backward(dprob_.data(), dlogits_.data(), T);
-  } else if (cfg.z_loss_coef > 0.f) {
+  } else if (cfg.router_z_loss_coef > 0.f) {
     balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, dlogits_.data());
   }
   if (jitter_.empty()) {  // x is the router input: accumulate straight into dx
@@ -274,21 +246,6 @@ void MoeLayer::backward(const float* dy, float* dx) {
     parallel_for(static_cast<size_t>(T) * d, [&](size_t i) { dx[i] += dxr_[i] * jitter_[i]; });
   }
   timings_.router_bwd = ms_since(t0);
-}
-
-void MoeLayer::update_bias() {
-  router->after_step();
-  Tensor* b = router->selection_bias();
-  if (b == nullptr) return;
-  const int E = cfg.n_experts();
-  double mean = 0.0;
-  for (int64_t c : bias_load_) mean += static_cast<double>(c);
-  mean /= E;
-  for (int e = 0; e < E; ++e) {
-    const double diff = mean - static_cast<double>(bias_load_[e]);
-    (*b)[e] += cfg.bias_update_rate * static_cast<float>((diff > 0) - (diff < 0));
-  }
-  std::fill(bias_load_.begin(), bias_load_.end(), 0);
 }
 
 }  // namespace moe

@@ -4,8 +4,9 @@
 //            → dispatch plan (counting sort, capacity) → gather (rows, d)
 //            → grouped SwiGLU experts → combine: y_t = Σ_i g_{t,i}·e_i(x_t)  (+ shared experts)
 //
-// Explicit forward/backward; the layer owns its parameters, their gradients and the activations of
-// the last forward. backward() must follow the forward it differentiates, with x still alive.
+// An Ffn (nn/ffn.h): explicit forward/backward; the layer owns its parameters, their gradients and
+// the activations of the last forward. backward() must follow the forward it differentiates, with x
+// still alive.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -18,17 +19,10 @@
 #include "moe/config.h"
 #include "moe/dispatch.h"
 #include "moe/experts.h"
-#include "moe/router.h"
+#include "moe/routers/router.h"
+#include "nn/ffn.h"
 
 namespace moe {
-
-struct MoeForwardOptions {
-  bool training = true;   // noise, jitter and the noisy load estimate apply only in training
-  uint64_t step = 0;      // keys the random streams of this forward (noise, jitter)
-  int seq_len = 0;        // tokens per sequence, for the sequence-wise loss (0: one sequence of T)
-  const int32_t* tokens = nullptr;  // (T) token ids, for the hash router
-  bool causal = false;    // decoding: routing may not look at later tokens (expert choice falls back)
-};
 
 // Every loss term of the layer, each already multiplied by its coefficient.
 struct MoeLosses {
@@ -48,32 +42,37 @@ struct MoeTimings {
   double backward_total() const { return router_bwd + combine_bwd + experts_bwd + scatter_bwd + shared_bwd; }
 };
 
-class MoeLayer {
+class MoeLayer : public Ffn {
  public:
   explicit MoeLayer(const MoeConfig& c);  // validates c; initialises the parameters from c.seed
 
   const MoeConfig cfg;
   std::unique_ptr<Router> router;
-  ExpertBank experts;  // E·G routed experts of width d_ff_expert/G
+  ExpertBank experts;  // E·G routed experts of width moe_intermediate_size/G
   ExpertBank shared;   // the S shared experts as one expert of width S·shared_width (E = 1)
   Tensor w_sg, dw_sg;  // (d) Qwen2-MoE shared-expert gate
 
-  void forward(const float* x, int T, float* y, const MoeForwardOptions& opt = {});
-  // dy (T, d) → dx (T, d) (overwritten); parameter gradients accumulate (see zero_grad).
-  // The loss terms enter the objective with weight 1.
-  void backward(const float* dy, float* dx);
-  // Per-token reward (T) for routers trained by reward (reinforce: −CE of each token, NaN where a
-  // token has none), between forward and backward. No-op for the other routers.
-  void set_reward(const float* reward);
-  void zero_grad();
-  // After each optimizer step. DeepSeek-V3: b_i += γ·sign(mean_j load_j − load_i) from the loads
-  // routed since the last call; reinforce: the reward baseline takes in the step's mean reward.
-  void update_bias();
-
-  std::vector<Param> params();
-  int64_t num_params() const;          // all parameters (routed, shared, router)
-  int64_t num_active_params() const;   // used by one token: k routed experts + shared + router
-  int64_t router_params() const;       // W_r (and W_n for noisy_topk; none for hash)
+  // Noise, jitter and the noisy load estimate apply only when ctx.training; ctx.seq_len separates
+  // sequences for the sequence-wise loss; ctx.tokens feed the hash router; ctx.causal makes expert
+  // choice fall back to token choice.
+  void forward(const float* x, int T, float* y, const FfnContext& ctx) override;
+  void backward(const float* dy, float* dx) override;
+  // Parameter names: router.weight (router.noise_weight), experts.w1|w3|w2, shared_experts.w1|w3|w2,
+  // shared_expert_gate.weight; buffers router.<name> (router.bias, router.baseline).
+  void collect_params(std::vector<Param>& out, const std::string& prefix) override;
+  void collect_buffers(std::vector<NamedTensor>& out, const std::string& prefix) override;
+  int64_t num_params() const override;         // all parameters (routed, shared, router)
+  int64_t num_active_params() const override;  // used by one token: k routed experts + shared + router
+  // 6 per active weight outside the router, 14 per router weight: the router's d·E·G (Krajewski Eq. 10).
+  double flops_per_token() const override;
+  float loss() const override { return losses_.total(); }
+  bool wants_reward() const override { return router->traits.trained_by_reward; }
+  void set_reward(const float* reward) override;
+  // DeepSeek-V3: b_i += γ·sign(mean_j load_j − load_i) from the loads routed since the last call;
+  // reinforce: the reward baseline takes in the step's mean reward (Router::after_step).
+  void after_step() override { router->after_step(); }
+  std::optional<std::vector<int32_t>> experts_of(int t) const override { return routing_.experts_of(t); }
+  std::unique_ptr<FfnStats> new_stats() const override;  // RoutingStats (moe/routing_stats.h)
 
   // Results of the last forward.
   const MoeLosses& losses() const { return losses_; }
@@ -81,6 +80,7 @@ class MoeLayer {
   const DispatchPlan& plan() const { return plan_; }
   const MoeTimings& timings() const { return timings_; }
   const Tensor& jitter() const { return jitter_; }  // (T, d) multipliers; empty without jitter
+  int seq_len() const { return seq_len_; }         // of the last forward
 
  private:
   const float* x_ = nullptr;   // input of the last forward
@@ -101,7 +101,6 @@ class MoeLayer {
   Tensor dz_;                  // (T)
   MoeLosses losses_;
   MoeTimings timings_;
-  std::vector<int64_t> bias_load_;  // (E) routed pairs since the last update_bias
 };
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "core/error.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
@@ -14,17 +15,18 @@
 namespace moe {
 
 void AttentionConfig::validate() const {
-  auto bad = [](const std::string& m) { fail("attention config: " + m); };
-  if (d_model <= 0) bad("hidden_size = " + std::to_string(d_model) + " must be positive");
-  if (n_heads <= 0) bad("num_attention_heads = " + std::to_string(n_heads) + " must be positive");
-  if (n_kv_heads < 0 || n_heads % kv_heads() != 0)
-    bad("num_key_value_heads = " + std::to_string(n_kv_heads) + " must divide num_attention_heads = " +
-        std::to_string(n_heads));
-  if (head_dim == 0 && d_model % n_heads != 0)
-    bad("num_attention_heads = " + std::to_string(n_heads) + " does not divide hidden_size = " +
-        std::to_string(d_model) + "; set head_dim or choose a divisor");
-  if (hd() <= 0 || hd() % 2 != 0) bad("head_dim = " + std::to_string(hd()) + " must be positive and even (RoPE rotates pairs)");
-  if (!(rope_theta > 0.f)) bad("rope_theta must be positive");
+  const ConfigCheck check("attention");
+  check.require(d_model > 0, "hidden_size = " + std::to_string(d_model) + " must be positive");
+  check.require(n_heads > 0, "num_attention_heads = " + std::to_string(n_heads) + " must be positive");
+  check.require(n_kv_heads >= 0 && n_heads % kv_heads() == 0, "num_key_value_heads = " + std::to_string(n_kv_heads) +
+                                                                   " must divide num_attention_heads = " +
+                                                                   std::to_string(n_heads));
+  check.require(head_dim != 0 || d_model % n_heads == 0,
+                "num_attention_heads = " + std::to_string(n_heads) + " does not divide hidden_size = " +
+                    std::to_string(d_model) + "; set head_dim or choose a divisor");
+  check.require(hd() > 0 && hd() % 2 == 0,
+                "head_dim = " + std::to_string(hd()) + " must be positive and even (RoPE rotates pairs)");
+  check.positive("rope_theta", rope_theta);
 }
 
 Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, float init_std) : cfg(c) {

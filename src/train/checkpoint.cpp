@@ -11,6 +11,9 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/safetensors.h"
+#include "data/corpus.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -256,6 +259,17 @@ void clear_run(const std::string& run) {
     if (ours) fs::remove_all(e.path(), ec);
   }
   fsync_dir(run);
+}
+
+std::string checkpoint_val_shard(const std::string& ckpt, const RunConfig& c, const std::string& corpus) {
+  const std::string dir = prepare_corpus(corpus, c.train.data_dir, c.model.vocab_size, false);
+  const std::string shard = ckpt + "/val-" + fs::path(dir).filename().string() + ".bin";
+  if (!fs::exists(shard)) {
+    Tokenizer tok;
+    tok.load(ckpt + "/tokenizer.model");
+    write_token_shard(shard, tok.encode(read_file(dir + "/val.txt", "run `moe data --corpus " + corpus + " --force`")));
+  }
+  return shard;
 }
 
 }  // namespace moe

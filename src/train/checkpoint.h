@@ -77,4 +77,8 @@ std::string describe_run(const std::string& run);
 // Removes the run's checkpoints, config, metrics and cached shards (for `moe train --overwrite`).
 void clear_run(const std::string& run);
 
+// The held-out text of `corpus` encoded with the run's own tokenizer, as a token shard cached in the
+// run folder (val-<corpus>.bin); returns its path.
+std::string checkpoint_val_shard(const std::string& run, const RunConfig& c, const std::string& corpus);
+
 }  // namespace moe

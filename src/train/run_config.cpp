@@ -1,199 +1,100 @@
 #include "train/run_config.h"
 
+#include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
-#include <functional>
 #include <sstream>
-#include <limits>
-#include <type_traits>
-#include <map>
-#include <nlohmann/json.hpp>
 #include <toml++/toml.h>
+#include <type_traits>
 
+#include "core/check.h"
+#include "core/config_value.h"
 #include "core/error.h"
 
 namespace moe {
 
-static std::string num(double v) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%g", v);
-  return buf;
-}
-
 void TrainConfig::validate() const {
-  auto bad = [](const std::string& m) { fail("train config: " + m); };
-  if (batch_size <= 0) bad("batch_size must be positive");
-  if (steps < 0) bad("steps must be >= 0");
-  if (grad_accum <= 0 || grad_accum > (1 << 16)) bad("grad_accum must be in [1, 65536]");
-  if (!(lr > 0.f) || !std::isfinite(lr)) bad("lr = " + num(lr) + " must be a finite positive number, e.g. 3e-3");
-  if (!(beta1 >= 0.f && beta1 < 1.f)) bad("beta1 = " + num(beta1) + " must be in [0, 1), e.g. 0.9");
-  if (!(beta2 >= 0.f && beta2 < 1.f)) bad("beta2 = " + num(beta2) + " must be in [0, 1), e.g. 0.95");
-  if (min_lr_ratio < 0.f || min_lr_ratio > 1.f) bad("min_lr_ratio must be in [0, 1]");
-  if (warmup_steps < 0) bad("warmup_steps must be >= 0");
-  if (weight_decay < 0.f) bad("weight_decay must be >= 0");
-  if (grad_clip < 0.f) bad("grad_clip must be >= 0 (0: no clipping)");
-  if (eval_every < 0 || eval_windows <= 0) bad("eval_every must be >= 0 and eval_windows positive");
-  if (stop_after < 0 || stop_after > steps) bad("stop_after must be in [0, steps]");
-  if (save_every < 0) bad("save_every must be >= 0 (0: only at the end)");
-  if (keep_checkpoints < 0) bad("keep_checkpoints must be >= 0 (0: keep all)");
-  if (max_bad_steps <= 0) bad("max_bad_steps must be positive (bad steps in a row before training stops)");
-  if (!(spike_factor == 0.f || spike_factor > 1.f)) bad("spike_factor must be 0 (off) or above 1, e.g. 3");
+  const ConfigCheck check("train");
+  check.positive("batch_size", batch_size);
+  check.non_negative("steps", steps);
+  check.in_range("grad_accum", grad_accum, 1, 1 << 16);
+  check.require(std::isfinite(lr) && lr > 0.f, "lr = " + format_number(lr) + " must be a finite positive number, e.g. 3e-3");
+  check.require(beta1 >= 0.f && beta1 < 1.f, "beta1 = " + format_number(beta1) + " must be in [0, 1), e.g. 0.9");
+  check.require(beta2 >= 0.f && beta2 < 1.f, "beta2 = " + format_number(beta2) + " must be in [0, 1), e.g. 0.95");
+  check.in_range("min_lr_ratio", min_lr_ratio, 0.0, 1.0);
+  check.non_negative("warmup_steps", warmup_steps);
+  check.non_negative("weight_decay", weight_decay);
+  check.require(grad_clip >= 0.f, "grad_clip = " + format_number(grad_clip) + " must be >= 0 (0: no clipping)");
+  check.non_negative("eval_every", eval_every);
+  check.positive("eval_windows", eval_windows);
+  check.in_range("stop_after", stop_after, 0, steps);
+  check.require(save_every >= 0, "save_every = " + std::to_string(save_every) + " must be >= 0 (0: only at the end)");
+  check.require(keep_checkpoints >= 0, "keep_checkpoints = " + std::to_string(keep_checkpoints) + " must be >= 0 (0: keep all)");
+  check.require(max_bad_steps > 0, "max_bad_steps = " + std::to_string(max_bad_steps) +
+                                       " must be positive (bad steps in a row before training stops)");
+  check.require(spike_factor == 0.f || spike_factor > 1.f,
+                "spike_factor = " + format_number(spike_factor) + " must be 0 (off) or above 1, e.g. 3");
 }
 
 namespace {
 
 using nlohmann::json;
 
-// One configurable field: how to set it from JSON (TOML values are converted to JSON first) and read it.
-struct Field {
-  std::function<void(RunConfig&, const json&, const std::string&)> set;
-  std::function<json(const RunConfig&)> get;
-};
+// Every field of a run config: v(key, field, meaning) with key "model.…" or "train.…".
+template <class Self, class V>
+void visit_run_config(Self& c, V&& v) {
+  ModelConfig::visit_fields(c.model, [&](const std::string& key, auto& field, const char* meaning) {
+    v("model." + key, field, meaning);
+  });
+  TrainConfig::visit_fields(c.train, [&](const std::string& key, auto& field, const char* meaning) {
+    v("train." + key, field, meaning);
+  });
+}
 
-// A JSON value as the field's type V: integers only from integers within V's range (no wrap, no
-// truncation of 8.9 to 8), floats from finite numbers within float's range, strings from strings,
-// booleans from booleans. Errors say what the key needs.
-template <class V>
-V checked_value(const json& v, const std::string& key) {
-  if constexpr (std::is_same_v<V, bool>) {
-    if (!v.is_boolean()) fail("key \"" + key + "\" must be true or false, not " + v.dump());
-    return v.get<bool>();
-  } else if constexpr (std::is_integral_v<V>) {
-    std::string range = "[";  // (built step by step: g++ 12 warns falsely on "literal" + string&&)
-    range += std::to_string(std::numeric_limits<V>::min());
-    range += ", ";
-    range += std::to_string(std::numeric_limits<V>::max());
-    range += "]";
-    if (!v.is_number_integer())
-      fail("key \"" + key + "\" must be a whole number in " + range + ", not " + v.dump());
-    if (v.is_number_unsigned()) {
-      const uint64_t u = v.get<uint64_t>();
-      if (u > static_cast<uint64_t>(std::numeric_limits<V>::max()))
-        fail("key \"" + key + "\" = " + v.dump() + " is out of range; it must be in " + range);
-      return static_cast<V>(u);
+std::vector<std::string> all_keys() {
+  std::vector<std::string> keys;
+  RunConfig c;
+  visit_run_config(c, [&](const std::string& key, auto&, const char*) { keys.push_back(key); });
+  return keys;
+}
+
+// Edit distance between two keys, for "did you mean".
+size_t distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
     }
-    const int64_t i = v.get<int64_t>();
-    if ((std::is_unsigned_v<V> && i < 0) ||
-        (!std::is_unsigned_v<V> && (i < static_cast<int64_t>(std::numeric_limits<V>::min()) ||
-                                    i > static_cast<int64_t>(std::numeric_limits<V>::max()))))
-      fail("key \"" + key + "\" = " + v.dump() + " is out of range; it must be in " + range);
-    return static_cast<V>(i);
-  } else if constexpr (std::is_floating_point_v<V>) {
-    if (!v.is_number()) fail("key \"" + key + "\" must be a number, not " + v.dump());
-    const double d = v.get<double>();
-    if (!std::isfinite(d) || std::fabs(d) > static_cast<double>(std::numeric_limits<V>::max())) {
-      char buf[48];
-      std::snprintf(buf, sizeof buf, "%g", d);
-      fail("key \"" + key + "\" = " + buf + " is not a finite number a float can hold");
-    }
-    return static_cast<V>(d);
-  } else if constexpr (std::is_same_v<V, std::string>) {
-    if (!v.is_string()) fail("key \"" + key + "\" must be a string, not " + v.dump());
-    return v.get<std::string>();
-  } else {  // lists of integers
-    if (!v.is_array()) fail("key \"" + key + "\" must be a list, not " + v.dump());
-    V out;
-    for (const json& e : v) out.push_back(checked_value<typename V::value_type>(e, key));
-    return out;
   }
-}
-
-template <class Get>
-Field make(Get get) {
-  return Field{[get](RunConfig& c, const json& v, const std::string& key) {
-                 auto& slot = get(c);
-                 slot = checked_value<std::decay_t<decltype(slot)>>(v, key);
-               },
-               [get](const RunConfig& c) { return json(get(const_cast<RunConfig&>(c))); }};
-}
-
-const std::map<std::string, Field>& fields() {
-  static const std::map<std::string, Field> f = {
-      {"model.vocab_size", make([](RunConfig& c) -> int& { return c.model.vocab_size; })},
-      {"model.hidden_size", make([](RunConfig& c) -> int& { return c.model.hidden_size; })},
-      {"model.num_hidden_layers", make([](RunConfig& c) -> int& { return c.model.num_hidden_layers; })},
-      {"model.num_attention_heads", make([](RunConfig& c) -> int& { return c.model.num_attention_heads; })},
-      {"model.num_key_value_heads", make([](RunConfig& c) -> int& { return c.model.num_key_value_heads; })},
-      {"model.intermediate_size", make([](RunConfig& c) -> int& { return c.model.intermediate_size; })},
-      {"model.max_position_embeddings", make([](RunConfig& c) -> int& { return c.model.max_position_embeddings; })},
-      {"model.rms_norm_eps", make([](RunConfig& c) -> float& { return c.model.rms_norm_eps; })},
-      {"model.rope_theta", make([](RunConfig& c) -> float& { return c.model.rope_theta; })},
-      {"model.tie_word_embeddings", make([](RunConfig& c) -> bool& { return c.model.tie_word_embeddings; })},
-      {"model.initializer_range", make([](RunConfig& c) -> float& { return c.model.initializer_range; })},
-      {"model.ffn", make([](RunConfig& c) -> std::string& { return c.model.ffn; })},
-      {"model.first_k_dense_replace", make([](RunConfig& c) -> int& { return c.model.first_k_dense_replace; })},
-      {"model.num_local_experts", make([](RunConfig& c) -> int& { return c.model.moe.experts; })},
-      {"model.num_experts_per_tok", make([](RunConfig& c) -> int& { return c.model.moe.top_k; })},
-      {"model.moe_intermediate_size", make([](RunConfig& c) -> int& { return c.model.moe.d_ff_expert; })},
-      {"model.granularity", make([](RunConfig& c) -> int& { return c.model.moe.granularity; })},
-      {"model.router", make([](RunConfig& c) -> std::string& { return c.model.moe.router; })},
-      {"model.norm_topk_prob", make([](RunConfig& c) -> bool& { return c.model.moe.renormalize; })},
-      {"model.routed_scaling_factor", make([](RunConfig& c) -> float& { return c.model.moe.routed_scaling; })},
-      {"model.n_group", make([](RunConfig& c) -> int& { return c.model.moe.n_group; })},
-      {"model.topk_group", make([](RunConfig& c) -> int& { return c.model.moe.topk_group; })},
-      {"model.router_jitter_noise", make([](RunConfig& c) -> float& { return c.model.moe.jitter_eps; })},
-      {"model.router_aux_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.aux_loss_coef; })},
-      {"model.router_z_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.z_loss_coef; })},
-      {"model.noisy_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.noisy_loss_coef; })},
-      {"model.expert_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.expert_loss_coef; })},
-      {"model.device_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.device_loss_coef; })},
-      {"model.device_groups", make([](RunConfig& c) -> int& { return c.model.moe.device_groups; })},
-      {"model.seq_aux_loss_coef", make([](RunConfig& c) -> float& { return c.model.moe.seq_aux_loss_coef; })},
-      {"model.bias_update_speed", make([](RunConfig& c) -> float& { return c.model.moe.bias_update_rate; })},
-      {"model.reinforce_coef", make([](RunConfig& c) -> float& { return c.model.moe.reinforce_coef; })},
-      {"model.reinforce_baseline_decay", make([](RunConfig& c) -> float& { return c.model.moe.reinforce_decay; })},
-      {"model.capacity_factor", make([](RunConfig& c) -> float& { return c.model.moe.capacity_factor; })},
-      {"model.drop_policy", make([](RunConfig& c) -> std::string& { return c.model.moe.drop_policy; })},
-      {"model.n_shared_experts", make([](RunConfig& c) -> int& { return c.model.moe.n_shared; })},
-      {"model.shared_expert_intermediate_size", make([](RunConfig& c) -> int& { return c.model.moe.shared_hidden; })},
-      {"model.shared_expert_gate", make([](RunConfig& c) -> bool& { return c.model.moe.shared_gate; })},
-      {"model.precision", make([](RunConfig& c) -> std::string& { return c.model.moe.precision; })},
-      {"model.router_init_std", make([](RunConfig& c) -> float& { return c.model.moe.router_init_std; })},
-      {"model.sparse_layers", make([](RunConfig& c) -> std::vector<int>& { return c.model.sparse_layers; })},
-      {"model.peer.n_keys", make([](RunConfig& c) -> int& { return c.model.peer.n_keys; })},
-      {"model.peer.heads", make([](RunConfig& c) -> int& { return c.model.peer.heads; })},
-      {"model.peer.top_k", make([](RunConfig& c) -> int& { return c.model.peer.top_k; })},
-      {"model.peer.d_key", make([](RunConfig& c) -> int& { return c.model.peer.d_key; })},
-      {"model.peer.query_bn", make([](RunConfig& c) -> bool& { return c.model.peer.query_bn; })},
-      {"model.peer.score", make([](RunConfig& c) -> std::string& { return c.model.peer.score; })},
-      {"model.peer.activation", make([](RunConfig& c) -> std::string& { return c.model.peer.activation; })},
-      {"model.peer.bn_momentum", make([](RunConfig& c) -> float& { return c.model.peer.bn_momentum; })},
-      {"model.seed", make([](RunConfig& c) -> uint64_t& { return c.model.seed; })},
-      {"train.corpus", make([](RunConfig& c) -> std::string& { return c.train.corpus; })},
-      {"train.data_dir", make([](RunConfig& c) -> std::string& { return c.train.data_dir; })},
-      {"train.out", make([](RunConfig& c) -> std::string& { return c.train.out; })},
-      {"train.batch_size", make([](RunConfig& c) -> int& { return c.train.batch_size; })},
-      {"train.steps", make([](RunConfig& c) -> int& { return c.train.steps; })},
-      {"train.grad_accum", make([](RunConfig& c) -> int& { return c.train.grad_accum; })},
-      {"train.lr", make([](RunConfig& c) -> float& { return c.train.lr; })},
-      {"train.min_lr_ratio", make([](RunConfig& c) -> float& { return c.train.min_lr_ratio; })},
-      {"train.warmup_steps", make([](RunConfig& c) -> int& { return c.train.warmup_steps; })},
-      {"train.weight_decay", make([](RunConfig& c) -> float& { return c.train.weight_decay; })},
-      {"train.beta1", make([](RunConfig& c) -> float& { return c.train.beta1; })},
-      {"train.beta2", make([](RunConfig& c) -> float& { return c.train.beta2; })},
-      {"train.grad_clip", make([](RunConfig& c) -> float& { return c.train.grad_clip; })},
-      {"train.eval_every", make([](RunConfig& c) -> int& { return c.train.eval_every; })},
-      {"train.eval_windows", make([](RunConfig& c) -> int& { return c.train.eval_windows; })},
-      {"train.save_every", make([](RunConfig& c) -> int& { return c.train.save_every; })},
-      {"train.stop_after", make([](RunConfig& c) -> int& { return c.train.stop_after; })},
-      {"train.keep_checkpoints", make([](RunConfig& c) -> int& { return c.train.keep_checkpoints; })},
-      {"train.max_bad_steps", make([](RunConfig& c) -> int& { return c.train.max_bad_steps; })},
-      {"train.spike_factor", make([](RunConfig& c) -> float& { return c.train.spike_factor; })},
-      {"train.seed", make([](RunConfig& c) -> uint64_t& { return c.train.seed; })},
-  };
-  return f;
+  return row[b.size()];
 }
 
 void set_field(RunConfig& c, const std::string& key, const json& v, const std::string& where) {
-  auto it = fields().find(key);
-  if (it == fields().end())
-    fail(where + ": unknown key \"" + key + "\"; the keys are listed in src/train/run_config.h (e.g. model.hidden_size, train.steps)");
+  bool found = false;
   try {
-    it->second.set(c, v, key);
+    visit_run_config(c, [&](const std::string& k, auto& field, const char*) {
+      if (k != key) return;
+      field = config_value<std::decay_t<decltype(field)>>(v, key);
+      found = true;
+    });
   } catch (const Error& e) {
-    fail(where + ": " + e.what() + "; see src/train/run_config.h");
+    fail(where + ": " + e.what() + "; `moe keys` lists every key with its type");
   }
+  if (found) return;
+  std::string nearest;
+  size_t best = 4;  // suggest only a near miss
+  for (const std::string& k : all_keys())
+    if (const size_t dk = distance(key, k); dk < best) {
+      best = dk;
+      nearest = k;
+    }
+  fail(where + ": unknown key \"" + key + "\"; " + (nearest.empty() ? "" : "did you mean " + nearest + "? ") +
+       "`moe keys` lists every key");
 }
 
 json toml_to_json(const toml::node& n) {
@@ -245,6 +146,10 @@ void apply_toml(RunConfig& c, std::string_view text, const std::string& where) {
 
 }  // namespace
 
+void set_run_config_value(RunConfig& c, const std::string& key, const nlohmann::json& value) {
+  set_field(c, key, value, "set " + key);
+}
+
 RunConfig parse_run_config_toml(const std::string& text, const std::string& where) {
   RunConfig c;
   apply_toml(c, text, where);
@@ -282,11 +187,20 @@ RunConfig load_run_config(const std::string& toml_path, const std::vector<std::s
 
 std::string run_config_to_json(const RunConfig& c) {
   json j = json::object();
-  for (const auto& [key, f] : fields()) {
+  visit_run_config(c, [&](const std::string& key, const auto& field, const char*) {
     const size_t dot = key.find('.');
-    j[key.substr(0, dot)][key.substr(dot + 1)] = f.get(c);
-  }
+    j[key.substr(0, dot)][key.substr(dot + 1)] = config_json(field);
+  });
   return j.dump(2);
+}
+
+json run_config_keys() {
+  json out = json::array();
+  const RunConfig c;
+  visit_run_config(c, [&](const std::string& key, const auto& field, const char* meaning) {
+    out.push_back({{"key", key}, {"type", config_type(field)}, {"default", config_json(field)}, {"meaning", meaning}});
+  });
+  return out;
 }
 
 RunConfig run_config_from_json(const std::string& text, const std::string& where) {

@@ -1,26 +1,18 @@
-// run_config.h — the configuration of a training run: the model (Hugging Face names where they exist)
-// and the training settings, read from TOML with `--set section.key=value` overrides, written to and
-// read from JSON inside checkpoints. Unknown keys and wrong types are errors that name the key.
-//
-//   [model]  vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
-//            intermediate_size, max_position_embeddings, rms_norm_eps, rope_theta,
-//            tie_word_embeddings, initializer_range, ffn ("moe" | "dense"), first_k_dense_replace,
-//            num_local_experts, num_experts_per_tok, moe_intermediate_size, granularity, router,
-//            norm_topk_prob, routed_scaling_factor, n_group, topk_group, router_jitter_noise,
-//            router_aux_loss_coef, router_z_loss_coef, noisy_loss_coef, expert_loss_coef,
-//            device_loss_coef, device_groups, seq_aux_loss_coef, bias_update_speed, capacity_factor,
-//            drop_policy, n_shared_experts, shared_expert_intermediate_size, shared_expert_gate,
-//            precision, router_init_std, seed
-//   [train]  corpus, data_dir, out, batch_size, steps, grad_accum, lr, min_lr_ratio, warmup_steps,
-//            weight_decay, beta1, beta2, grad_clip, eval_every, eval_windows, save_every, stop_after,
-//            keep_checkpoints, max_bad_steps, spike_factor, seed
-// Integers must be whole numbers within their type's range, floats finite: 8.9 or 4294967552 for an
-// int is an error that names the key, never a silent truncation or wrap.
+// run_config.h — the configuration of a training run: the model (model/config.h: its own keys, the
+// MoE layer's and the PEER layer's, Hugging Face names where they exist) and the training settings
+// below, read from TOML ([model], [model.peer], [train]) with `--set section.key=value` overrides,
+// written to and read from JSON (config.json of a run). Every key, its type, default and meaning:
+// `moe keys`. Each struct lists its fields once (visit_fields); the readers and writers are generated
+// from those lists. Unknown keys and wrong types are errors that name the key: integers must be whole
+// numbers within their type's range, floats finite (8.9 or 4294967552 for an int is an error, never a
+// silent truncation or wrap), enums one of their names.
 #pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "model/transformer.h"
+#include "model/config.h"
 
 namespace moe {
 
@@ -48,6 +40,31 @@ struct TrainConfig {
   int max_bad_steps = 5;
   float spike_factor = 3.f;
   uint64_t seed = 1;
+
+  template <class Self, class V>
+  static void visit_fields(Self& c, V&& v) {
+    v("corpus", c.corpus, "kjv | fortunes | c-headers | file:PATH");
+    v("data_dir", c.data_dir, "folder of the prepared corpora");
+    v("out", c.out, "run folder: config, metrics, checkpoints");
+    v("batch_size", c.batch_size, "sequences per micro-batch");
+    v("steps", c.steps, "optimizer steps of the schedule");
+    v("grad_accum", c.grad_accum, "micro-batches per step");
+    v("lr", c.lr, "peak learning rate");
+    v("min_lr_ratio", c.min_lr_ratio, "the cosine schedule ends at lr × this");
+    v("warmup_steps", c.warmup_steps, "linear warm-up steps");
+    v("weight_decay", c.weight_decay, "AdamW decoupled weight decay (matrices only)");
+    v("beta1", c.beta1, "AdamW beta1");
+    v("beta2", c.beta2, "AdamW beta2");
+    v("grad_clip", c.grad_clip, "global gradient-norm clip (0: none)");
+    v("eval_every", c.eval_every, "steps between validation losses (0: only at the end)");
+    v("eval_windows", c.eval_windows, "validation windows per evaluation");
+    v("save_every", c.save_every, "steps between checkpoints (0: only at the end)");
+    v("stop_after", c.stop_after, "stop after this step, keeping the schedule of steps (0: run to the end)");
+    v("keep_checkpoints", c.keep_checkpoints, "complete checkpoints kept, newest first (0: all)");
+    v("max_bad_steps", c.max_bad_steps, "bad steps in a row before training stops");
+    v("spike_factor", c.spike_factor, "a loss above this × its running mean is a bad step (0: off)");
+    v("seed", c.seed, "batch sampling");
+  }
   void validate() const;
 };
 
@@ -62,7 +79,13 @@ RunConfig load_run_config(const std::string& toml_path, const std::vector<std::s
                           const RunConfig* base = nullptr);
 // The TOML text itself (`where` names it in errors), validated; what the fuzz target calls.
 RunConfig parse_run_config_toml(const std::string& text, const std::string& where);
+// Sets one key ("model.hidden_size") from a JSON value, checked as the readers check it (the config is
+// not validated as a whole: load_run_config does that).
+void set_run_config_value(RunConfig& c, const std::string& key, const nlohmann::json& value);
 std::string run_config_to_json(const RunConfig& c);
 RunConfig run_config_from_json(const std::string& json, const std::string& where);
+// Every key ("model.num_local_experts", …) with its type, default value and meaning, in file order:
+// [{"key", "type", "default", "meaning"}, …] (what `moe keys` prints).
+nlohmann::json run_config_keys();
 
 }  // namespace moe

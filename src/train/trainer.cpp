@@ -1,25 +1,24 @@
 #include "train/trainer.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iomanip>
-#include <numeric>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/files.h"
 #include "core/gemm.h"
-#include "core/parallel.h"
-#include "core/rng.h"
-#include "core/vmath.h"
-#include "nn/cross_entropy.h"
-#include "train/routing_stats.h"
+#include "data/corpus.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
+#include "eval/evaluate.h"
+#include "model/transformer.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/progress.h"
 
 namespace fs = std::filesystem;
 
@@ -40,182 +39,6 @@ float lr_at(const TrainConfig& t, int64_t step) {
   const double cosine = 0.5 * (1.0 + std::cos(M_PI * p));
   return static_cast<float>(t.lr * (t.min_lr_ratio + (1.0 - t.min_lr_ratio) * cosine));
 }
-
-// Progress: a bar with rate and ETA on a terminal, a plain line every 10% otherwise.
-struct Progress {
-  int64_t total, start;
-  bool tty = ::isatty(1);
-  clock_type::time_point t0 = clock_type::now();
-  void update(int64_t step, double loss, double tok_s) {
-    const int64_t done = step + 1 - start, todo = total - start;
-    const double el = seconds_since(t0), eta = done > 0 ? el / static_cast<double>(done) * static_cast<double>(todo - done) : 0.0;
-    if (tty) {
-      const int width = 30, fill = static_cast<int>(width * done / std::max<int64_t>(1, todo));
-      std::printf("\r[%s%s] %lld/%lld loss %.3f %.0f tok/s ETA %.0fs  ", std::string(static_cast<size_t>(fill), '#').c_str(),
-                  std::string(static_cast<size_t>(width - fill), '.').c_str(), static_cast<long long>(step + 1),
-                  static_cast<long long>(total), loss, tok_s, eta);
-      if (step + 1 == total) std::printf("\n");
-    } else if (todo > 0 && ((done * 10) / todo != ((done - 1) * 10) / todo || step + 1 == total)) {
-      std::printf("step %lld/%lld loss %.4f %.0f tok/s elapsed %.0fs ETA %.0fs\n", static_cast<long long>(step + 1),
-                  static_cast<long long>(total), loss, tok_s, el, eta);
-    }
-    std::fflush(stdout);
-  }
-};
-
-}  // namespace
-
-// Runs loss(tokens, targets, B) over the first `windows` validation windows in batches of up to
-// `batch`; returns the window-weighted mean of what it returns.
-static double over_eval_windows(const TokenShard& shard, int L, int windows, int batch,
-                                const std::function<double(const int32_t*, const int32_t*, int)>& loss) {
-  const size_t n = eval_windows(shard, L, static_cast<size_t>(windows));
-  MOE_CHECK(n > 0, "validation shard " + shard.path() + " is shorter than one sequence");
-  std::vector<int32_t> tok(static_cast<size_t>(batch) * L), tgt(tok.size());
-  double sum = 0.0;
-  size_t counted = 0;
-  for (size_t w0 = 0; w0 < n; w0 += static_cast<size_t>(batch)) {
-    const int B = static_cast<int>(std::min<size_t>(static_cast<size_t>(batch), n - w0));
-    for (int b = 0; b < B; ++b) eval_window(shard, L, w0 + static_cast<size_t>(b), tok.data() + b * L, tgt.data() + b * L);
-    sum += loss(tok.data(), tgt.data(), B) * B;
-    counted += static_cast<size_t>(B);
-  }
-  return sum / static_cast<double>(counted);
-}
-
-double evaluate(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch) {
-  return over_eval_windows(shard, L, windows, batch, [&](const int32_t* tok, const int32_t* tgt, int B) {
-    const Tensor& logits = model.forward_logits(tok, B, L);
-    return cross_entropy(logits.data(), tgt, B * L, model.cfg.vocab_size, nullptr);
-  });
-}
-
-double routing_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, bool train_routing,
-                      std::vector<int>& layers, std::vector<RoutingStats>& stats) {
-  layers.clear();
-  for (size_t l = 0; l < model.blocks.size(); ++l)
-    if (model.blocks[l].moe) layers.push_back(static_cast<int>(l));
-  stats.assign(layers.size(), RoutingStats{});
-  uint64_t first_window = 0;  // keys the random draws of training routing
-  return over_eval_windows(shard, L, windows, batch, [&](const int32_t* tok, const int32_t* tgt, int B) {
-    const double ce = model.forward(tok, tgt, B, L, train_routing, first_window);
-    first_window += static_cast<uint64_t>(batch);
-    for (size_t i = 0; i < layers.size(); ++i) stats[i].add(*model.blocks[static_cast<size_t>(layers[i])].moe, L);
-    return ce;
-  });
-}
-
-double peer_report(TransformerLM& model, const TokenShard& shard, int L, int windows, int batch, std::vector<int>& layers,
-                   std::vector<PeerStats>& stats) {
-  layers.clear();
-  for (size_t l = 0; l < model.blocks.size(); ++l)
-    if (model.blocks[l].peer) layers.push_back(static_cast<int>(l));
-  stats.assign(layers.size(), PeerStats{});
-  return over_eval_windows(shard, L, windows, batch, [&](const int32_t* tok, const int32_t* tgt, int B) {
-    const double ce = model.forward(tok, tgt, B, L, false, 0);
-    for (size_t i = 0; i < layers.size(); ++i) stats[i].add(*model.blocks[static_cast<size_t>(layers[i])].peer);
-    return ce;
-  });
-}
-
-nlohmann::json peer_metrics(TransformerLM& model) {
-  nlohmann::json layers = nlohmann::json::array();
-  for (size_t l = 0; l < model.blocks.size(); ++l)
-    if (const PeerLayer* p = model.blocks[l].peer.get()) {
-      PeerStats st;
-      st.add(*p);
-      nlohmann::json j = {{"layer", l}};
-      j.update(st.to_json());
-      layers.push_back(j);
-    }
-  return layers;
-}
-
-nlohmann::json router_metrics(TransformerLM& model, int seq_len) {
-  nlohmann::json layers = nlohmann::json::array();
-  for (size_t l = 0; l < model.blocks.size(); ++l) {
-    const MoeLayer* m = model.blocks[l].moe.get();
-    if (!m) continue;
-    RoutingStats st;
-    st.add(*m, seq_len);
-    nlohmann::json j = {{"layer", l}};
-    j.update(st.to_json());
-    if (m->cfg.router_kind() == RouterKind::reinforce) j["rl"] = m->losses().router.rl;
-    layers.push_back(j);
-  }
-  return layers;
-}
-
-std::string checkpoint_val_shard(const std::string& ckpt, const RunConfig& c, const std::string& corpus) {
-  const std::string dir = prepare_corpus(corpus, c.train.data_dir, c.model.vocab_size, false);
-  const std::string shard = ckpt + "/val-" + fs::path(dir).filename().string() + ".bin";
-  if (!fs::exists(shard)) {
-    Tokenizer tok;
-    tok.load(ckpt + "/tokenizer.model");
-    write_token_shard(shard, tok.encode(read_file(dir + "/val.txt", "run `moe data --corpus " + corpus + " --force`")));
-  }
-  return shard;
-}
-
-std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
-                              const std::function<void(int32_t, const std::vector<std::vector<int32_t>>&)>& on_token) {
-  std::vector<int32_t> seq = prompt;
-  const int V = model.cfg.vocab_size, maxL = model.cfg.max_position_embeddings;
-  std::vector<float> p(static_cast<size_t>(V));
-  std::vector<int32_t> idx(static_cast<size_t>(V));
-  // Prefill the KV cache with the prompt (its last maxL − 1 tokens), then one token at a time; when the
-  // context is full, start again from the most recent half.
-  auto prefill = [&](size_t from) {
-    model.reset_cache();
-    return model.decode(seq.data() + from, static_cast<int>(seq.size() - from));
-  };
-  MOE_CHECK(!seq.empty(), "generate: the prompt is empty");
-  const float* z = prefill(seq.size() > static_cast<size_t>(maxL - 1) ? seq.size() - static_cast<size_t>(maxL - 1) : 0);
-  for (int n = 0; n < o.max_tokens; ++n) {
-    int32_t next;
-    if (o.temperature <= 0.f) {
-      next = static_cast<int32_t>(std::max_element(z, z + V) - z);
-    } else {
-      for (int v = 0; v < V; ++v) p[static_cast<size_t>(v)] = z[v] / o.temperature;
-      softmax(p.data(), p.data(), V);
-      std::iota(idx.begin(), idx.end(), 0);
-      std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
-      int keep = o.top_k > 0 ? std::min(o.top_k, V) : V;
-      double cum = 0.0;
-      for (int i = 0; i < keep; ++i) {
-        cum += p[static_cast<size_t>(idx[static_cast<size_t>(i)])];
-        if (cum >= o.top_p) { keep = i + 1; break; }
-      }
-      double total = 0.0;
-      for (int i = 0; i < keep; ++i) total += p[static_cast<size_t>(idx[static_cast<size_t>(i)])];
-      double u = rng_uniform(o.seed, 77, static_cast<uint64_t>(n)) * total;
-      next = idx[static_cast<size_t>(keep - 1)];
-      for (int i = 0; i < keep; ++i) {
-        u -= p[static_cast<size_t>(idx[static_cast<size_t>(i)])];
-        if (u <= 0) { next = idx[static_cast<size_t>(i)]; break; }
-      }
-    }
-    seq.push_back(next);
-    // Feed the new token (its routing is what --show-experts reports); the last one only when reported.
-    if (n + 1 < o.max_tokens || on_token)
-      z = model.cache_len() < maxL ? model.decode(&seq.back(), 1) : prefill(seq.size() - static_cast<size_t>(maxL / 2));
-    if (on_token) {
-      std::vector<std::vector<int32_t>> experts;
-      for (auto& b : model.blocks)
-        if (b.moe) {
-          const Routing& r = b.moe->routing();  // the last row is the token just fed
-          std::vector<int32_t> row;
-          for (int i = 0; i < r.k; ++i)
-            if (int32_t e = r.expert[static_cast<size_t>(r.T - 1) * r.k + i]; e >= 0) row.push_back(e);
-          experts.push_back(row);
-        }
-      on_token(next, experts);
-    }
-  }
-  return {seq.begin() + static_cast<long>(prompt.size()), seq.end()};
-}
-
-namespace {
 
 // Why a step is bad ("" when it is good): a non-finite loss or gradient norm, or a loss above
 // spike_factor × the running mean of the good steps' losses.
@@ -316,7 +139,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   int64_t good_step = start;  // the newest weights known good: their loss was finite and no spike
   std::string last_bad;       // why the last bad step was bad
   std::vector<double> rates;
-  nlohmann::json last_moe = nlohmann::json::array();
+  std::string load_summary;  // the sparse FFNs' metrics of the last training step, in a few words
   // Stops the run: the checkpoints after the last good weights are set aside, the good one is kept.
   char lr_text[32];
   std::snprintf(lr_text, sizeof lr_text, "%g", static_cast<double>(t.lr));
@@ -348,14 +171,13 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     if (bad.empty()) {
       good_step = step;  // the weights this loss was measured on
       opt.step(lr);
-      for (auto& b : model.blocks)
-        if (b.moe) b.moe->update_bias();
+      model.after_step();
       st.loss_ema = st.loss_ema < 0.0 ? loss : 0.9 * st.loss_ema + 0.1 * loss;
       st.bad_in_row = 0;
     } else {
       ++st.bad_in_row;
       ++st.skipped_steps;
-      std::printf("%strain: step %lld skipped (%s); %d bad in a row of train.max_bad_steps = %d\n", progress.tty ? "\n" : "",
+      std::printf("%strain: step %lld skipped (%s); %d bad in a row of train.max_bad_steps = %d\n", progress.tty() ? "\n" : "",
                   static_cast<long long>(step + 1), bad.c_str(), st.bad_in_row, t.max_bad_steps);
     }
     st.step = step + 1;
@@ -364,11 +186,11 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     tok_s = static_cast<double>(T) * t.grad_accum / dt;
     mfu = tok_s * model.flops_per_token() / (peak * 1e9);
     rates.push_back(tok_s);
-    last_moe = router_metrics(model, L);
+    load_summary.clear();
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
-                        {"tokens_per_s", tok_s}, {"mfu", mfu}, {"moe", last_moe}};
+                        {"tokens_per_s", tok_s}, {"mfu", mfu}};
+    j.update(model.metrics(&load_summary));
     if (!bad.empty()) j["skipped"] = bad;
-    if (!sparse.empty()) j["peer"] = peer_metrics(model);
     const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
     if (eval_now) j["val_loss"] = last_val = evaluate(model, val_shard, L, t.eval_windows, B);
     metrics << j.dump() << "\n";
@@ -376,7 +198,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     if (st.bad_in_row >= t.max_bad_steps) diverged(step, bad);
     if (eval_now && !std::isfinite(last_val)) diverged(step, "validation loss is " + std::to_string(last_val));
     progress.update(step, ce, tok_s);
-    if (eval_now && !progress.tty)
+    if (eval_now && !progress.tty())
       std::printf("step %lld val_loss %.4f\n", static_cast<long long>(step + 1), last_val);
     const bool save_now = (t.save_every > 0 && (step + 1) % t.save_every == 0) || step + 1 == end;
     if (save_now && bad.empty()) {
@@ -400,11 +222,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     s.tokens_per_s = rates[rates.size() / 2];
     s.mfu = s.tokens_per_s * model.flops_per_token() / (peak * 1e9);
   }
-  std::ostringstream sum;  // the expert load of the last training step, per MoE layer
-  for (const auto& layer : last_moe)
-    sum << "L" << layer["layer"].get<int>() << " max/mean " << std::fixed << std::setprecision(2)
-        << layer["max_mean"].get<double>() << " cv " << layer["cv"].get<double>() << "  ";
-  s.load_summary = sum.str();
+  s.load_summary = load_summary;
   if (end == start && list_checkpoints(t.out).empty()) save_checkpoint(t.out, model, &opt, st, t.keep_checkpoints, start);
   return s;
 }

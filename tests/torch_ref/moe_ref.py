@@ -116,8 +116,8 @@ def moe_forward(cfg, P, x, t, training, seq_len):
     """The MoE layer: y and the loss terms. P: the layer's parameters by name (torch tensors);
     t: the raw draws and buffers of the C++ forward (noise, jitter, bias) as numpy arrays."""
     T, d = x.shape
-    E = cfg["experts"] * cfg["granularity"]
-    k = cfg["top_k"] * cfg["granularity"]
+    E = cfg["num_local_experts"] * cfg["granularity"]
+    k = cfg["num_experts_per_tok"] * cfg["granularity"]
     router = cfg["router"]
 
     xr = x * torch.tensor(t["jitter"], dtype=torch.float64) if "jitter" in t else x
@@ -168,7 +168,7 @@ def moe_forward(cfg, P, x, t, training, seq_len):
         prob = F.softmax(s, dim=-1)
         sel = select(cfg, prob, k)
         gates = prob.gather(1, sel)
-        if cfg["renormalize"]:
+        if cfg["norm_topk_prob"]:
             gates = gates / gates.sum(-1, keepdim=True)
     elif router == "noisy_topk":
         raw = xr @ P["router.noise_weight"].T
@@ -197,7 +197,7 @@ def moe_forward(cfg, P, x, t, training, seq_len):
         b = torch.tensor(t["bias"], dtype=torch.float64)
         sel = select(cfg, a + b, k)
         ga = a.gather(1, sel)
-        gates = cfg["routed_scaling"] * ga / ga.sum(-1, keepdim=True)
+        gates = cfg["routed_scaling_factor"] * ga / ga.sum(-1, keepdim=True)
         prob = a / a.sum(-1, keepdim=True)
     else:
         raise SystemExit("unknown router " + router)
@@ -206,8 +206,8 @@ def moe_forward(cfg, P, x, t, training, seq_len):
     counts = counts_of(sel, E)
     pbar = prob.mean(0)
     f_switch = counts / (T * k)
-    if cfg["aux_loss_coef"] > 0:
-        losses["aux"] = cfg["aux_loss_coef"] * E * (f_switch * pbar).sum()
+    if cfg["router_aux_loss_coef"] > 0:
+        losses["aux"] = cfg["router_aux_loss_coef"] * E * (f_switch * pbar).sum()
     if cfg["expert_loss_coef"] > 0:
         losses["expert"] = cfg["expert_loss_coef"] * (E * f_switch * pbar).sum()
     if cfg["device_loss_coef"] > 0:
@@ -224,8 +224,8 @@ def moe_forward(cfg, P, x, t, training, seq_len):
             cnt = counts_of(sel[sl], E)
             tot = tot + (E * cnt / (k * L) * prob[sl].mean(0)).sum()
         losses["seq"] = cfg["seq_aux_loss_coef"] * tot / B
-    if cfg["z_loss_coef"] > 0:
-        losses["z"] = cfg["z_loss_coef"] * (torch.logsumexp(s, dim=-1) ** 2).mean()
+    if cfg["router_z_loss_coef"] > 0:
+        losses["z"] = cfg["router_z_loss_coef"] * (torch.logsumexp(s, dim=-1) ** 2).mean()
 
     # Experts: dense loop, each expert on every token it was routed to and kept.
     keep = sel >= 0 if router == "expert_choice" else capacity_keep(cfg, sel, gates, E)
@@ -240,9 +240,9 @@ def moe_forward(cfg, P, x, t, training, seq_len):
         gate_e = (gates * m).sum(-1, keepdim=True)
         tok = m.any(-1)
         y = y + torch.where(tok[:, None], gate_e * swiglu(x, w1[e], w3[e], w2[e]), torch.zeros_like(y))
-    if cfg["n_shared"] > 0:
+    if cfg["n_shared_experts"] > 0:
         sh = swiglu(x, P["shared_experts.w1"][0], P["shared_experts.w3"][0], P["shared_experts.w2"][0])
-        if cfg["shared_gate"]:
+        if cfg["shared_expert_gate"]:
             sh = torch.sigmoid(x @ P["shared_expert_gate.weight"])[:, None] * sh
         y = y + sh
     return y, losses, sel, keep

@@ -1,0 +1,256 @@
+// cmd_bench.cpp — `moe bench gemm`, `moe bench moe-layer` and `moe bench peer`: timings against the
+// machine's measured sgemm peak, taken in the same run. The layer benchmarks build the layer they
+// measure, so they name it (MoeLayer, PeerLayer) and read its own phase timings.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "apps/moe/commands.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+#include "core/rng.h"
+#include "core/timer.h"
+#include "apps/moe/common.h"
+#include "moe/moe_layer.h"
+#include "peer/peer_layer.h"
+
+namespace moe::cli {
+namespace {
+
+struct LayerArgs {
+  int tokens = 4096, d_model = 512, d_ff = 1024, experts = 8, top_k = 2, granularity = 1, shared = 0;
+  RouterKind router = RouterKind::topk_softmax;
+  Precision precision = Precision::fp32;
+  float capacity_factor = 0.f;
+  int reps = 7, warmup = 2, threads = 0;
+  bool json = false;
+};
+
+struct PeerArgs {
+  int n_keys = 1024, heads = 8, top_k = 16, d_model = 256, d_key = 128, tokens = 4096;
+  bool no_bn = false;
+  PeerScore score = PeerScore::softmax;
+  PeerActivation activation = PeerActivation::gelu;
+  int reps = 5, warmup = 1, threads = 0;
+  bool json = false;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Median of each phase of the layer over the timed repetitions.
+nlohmann::json phases_json(const std::vector<MoeTimings>& v) {
+  auto med = [&](double MoeTimings::*f) {
+    std::vector<double> x;
+    for (const MoeTimings& t : v) x.push_back(t.*f);
+    return median(x);
+  };
+  return {{"router_fwd", med(&MoeTimings::router)},       {"dispatch_fwd", med(&MoeTimings::dispatch)},
+          {"experts_fwd", med(&MoeTimings::experts)},     {"combine_fwd", med(&MoeTimings::combine)},
+          {"shared_fwd", med(&MoeTimings::shared)},       {"combine_bwd", med(&MoeTimings::combine_bwd)},
+          {"experts_bwd", med(&MoeTimings::experts_bwd)}, {"scatter_bwd", med(&MoeTimings::scatter_bwd)},
+          {"shared_bwd", med(&MoeTimings::shared_bwd)},   {"router_bwd", med(&MoeTimings::router_bwd)}};
+}
+
+void run_gemm(int threads, bool json) {
+  apply_threads(threads);
+  const double peak = measure_sgemm_gflops(1024, 10);
+  if (json) {
+    nlohmann::json j = {{"bench", "gemm"}, {"n", 1024}, {"gflops", peak}, {"threads", num_threads()},
+                        {"blas_core", blas_core_name()}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("sgemm 1024^3: %.1f GFLOP/s on %d threads (OpenBLAS %s kernels)\n", peak, num_threads(),
+                blas_core_name().c_str());
+  }
+}
+
+void run_layer(const LayerArgs& a) {
+  apply_threads(a.threads);
+  MoeConfig c;
+  c.hidden_size = a.d_model;
+  c.moe_intermediate_size = a.d_ff;
+  c.num_local_experts = a.experts;
+  c.num_experts_per_tok = a.top_k;
+  c.granularity = a.granularity;
+  c.router = a.router;
+  c.n_shared_experts = a.shared;
+  c.capacity_factor = a.capacity_factor;
+  c.precision = a.precision;
+  if (c.router == RouterKind::softmax_topk) c.router_aux_loss_coef = 1e-2f;
+  MoeLayer layer(c);
+  const int T = a.tokens, d = a.d_model;
+  Tensor x({T, d}), y({T, d}), dy({T, d}), dx({T, d});
+  fill_normal(x.data(), x.numel(), 7, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 7, 2, 0.f, 1.f);
+
+  const double peak = measure_sgemm_gflops(1024, 10);
+  std::vector<double> total, router, dispatch, combine, experts, shared;
+  std::vector<MoeTimings> phases;
+  for (int r = 0; r < a.warmup + a.reps; ++r) {
+    layer.zero_grad();
+    auto t0 = std::chrono::steady_clock::now();
+    layer.forward(x.data(), T, y.data(), {.training = true, .step = static_cast<uint64_t>(r)});
+    layer.backward(dy.data(), dx.data());
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (r < a.warmup) continue;
+    const MoeTimings& tm = layer.timings();
+    phases.push_back(tm);
+    total.push_back(ms);
+    router.push_back(tm.router + tm.router_bwd);
+    dispatch.push_back(tm.dispatch + tm.scatter_bwd);
+    combine.push_back(tm.combine + tm.combine_bwd);
+    experts.push_back(tm.experts + tm.experts_bwd);
+    shared.push_back(tm.shared + tm.shared_bwd);
+  }
+  const double ms = median(total);
+  const double h = static_cast<double>(c.expert_hidden());
+  // Expert FLOPs: 3 GEMMs × 2·T·k·d·h forward, ×3 for forward + backward.
+  const double flops = 9.0 * 2.0 * T * c.k() * d * h;
+  const double gflops = flops / (ms * 1e-3) / 1e9;
+  const double overhead = median(router) + median(dispatch) + median(combine);
+  nlohmann::json j = {
+      {"bench", "moe-layer"}, {"tokens", T}, {"d_model", d}, {"d_ff", a.d_ff}, {"experts", a.experts},
+      {"top_k", a.top_k}, {"granularity", a.granularity}, {"routed_experts", c.n_experts()},
+      {"active_experts", c.k()}, {"expert_hidden", c.expert_hidden()}, {"shared", a.shared},
+      {"router", name_of(a.router)}, {"precision", name_of(a.precision)}, {"threads", num_threads()}, {"blas_core", blas_core_name()},
+      {"ms", ms}, {"gflops", gflops}, {"peak_gflops", peak}, {"efficiency", gflops / peak},
+      {"breakdown_ms", {{"router", median(router)}, {"dispatch", median(dispatch)}, {"combine", median(combine)},
+                        {"experts", median(experts)}, {"shared", median(shared)}}},
+      {"overhead_fraction", overhead / ms},
+      {"phases_ms", phases_json(phases)},
+      {"dropped_fraction", layer.plan().dropped_fraction()}};
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("MoE layer T=%d d=%d d_ff=%d E=%d k=%d G=%d (%d experts of width %d, %d active), router %s, %s, %d threads\n",
+              T, d, a.d_ff, a.experts, a.top_k, a.granularity, c.n_experts(), c.expert_hidden(), c.k(),
+              name_of(a.router), name_of(a.precision), num_threads());
+  std::printf("  forward+backward median %.2f ms  expert work %.1f GFLOP/s  peak sgemm %.1f  efficiency %.2f\n", ms,
+              gflops, peak, gflops / peak);
+  std::printf("  router %.2f ms  dispatch %.2f ms  combine %.2f ms  experts %.2f ms  shared %.2f ms  (router+dispatch+combine %.1f%%)\n",
+              median(router), median(dispatch), median(combine), median(experts), median(shared), 100.0 * overhead / ms);
+}
+
+void run_peer(const PeerArgs& a) {
+  apply_threads(a.threads);
+  PeerConfig c;
+  c.hidden_size = a.d_model;
+  c.n_keys = a.n_keys;
+  c.heads = a.heads;
+  c.top_k = a.top_k;
+  c.d_key = a.d_key;
+  c.query_bn = !a.no_bn;
+  c.score = a.score;
+  c.activation = a.activation;
+  const double peak = measure_sgemm_gflops(1024, 5);
+  PeerLayer layer(c);
+  const int T = a.tokens, d = a.d_model;
+  Tensor x({T, d}), dy({T, d}), y({T, d}), dx({T, d});
+  fill_normal(x.data(), x.numel(), 3, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 3, 2, 0.f, 1.f);
+  std::vector<double> total, fwd, retrieval;
+  std::vector<PeerTimings> phases;
+  size_t rows_u = 0;
+  for (int r = 0; r < a.warmup + a.reps; ++r) {
+    layer.zero_grad();
+    const auto t0 = clock_type::now();
+    layer.forward(x.data(), T, y.data(), {.training = true});
+    const double f = ms_since(t0);
+    layer.backward(dy.data(), dx.data());
+    const double ms = ms_since(t0);
+    if (r < a.warmup) continue;
+    total.push_back(ms);
+    fwd.push_back(f);
+    retrieval.push_back(layer.timings().retrieval());
+    phases.push_back(layer.timings());
+    rows_u = layer.du.rows.size();
+  }
+  auto med = [&](double PeerTimings::*f) {
+    std::vector<double> v;
+    for (const PeerTimings& t : phases) v.push_back(t.*f);
+    return median(v);
+  };
+  const double ms = median(total), share = median(retrieval) / ms;
+  const double state_gib = static_cast<double>(layer.num_params()) * 4.0 / (1 << 30);
+  nlohmann::json j = {
+      {"bench", "peer"}, {"n_keys", a.n_keys}, {"experts", c.n_experts()}, {"heads", a.heads}, {"top_k", a.top_k},
+      {"d_model", d}, {"d_key", a.d_key}, {"tokens", T}, {"query_bn", c.query_bn}, {"threads", num_threads()},
+      {"ms", ms}, {"forward_ms", median(fwd)}, {"us_per_token", 1e3 * ms / T}, {"retrieval_share", share},
+      {"phases_ms", {{"query_fwd", med(&PeerTimings::query)}, {"scores_fwd", med(&PeerTimings::scores)},
+                     {"topk_fwd", med(&PeerTimings::topk)}, {"experts_fwd", med(&PeerTimings::experts)},
+                     {"experts_bwd", med(&PeerTimings::experts_bwd)}, {"rows_bwd", med(&PeerTimings::rows_bwd)},
+                     {"keys_bwd", med(&PeerTimings::keys_bwd)}, {"query_bwd", med(&PeerTimings::query_bwd)}}},
+      {"flops_per_token", layer.flops_per_token()}, {"gflops", layer.flops_per_token() * T / (ms * 1e6)},
+      {"sgemm_peak_gflops", peak}, {"rows_touched_u", rows_u}, {"params_gib", state_gib}};
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("peer layer: N = %d² = %lld experts, h = %d, k = %d, d = %d, d_key = %d, T = %d, %d threads\n", a.n_keys,
+              static_cast<long long>(c.n_experts()), a.heads, a.top_k, d, a.d_key, T, num_threads());
+  std::printf("  forward+backward median %.2f ms (%.2f us/token), forward %.2f ms, retrieval %.0f%% of the time\n", ms,
+              1e3 * ms / T, median(fwd), 100.0 * share);
+  std::printf("  phases (ms): query %.2f  scores %.2f  top-k %.2f  experts %.2f | experts bwd %.2f  rows bwd %.2f  keys bwd %.2f  query bwd %.2f\n",
+              med(&PeerTimings::query), med(&PeerTimings::scores), med(&PeerTimings::topk), med(&PeerTimings::experts),
+              med(&PeerTimings::experts_bwd), med(&PeerTimings::rows_bwd), med(&PeerTimings::keys_bwd), med(&PeerTimings::query_bwd));
+  std::printf("  %.2f GFLOP/s of %.0f peak sgemm; %zu expert rows touched; parameters %.2f GiB\n", j["gflops"].get<double>(), peak,
+              rows_u, state_gib);
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Measure kernels and layers against the machine's sgemm peak");
+  bench->require_subcommand(1);
+
+  auto* gemm = bench->add_subcommand("gemm", "sgemm 1024×1024×1024 GFLOP/s (the peak other benchmarks compare to)");
+  static bool gemm_json = false;
+  static int gemm_threads = 0;
+  gemm->add_flag("--json", gemm_json, "Print one JSON line");
+  add_threads(gemm, gemm_threads);
+  gemm->callback([] { run_gemm(gemm_threads, gemm_json); });
+
+  static LayerArgs la;
+  auto* layer = bench->add_subcommand("moe-layer", "Forward+backward of one MoE layer; expert GFLOP/s and the time breakdown");
+  layer->add_option("--tokens", la.tokens, "Tokens T in the batch")->check(CLI::PositiveNumber);
+  layer->add_option("--d-model", la.d_model, "Model width d")->check(CLI::PositiveNumber);
+  layer->add_option("--d-ff", la.d_ff, "Expert hidden width at granularity 1")->check(CLI::PositiveNumber);
+  layer->add_option("--experts", la.experts, "Experts E at granularity 1")->check(CLI::PositiveNumber);
+  layer->add_option("--top-k", la.top_k, "Experts per token k at granularity 1")->check(CLI::PositiveNumber);
+  layer->add_option("--granularity", la.granularity, "Granularity G (E·G experts of width d_ff/G, k·G active)")->check(CLI::PositiveNumber);
+  add_enum_option(layer, "--router", la.router, "Router");
+  add_enum_option(layer, "--precision", la.precision, "Expert GEMM arithmetic (bf16: bf16 inputs, fp32 accumulation)");
+  layer->add_option("--shared", la.shared, "Shared experts S")->check(CLI::NonNegativeNumber);
+  layer->add_option("--capacity-factor", la.capacity_factor, "Capacity factor (<= 0: dropless)");
+  layer->add_option("--reps", la.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
+  layer->add_option("--warmup", la.warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
+  add_threads(layer, la.threads);
+  layer->add_flag("--json", la.json, "Print one JSON line");
+  layer->callback([] { run_layer(la); });
+  static PeerArgs pa;
+  auto* peer = bench->add_subcommand("peer", "Forward+backward of one PEER layer (training mode): time, share in retrieval, phases");
+  peer->add_option("--n-keys", pa.n_keys, "Sub-keys per half; N = n_keys² experts")->check(CLI::PositiveNumber);
+  peer->add_option("--heads", pa.heads, "Retrieval heads h")->check(CLI::PositiveNumber);
+  peer->add_option("--top-k", pa.top_k, "Experts per head k")->check(CLI::PositiveNumber);
+  peer->add_option("--d-model", pa.d_model, "Model width d")->check(CLI::PositiveNumber);
+  peer->add_option("--d-key", pa.d_key, "Query width d_key (even)")->check(CLI::PositiveNumber);
+  peer->add_option("--tokens", pa.tokens, "Tokens per batch T")->check(CLI::PositiveNumber);
+  peer->add_flag("--no-bn", pa.no_bn, "No BatchNorm on the queries");
+  add_enum_option(peer, "--score", pa.score, "Gate over a head's k scores");
+  add_enum_option(peer, "--activation", pa.activation, "Expert activation");
+  peer->add_option("--reps", pa.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
+  peer->add_option("--warmup", pa.warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
+  add_threads(peer, pa.threads);
+  peer->add_flag("--json", pa.json, "Print one JSON line");
+  peer->callback([] { run_peer(pa); });
+}
+
+}  // namespace moe::cli

@@ -1,0 +1,29 @@
+// generate.h — text generation with a trained model: a prefill of the prompt into the KV caches, then
+// one token at a time, sampled with temperature, top-k and top-p (greedy at temperature 0).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include "model/transformer.h"
+
+namespace moe {
+
+struct SampleOptions {
+  int max_tokens = 64;
+  float temperature = 0.8f;
+  int top_k = 40;
+  float top_p = 0.95f;
+  uint64_t seed = 1;
+};
+
+// Per block whose FFN has experts: (block, the experts a token went to).
+using BlockExperts = std::vector<std::pair<int, std::vector<int32_t>>>;
+
+// Continues `prompt`; on_token(id, experts) is called for each generated token with the experts it
+// went to in each block (fed through the model to learn them).
+std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
+                              const std::function<void(int32_t, const BlockExperts&)>& on_token = {});
+
+}  // namespace moe
