@@ -104,11 +104,11 @@ class AttentionTest : public ::testing::TestWithParam<AttnCase> {};
 TEST_P(AttentionTest, GradientsAndParity) {
   const AttnCase& ac = GetParam();
   AttentionConfig c;
-  c.d_model = 16;
-  c.n_heads = ac.heads;
-  c.n_kv_heads = ac.kv_heads;
+  c.hidden_size = 16;
+  c.num_attention_heads = ac.heads;
+  c.num_key_value_heads = ac.kv_heads;
   c.head_dim = 8;
-  const int B = 2, L = 5, T = B * L, d = c.d_model;
+  const int B = 2, L = 5, T = B * L, d = c.hidden_size;
   Attention attn(c, 3, 10, 0.3f);
   Tensor x({T, d}), dy({T, d}), y({T, d}), dx({T, d});
   fill_normal(x.data(), x.numel(), 2, 1, 0.f, 1.f);
@@ -136,7 +136,7 @@ TEST_P(AttentionTest, GradientsAndParity) {
 
   TensorFile in;
   in.metadata["module"] = "attention";
-  in.metadata["config"] = "{\"B\": 2, \"L\": 5, \"n_heads\": " + std::to_string(c.n_heads) + ", \"n_kv_heads\": " +
+  in.metadata["config"] = "{\"B\": 2, \"L\": 5, \"n_heads\": " + std::to_string(c.num_attention_heads) + ", \"n_kv_heads\": " +
                           std::to_string(c.kv_heads()) + ", \"head_dim\": 8, \"rope_theta\": 10000.0}";
   in.tensors["x"] = x;
   in.tensors["dy"] = dy;
@@ -159,9 +159,9 @@ INSTANTIATE_TEST_SUITE_P(Heads, AttentionTest,
 
 TEST(Attention, BadConfigNamesTheField) {
   AttentionConfig c;
-  c.d_model = 16;
-  c.n_heads = 4;
-  c.n_kv_heads = 3;
+  c.hidden_size = 16;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 3;
   try {
     Attention a(c, 1, 1, 0.02f);
     FAIL();

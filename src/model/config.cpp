@@ -32,7 +32,10 @@ std::vector<int> ModelConfig::sparse_blocks() const {
 
 std::string ModelConfig::describe_ffn() const {
   std::string blocks;
-  for (int l : sparse_blocks()) blocks += (blocks.empty() ? "" : ",") + std::to_string(l);
+  for (int l : sparse_blocks()) {
+    if (!blocks.empty()) blocks += ",";
+    blocks += std::to_string(l);
+  }
   char buf[320];
   if (ffn == FfnKind::moe) {
     const MoeConfig m = moe_layer(0);
@@ -65,11 +68,17 @@ nlohmann::json ModelConfig::ffn_json() const {
   return nlohmann::json::object();
 }
 
+int64_t ModelConfig::attention_params() const {
+  const int64_t d = hidden_size, hd = attention().hd();
+  const int64_t H = num_attention_heads, KV = attention().kv_heads();
+  return d * H * hd * 2 + d * KV * hd * 2;
+}
+
 AttentionConfig ModelConfig::attention() const {
   AttentionConfig a;
-  a.d_model = hidden_size;
-  a.n_heads = num_attention_heads;
-  a.n_kv_heads = num_key_value_heads;
+  a.hidden_size = hidden_size;
+  a.num_attention_heads = num_attention_heads;
+  a.num_key_value_heads = num_key_value_heads;
   a.rope_theta = rope_theta;
   return a;
 }
@@ -132,12 +141,6 @@ void ModelConfig::validate() const {
 
 namespace {
 
-int64_t attention_params(const ModelConfig& c) {
-  const int64_t d = c.hidden_size, hd = c.attention().hd();
-  const int64_t H = c.num_attention_heads, KV = c.attention().kv_heads();
-  return d * H * hd * 2 + d * KV * hd * 2;
-}
-
 // The parameters of a model by part, each with the settings that size it (for memory errors).
 struct ParamPart {
   const char* settings;
@@ -153,7 +156,7 @@ std::vector<ParamPart> param_parts(const ModelConfig& c) {
       {"model.peer.n_keys", 0},
       {"model.intermediate_size", 0}};
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    parts[1].count += attention_params(c) + 2 * c.hidden_size;
+    parts[1].count += c.attention_params() + 2 * c.hidden_size;
     switch (c.ffn_of(l)) {
       case FfnKind::moe: parts[2].count += c.moe_layer(l).num_params(); break;
       case FfnKind::peer: parts[3].count += c.peer_layer(l).num_params(); break;

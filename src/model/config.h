@@ -94,6 +94,7 @@ struct ModelConfig {
   std::string describe_ffn() const;
   nlohmann::json ffn_json() const;
   AttentionConfig attention() const;
+  int64_t attention_params() const;      // of one block: W_q, W_k, W_v, W_o
   MoeConfig moe_layer(int layer) const;  // moe with hidden_size, vocab_size, seed and layer_id filled in
   PeerConfig peer_layer(int layer) const;
   void validate() const;                 // throws moe::Error naming the field

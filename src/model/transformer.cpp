@@ -244,17 +244,11 @@ int64_t TransformerLM::num_embedding_params() const {
   return cfg.tie_word_embeddings ? Vd : 2 * Vd;
 }
 
-static int64_t attention_params(const ModelConfig& c) {
-  const int64_t d = c.hidden_size, hd = c.attention().hd();
-  const int64_t H = c.num_attention_heads, KV = c.attention().kv_heads();
-  return d * H * hd * 2 + d * KV * hd * 2;
-}
-
 int64_t TransformerLM::num_params() const { return cfg.num_params(); }
 
 int64_t TransformerLM::num_active_params() const {
   int64_t n = num_embedding_params() + cfg.hidden_size;
-  for (const Block& b : blocks) n += attention_params(cfg) + 2 * cfg.hidden_size + b.ffn->num_active_params();
+  for (const Block& b : blocks) n += cfg.attention_params() + 2 * cfg.hidden_size + b.ffn->num_active_params();
   return n;
 }
 
@@ -263,7 +257,7 @@ double TransformerLM::flops_per_token() const {
   // Every term is a whole number far below 2^53, so the sum is exact in any order.
   double outside_ffn = static_cast<double>(cfg.hidden_size), ffn = 0.0;  // the final norm
   for (const Block& b : blocks) {
-    outside_ffn += static_cast<double>(attention_params(cfg) + 2 * cfg.hidden_size);
+    outside_ffn += static_cast<double>(cfg.attention_params() + 2 * cfg.hidden_size);
     ffn += b.ffn->flops_per_token();
   }
   return 6.0 * outside_ffn + ffn + 6.0 * V * d + 6.0 * cfg.num_hidden_layers * L * d;

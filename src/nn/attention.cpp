@@ -16,14 +16,14 @@ namespace moe {
 
 void AttentionConfig::validate() const {
   const ConfigCheck check("attention");
-  check.require(d_model > 0, "hidden_size = " + std::to_string(d_model) + " must be positive");
-  check.require(n_heads > 0, "num_attention_heads = " + std::to_string(n_heads) + " must be positive");
-  check.require(n_kv_heads >= 0 && n_heads % kv_heads() == 0, "num_key_value_heads = " + std::to_string(n_kv_heads) +
-                                                                   " must divide num_attention_heads = " +
-                                                                   std::to_string(n_heads));
-  check.require(head_dim != 0 || d_model % n_heads == 0,
-                "num_attention_heads = " + std::to_string(n_heads) + " does not divide hidden_size = " +
-                    std::to_string(d_model) + "; set head_dim or choose a divisor");
+  check.positive("hidden_size", hidden_size);
+  check.positive("num_attention_heads", num_attention_heads);
+  check.require(num_key_value_heads >= 0 && num_attention_heads % kv_heads() == 0,
+                "num_key_value_heads = " + std::to_string(num_key_value_heads) + " must divide num_attention_heads = " +
+                    std::to_string(num_attention_heads));
+  check.require(head_dim != 0 || hidden_size % num_attention_heads == 0,
+                "num_attention_heads = " + std::to_string(num_attention_heads) + " does not divide hidden_size = " +
+                    std::to_string(hidden_size) + "; set head_dim or choose a divisor");
   check.require(hd() > 0 && hd() % 2 == 0,
                 "head_dim = " + std::to_string(hd()) + " must be positive and even (RoPE rotates pairs)");
   check.positive("rope_theta", rope_theta);
@@ -31,7 +31,7 @@ void AttentionConfig::validate() const {
 
 Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, float init_std) : cfg(c) {
   cfg.validate();
-  const int d = c.d_model, qd = c.n_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
+  const int d = c.hidden_size, qd = c.num_attention_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
   wq = Tensor({qd, d});
   wk = Tensor({kvd, d});
   wv = Tensor({kvd, d});
@@ -83,7 +83,7 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   x_ = x;
   B_ = B;
   L_ = L;
-  const int T = B * L, d = cfg.d_model, H = cfg.n_heads, KV = cfg.kv_heads(), hd = cfg.hd();
+  const int T = B * L, d = cfg.hidden_size, H = cfg.num_attention_heads, KV = cfg.kv_heads(), hd = cfg.hd();
   const int qd = H * hd, kvd = KV * hd, group = H / KV;
   q.resize({T, qd});
   k.resize({T, kvd});
@@ -116,7 +116,8 @@ void Attention::forward(const float* x, int B, int L, float* y) {
 }
 
 void Attention::backward(const float* dy, float* dx) {
-  const int B = B_, L = L_, T = B * L, d = cfg.d_model, H = cfg.n_heads, KV = cfg.kv_heads(), hd = cfg.hd();
+  const int B = B_, L = L_, T = B * L, d = cfg.hidden_size, H = cfg.num_attention_heads, KV = cfg.kv_heads();
+  const int hd = cfg.hd();
   const int qd = H * hd, kvd = KV * hd, group = H / KV;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   do_.resize({T, qd});
@@ -166,7 +167,7 @@ void Attention::backward(const float* dy, float* dx) {
 }
 
 void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len, float* y) {
-  const int d = cfg.d_model, H = cfg.n_heads, KV = cfg.kv_heads(), hd = cfg.hd();
+  const int d = cfg.hidden_size, H = cfg.num_attention_heads, KV = cfg.kv_heads(), hd = cfg.hd();
   const int qd = H * hd, kvd = KV * hd, group = H / KV, p0 = cache.len;
   MOE_CHECK(p0 + n <= max_len, "attention: the KV cache holds " + std::to_string(max_len) + " positions");
   if (cache.k.numel() != static_cast<size_t>(max_len) * kvd) {

@@ -1,5 +1,6 @@
 // attention.h — causal multi-head self-attention with rotary position embeddings (RoPE, the
-// Hugging Face "rotate_half" convention) and grouped-query attention (n_kv_heads divides n_heads).
+// Hugging Face "rotate_half" convention) and grouped-query attention (num_key_value_heads divides
+// num_attention_heads).
 //
 //   q = x·Wqᵀ (T, H·hd), k = x·Wkᵀ, v = x·Wvᵀ (T, KV·hd); q, k ← RoPE(position in sequence)
 //   per sequence b and head h: P = softmax_causal(q·kᵀ/√hd), o = P·v;  y = o·Woᵀ (T, d)
@@ -11,14 +12,14 @@
 namespace moe {
 
 struct AttentionConfig {
-  int d_model = 0;
-  int n_heads = 0;
-  int n_kv_heads = 0;   // 0: n_heads (plain multi-head)
-  int head_dim = 0;     // 0: d_model / n_heads
+  int hidden_size = 0;
+  int num_attention_heads = 0;
+  int num_key_value_heads = 0;   // 0: num_attention_heads (plain multi-head)
+  int head_dim = 0;     // 0: hidden_size / num_attention_heads
   float rope_theta = 10000.f;
 
-  int kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
-  int hd() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
+  int kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
+  int hd() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
   void validate() const;  // throws moe::Error naming the field
 };
 
