@@ -55,7 +55,7 @@ int64_t MoeLayer::num_params() const { return cfg.num_params(); }
 
 int64_t MoeLayer::num_active_params() const {
   const int64_t d = cfg.hidden_size, h = cfg.expert_hidden();
-  int64_t n = 3 * cfg.k() * h * d + router->num_params();
+  int64_t n = 3 * cfg.k() * h * d + cfg.router_params();
   n += 3 * static_cast<int64_t>(cfg.n_shared_experts) * cfg.shared_width() * d + (cfg.shared_expert_gate ? d : 0);
   return n;
 }

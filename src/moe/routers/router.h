@@ -71,7 +71,6 @@ class Router {
   // Adds into dlogits (T, E) the gradient through the affinity P, given dP (T, E).
   virtual void prob_backward(const float* dprob, float* dlogits, int T) const;
   virtual void params(std::vector<Param>& out, const std::string& prefix);
-  int64_t num_params() const { return static_cast<int64_t>(traits.weight_matrices) * E * d; }
   virtual RouterLosses losses() const { return {}; }
   // Selection bias b (E) of sigmoid_bias; null for the others.
   virtual Tensor* selection_bias() { return nullptr; }
