@@ -3,7 +3,6 @@
 #pragma once
 #include <cstdint>
 #include <functional>
-#include <utility>
 #include <vector>
 
 #include "model/transformer.h"
@@ -17,9 +16,6 @@ struct SampleOptions {
   float top_p = 0.95f;
   uint64_t seed = 1;
 };
-
-// Per block whose FFN has experts: (block, the experts a token went to).
-using BlockExperts = std::vector<std::pair<int, std::vector<int32_t>>>;
 
 // Continues `prompt`; on_token(id, experts) is called for each generated token with the experts it
 // went to in each block (fed through the model to learn them).

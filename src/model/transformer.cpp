@@ -109,8 +109,8 @@ nlohmann::json TransformerLM::metrics(std::string* summary) const {
   return out;
 }
 
-std::vector<std::pair<int, std::vector<int32_t>>> TransformerLM::experts_of(int t) const {
-  std::vector<std::pair<int, std::vector<int32_t>>> out;
+BlockExperts TransformerLM::experts_of(int t) const {
+  BlockExperts out;
   for (size_t l = 0; l < blocks.size(); ++l)
     if (auto e = blocks[l].ffn->experts_of(t)) out.emplace_back(static_cast<int>(l), std::move(*e));
   return out;

@@ -29,6 +29,9 @@ struct ModelStats {
 // because a checkpoint load follows (drawing 2 × N·d normals at N = 1024² takes seconds).
 enum class ParamInit { random, for_loading };
 
+// Per block whose FFN has experts: (block, the experts a token went to).
+using BlockExperts = std::vector<std::pair<int, std::vector<int32_t>>>;
+
 // The metrics accumulator of one block's FFN (see FfnStats).
 struct LayerStats {
   int layer;
@@ -85,7 +88,7 @@ class TransformerLM {
   // summary, when given, gets one line: "L1 max/mean 1.31 cv 0.12  L2 ...".
   nlohmann::json metrics(std::string* summary = nullptr) const;
   // Per block with experts, the experts token t of the last forward went to: (block, experts).
-  std::vector<std::pair<int, std::vector<int32_t>>> experts_of(int t) const;
+  BlockExperts experts_of(int t) const;
 
   int64_t num_params() const;            // all parameters
   int64_t num_active_params() const;     // used by one token

@@ -14,12 +14,6 @@ std::vector<SparseParam> Ffn::sparse_params() {
   return out;
 }
 
-std::vector<NamedTensor> Ffn::buffers() {
-  std::vector<NamedTensor> out;
-  collect_buffers(out, "");
-  return out;
-}
-
 void Ffn::zero_grad() {
   for (Param& p : params()) p.grad->zero();
   for (SparseParam& p : sparse_params()) p.grad->clear();

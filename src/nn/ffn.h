@@ -90,7 +90,6 @@ class Ffn {
   // The lists above, without a prefix; zero_grad clears every gradient, dense and sparse.
   std::vector<Param> params();
   std::vector<SparseParam> sparse_params();
-  std::vector<NamedTensor> buffers();
   void zero_grad();
 };
 
