@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every dependency of moe.cpp from Debian's packages (as root, or through sudo) and builds it
 # into build/ (the CLI lands at build/bin/moe). Safe to run again: it skips what is already there.
+# `scripts/setup.sh linux` also installs the kernel sources of the optional `linux` corpus (~140 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +12,18 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev  # tests and micro-benchmarks
   libcli11-dev nlohmann-json3-dev             # command line, JSON
   libtomlplusplus-dev libsentencepiece-dev    # model configs, tokenizer
-  bible-kjv fortunes                          # training corpora (the C headers come with libc6-dev)
+  bible-kjv fortunes python3.11-doc           # training corpora (the C headers come with libc6-dev)
+  libceres-dev                                # Ceres Solver: `moe fit`'s least squares
+  chromium                                    # headless browser: the report page's rendering test
   python3 python3-torch python3-numpy         # PyTorch reference and peer (tests and benchmarks only)
 )
+
+for extra in "$@"; do
+  case "$extra" in
+    linux) PACKAGES+=(linux-source-6.1) ;;
+    *) echo "setup: unknown extra \"$extra\"; the one there is: linux (the linux corpus's kernel sources)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -16,7 +16,7 @@ namespace moe::cli {
 // --threads N (0 or absent: all cores / OMP_NUM_THREADS).
 void add_threads(CLI::App* cmd, int& threads);
 void apply_threads(int threads);
-// "kjv | fortunes | c-headers | file:PATH": the corpora a --corpus option takes.
+// "kjv | fortunes | c-headers | … | file:PATH": the corpora a --corpus option takes.
 std::string corpus_choices();
 // --allow-nonfinite, for the commands that load a checkpoint.
 void add_allow_nonfinite(CLI::App* cmd, bool& flag);

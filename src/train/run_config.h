@@ -43,7 +43,7 @@ struct TrainConfig {
 
   template <class Self, class V>
   static void visit_fields(Self& c, V&& v) {
-    v("corpus", c.corpus, "kjv | fortunes | c-headers | file:PATH");
+    v("corpus", c.corpus, "kjv | fortunes | c-headers | pydoc | linux | mix | file:PATH");
     v("data_dir", c.data_dir, "folder of the prepared corpora");
     v("out", c.out, "run folder: config, metrics, checkpoints");
     v("batch_size", c.batch_size, "sequences per micro-batch");

@@ -18,7 +18,7 @@
 #include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
-#include "train/progress.h"
+#include "core/progress.h"
 
 namespace fs = std::filesystem;
 
@@ -188,7 +188,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     rates.push_back(tok_s);
     load_summary.clear();
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
-                        {"tokens_per_s", tok_s}, {"mfu", mfu}};
+                        {"tokens_per_s", tok_s}, {"mfu", mfu}, {"step_s", dt}};
     j.update(model.metrics(&load_summary));
     if (!bad.empty()) j["skipped"] = bad;
     const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
