@@ -27,6 +27,7 @@ ROOMS = {
     "eval": {"core", "nn", "data", "model", "eval"},
     "infer": {"core", "nn", "model", "infer"},
     "train": {"core", "nn", "data", "model", "eval", "train"},
+    "lab": {"core", "nn", "data", "model", "eval", "infer", "train", "lab"},
 }
 
 # Each kind's names: in code (type names, members, enumerators; looked for with string contents left out)

@@ -13,5 +13,7 @@ void add_inspect(CLI::App& app);   // moe inspect (sizes; --routing: the sparse 
 void add_compare(CLI::App& app);   // moe compare
 void add_bench(CLI::App& app);     // moe bench gemm | moe-layer | peer
 void add_keys(CLI::App& app);      // moe keys
+void add_sweep(CLI::App& app);     // moe sweep
+void add_fit(CLI::App& app);       // moe fit
 
 }  // namespace moe::cli

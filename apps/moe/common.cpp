@@ -23,12 +23,4 @@ void add_allow_nonfinite(CLI::App* cmd, bool& flag) {
   cmd->add_flag("--allow-nonfinite", flag, "Load a checkpoint even if it holds NaN or infinite weights (forensics)");
 }
 
-LoadedRun load_run(const std::string& ckpt, bool allow_nonfinite) {
-  LoadedRun r;
-  r.cfg = read_checkpoint_config(ckpt);
-  r.model = std::make_unique<TransformerLM>(r.cfg.model, ParamInit::for_loading);
-  r.state = load_checkpoint(ckpt, *r.model, nullptr, allow_nonfinite);
-  return r;
-}
-
 }  // namespace moe::cli

@@ -33,12 +33,4 @@ CLI::Option* add_enum_option(CLI::App* cmd, const std::string& flag, E& value, c
       ->check(CLI::IsMember(names));
 }
 
-// A run folder's config and its newest complete checkpoint, loaded into a model built for it.
-struct LoadedRun {
-  RunConfig cfg;
-  std::unique_ptr<TransformerLM> model;
-  TrainState state;
-};
-LoadedRun load_run(const std::string& ckpt, bool allow_nonfinite);
-
 }  // namespace moe::cli

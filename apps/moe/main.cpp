@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   moe::cli::add_compare(app);
   moe::cli::add_bench(app);
   moe::cli::add_keys(app);
+  moe::cli::add_sweep(app);
+  moe::cli::add_fit(app);
   // Exit codes: 0 done, 1 an error of the input or the run (one line naming the field and the fix),
   // 2 a usage error of the command line.
   try {

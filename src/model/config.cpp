@@ -68,6 +68,12 @@ nlohmann::json ModelConfig::ffn_json() const {
   return nlohmann::json::object();
 }
 
+ModelConfig::ScalingShape ModelConfig::scaling_shape() const {
+  if (ffn == FfnKind::moe) return {moe.num_local_experts, moe.granularity, moe.k()};
+  if (ffn == FfnKind::peer) return {peer.n_experts(), 1, static_cast<int64_t>(peer.heads) * peer.top_k};
+  return {};
+}
+
 int64_t ModelConfig::attention_params() const {
   const int64_t d = hidden_size, hd = attention().hd();
   const int64_t H = num_attention_heads, KV = attention().kv_heads();

@@ -93,6 +93,15 @@ struct ModelConfig {
   // for a dense model.
   std::string describe_ffn() const;
   nlohmann::json ffn_json() const;
+  // What the scaling laws read (docs/MECHANISMS.md §7) of the sparse FFN: E, its experts at
+  // granularity 1 (MoE: num_local_experts; PEER: its n_keys² experts; dense: 1), G, and the experts
+  // a token uses (k·G; dense: 1).
+  struct ScalingShape {
+    int64_t experts = 1;
+    int granularity = 1;
+    int64_t active_experts = 1;
+  };
+  ScalingShape scaling_shape() const;
   AttentionConfig attention() const;
   int64_t attention_params() const;      // of one block: W_q, W_k, W_v, W_o
   MoeConfig moe_layer(int layer) const;  // moe with hidden_size, vocab_size, seed and layer_id filled in

@@ -272,4 +272,12 @@ std::string checkpoint_val_shard(const std::string& ckpt, const RunConfig& c, co
   return shard;
 }
 
+LoadedRun load_run(const std::string& run, bool allow_nonfinite) {
+  LoadedRun r;
+  r.cfg = read_checkpoint_config(run);
+  r.model = std::make_unique<TransformerLM>(r.cfg.model, ParamInit::for_loading);
+  r.state = load_checkpoint(run, *r.model, nullptr, allow_nonfinite);
+  return r;
+}
+
 }  // namespace moe

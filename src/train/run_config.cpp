@@ -146,8 +146,37 @@ void apply_toml(RunConfig& c, std::string_view text, const std::string& where) {
 
 }  // namespace
 
-void set_run_config_value(RunConfig& c, const std::string& key, const nlohmann::json& value) {
-  set_field(c, key, value, "set " + key);
+void set_run_config_value(RunConfig& c, const std::string& key, const nlohmann::json& value, const std::string& where) {
+  set_field(c, key, value, where.empty() ? "set " + key : where);
+}
+
+namespace {
+
+json toml_document(const toml::table& t) {
+  json out = json::object();
+  for (auto&& [key, value] : t) {
+    const std::string k(key.str());
+    if (const auto* sub = value.as_table()) {
+      out[k] = toml_document(*sub);
+    } else if (const auto* a = value.as_array(); a && !a->empty() && a->is_array_of_tables()) {
+      json list = json::array();
+      for (const toml::node& e : *a) list.push_back(toml_document(*e.as_table()));
+      out[k] = list;
+    } else {
+      out[k] = toml_to_json(value);  // null for what no config key could hold
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json parse_toml_document(const std::string& text, const std::string& where) {
+  try {
+    return toml_document(toml::parse(text, where));
+  } catch (const toml::parse_error& e) {
+    fail(where + ": " + std::string(e.description()) + " at line " + std::to_string(e.source().begin.line));
+  }
 }
 
 RunConfig parse_run_config_toml(const std::string& text, const std::string& where) {
@@ -165,7 +194,11 @@ RunConfig load_run_config(const std::string& toml_path, const std::vector<std::s
     if (!in) fail("config " + toml_path + ": cannot read it; check the path");
     std::stringstream ss;
     ss << in.rdbuf();
-    apply_toml(c, ss.str(), "config " + toml_path);
+    // A run's config.json (or a sweep point's) is a whole config; a TOML file sets keys over the defaults.
+    if (toml_path.ends_with(".json"))
+      c = run_config_from_json(ss.str(), "config " + toml_path);
+    else
+      apply_toml(c, ss.str(), "config " + toml_path);
   }
   for (const std::string& s : sets) {
     const size_t eq = s.find('=');

@@ -73,15 +73,18 @@ struct RunConfig {
   TrainConfig train;
 };
 
-// Reads a TOML file (empty path: the defaults, or `base` when given) then applies "section.key=value"
-// overrides, and validates.
+// Reads a TOML file, or a whole config as JSON (a run's config.json; empty path: the defaults, or
+// `base` when given), then applies "section.key=value" overrides, and validates.
 RunConfig load_run_config(const std::string& toml_path, const std::vector<std::string>& sets,
                           const RunConfig* base = nullptr);
 // The TOML text itself (`where` names it in errors), validated; what the fuzz target calls.
 RunConfig parse_run_config_toml(const std::string& text, const std::string& where);
 // Sets one key ("model.hidden_size") from a JSON value, checked as the readers check it (the config is
 // not validated as a whole: load_run_config does that).
-void set_run_config_value(RunConfig& c, const std::string& key, const nlohmann::json& value);
+void set_run_config_value(RunConfig& c, const std::string& key, const nlohmann::json& value, const std::string& where = "");
+// A TOML document as JSON: tables as objects, arrays of tables as arrays of objects, scalars and
+// arrays of scalars as themselves (null for anything else); a parse error names `where` and the line.
+nlohmann::json parse_toml_document(const std::string& text, const std::string& where);
 std::string run_config_to_json(const RunConfig& c);
 RunConfig run_config_from_json(const std::string& json, const std::string& where);
 // Every key ("model.num_local_experts", …) with its type, default value and meaning, in file order:
