@@ -16,6 +16,7 @@ PACKAGES=(
   libceres-dev                                # Ceres Solver: `moe fit`'s least squares
   chromium                                    # headless browser: the report page's rendering test
   python3 python3-torch python3-numpy         # PyTorch reference and peer (tests and benchmarks only)
+  python3-pil                                 # reading the report page's screenshot (tests only)
 )
 
 for extra in "$@"; do

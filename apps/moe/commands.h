@@ -15,5 +15,6 @@ void add_bench(CLI::App& app);     // moe bench gemm | moe-layer | peer
 void add_keys(CLI::App& app);      // moe keys
 void add_sweep(CLI::App& app);     // moe sweep
 void add_fit(CLI::App& app);       // moe fit
+void add_report(CLI::App& app);    // moe report
 
 }  // namespace moe::cli
