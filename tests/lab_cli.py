@@ -2,9 +2,10 @@
 """The lab's commands end to end (docs/RELIABILITY.md): a sweep killed with SIGKILL and restarted
 finishes without retraining its finished points and gives the same table as an uninterrupted sweep;
 the report page renders in headless Chromium with its charts drawn (read from a screenshot); bad
-sweep files, results tables and report folders are one-line errors that write nothing.
+sweep files, results tables and report folders are one-line errors that write nothing; a corpus
+preparation killed between chunks resumes to the same shards as an uninterrupted one.
 
-    lab_cli.py MOE_BINARY sweep-resume | report-render | bad-input
+    lab_cli.py MOE_BINARY sweep-resume | report-render | bad-input | data-resume
 """
 import hashlib
 import json
@@ -71,7 +72,7 @@ def setup(tmp, steps, experts):
 
 
 def sweep_resume(tmp):
-    setup(tmp, 600, "[2, 4, 8]")
+    setup(tmp, 300, "[2, 4, 8]")
     run(["sweep", str(tmp / "s.toml"), "--out", str(tmp / "a"), "--threads", "2"])
     names = [r["name"] for r in rows(tmp / "a" / "results.jsonl")]
     assert len(names) == 3, names
@@ -121,7 +122,7 @@ def colour_pixels(png, rgb, tol=12):
 
 
 def report_render(tmp):
-    setup(tmp, 60, "[1, 2, 4, 8, 16, 32, 64, 128]")
+    setup(tmp, 60, "[1, 2, 4, 8, 16, 32, 64]")
     run(["sweep", str(tmp / "s.toml"), "--out", str(tmp / "s"), "--threads", "2"])
     html = tmp / "page.html"
     out = run(["report", str(tmp / "s"), "--out", str(html), "--windows", "4"]).stdout
@@ -192,11 +193,31 @@ def bad_input(tmp):
     print("bad-input: every refusal is one line with exit 1 and writes nothing; fit --json as documented")
 
 
+def data_resume(tmp):
+    # 18 MB: above the 16 MB that is encoded whole, so it goes in ~4 MB chunks.
+    big = tmp / "big.txt"
+    chunk = text(20000, seed=3)
+    big.write_text(chunk * (18_000_000 // len(chunk) + 1))
+    args = ["data", "--corpus", f"file:{big}", "--vocab-size", "320", "--threads", "2"]
+    run(args + ["--out", str(tmp / "clean")])
+    killed = run(args + ["--out", str(tmp / "resumed")], check=False, env={**os.environ, "MOE_FAULT": "kill-after:train-00001.bin"})
+    assert killed.returncode == -signal.SIGKILL, f"the fault did not fire: exit {killed.returncode}"
+    folder = next((tmp / "resumed").iterdir())
+    assert not (folder / "meta.json").exists() and (folder / "chunks").is_dir()
+    out = run(args + ["--out", str(tmp / "resumed")]).stdout
+    assert "resuming a preparation that was stopped" in out and "chunks already encoded" in out, out
+    clean = next((tmp / "clean").iterdir())
+    for f in ("train.bin", "val.bin", "train.txt", "val.txt"):
+        assert (clean / f).read_bytes() == (folder / f).read_bytes(), f"{f} differs after the resume"
+    assert not (folder / "chunks").exists() and not (folder / "prepare.json").exists()
+    print("data-resume: a preparation killed after a chunk resumed to the same shards")
+
+
 def main():
     mode = sys.argv[2]
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"moe_lab_{mode}_"))
     try:
-        {"sweep-resume": sweep_resume, "report-render": report_render, "bad-input": bad_input}[mode](tmp)
+        {"sweep-resume": sweep_resume, "report-render": report_render, "bad-input": bad_input, "data-resume": data_resume}[mode](tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

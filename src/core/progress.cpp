@@ -23,7 +23,7 @@ void Progress::update(int64_t i, const std::string& detail) {
                 std::string(static_cast<size_t>(width - fill), '.').c_str(), static_cast<long long>(i + 1),
                 static_cast<long long>(total_), detail.c_str(), eta);
     if (i + 1 == total_) std::printf("\n");
-  } else if (todo > 0 && ((done * 10) / todo != ((done - 1) * 10) / todo || i + 1 == total_)) {
+  } else if (todo > 0 && (todo <= 50 || (done * 10) / todo != ((done - 1) * 10) / todo || i + 1 == total_)) {
     std::printf("%s %lld/%lld %s elapsed %.0fs ETA %.0fs\n", label_.c_str(), static_cast<long long>(i + 1),
                 static_cast<long long>(total_), detail.c_str(), el, eta);
   }

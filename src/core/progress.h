@@ -1,5 +1,6 @@
 // progress.h — progress of long work (training steps, corpus chunks, sweep points): a bar with rate and
-// ETA on a terminal, a plain line every 10% of the way otherwise (logs, CI).
+// ETA on a terminal; otherwise a plain line every 10% of the way, or for every item when there are at
+// most 50 (logs, CI).
 #pragma once
 #include <chrono>
 #include <cstdint>

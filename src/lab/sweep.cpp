@@ -390,7 +390,7 @@ std::vector<ordered_json> run_sweep(const Sweep& s, const SweepOptions& o) {
     return out;
   };
   write_results(s, finished_rows());
-  std::printf("sweep: %zu points in %s: %zu finished, %zu to train (%d at a time, %d threads each)\n", s.points.size(),
+  std::printf("sweep: %zu points in %s: %zu finished, %zu to train (%d at a time, %d thread(s) each)\n", s.points.size(),
               s.out.c_str(), s.points.size() - pending.size(), pending.size(), jobs, threads);
   std::fflush(stdout);
 

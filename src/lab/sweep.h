@@ -18,7 +18,7 @@
 // OUT/points/NAME.json. The sweep is resumable: run again, it skips finished points (a checkpoint at
 // the last step) and resumes an unfinished one from its newest checkpoint. After each point it
 // rewrites OUT/results.csv and OUT/results.jsonl (finished points, in point order; columns in
-// docs/ARCHITECTURE.md).
+// docs/MECHANISMS.md §11).
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
