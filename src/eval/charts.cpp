@@ -75,9 +75,7 @@ const std::vector<std::string>& chart_palette() {
   return p;
 }
 
-namespace {
-
-std::string esc(const std::string& s) {
+std::string xml_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
     if (c == '<') o += "&lt;";
@@ -88,6 +86,10 @@ std::string esc(const std::string& s) {
   }
   return o;
 }
+
+namespace {
+
+std::string esc(const std::string& s) { return xml_escape(s); }
 
 std::string num(double v) {
   char b[32];
@@ -274,8 +276,8 @@ std::string heatmap_svg(const Heatmap& h) {
   std::snprintf(buf, sizeof buf, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n", x0, y0,
                 x1 - x0, y1 - y0);
   o << buf;
-  // Row labels (every row up to 16, else a few), column labels (about six).
-  const size_t rstep = rows <= 16 ? 1 : (rows + 7) / 8;
+  // Row labels (as many as fit), column labels (about six).
+  const size_t rstep = std::max<size_t>(1, static_cast<size_t>(std::ceil(12.0 / std::max(ch, 1e-9))));  // labels 12 px apart
   for (size_t r = 0; r < rows; r += rstep) {
     std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%zu</text>\n", x0 - 4, y0 + (static_cast<double>(r) + 0.5) * ch + 4, r);
     o << buf;

@@ -40,6 +40,9 @@ struct Heatmap {
 };
 std::string heatmap_svg(const Heatmap& h);
 
+// Text for XML and HTML: & < > " as entities.
+std::string xml_escape(const std::string& s);
+
 // The palette the charts draw with (colour-blind safe, Paul Tol's "bright").
 const std::vector<std::string>& chart_palette();
 

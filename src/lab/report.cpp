@@ -23,16 +23,7 @@ using nlohmann::ordered_json;
 namespace moe {
 namespace {
 
-std::string esc(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else o += c;
-  }
-  return o;
-}
+std::string esc(const std::string& s) { return xml_escape(s); }
 
 std::string fmt(const json& v) {
   if (v.is_null()) return "–";
@@ -59,7 +50,7 @@ const char* kStyle = R"(<style>
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 h3{font-size:1em;margin:1em 0 .3em}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:14px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:14px}
 figure{margin:0}svg{width:100%;height:auto;border:1px solid #eee}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0;display:block;overflow-x:auto}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}th{background:#f4f4f4}
@@ -332,6 +323,7 @@ std::string sweep_report(const std::string& dir, const ReportOptions& o) {
   for (const auto& [name, g] : groups) {
     flops.series.push_back(series_of(name, g, "train_flops", "val_loss", color));
     wall.series.push_back(series_of(name, g, "wall_clock_s", "val_loss", color));
+    flops.series.back().line = wall.series.back().line = false;  // scatter: the points need not be ordered by cost
     if (axis[0] != '\x01') rate.series.push_back(series_of(name, g, axis, "tokens_per_s", color));
     ++color;
   }
