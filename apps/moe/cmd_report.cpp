@@ -19,6 +19,7 @@ void add_report(CLI::App& app) {
   cmd->add_option("dir", dir, "A run folder (train.out) or a sweep folder (moe sweep --out)")->required();
   cmd->add_option("--out", out, "HTML file (default: DIR/report.html)");
   cmd->add_option("--windows", o.windows, "Validation windows for the routing rows")->check(CLI::PositiveNumber);
+  cmd->add_option("--figures", o.figures_dir, "Also write each chart as its own SVG file into this folder");
   add_threads(cmd, threads);
   cmd->callback([] {
     apply_threads(threads);

@@ -1,6 +1,7 @@
 #include "lab/report.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "eval/charts.h"
 #include "lab/laws.h"
 #include "lab/run_folder.h"
@@ -65,7 +67,26 @@ std::string page(const std::string& title, const std::string& body) {
          esc(title) + "</title>" + kStyle + "</head><body>\n<h1>" + esc(title) + "</h1>\n" + body + "</body></html>\n";
 }
 
-std::string figure(const std::string& svg) { return "<figure>" + svg + "</figure>\n"; }
+// The charts of the page being made, kept for ReportOptions::figures_dir (report_html sets it).
+std::vector<std::string>* g_figures = nullptr;
+
+std::string figure(const std::string& svg) {
+  if (g_figures) g_figures->push_back(svg);
+  return "<figure>" + svg + "</figure>\n";
+}
+
+// "Validation loss against experts E" → "validation-loss-against-experts-e".
+std::string slug(const std::string& svg) {
+  const size_t a = svg.find("aria-label=\""), b = a == std::string::npos ? a : svg.find('"', a + 12);
+  std::string out;
+  for (size_t i = a == std::string::npos ? 0 : a + 12; i < b && i < svg.size(); ++i) {
+    const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(svg[i])));
+    if (std::isalnum(static_cast<unsigned char>(c))) out += c;
+    else if (!out.empty() && out.back() != '-') out += '-';
+  }
+  while (!out.empty() && out.back() == '-') out.pop_back();
+  return out.substr(0, 60);
+}
 
 // The markdown table of compare_markdown as HTML.
 std::string markdown_table_html(const std::string& md) {
@@ -333,8 +354,11 @@ std::string sweep_report(const std::string& dir, const ReportOptions& o) {
     rate.logx = false;
     rate.series.push_back(s);
   }
-  body += "<h2>Cost</h2>\n<div class=\"grid\">\n" + figure(line_chart_svg(flops)) + figure(line_chart_svg(wall)) +
-          figure(line_chart_svg(rate)) + "</div>\n";
+  body += "<h2>Cost</h2>\n<div class=\"grid\">\n";  // one statement per figure: figures_dir numbers them in order
+  body += figure(line_chart_svg(flops));
+  body += figure(line_chart_svg(wall));
+  body += figure(line_chart_svg(rate));
+  body += "</div>\n";
   // Each point's validation curve, and its expert load.
   LineChart curves{"Validation loss of every point", "step", "validation loss (nats)", false, false, {}};
   std::vector<std::string> runs, maps;
@@ -368,8 +392,28 @@ std::string sweep_report(const std::string& dir, const ReportOptions& o) {
 }  // namespace
 
 std::string report_html(const std::string& dir, const ReportOptions& o) {
-  if (fs::is_regular_file(fs::path(dir) / "results.jsonl")) return sweep_report(dir, o);
-  if (is_run_folder(dir)) return run_report(dir, o);
+  const bool sweep = fs::is_regular_file(fs::path(dir) / "results.jsonl");
+  if (sweep || is_run_folder(dir)) {
+    std::vector<std::string> figures;
+    g_figures = &figures;
+    std::string html;
+    try {
+      html = sweep ? sweep_report(dir, o) : run_report(dir, o);
+    } catch (...) {
+      g_figures = nullptr;
+      throw;
+    }
+    g_figures = nullptr;
+    if (!o.figures_dir.empty()) {
+      fs::create_directories(o.figures_dir);
+      for (size_t i = 0; i < figures.size(); ++i) {
+        char name[96];
+        std::snprintf(name, sizeof name, "%02zu-%s.svg", i, slug(figures[i]).c_str());
+        write_file_atomic((fs::path(o.figures_dir) / name).string(), figures[i]);
+      }
+    }
+    return html;
+  }
   fail(dir + " holds no run (config.json and metrics.jsonl of `moe train`) and no sweep (results.jsonl of `moe sweep`); "
        "give a run's train.out or a sweep's --out");
 }

@@ -13,7 +13,8 @@
 namespace moe {
 
 struct ReportOptions {
-  int windows = 64;  // validation windows for the routing rows
+  int windows = 64;         // validation windows for the routing rows
+  std::string figures_dir;  // also write each chart there as its own SVG file (NN-title.svg); "": none
 };
 
 // The page; throws moe::Error when `dir` holds neither a run (config.json, metrics.jsonl) nor a sweep
