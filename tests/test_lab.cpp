@@ -116,9 +116,12 @@ TEST(Laws, KrajewskiRecoversPublishedCoefficients) {
   }
 }
 
-TEST(Laws, TooFewPointsIsAnError) {
+TEST(Laws, TooFewPointsOrOneSizeIsAnError) {
   std::vector<LawPoint> pts(5, LawPoint{1e6, 2, 1, 1e6, 3.0});
   EXPECT_NE(error_of([&] { fit_law(Law::krajewski, pts); }).find("needs at least 8 points; the table has 5"), std::string::npos);
+  std::vector<LawPoint> one_size;
+  for (double E : {1, 2, 4, 8, 16, 32, 64, 128}) one_size.push_back({1e6, E, 1, 1e6, 4.0 - 0.1 * std::log2(E)});
+  EXPECT_NE(error_of([&] { fit_law(Law::clark, one_size); }).find("needs points at several model sizes N"), std::string::npos);
 }
 
 TEST(Laws, ReadsResultsTablesAndNamesBadCells) {

@@ -1,6 +1,7 @@
 #include "lab/laws.h"
 
 #include <ceres/ceres.h>
+#include <glog/logging.h>
 
 #include <algorithm>
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/check.h"
 #include "core/error.h"
 #include "core/rng.h"
 
@@ -53,16 +55,20 @@ T krajewski_loss(const T* c, const LawPoint& p) {
 struct Residual {
   Law law;
   LawPoint p;
+  // false where the law is undefined (Clark with E_start ≥ E_max, a non-positive Krajewski loss): Ceres
+  // then rejects the step instead of taking a NaN.
   template <class T>
   bool operator()(const T* const c, T* r) const {
+    using std::isfinite;
     if (law == Law::clark) {
+      if (!(c[4] < c[5])) return false;
       r[0] = clark_log10_loss(c, p) - T(std::log10(p.loss));
     } else {
       const T l = krajewski_loss(c, p);
       if (!(l > T(0.0))) return false;
       r[0] = log(l) - T(std::log(p.loss));
     }
-    return true;
+    return isfinite(r[0]);
   }
 };
 
@@ -162,10 +168,29 @@ double clark_effective_params(const std::vector<double>& c, double N, double E) 
 size_t min_points(Law law) { return law_coefficients(law).size() + 1; }
 
 LawFit fit_law(Law law, const std::vector<LawPoint>& pts, int bootstrap, uint64_t seed) {
+  // Ceres reports through glog; its warnings (a rejected step) are not the user's business.
+  FLAGS_minloglevel = google::GLOG_ERROR;
+  FLAGS_logtostderr = true;
   if (pts.size() < min_points(law))
     fail("the " + std::string(name_of(law)) + " law has " + std::to_string(law_coefficients(law).size()) +
          " coefficients and needs at least " + std::to_string(min_points(law)) + " points; the table has " +
          std::to_string(pts.size()));
+  // Every variable of the law must vary, or its coefficients are not determined (one model size
+  // leaves a and c of Clark's law free, one token count b and beta of Krajewski's).
+  auto spread = [&](const char* what, double LawPoint::*v) {
+    double lo = INFINITY, hi = 0;
+    for (const LawPoint& p : pts) lo = std::min(lo, p.*v), hi = std::max(hi, p.*v);
+    if (hi < 1.1 * lo)
+      fail("the " + std::string(name_of(law)) + " law needs points at several " + what + " (within 10% here: " +
+           format_number(lo) + " to " + format_number(hi) + "); its coefficients are not determined otherwise");
+  };
+  spread("model sizes N", &LawPoint::N);
+  if (law == Law::clark) {
+    spread("expert counts E", &LawPoint::E);
+  } else {
+    spread("token counts D", &LawPoint::D);
+    spread("granularities G", &LawPoint::G);
+  }
   constexpr double delta = 0.1;
   LawFit f;
   f.law = law;

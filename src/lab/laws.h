@@ -54,7 +54,8 @@ struct LawFit {
 
 // The points a law needs at least (one more than it has coefficients).
 size_t min_points(Law law);
-// Fits the law; throws moe::Error when there are too few points or no start converges.
+// Fits the law; throws moe::Error when there are too few points, when a variable of the law does not
+// vary (all N, E, D or G within 10%), or when no start converges.
 LawFit fit_law(Law law, const std::vector<LawPoint>& pts, int bootstrap = 200, uint64_t seed = 1);
 
 // The points of a results table (a sweep's results.csv or results.jsonl): the columns the law reads
