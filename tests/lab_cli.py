@@ -30,7 +30,7 @@ def text(lines, seed=1):
     return "".join(" ".join(rnd.choice(words) for _ in range(rnd.randint(4, 12))) + "\n" for _ in range(lines))
 
 
-def sweep_file(tmp, steps, experts):
+def sweep_file(tmp, steps, experts, extra_grid=""):
     return f"""
 [set]
 "train.corpus" = "file:{tmp}/text.txt"
@@ -52,7 +52,7 @@ def sweep_file(tmp, steps, experts):
 "model.router" = "softmax_topk"
 [grid]
 "model.num_local_experts" = {experts}
-"""
+{extra_grid}"""
 
 
 def run(args, check=True, **kw):
@@ -66,9 +66,9 @@ def rows(path):
     return [json.loads(l) for l in open(path)]
 
 
-def setup(tmp, steps, experts):
+def setup(tmp, steps, experts, extra_grid=""):
     (tmp / "text.txt").write_text(text(3000))
-    (tmp / "s.toml").write_text(sweep_file(tmp, steps, experts))
+    (tmp / "s.toml").write_text(sweep_file(tmp, steps, experts, extra_grid))
 
 
 def sweep_resume(tmp):
@@ -122,7 +122,7 @@ def colour_pixels(png, rgb, tol=12):
 
 
 def report_render(tmp):
-    setup(tmp, 60, "[1, 2, 4, 8, 16, 32, 64]")
+    setup(tmp, 60, "[1, 4, 16, 64]", '"model.hidden_size" = [32, 48]\n')  # two sizes: Clark's law needs both
     run(["sweep", str(tmp / "s.toml"), "--out", str(tmp / "s"), "--threads", "2"])
     html = tmp / "page.html"
     out = run(["report", str(tmp / "s"), "--out", str(html), "--windows", "4"]).stdout
@@ -132,7 +132,7 @@ def report_render(tmp):
         if bad in page and not (bad == "http://" and page.count(bad) == page.count('xmlns="http://www.w3.org/2000/svg"')):
             sys.exit(f"FAIL: the page is not self-contained: it holds {bad!r}")
     assert page.count("<svg") >= 8, page.count("<svg")
-    assert "Clark et al. 2022 fit" in page, "no Clark fit drawn through 8 points"
+    assert "Clark et al. 2022 fit" in page, "no Clark fit drawn through the 8 points"
     chrome = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chrome:
         sys.exit("FAIL: chromium is not installed (scripts/setup.sh installs it)")
