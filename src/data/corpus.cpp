@@ -1,6 +1,7 @@
 #include "data/corpus.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -22,13 +23,15 @@ namespace fs = std::filesystem;
 
 namespace moe {
 
-static std::string run_command(const std::string& cmd) {
+// The command's standard output, read until it ends or `max_bytes` have come (then the pipe is closed
+// and the command stops on SIGPIPE); the result may run past max_bytes by one read.
+static std::string run_command(const std::string& cmd, size_t max_bytes = SIZE_MAX) {
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) fail("cannot run: " + cmd);
   std::string out;
   char buf[1 << 16];
   size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  while (out.size() < max_bytes && (n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   pclose(p);
   return out;
 }
@@ -115,16 +118,8 @@ std::string read_linux(size_t max_bytes) {
   const char* tarball = "/usr/src/linux-source-6.1.tar.xz";
   if (!fs::exists(tarball))
     fail("corpus linux needs the kernel sources: apt-get install linux-source-6.1 (or run `scripts/setup.sh linux`)");
-  // tar prints each file whole, one after the other; it stops (SIGPIPE) when we close the pipe.
-  const std::string cmd = std::string("tar -xJOf ") + tarball + " --wildcards '*.c' '*.h' 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) fail("cannot run: " + cmd);
-  std::string out;
-  out.reserve(max_bytes + (1u << 16));
-  char buf[1 << 16];
-  size_t n;
-  while (out.size() < max_bytes && (n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
+  // tar prints each file whole, one after the other.
+  std::string out = run_command(std::string("tar -xJOf ") + tarball + " --wildcards '*.c' '*.h' 2>/dev/null", max_bytes);
   if (out.size() > max_bytes) out.resize(out.rfind('\n', max_bytes) + 1);  // whole lines
   if (out.size() < (1u << 20)) fail("corpus linux: tar gave too little text from " + std::string(tarball) + "; reinstall linux-source-6.1");
   return out;

@@ -91,6 +91,17 @@ namespace {
 
 std::string esc(const std::string& s) { return xml_escape(s); }
 
+// The opening of a chart that scales to its container: the <svg> element, a white background and the
+// title.
+std::string svg_open(int W, int H, const std::string& title) {
+  std::ostringstream o;
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 " << W << " " << H << "\" width=\"" << W << "\" height=\"" << H
+    << "\" font-family=\"sans-serif\" font-size=\"11\" role=\"img\" aria-label=\"" << esc(title) << "\">\n"
+    << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    << "<text x=\"" << W / 2 << "\" y=\"18\" text-anchor=\"middle\" font-size=\"13\" font-weight=\"bold\">" << esc(title) << "</text>\n";
+  return o.str();
+}
+
 std::string num(double v) {
   char b[32];
   if (v != 0.0 && (std::fabs(v) >= 1e5 || std::fabs(v) < 1e-3))
@@ -173,10 +184,7 @@ std::string line_chart_svg(const LineChart& c) {
   const int bottom = 44 + 16 * legend_rows;
   const double x0 = left, x1 = W - right, y0 = H - bottom, y1 = top;
   std::ostringstream o;
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 " << W << " " << H << "\" width=\"" << W << "\" height=\"" << H
-    << "\" font-family=\"sans-serif\" font-size=\"11\" role=\"img\" aria-label=\"" << esc(c.title) << "\">\n"
-    << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    << "<text x=\"" << W / 2 << "\" y=\"18\" text-anchor=\"middle\" font-size=\"13\" font-weight=\"bold\">" << esc(c.title) << "</text>\n";
+  o << svg_open(W, H, c.title);
   char buf[512];
   for (double t : ax.ticks) {
     const double px = ax.map(t, x0, x1);
@@ -247,10 +255,7 @@ std::string heatmap_svg(const Heatmap& h) {
   const double x0 = left, x1 = W - right, y0 = top, y1 = H - bottom;
   std::ostringstream o;
   char buf[512];
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 " << W << " " << H << "\" width=\"" << W << "\" height=\"" << H
-    << "\" font-family=\"sans-serif\" font-size=\"11\" role=\"img\" aria-label=\"" << esc(h.title) << "\">\n"
-    << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    << "<text x=\"" << W / 2 << "\" y=\"18\" text-anchor=\"middle\" font-size=\"13\" font-weight=\"bold\">" << esc(h.title) << "</text>\n";
+  o << svg_open(W, H, h.title);
   // white → blue (#4477aa) → dark red (#aa3333) at vmax
   auto color = [&](double v) {
     const double t = std::clamp(v / vmax, 0.0, 1.0);

@@ -119,16 +119,15 @@ Solved solve(Law law, const std::vector<LawPoint>& pts, std::vector<double> star
 std::vector<std::vector<double>> starts(Law law, const std::vector<LawPoint>& pts) {
   std::vector<std::vector<double>> out;
   if (law == Law::clark) {
-    double mean = 0.0;
-    for (const LawPoint& p : pts) mean += std::log10(p.loss) / static_cast<double>(pts.size());
+    double mean = 0.0, lnm = 0.0;  // of log10 L and log10 N
+    for (const LawPoint& p : pts) {
+      mean += std::log10(p.loss) / static_cast<double>(pts.size());
+      lnm += std::log10(p.N) / static_cast<double>(pts.size());
+    }
     for (double a : {-0.02, -0.1})
       for (double b : {-0.02, -0.1})
         for (double es : {1.5, 2.5, 5.0})
-          for (double em : {30.0, 300.0, 3000.0}) {
-            double lnm = 0.0;
-            for (const LawPoint& p : pts) lnm += std::log10(p.N) / static_cast<double>(pts.size());
-            out.push_back({a, b, 0.0, mean - a * lnm, es, em});
-          }
+          for (double em : {30.0, 300.0, 3000.0}) out.push_back({a, b, 0.0, mean - a * lnm, es, em});
   } else {
     double lo = INFINITY;
     for (const LawPoint& p : pts) lo = std::min(lo, p.loss);

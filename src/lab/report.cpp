@@ -5,11 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/files.h"
@@ -88,31 +86,13 @@ std::string slug(const std::string& svg) {
   return out.substr(0, 60);
 }
 
-// The markdown table of compare_markdown as HTML.
-std::string markdown_table_html(const std::string& md) {
-  std::istringstream in(md);
-  std::string line, out = "<table>\n";
-  int n = 0;
-  while (std::getline(in, line)) {
-    if (line.rfind("|---", 0) == 0) continue;
-    std::vector<std::string> cells;
-    std::string cell;
-    for (size_t i = 1; i < line.size(); ++i) {
-      if (line[i] == '|') {
-        cells.push_back(cell);
-        cell.clear();
-      } else {
-        cell += line[i];
-      }
-    }
+// Table cells as HTML, the first row as the header.
+std::string html_table(const std::vector<std::vector<std::string>>& cells) {
+  std::string out = "<table>\n";
+  for (size_t r = 0; r < cells.size(); ++r) {
     out += "<tr>";
-    for (std::string c : cells) {
-      while (!c.empty() && c.front() == ' ') c.erase(c.begin());
-      while (!c.empty() && c.back() == ' ') c.pop_back();
-      out += (n == 0 ? "<th>" : "<td>") + esc(c) + (n == 0 ? "</th>" : "</td>");
-    }
+    for (const std::string& c : cells[r]) out += (r == 0 ? "<th>" : "<td>") + esc(c) + (r == 0 ? "</th>" : "</td>");
     out += "</tr>\n";
-    ++n;
   }
   return out + "</table>\n";
 }
@@ -161,7 +141,7 @@ std::string routing_rows(const std::vector<std::string>& runs, const ReportOptio
       skipped += "<p class=\"note\">" + esc(r) + ": no routing row (" + esc(e.what()) + ")</p>\n";
     }
   }
-  return (rows.empty() ? std::string() : markdown_table_html(compare_markdown(rows))) + skipped;
+  return (rows.empty() ? std::string() : html_table(compare_cells(rows))) + skipped;
 }
 
 std::string run_report(const std::string& dir, const ReportOptions& o) {
@@ -192,17 +172,6 @@ std::string run_report(const std::string& dir, const ReportOptions& o) {
   }
   body += "<h2>Routing</h2>\n" + routing_rows({dir}, o);
   return page("moe.cpp run " + dir, body);
-}
-
-std::vector<ordered_json> read_rows(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<ordered_json> rows;
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = ordered_json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.is_object()) rows.push_back(std::move(j));
-  }
-  return rows;
 }
 
 double num_of(const ordered_json& r, const char* key) {
@@ -307,7 +276,7 @@ std::string law_section(const std::vector<ordered_json>& rows, const std::vector
 
 std::string sweep_report(const std::string& dir, const ReportOptions& o) {
   const std::string path = dir + "/results.jsonl";
-  const std::vector<ordered_json> rows = read_rows(path);
+  const std::vector<ordered_json> rows = read_json_lines<ordered_json>(path);
   if (rows.empty()) fail(dir + " holds a sweep with no finished point yet (results.jsonl is empty); run `moe sweep` to the end first");
   std::vector<std::string> swept;  // the columns before "name"
   for (const auto& [k, v] : rows[0].items()) {

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "core/error.h"
 #include "eval/evaluate.h"
@@ -18,15 +17,8 @@ bool is_run_folder(const std::string& dir) {
 }
 
 std::vector<nlohmann::json> read_metrics(const std::string& run) {
-  std::ifstream in(run + "/metrics.jsonl");
-  if (!in) fail("no metrics.jsonl in " + run + " (is it the out folder of `moe train`?)");
-  std::vector<nlohmann::json> out;
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.is_object()) out.push_back(std::move(j));  // a damaged line is skipped
-  }
-  return out;
+  if (!fs::is_regular_file(run + "/metrics.jsonl")) fail("no metrics.jsonl in " + run + " (is it the out folder of `moe train`?)");
+  return read_json_lines(run + "/metrics.jsonl");
 }
 
 std::vector<nlohmann::json> layer_objects(const nlohmann::json& line) {
@@ -102,23 +94,38 @@ std::string cell(const nlohmann::json& row, const char* part, const char* key, i
 
 }  // namespace
 
-std::string compare_markdown(const std::vector<nlohmann::json>& rows, bool header) {
-  std::string out;
-  if (header)
-    out = "| run | ffn | val loss | train max/mean | train CV | train CV(importance) | eval max/mean | eval CV | "
-      "eval entropy | consecutive same (random) |\n|---|---|---|---|---|---|---|---|---|---|\n";
+std::vector<std::vector<std::string>> compare_cells(const std::vector<nlohmann::json>& rows) {
+  std::vector<std::vector<std::string>> out = {{"run", "ffn", "val loss", "train max/mean", "train CV",
+                                                "train CV(importance)", "eval max/mean", "eval CV", "eval entropy",
+                                                "consecutive same (random)"}};
   for (const auto& r : rows) {
     char loss[32];
     std::snprintf(loss, sizeof loss, "%.4f", r["val_loss"].get<double>());
-    out += "| " + r["run"].get<std::string>() + " | " + r["ffn"].get<std::string>() + " | " + loss + " | ";
-    if (!r.contains("eval")) {
-      out += "| | | | | | |\n";
-      continue;
-    }
-    out += cell(r, "train", "max_mean", 2) + " | " + cell(r, "train", "cv", 3) + " | " + cell(r, "train", "cv_importance", 3) +
-           " | " + cell(r, "eval", "max_mean", 2) + " | " + cell(r, "eval", "cv", 3) + " | " + cell(r, "eval", "entropy", 3) +
-           " | " + cell(r, "eval", "consecutive_same", 3) + " (" + cell(r, "eval", "random_same", 3) + ") |\n";
+    std::vector<std::string> row = {r["run"].get<std::string>(), r["ffn"].get<std::string>(), loss};
+    if (r.contains("eval"))
+      row.insert(row.end(), {cell(r, "train", "max_mean", 2), cell(r, "train", "cv", 3), cell(r, "train", "cv_importance", 3),
+                             cell(r, "eval", "max_mean", 2), cell(r, "eval", "cv", 3), cell(r, "eval", "entropy", 3),
+                             cell(r, "eval", "consecutive_same", 3) + " (" + cell(r, "eval", "random_same", 3) + ")"});
+    row.resize(out[0].size());  // a dense model: no balance to show
+    out.push_back(std::move(row));
   }
+  return out;
+}
+
+std::string compare_markdown(const std::vector<nlohmann::json>& rows, bool header) {
+  const std::vector<std::vector<std::string>> cells = compare_cells(rows);
+  auto line = [](const std::vector<std::string>& r) {
+    std::string l = "|";
+    for (const std::string& c : r) l += c.empty() ? " |" : " " + c + " |";
+    return l + "\n";
+  };
+  std::string out;
+  if (header) {
+    out = line(cells[0]) + "|";
+    for (size_t i = 0; i < cells[0].size(); ++i) out += "---|";
+    out += "\n";
+  }
+  for (size_t i = 1; i < cells.size(); ++i) out += line(cells[i]);
   return out;
 }
 

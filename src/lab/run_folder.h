@@ -2,6 +2,7 @@
 // per-layer metrics of its sparse FFNs (of any kind), and the comparison row of `moe compare` (the
 // validation loss and the balance in training and on held-out text).
 #pragma once
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -10,6 +11,18 @@ namespace moe {
 
 // Is `dir` a run folder (config.json and metrics.jsonl)?
 bool is_run_folder(const std::string& dir);
+// Every JSON object line of a file, damaged lines skipped (none when the file cannot be read).
+template <class Json = nlohmann::json>
+std::vector<Json> read_json_lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<Json> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = Json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object()) out.push_back(std::move(j));
+  }
+  return out;
+}
 // Every JSON line of RUN/metrics.jsonl, damaged lines skipped; throws moe::Error naming the folder when
 // it has none.
 std::vector<nlohmann::json> read_metrics(const std::string& run);
@@ -24,6 +37,8 @@ nlohmann::json training_means(const std::vector<nlohmann::json>& lines, int last
 // "eval": {max_mean, cv, entropy, consecutive_same, random_same}} (train/eval absent for a dense model);
 // the validation loss over `windows` windows of `corpus` ("" : the run's own).
 nlohmann::json compare_run(const std::string& run, const std::string& corpus, int windows, int last);
+// The rows as table cells, the column names first (a dense model's balance cells are empty).
+std::vector<std::vector<std::string>> compare_cells(const std::vector<nlohmann::json>& rows);
 // The rows as a markdown table (header: with its two header lines).
 std::string compare_markdown(const std::vector<nlohmann::json>& rows, bool header = true);
 

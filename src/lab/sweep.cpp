@@ -81,8 +81,6 @@ std::optional<double> config_number(const json& cfg, const std::string& key) {
 
 std::string run_dir(const std::string& out, const std::string& name) { return out + "/points/" + name; }
 
-int64_t last_step(const RunConfig& c) { return c.train.stop_after > 0 ? c.train.stop_after : c.train.steps; }
-
 }  // namespace
 
 Sweep load_sweep(const std::string& path, const std::string& out) {
@@ -178,6 +176,9 @@ Sweep load_sweep(const std::string& path, const std::string& out) {
       p.values.emplace_back(k, v);
     }
     // Derived keys in dependency order: an expression is evaluated once the derived keys it names are.
+    // A name is looked up among the derived values first, so the config before any of them is set
+    // serves every expression.
+    const json cfg = json::parse(run_config_to_json(p.cfg));
     std::map<std::string, double> done;
     std::vector<std::pair<std::string, std::string>> todo;
     for (const auto& [k, v] : derive) todo.emplace_back(k, v.get<std::string>());
@@ -190,7 +191,6 @@ Sweep load_sweep(const std::string& path, const std::string& out) {
           ++it;
           continue;
         }
-        const json cfg = json::parse(run_config_to_json(p.cfg));
         double v = 0.0;
         try {
           v = eval_expr(it->second, [&](const std::string& n) -> std::optional<double> {
@@ -228,7 +228,7 @@ bool point_finished(const SweepPoint& p) {
   const std::string run = p.cfg.train.out;
   if (!fs::exists(run + "/config.json")) return false;
   const std::vector<Checkpoint> cks = list_checkpoints(run);
-  return !cks.empty() && cks.back().step >= last_step(p.cfg);
+  return !cks.empty() && cks.back().step >= p.cfg.train.last_step();
 }
 
 ordered_json sweep_row(const SweepPoint& p) {
@@ -248,7 +248,7 @@ ordered_json sweep_row(const SweepPoint& p) {
   row["non_embedding_params"] = m.num_params() - emb;
   row["active_non_embedding_params"] = m.num_active_params() - emb;
   row["embedding_params"] = emb;
-  const int64_t tokens = last_step(c) * static_cast<int64_t>(c.train.batch_size) * c.model.max_position_embeddings * c.train.grad_accum;
+  const int64_t tokens = c.train.last_step() * static_cast<int64_t>(c.train.batch_size) * c.model.max_position_embeddings * c.train.grad_accum;
   row["flops_per_token"] = m.flops_per_token();
   row["tokens"] = tokens;
   row["train_flops"] = m.flops_per_token() * static_cast<double>(tokens);

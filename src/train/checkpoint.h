@@ -68,6 +68,7 @@ TrainState load_checkpoint(const std::string& run, TransformerLM& model, AdamW* 
 
 // The run's config.json (errors name the file and the fix).
 RunConfig read_checkpoint_config(const std::string& run);
+void write_run_config(const std::string& run, const RunConfig& c);
 
 // A run folder's config and its newest complete checkpoint, loaded into a model built for it.
 struct LoadedRun {
@@ -76,7 +77,6 @@ struct LoadedRun {
   TrainState state;
 };
 LoadedRun load_run(const std::string& run, bool allow_nonfinite = false);
-void write_run_config(const std::string& run, const RunConfig& c);
 
 // Renames the checkpoints after step `good` to "step-N.diverged" (kept for forensics, never read).
 // Returns how many.

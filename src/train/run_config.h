@@ -66,6 +66,8 @@ struct TrainConfig {
     v("seed", c.seed, "batch sampling");
   }
   void validate() const;
+  // The step training ends after: stop_after when set, else steps.
+  int64_t last_step() const { return stop_after > 0 ? stop_after : steps; }
 };
 
 struct RunConfig {

@@ -133,7 +133,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   std::vector<int32_t> tokens(static_cast<size_t>(T)), targets(static_cast<size_t>(T));
   std::vector<Param> params = model.params();
   std::vector<SparseParam> sparse = model.sparse_params();
-  const int64_t end = t.stop_after > 0 ? t.stop_after : t.steps;
+  const int64_t end = t.last_step();
   Progress progress{end, start};
   double tok_s = 0.0, mfu = 0.0, last_val = -1.0;
   int64_t good_step = start;  // the newest weights known good: their loss was finite and no spike
