@@ -195,6 +195,42 @@ TEST(CrossEntropy, GradientsParityAndIgnoredPositions) {
   EXPECT_THROW(cross_entropy(z.data(), bad.data(), T, V, nullptr), Error);
 }
 
+// The distillation term λ·mean KL(q ‖ p) of lifelong learning (docs/MECHANISMS.md §6): its value
+// and its gradient w.r.t. the student's logits against finite differences and PyTorch's F.kl_div.
+TEST(DistillKl, GradientsParityAndIgnoredPositions) {
+  const int T = 7, V = 11;
+  const float weight = 0.7f;
+  Tensor z({T, V}), teacher({T, V}), dz({T, V});
+  fill_normal(z.data(), z.numel(), 6, 1, 0.f, 2.f);
+  fill_normal(teacher.data(), teacher.numel(), 6, 2, 0.f, 2.f);
+  std::vector<int32_t> tg = {3, 0, kIgnoreIndex, 10, 5, 5, kIgnoreIndex};
+  dz.zero();
+  const double loss = distill_kl(z.data(), teacher.data(), tg.data(), T, V, weight, dz.data());
+  EXPECT_GT(loss, 0.0);
+  for (int v = 0; v < V; ++v) {
+    EXPECT_EQ(dz[2 * V + v], 0.f);
+    EXPECT_EQ(dz[6 * V + v], 0.f);
+  }
+  auto J = [&] { return distill_kl(z.data(), teacher.data(), tg.data(), T, V, weight, nullptr); };
+  check_fd(z, dz, J, "distillation dlogits", 1e-3, 40);
+  TensorFile in;
+  in.metadata["module"] = "distill";
+  in.metadata["config"] = "{\"weight\": 0.7}";
+  in.tensors["x"] = z;
+  in.tensors["teacher"] = teacher;
+  Tensor targets({T});
+  for (int t = 0; t < T; ++t) targets[t] = static_cast<float>(tg[t]);
+  in.tensors["targets"] = targets;
+  TensorFile ref = torch_reference("distill", in);
+  EXPECT_NEAR(loss, ref.tensors.at("loss")[0], 1e-5);
+  expect_close(dz, ref.tensors.at("dx"), "distillation dlogits");
+  // A student equal to its teacher: no loss, no gradient; the gradient adds to what dlogits held.
+  Tensor same({T, V});
+  same.fill(0.25f);
+  EXPECT_NEAR(distill_kl(teacher.data(), teacher.data(), tg.data(), T, V, weight, same.data()), 0.0, 1e-6);
+  for (size_t i = 0; i < same.numel(); ++i) EXPECT_NEAR(same[i], 0.25f, 1e-6f);
+}
+
 TEST(Embedding, LooksUpAndAccumulates) {
   Embedding emb(10, 4, 1, 1, 1.f);
   std::vector<int32_t> tok = {3, 7, 3};

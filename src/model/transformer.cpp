@@ -179,6 +179,8 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
   } else {
     stats_.ce = cross_entropy(logits.data(), targets, T, V, dlogits_.data());
   }
+  if (teacher_ && training)
+    stats_.distill = distill_kl(logits.data(), teacher_, targets, T, V, distill_weight_, dlogits_.data());
   return stats_.ce;
 }
 

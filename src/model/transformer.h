@@ -23,6 +23,7 @@ namespace moe {
 struct ModelStats {
   double ce = 0.0;        // mean cross-entropy of the last forward
   double aux = 0.0;       // sum of the FFNs' loss terms (balance losses, the REINFORCE surrogate)
+  double distill = 0.0;   // the distillation term λ·KL(p_teacher ‖ p) (0 without a teacher)
 };
 
 // How a model's parameters start: random (for training), or with PEER's expert tables left zero
@@ -61,10 +62,16 @@ class TransformerLM {
   Tensor x_out, h_final, logits;  // (T, d), (T, d), (T, V)
 
   // tokens, targets: (B·L); targets may hold kIgnoreIndex. Returns the mean cross-entropy; the
-  // objective that backward() differentiates is that plus stats().aux.
+  // objective that backward() differentiates is that plus stats().aux plus stats().distill.
   double forward(const int32_t* tokens, const int32_t* targets, int B, int L, bool training, uint64_t step);
   // Gradients of the last forward's objective, accumulated into every parameter's gradient.
   void backward();
+  // Distillation for the following training forwards: teacher (B·L, V) holds the teacher's logits of
+  // the same batch (kept alive by the caller), weight λ; null turns it off.
+  void set_teacher(const float* teacher, float weight) {
+    teacher_ = teacher;
+    distill_weight_ = weight;
+  }
   // Logits only (T, V) for inference: no targets, eval mode.
   const Tensor& forward_logits(const int32_t* tokens, int B, int L);
   // Incremental inference on one sequence: feeds n new tokens through the blocks with each block's KV
@@ -105,6 +112,8 @@ class TransformerLM {
   int B_ = 0, L_ = 0;
   Tensor dlogits_, dx_, dh_;
   Tensor reward_;  // (T) per-token reward −CE for routers trained by reward
+  const float* teacher_ = nullptr;  // (T, V) of set_teacher
+  float distill_weight_ = 0.f;
   std::vector<Attention::Cache> caches_;  // one per block
   ModelStats stats_;
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step);

@@ -12,4 +12,11 @@ constexpr int32_t kIgnoreIndex = -1;
 double cross_entropy(const float* logits, const int32_t* targets, int T, int V, float* dlogits,
                      float* losses = nullptr);
 
+// Output-level distillation (docs/MECHANISMS.md §6): weight · mean over counted positions of
+// KL(q_t ‖ p_t) = Σ_v q_v (log q_v − log p_v), with q = softmax(teacher) the frozen teacher's
+// distribution and p = softmax(logits). Returns that; when dlogits is non-null adds its gradient
+// weight·(p − q)/N (nothing where a target is ignored).
+double distill_kl(const float* logits, const float* teacher, const int32_t* targets, int T, int V, float weight,
+                  float* dlogits);
+
 }  // namespace moe

@@ -2,7 +2,7 @@
 """PyTorch reference of the dense blocks of src/nn, in float64 with autograd.
 
 Usage: nn_ref.py CASE.safetensors OUT.safetensors
-CASE metadata "module" is rmsnorm | attention | cross_entropy, "config" its JSON settings; tensors hold
+CASE metadata "module" is rmsnorm | attention | cross_entropy | distill, "config" its JSON settings; tensors hold
 the input, the upstream gradient dy (not for cross_entropy) and the parameters. OUT gets y (or loss),
 dx and grad.<name> for every parameter. The objective is sum(y * dy), or the mean loss.
 """
@@ -53,11 +53,19 @@ def main(case_path, out_path):
     cfg = json.loads(meta.get("config", "{}"))
     x = torch.tensor(t["x"], dtype=torch.float64, requires_grad=True)
     P = {n: torch.tensor(v, dtype=torch.float64, requires_grad=True) for n, v in t.items()
-         if n not in ("x", "dy", "targets")}
+         if n not in ("x", "dy", "targets", "teacher")}
     out = {}
     if module == "cross_entropy":
         targets = torch.tensor(t["targets"], dtype=torch.float64).long()
         loss = F.cross_entropy(x, targets, ignore_index=-1)
+        loss.backward()
+        out["loss"] = loss.detach().reshape(1).numpy()
+    elif module == "distill":
+        # weight * mean over counted positions of KL(softmax(teacher) || softmax(x))
+        targets = torch.tensor(t["targets"], dtype=torch.float64).long()
+        teacher = torch.tensor(t["teacher"], dtype=torch.float64)
+        kl = F.kl_div(F.log_softmax(x, -1), F.log_softmax(teacher, -1), log_target=True, reduction="none").sum(-1)
+        loss = cfg["weight"] * kl[targets != -1].mean()
         loss.backward()
         out["loss"] = loss.detach().reshape(1).numpy()
     else:
