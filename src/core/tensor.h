@@ -5,8 +5,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moe {
@@ -70,6 +72,12 @@ struct SparseRows {
   // this += o: the union of the rows, gradients of common rows summed (o's added after this's).
   void add(SparseRows o);
 };
+
+// What training leaves unchanged: by parameter name, ranges [begin, end) of rows along the first
+// dimension (the experts of a stacked expert tensor, the rows of a router matrix; a 1-D parameter's
+// rows are its elements). Made by lifelong expansion (model/expand.h), honoured by AdamW.
+using RowRange = std::pair<int64_t, int64_t>;
+using FreezeMask = std::map<std::string, std::vector<RowRange>>;
 
 // A table trained by rows (PEER's experts and sub-keys): its value (rows, width) and sparse gradient.
 struct SparseParam {

@@ -1,6 +1,7 @@
 // adamw.h — AdamW (Loshchilov & Hutter 2019) over a model's parameter list, with decoupled weight
 // decay applied only to matrices (no decay on norms, biases or other 1-D parameters), global-norm
-// gradient clipping, and per-parameter freeze masks (a frozen parameter keeps its optimizer state).
+// gradient clipping, and freeze masks by rows (a frozen row gets no update and no weight decay, and its
+// optimizer moments are kept as they are).
 //
 // Tables trained by rows (SparseParam: PEER's experts and sub-keys) get lazy Adam, as PyTorch's
 // SparseAdam: only the rows in the step's gradient update their moments and values, with the global
@@ -8,12 +9,21 @@
 // decay on these tables (a decay only on touched rows would shrink rows by how often they are chosen).
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
 
 namespace moe {
+
+// A FreezeMask (core/tensor.h) as written in checkpoints: {"name": [[begin, end], ...]}.
+nlohmann::json freeze_to_json(const FreezeMask& m);
+// Throws moe::Error naming `where` and the entry when j is not such an object.
+FreezeMask freeze_from_json(const nlohmann::json& j, const std::string& where);
+// The parameters (elements) the mask freezes, given the model's parameters; a name or range that does
+// not fit them is an error naming it.
+int64_t frozen_param_count(const FreezeMask& m, const std::vector<Param>& params);
 
 struct AdamWConfig {
   float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
@@ -26,7 +36,12 @@ class AdamW {
   // One update with learning rate lr from the gradients currently in the parameters.
   void step(float lr);
   int64_t steps() const { return t_; }
-  void set_frozen(const std::string& name, bool frozen);
+  // Freezes the mask's rows (replacing any earlier mask); an unknown name or a range outside its
+  // parameter is an error naming it.
+  void set_freeze(const FreezeMask& m);
+  // Zeroes the gradients of frozen rows (before clipping, so that the gradient norm is the trainable
+  // parameters' alone).
+  void mask_frozen_grads();
   // Optimizer state by parameter name ("<name>.exp_avg", "<name>.exp_avg_sq") for checkpoints.
   std::vector<std::pair<std::string, Tensor*>> state();
   void set_steps(int64_t t) { t_ = t; }
@@ -36,7 +51,7 @@ class AdamW {
   std::vector<Param> params_;
   std::vector<SparseParam> sparse_;
   std::vector<Tensor> m_, v_;      // dense, then sparse parameters
-  std::vector<uint8_t> frozen_;    // same order
+  std::vector<std::vector<uint8_t>> frozen_;  // same order: per row along dim 0, 1 = frozen (empty: none)
   const std::string& name_of(size_t i) const;  // of the i-th in that order
   int64_t t_ = 0;
 };

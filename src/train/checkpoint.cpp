@@ -174,6 +174,7 @@ void save_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, c
               {"bad_in_row", st.bad_in_row},
               {"skipped_steps", st.skipped_steps},
               {"files", files}};
+    if (!st.frozen.empty()) m["frozen"] = freeze_to_json(st.frozen);
     write_file_atomic(tmp + "/" + kManifest, m.dump(2) + "\n");
     if (::rename(tmp.c_str(), final_dir.c_str()) != 0) fail("cannot rename " + tmp + " to " + final_dir);
     fsync_dir(run);
@@ -208,6 +209,10 @@ TrainState load_checkpoint(const std::string& run, TransformerLM& model, AdamW* 
   st.loss_ema = manifest_number<double>(m, "loss_ema", -1.0, where);
   st.bad_in_row = manifest_number<int>(m, "bad_in_row", 0, where);
   st.skipped_steps = manifest_number<int64_t>(m, "skipped_steps", 0, where);
+  if (m.contains("frozen")) {
+    st.frozen = freeze_from_json(m["frozen"], where);
+    frozen_param_count(st.frozen, model.params());  // every name and range fits this model
+  }
   if (opt) {
     if (!m["files"].contains(kOptimizer))
       fail(ck.dir + " has no optimizer state (written without one); it can be evaluated but not resumed");
@@ -270,6 +275,19 @@ std::string checkpoint_val_shard(const std::string& ckpt, const RunConfig& c, co
     write_token_shard(shard, tok.encode(read_file(dir + "/val.txt", "run `moe data --corpus " + corpus + " --force`")));
   }
   return shard;
+}
+
+RunConfig with_init_model(RunConfig c) {
+  if (c.train.init_from.empty()) return c;
+  const RunConfig from = read_checkpoint_config(c.train.init_from);
+  const json mine = json::parse(run_config_to_json(c))["model"], theirs = json::parse(run_config_to_json(from))["model"],
+             dflt = json::parse(run_config_to_json(RunConfig{}))["model"];
+  for (auto& [key, v] : mine.items())
+    if (v != dflt[key] && v != theirs[key])
+      fail("train.init_from: model." + key + " = " + v.dump() + " but " + c.train.init_from + " has " + theirs[key].dump() +
+           "; the model comes from the run it starts from, so drop that setting");
+  c.model = from.model;
+  return c;
 }
 
 LoadedRun load_run(const std::string& run, bool allow_nonfinite) {

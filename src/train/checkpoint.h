@@ -8,7 +8,8 @@
 //   step-00000600/    a checkpoint: model.safetensors (every parameter under its Hugging Face-style
 //                     name, PEER's full tables, the buffers: router biases and baselines, BatchNorm
 //                     running statistics), optimizer.safetensors (AdamW moments), manifest.json
-//                     (step, optimizer steps, the bad-step state, the files and their sizes)
+//                     (step, optimizer steps, the bad-step state, the freeze mask, the files and
+//                     their sizes)
 //
 // A checkpoint is written into "step-N.tmp.<pid>/" (each file fsynced), its manifest last, then the
 // folder is renamed to "step-N/" and the run folder fsynced: a kill or a full disk at any moment
@@ -36,6 +37,7 @@ struct TrainState {
   double loss_ema = -1.0;       // running mean of the good steps' losses (< 0: none yet)
   int bad_in_row = 0;           // bad steps in a row before this checkpoint
   int64_t skipped_steps = 0;    // bad steps skipped in the whole run
+  FreezeMask frozen;            // rows training leaves unchanged (`moe expand`; empty: none)
 };
 
 struct Checkpoint {
@@ -77,6 +79,10 @@ struct LoadedRun {
   TrainState state;
 };
 LoadedRun load_run(const std::string& run, bool allow_nonfinite = false);
+
+// c with the model of the run c.train.init_from (its config.json) when that is set; a model key that c
+// sets to something else than both the default and that run's value is an error naming the key.
+RunConfig with_init_model(RunConfig c);
 
 // Renames the checkpoints after step `good` to "step-N.diverged" (kept for forensics, never read).
 // Returns how many.
