@@ -55,6 +55,7 @@ void MoeConfig::validate() const {
                                                 " routed experts; choose a divisor");
   check.require(std::isfinite(capacity_factor), "capacity_factor must be finite (<= 0 means dropless)");
   check.non_negative("n_shared_experts", n_shared_experts);
+  check.non_negative("entry_steps", entry_steps);
   check.require(shared_expert_intermediate_size >= 0,
                 "shared_expert_intermediate_size = " + std::to_string(shared_expert_intermediate_size) +
                     " must be >= 0 (0: the routed expert width)");

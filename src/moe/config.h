@@ -58,6 +58,12 @@ struct MoeConfig {
 
   Precision precision = Precision::fp32;  // arithmetic of the expert GEMMs
 
+  // Lifelong expansion (docs/MECHANISMS.md §6): experts that `moe expand` adds start with a logit
+  // offset of −kEntryOffset (the buffer router.entry_offset), which rises to 0 over entry_steps
+  // optimizer steps; 0: the router keeps no offsets.
+  int entry_steps = 0;
+  static constexpr float kEntryOffset = 20.f;
+
   // Filled in by the model from its own settings (ModelConfig::moe_layer), not config keys of their own.
   int vocab_size = 0;                  // token ids are < vocab_size (the hash router's domain)
   uint64_t seed = 1;                   // parameter init and the layer's random streams
@@ -94,6 +100,7 @@ struct MoeConfig {
     v("shared_expert_intermediate_size", c.shared_expert_intermediate_size, "width of one shared expert (0: the routed width)");
     v("shared_expert_gate", c.shared_expert_gate, "Qwen2-MoE: shared experts scaled by sigmoid(x·w_sg)");
     v("precision", c.precision, "arithmetic of the FFN GEMMs (bf16: bf16 inputs, fp32 accumulation)");
+    v("entry_steps", c.entry_steps, "steps over which experts added by `moe expand` enter routing (0: no entry offsets)");
   }
 
   // Derived sizes (valid after validate()).

@@ -49,6 +49,7 @@ void MoeLayer::collect_params(std::vector<Param>& out, const std::string& prefix
 
 void MoeLayer::collect_buffers(std::vector<NamedTensor>& out, const std::string& prefix) {
   for (auto& [name, b] : router->buffers()) out.emplace_back(prefix + "router." + name, b);
+  if (!router->entry_offset.empty()) out.emplace_back(prefix + "router.entry_offset", &router->entry_offset);
 }
 
 int64_t MoeLayer::num_params() const { return cfg.num_params(); }

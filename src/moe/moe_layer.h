@@ -58,7 +58,8 @@ class MoeLayer : public Ffn {
   void forward(const float* x, int T, float* y, const FfnContext& ctx) override;
   void backward(const float* dy, float* dx) override;
   // Parameter names: router.weight (router.noise_weight), experts.w1|w3|w2, shared_experts.w1|w3|w2,
-  // shared_expert_gate.weight; buffers router.<name> (router.bias, router.baseline).
+  // shared_expert_gate.weight; buffers router.<name> (router.bias, router.baseline,
+  // router.entry_offset).
   void collect_params(std::vector<Param>& out, const std::string& prefix) override;
   void collect_buffers(std::vector<NamedTensor>& out, const std::string& prefix) override;
   int64_t num_params() const override;         // all parameters (routed, shared, router)
@@ -70,9 +71,24 @@ class MoeLayer : public Ffn {
   void set_reward(const float* reward) override;
   // DeepSeek-V3: b_i += γ·sign(mean_j load_j − load_i) from the loads routed since the last call;
   // reinforce: the reward baseline takes in the step's mean reward (Router::after_step).
-  void after_step() override { router->after_step(); }
+  // Experts added by `moe expand`: their entry offsets rise (Router::after_step_entry).
+  void after_step() override {
+    router->after_step();
+    router->after_step_entry();
+  }
   std::optional<std::vector<int32_t>> experts_of(int t) const override { return routing_.experts_of(t); }
   std::unique_ptr<FfnStats> new_stats() const override;  // RoutingStats (moe/routing_stats.h)
+
+  // Lifelong expansion (docs/MECHANISMS.md §6; src/moe/expand.cpp). This layer has more routed experts
+  // than `old` (same width and granularity); takes old's parameters and state: its experts, router
+  // rows, shared experts and router buffers are copied, and the experts after old's are initialised
+  // as `init` says. copy_noise: std of the noise added to copied experts, relative to each tensor's std.
+  enum class NewExperts { random, copy };
+  void grow_from(const MoeLayer& old, NewExperts init, float copy_noise, uint64_t seed);
+  // Adds to `out` the rows of this layer that existed in a layer of `old_experts` routed experts:
+  // the old routed experts (rows < old_experts of experts.w1|w3|w2), the shared experts and their gate,
+  // and with `router` the old router rows.
+  void freeze_old(int old_experts, bool router, const std::string& prefix, FreezeMask& out);
 
   // Results of the last forward.
   const MoeLosses& losses() const { return losses_; }

@@ -21,6 +21,14 @@ Router::Router(const MoeConfig& c)
     : cfg(c), traits(router_traits(c.router)), E(c.n_experts()), k(c.k()), d(c.hidden_size), w({E, d}), dw({E, d}) {
   if (c.router_init_std > 0.f)
     fill_normal(w.data(), w.numel(), c.seed, c.layer_id * 64 + 1, 0.f, c.router_init_std);
+  if (c.entry_steps > 0) entry_offset = Tensor({E});
+}
+
+void Router::after_step_entry() {
+  if (entry_offset.empty()) return;
+  const float rise = MoeConfig::kEntryOffset / static_cast<float>(cfg.entry_steps);
+  for (int e = 0; e < E; ++e)
+    if (entry_offset[e] < 0.f) entry_offset[e] = std::min(0.f, entry_offset[e] + rise);
 }
 
 namespace {
@@ -66,6 +74,9 @@ void Router::forward(const float* xr, int T, const FfnContext& ctx, Routing& r) 
   } else {
     sgemm(false, true, T, E, d, 1.f, xr, d, w.data(), d, 0.f, logits.data(), E);
   }
+  if (!entry_offset.empty())
+    for (int t = 0; t < T; ++t)
+      for (int e = 0; e < E; ++e) logits[static_cast<size_t>(t) * E + e] += entry_offset[e];
   r.T = T;
   r.k = k;
   r.expert.resize(static_cast<size_t>(T) * k);

@@ -59,6 +59,10 @@ class Router {
   const RouterTraits traits;
   const int E, k, d;
   Tensor w, dw;    // (E, d) W_r and its gradient
+  // (E) added to s before routing when cfg.entry_steps > 0 (empty otherwise): 0 for experts that
+  // have entered, down to −MoeConfig::kEntryOffset for experts `moe expand` added (docs/MECHANISMS.md
+  // §6). A constant of the forward, so the gradients are unchanged; after_step_entry() raises it.
+  Tensor entry_offset;
   Tensor logits;   // (T, E) s of the last forward
   Tensor prob;     // (T, E) affinity P of the last forward
 
@@ -83,6 +87,8 @@ class Router {
   // After each optimizer step (sigmoid_bias: move the bias by the loads routed since the last call;
   // reinforce: fold the step's mean reward into the baseline).
   virtual void after_step() {}
+  // After each optimizer step: every negative entry offset rises by kEntryOffset / entry_steps, up to 0.
+  void after_step_entry();
 
  protected:
   // From logits (and prob) of T tokens, fill r.
