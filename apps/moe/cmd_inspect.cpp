@@ -16,7 +16,8 @@
 namespace moe::cli {
 namespace {
 
-void print_sizes(const TransformerLM& m) {
+// frozen: the parameters a checkpoint's freeze mask holds fixed (`moe expand`); -1 without a checkpoint.
+void print_sizes(const TransformerLM& m, int64_t frozen) {
   const ModelConfig& c = m.cfg;
   std::printf("model: %d layers, d=%d, %d heads (%d kv), vocab %d, context %d, ffn %s\n", c.num_hidden_layers,
               c.hidden_size, c.num_attention_heads, c.attention().kv_heads(), c.vocab_size, c.max_position_embeddings,
@@ -27,9 +28,12 @@ void print_sizes(const TransformerLM& m) {
   std::printf("parameters: total %.3fM  active %.3fM  non-embedding %.3fM (active %.3fM)  embedding %.3fM\n", total / 1e6,
               active / 1e6, (total - emb) / 1e6, (active - emb) / 1e6, emb / 1e6);
   std::printf("training FLOPs per token (with routing cost, c_f = 6, c_r = 14): %.2f MFLOP\n", m.flops_per_token() / 1e6);
+  if (frozen >= 0)
+    std::printf("training: frozen %.3fM  trainable %.3fM%s\n", static_cast<double>(frozen) / 1e6, (total - static_cast<double>(frozen)) / 1e6,
+                frozen > 0 ? " (the checkpoint's freeze mask, from `moe expand`)" : "");
 }
 
-nlohmann::json sizes_json(const TransformerLM& m) {
+nlohmann::json sizes_json(const TransformerLM& m, int64_t frozen) {
   const ModelConfig& c = m.cfg;
   nlohmann::json j = {{"layers", c.num_hidden_layers}, {"hidden_size", c.hidden_size}, {"heads", c.num_attention_heads},
                       {"kv_heads", c.attention().kv_heads()}, {"vocab_size", c.vocab_size},
@@ -37,6 +41,7 @@ nlohmann::json sizes_json(const TransformerLM& m) {
                       {"params", m.num_params()}, {"active_params", m.num_active_params()},
                       {"embedding_params", m.num_embedding_params()}, {"flops_per_token", m.flops_per_token()}};
   j.update(c.ffn_json());
+  if (frozen >= 0) j["frozen_params"] = frozen, j["trainable_params"] = m.num_params() - frozen;
   return j;
 }
 
@@ -114,17 +119,20 @@ void add_inspect(CLI::App& app) {
       return;
     }
     std::unique_ptr<TransformerLM> model;
+    int64_t frozen = -1;
     if (ckpt.empty()) {
       // Counts only: a model built for loading skips drawing PEER's tables.
       model = std::make_unique<TransformerLM>(load_run_config(config, sets).model, ParamInit::for_loading);
     } else {
-      model = std::move(load_run(ckpt, ro.allow_nonfinite).model);
+      LoadedRun run = load_run(ckpt, ro.allow_nonfinite);
+      model = std::move(run.model);
+      frozen = frozen_param_count(run.state.frozen, model->params());
     }
     if (ro.json) {
-      std::printf("%s\n", sizes_json(*model).dump(1).c_str());
+      std::printf("%s\n", sizes_json(*model, frozen).dump(1).c_str());
       return;
     }
-    print_sizes(*model);
+    print_sizes(*model, frozen);
   });
 }
 

@@ -20,11 +20,19 @@ void add_train(CLI::App& app) {
   static std::vector<std::string> sets;
   static bool resume = false, overwrite = false;
   static int threads = 0;
+  static std::string init_from, distill_from;
+  static float distill_weight = -1.f;
   auto* cmd = app.add_subcommand("train", "Train a model (no arguments: the default MoE model on the KJV Bible)");
   cmd->add_option("--config", config, "TOML config (see configs/; `moe keys` lists every key)")->check(CLI::ExistingFile);
   cmd->add_option("--set", sets, "Override: section.key=value (repeatable), e.g. --set train.steps=100");
   cmd->add_flag("--resume", resume, "Continue the run in train.out from its newest complete checkpoint (its config, plus --set)");
   cmd->add_flag("--overwrite", overwrite, "Replace the run train.out already holds (its checkpoints and metrics)");
+  cmd->add_option("--init-from", init_from, "Start from the newest checkpoint of this run folder: its model, weights, AdamW "
+                                            "moments and freeze mask (= --set train.init_from=DIR)");
+  cmd->add_option("--distill-from", distill_from, "Add lambda * KL(p_teacher || p) against this run's frozen model on the same "
+                                                  "batches (= --set train.distill_from=DIR)");
+  cmd->add_option("--distill-weight", distill_weight, "lambda of the distillation term (= --set train.distill_weight=X; default 1)")
+      ->check(CLI::NonNegativeNumber);
   add_threads(cmd, threads);
   cmd->callback([] {
     apply_threads(threads);
@@ -36,6 +44,10 @@ void add_train(CLI::App& app) {
       const RunConfig saved = read_checkpoint_config(c.train.out);
       c = load_run_config("", sets, &saved);
     }
+    if (!init_from.empty()) c.train.init_from = init_from;
+    if (!distill_from.empty()) c.train.distill_from = distill_from;
+    if (distill_weight >= 0.f) c.train.distill_weight = distill_weight;
+    c.train.validate();
     const TrainSummary s = train_model(c, {.resume = resume, .overwrite = overwrite});
     std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));
     std::printf("throughput %.0f tokens/s (median step)  MFU %.1f%% of the measured GEMM peak  %.0f s in all\n",

@@ -350,14 +350,27 @@ size_t encode_to_shard(const Tokenizer& tok, const std::string& text, const std:
 
 }  // namespace
 
-std::string prepare_corpus(const std::string& name, const std::string& dir, int vocab_size, bool force, int max_mb) {
+std::string prepare_corpus(const std::string& name, const std::string& dir, int vocab_size, bool force, int max_mb,
+                           const std::string& tokenizer) {
   std::string text;
-  const nlohmann::json source = corpus_source(name, max_mb, &text);
+  nlohmann::json source = corpus_source(name, max_mb, &text);
   // A file corpus gets a folder named after the file and its absolute path.
-  const std::string folder = name.rfind("file:", 0) == 0
-                                 ? "file-" + fs::path(name.substr(5)).stem().string() + "-" +
-                                       fnv1a_hex(source["path"].get<std::string>()).substr(0, 8)
-                                 : name;
+  std::string folder = name.rfind("file:", 0) == 0
+                           ? "file-" + fs::path(name.substr(5)).stem().string() + "-" +
+                                 fnv1a_hex(source["path"].get<std::string>()).substr(0, 8)
+                           : name;
+  std::string given_model;  // the bytes of the given tokenizer
+  if (!tokenizer.empty()) {
+    given_model = read_file(tokenizer, "give the path of a sentencepiece model (a run's tokenizer.model)");
+    Tokenizer t;
+    t.load(tokenizer);
+    if (t.vocab_size() != vocab_size)
+      fail("tokenizer " + tokenizer + " has " + std::to_string(t.vocab_size()) + " tokens but the model's vocab_size is " +
+           std::to_string(vocab_size) + "; set model.vocab_size = " + std::to_string(t.vocab_size()) + " or use another tokenizer");
+    const std::string h = fnv1a_hex(given_model);
+    source["tokenizer"] = h;
+    folder += "@tok-" + h.substr(0, 8);
+  }
   const fs::path out = fs::path(dir) / folder;
   const fs::path meta = out / "meta.json";
   // Without --max-mb, a corpus prepared at any cap is the one asked for (`moe train` of a corpus that
@@ -412,6 +425,7 @@ std::string prepare_corpus(const std::string& name, const std::string& dir, int 
     write_file_atomic(train_txt.string(), train);
   }
   const std::string model = (out / "tokenizer.model").string();
+  if (!given_model.empty() && !fs::exists(model)) write_file_atomic(model, given_model);
   if (!fs::exists(model)) {
     const std::string sample = tokenizer_sample(train);
     const size_t min_vocab = 257 + distinct_chars(sample);

@@ -46,7 +46,10 @@ std::string corpus_prompt(const std::string& name);
 std::pair<std::string, std::string> split_train_val(const std::string& text);
 
 // Prepares DIR/<corpus>/ as described above; prints progress lines. Returns the folder.
-// max_mb > 0 replaces the corpus's default cap (for the corpora that have one).
-std::string prepare_corpus(const std::string& name, const std::string& dir, int vocab_size, bool force, int max_mb = 0);
+// max_mb > 0 replaces the corpus's default cap (for the corpora that have one). A tokenizer (the path
+// of a sentencepiece model with vocab_size pieces) replaces the corpus's own: the corpus is encoded
+// with it into DIR/<corpus>@tok-<hash of the model>/ (a joint tokenizer over several corpora).
+std::string prepare_corpus(const std::string& name, const std::string& dir, int vocab_size, bool force, int max_mb = 0,
+                           const std::string& tokenizer = "");
 
 }  // namespace moe

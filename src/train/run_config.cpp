@@ -34,6 +34,8 @@ void TrainConfig::validate() const {
                                        " must be positive (bad steps in a row before training stops)");
   check.require(spike_factor == 0.f || spike_factor > 1.f,
                 "spike_factor = " + format_number(spike_factor) + " must be 0 (off) or above 1, e.g. 3");
+  check.require(std::isfinite(distill_weight) && distill_weight >= 0.f,
+                "distill_weight = " + format_number(distill_weight) + " must be a finite number >= 0, e.g. 1");
 }
 
 namespace {

@@ -40,6 +40,11 @@ struct TrainConfig {
   int max_bad_steps = 5;
   float spike_factor = 3.f;
   uint64_t seed = 1;
+  // Starting point and teacher (docs/MECHANISMS.md §6).
+  std::string init_from;       // a run folder: start from its newest checkpoint (weights, AdamW moments, freeze mask)
+  std::string tokenizer;       // a sentencepiece model to encode the corpus with ("": the corpus's own)
+  std::string distill_from;    // a run folder: its model is the frozen teacher of the distillation term
+  float distill_weight = 1.f;  // λ of λ·KL(p_teacher ‖ p)
 
   template <class Self, class V>
   static void visit_fields(Self& c, V&& v) {
@@ -64,6 +69,10 @@ struct TrainConfig {
     v("max_bad_steps", c.max_bad_steps, "bad steps in a row before training stops");
     v("spike_factor", c.spike_factor, "a loss above this × its running mean is a bad step (0: off)");
     v("seed", c.seed, "batch sampling");
+    v("init_from", c.init_from, "run folder whose newest checkpoint the run starts from (its model, weights, moments, freeze mask)");
+    v("tokenizer", c.tokenizer, "sentencepiece model to encode the corpus with (empty: the corpus's own; init_from's when set)");
+    v("distill_from", c.distill_from, "run folder of the frozen teacher for output distillation (empty: none)");
+    v("distill_weight", c.distill_weight, "lambda of the distillation term lambda * KL(p_teacher || p)");
   }
   void validate() const;
   // The step training ends after: stop_after when set, else steps.

@@ -62,9 +62,32 @@ void check_shard_length(const TokenShard& s, int L, const std::string& corpus) {
        "; use a bigger corpus or set model.max_position_embeddings below " + std::to_string(s.size()));
 }
 
+// The teacher for train.distill_from must read the run's token ids as the run does: the same
+// vocabulary (checked from its config before anything is written) and the same tokenizer file.
+void check_teacher_config(const std::string& dir, const RunConfig& c) {
+  const RunConfig tc = read_checkpoint_config(dir);
+  if (tc.model.vocab_size != c.model.vocab_size)
+    fail("train.distill_from: " + dir + " has a vocabulary of " + std::to_string(tc.model.vocab_size) +
+         " tokens where this model has " + std::to_string(c.model.vocab_size) +
+         "; distil from a model trained with the same tokenizer (train.tokenizer)");
+  if (tc.model.max_position_embeddings < c.model.max_position_embeddings)
+    fail("train.distill_from: " + dir + " takes sequences of " + std::to_string(tc.model.max_position_embeddings) +
+         " tokens, fewer than this run's model.max_position_embeddings = " + std::to_string(c.model.max_position_embeddings));
+}
+
+// The teacher itself: its newest checkpoint, once its tokenizer is known to be the run's.
+LoadedRun load_teacher(const std::string& dir, const std::string& tokenizer) {
+  if (read_file(dir + "/tokenizer.model", "is " + dir + " a run folder?") != read_file(tokenizer, "prepare the corpus again"))
+    fail("train.distill_from: " + dir + "/tokenizer.model is another tokenizer than this run's (" + tokenizer +
+         "); its token ids mean other text, so distil from a model trained with the same tokenizer (train.tokenizer)");
+  return load_run(dir);
+}
+
 }  // namespace
 
-TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
+TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
+  // A run started from another run's checkpoint takes that run's model (a resumed one has it already).
+  const RunConfig c = opts.resume ? given : with_init_model(given);
   const TrainConfig& t = c.train;
   if (static_cast<int64_t>(t.batch_size) * c.model.max_position_embeddings > (int64_t{1} << 30))
     fail("train.batch_size × model.max_position_embeddings = " +
@@ -74,6 +97,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   // Parameters, their gradients and two Adam moments, plus the activations of one micro-batch.
   c.model.check_memory(16.0, 4.0 * T * (24.0 * c.model.hidden_size * c.model.num_hidden_layers + 3.0 * c.model.vocab_size),
                        "train");
+  if (!t.distill_from.empty()) check_teacher_config(t.distill_from, c);
   fs::create_directories(t.out);
   const FolderLock lock(t.out, "moe train");
   if (const int n = remove_temp_files(t.out))
@@ -85,7 +109,9 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     fail(t.out + " already holds a run (" + held + "); pass --resume to continue it, --overwrite to replace it, "
          "or set another train.out");
   }
-  const std::string data = prepare_corpus(t.corpus, t.data_dir, c.model.vocab_size, false);
+  // The corpus is encoded with train.tokenizer, else with the tokenizer of the run it starts from.
+  const std::string tokenizer = !t.tokenizer.empty() ? t.tokenizer : !t.init_from.empty() ? t.init_from + "/tokenizer.model" : "";
+  const std::string data = prepare_corpus(t.corpus, t.data_dir, c.model.vocab_size, false, 0, tokenizer);
   TokenShard train_shard(data + "/train.bin"), val_shard(data + "/val.bin");
   check_shard_length(train_shard, L, t.corpus);
   check_shard_length(val_shard, L, t.corpus);
@@ -104,7 +130,19 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   if (opts.resume) {
     st = load_checkpoint(t.out, model, &opt);
     std::printf("train: resumed %s at step %lld\n", t.out.c_str(), static_cast<long long>(st.step));
+  } else if (!t.init_from.empty()) {
+    // Weights, AdamW moments (and its step count) and the freeze mask; the schedule starts at 0.
+    const TrainState from = load_checkpoint(t.init_from, model, &opt);
+    st.optimizer_steps = from.optimizer_steps;
+    st.frozen = from.frozen;
+    std::printf("train: starting from %s (step %lld)%s\n", t.init_from.c_str(), static_cast<long long>(from.step),
+                st.frozen.empty() ? "" : ", with its frozen parameters");
   }
+  opt.set_freeze(st.frozen);
+  const int64_t n_frozen = frozen_param_count(st.frozen, model.params());
+  // The teacher of the distillation term: the frozen model of another run, on the same batches.
+  LoadedRun teacher;
+  if (!t.distill_from.empty()) teacher = load_teacher(t.distill_from, data + "/tokenizer.model");
   const int64_t start = st.step;
   write_run_config(t.out, c);
   write_file_atomic(t.out + "/tokenizer.model", read_file(data + "/tokenizer.model", "run `moe data --force`"));
@@ -113,6 +151,10 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
               t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
               static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
               static_cast<long long>(T) * t.grad_accum, peak);
+  if (n_frozen > 0 || teacher.model)
+    std::printf("train: %.2fM parameters frozen, %.2fM trained%s\n", static_cast<double>(n_frozen) / 1e6,
+                static_cast<double>(model.num_params() - n_frozen) / 1e6,
+                teacher.model ? (", distilling from " + t.distill_from + " with weight " + std::to_string(t.distill_weight)).c_str() : "");
   std::fflush(stdout);
   // Metrics: a resumed run keeps the lines of the steps before the checkpoint (rewritten atomically).
   const std::string metrics_path = t.out + "/metrics.jsonl";
@@ -155,15 +197,18 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
   for (int64_t step = start; step < end; ++step) {
     const auto t0 = clock_type::now();
     model.zero_grad();
-    double loss = 0.0, ce = 0.0;
+    double loss = 0.0, ce = 0.0, distill = 0.0;
     for (int micro = 0; micro < t.grad_accum; ++micro) {
       const uint64_t draw = static_cast<uint64_t>(step) * static_cast<uint64_t>(t.grad_accum) + static_cast<uint64_t>(micro);
       sample_batch(train_shard, B, L, t.seed, draw, tokens.data(), targets.data());
+      if (teacher.model) model.set_teacher(teacher.model->forward_logits(tokens.data(), B, L).data(), t.distill_weight);
       ce += model.forward(tokens.data(), targets.data(), B, L, true, draw) / t.grad_accum;
-      loss += (model.stats().ce + model.stats().aux) / t.grad_accum;
+      loss += (model.stats().ce + model.stats().aux + model.stats().distill) / t.grad_accum;
+      distill += model.stats().distill / t.grad_accum;
       model.backward();
     }
     if (t.grad_accum > 1) divide_grads(params, sparse, static_cast<float>(t.grad_accum));
+    if (n_frozen > 0) opt.mask_frozen_grads();
     const double gnorm = clip_grad_norm(params, t.grad_clip, sparse);
     const float lr = lr_at(t, step);
     const std::string bad = bad_step_reason(loss, gnorm, st.loss_ema, t.spike_factor);
@@ -189,6 +234,7 @@ TrainSummary train_model(const RunConfig& c, const TrainOptions& opts) {
     load_summary.clear();
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
                         {"tokens_per_s", tok_s}, {"mfu", mfu}, {"step_s", dt}};
+    if (teacher.model) j["distill"] = distill;
     j.update(model.metrics(&load_summary));
     if (!bad.empty()) j["skipped"] = bad;
     const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
