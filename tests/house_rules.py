@@ -28,6 +28,7 @@ ROOMS = {
     "infer": {"core", "nn", "model", "infer"},
     "train": {"core", "nn", "data", "model", "eval", "train"},
     "lab": {"core", "nn", "data", "model", "eval", "infer", "train", "lab"},
+    "lifelong": {"core", "nn", "data", "model", "eval", "infer", "train", "lifelong"},
 }
 
 # Each kind's names: in code (type names, members, enumerators; looked for with string contents left out)

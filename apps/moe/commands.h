@@ -16,5 +16,7 @@ void add_keys(CLI::App& app);      // moe keys
 void add_sweep(CLI::App& app);     // moe sweep
 void add_fit(CLI::App& app);       // moe fit
 void add_report(CLI::App& app);    // moe report
+void add_expand(CLI::App& app);    // moe expand
+void add_lifelong(CLI::App& app);  // moe lifelong
 
 }  // namespace moe::cli
