@@ -151,10 +151,12 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
               t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
               static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
               static_cast<long long>(T) * t.grad_accum, peak);
-  if (n_frozen > 0 || teacher.model)
-    std::printf("train: %.2fM parameters frozen, %.2fM trained%s\n", static_cast<double>(n_frozen) / 1e6,
-                static_cast<double>(model.num_params() - n_frozen) / 1e6,
-                teacher.model ? (", distilling from " + t.distill_from + " with weight " + std::to_string(t.distill_weight)).c_str() : "");
+  if (n_frozen > 0 || teacher.model) {
+    char distilling[64] = "";
+    if (teacher.model) std::snprintf(distilling, sizeof distilling, ", distilling with weight %g from ", static_cast<double>(t.distill_weight));
+    std::printf("train: %.2fM parameters frozen, %.2fM trained%s%s\n", static_cast<double>(n_frozen) / 1e6,
+                static_cast<double>(model.num_params() - n_frozen) / 1e6, distilling, teacher.model ? t.distill_from.c_str() : "");
+  }
   std::fflush(stdout);
   // Metrics: a resumed run keeps the lines of the steps before the checkpoint (rewritten atomically).
   const std::string metrics_path = t.out + "/metrics.jsonl";
