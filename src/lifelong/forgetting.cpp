@@ -26,7 +26,10 @@ std::string matrices_svg(const std::vector<ForgettingMatrix>& ms, const std::vec
   const size_t P = corpora.size();
   const int cell_w = 78, cell_h = 40, left = 96, top = 46, gap = 40;
   const int panel_w = left + cell_w * static_cast<int>(P);
-  const int W = 20 + static_cast<int>(ms.size()) * (panel_w + gap), H = top + cell_h * static_cast<int>(P) + 70;
+  // Panels two to a row.
+  const int cols = std::min<int>(2, static_cast<int>(ms.size())), rows = (static_cast<int>(ms.size()) + 1) / 2;
+  const int panel_h = top + cell_h * static_cast<int>(P) + 16;
+  const int W = 20 + cols * (panel_w + gap), H = rows * panel_h + 54;
   double fmax = 0.0;
   for (const ForgettingMatrix& m : ms)
     for (size_t p = 0; p < P; ++p)
@@ -50,16 +53,17 @@ std::string matrices_svg(const std::vector<ForgettingMatrix>& ms, const std::vec
     return std::string(c);
   };
   for (size_t s = 0; s < ms.size(); ++s) {
-    const int x0 = 20 + static_cast<int>(s) * (panel_w + gap);
-    std::snprintf(b, sizeof b, "<text x=\"%d\" y=\"20\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", x0, xml_escape(ms[s].strategy).c_str());
+    const int x0 = 20 + static_cast<int>(s % 2) * (panel_w + gap), y0 = static_cast<int>(s / 2) * panel_h;
+    std::snprintf(b, sizeof b, "<text x=\"%d\" y=\"%d\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", x0, y0 + 20,
+                  xml_escape(ms[s].strategy).c_str());
     o += b;
     for (size_t j = 0; j < P; ++j) {
       std::snprintf(b, sizeof b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", x0 + left + cell_w * static_cast<int>(j) + cell_w / 2,
-                    top - 6, xml_escape(corpora[j]).c_str());
+                    y0 + top - 6, xml_escape(corpora[j]).c_str());
       o += b;
     }
     for (size_t p = 0; p < P; ++p) {
-      const int y = top + cell_h * static_cast<int>(p);
+      const int y = y0 + top + cell_h * static_cast<int>(p);
       std::snprintf(b, sizeof b, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">after %s</text>\n", x0 + left - 6, y + cell_h / 2 + 4,
                     xml_escape(corpora[p]).c_str());
       o += b;
@@ -84,9 +88,9 @@ std::string matrices_svg(const std::vector<ForgettingMatrix>& ms, const std::vec
     }
   }
   std::snprintf(b, sizeof b,
-                "<text x=\"20\" y=\"%d\">Validation loss on each corpus (columns) after each phase (rows); below it, the forgetting "
-                "loss(after p) − loss(after its own phase). Bold: the corpus just trained on.</text>\n"
-                "<text x=\"20\" y=\"%d\">Red: forgot (up to %+.3f); green: improved.</text>\n</svg>\n",
+                "<text x=\"20\" y=\"%d\">Validation loss on each corpus (columns) after each phase (rows); bold: the corpus just "
+                "trained on.</text>\n<text x=\"20\" y=\"%d\">Below it, the forgetting: loss(after p) − loss(after its own phase); "
+                "red: forgot (up to %+.3f), green: improved.</text>\n</svg>\n",
                 H - 40, H - 22, fmax);
   o += b;
   return o;
