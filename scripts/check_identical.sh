@@ -53,7 +53,7 @@ for a, b in ((sys.argv[1], sys.argv[2]), (sys.argv[3], sys.argv[4])):
     if ta.keys() != tb.keys():
         bad.append(f"{a}: tensor names differ")
     bad += [f"{a}: {k} differs" for k in ta if k in tb and not same(ta[k], tb[k])]
-timing = ("tokens_per_s", "mfu")
+timing = ("tokens_per_s", "mfu", "step_s")
 def lines(path):
     return [{k: v for k, v in json.loads(l).items() if k not in timing} for l in open(path)]
 la, lb = lines(sys.argv[5]), lines(sys.argv[6])
