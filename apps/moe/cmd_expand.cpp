@@ -32,7 +32,7 @@ void add_expand(CLI::App& app) {
                 static_cast<double>(s.new_params) / 1e6);
     std::printf("frozen (--freeze %s): %.3fM parameters; trainable: %.3fM\n", name_of(o.freeze),
                 static_cast<double>(s.frozen) / 1e6, static_cast<double>(s.new_params - s.frozen) / 1e6);
-    std::printf("written to %s; train it with `moe train --config ... --init-from %s`\n", out.c_str(), out.c_str());
+    std::printf("written to %s; train it with `moe train --init-from %s --set train.corpus=...`\n", out.c_str(), out.c_str());
   });
 }
 
