@@ -343,6 +343,7 @@ void run_lifelong(const LifelongPlan& plan) {
                   resume ? "resuming" : "training", plan.steps, what.c_str());
       std::fflush(stdout);
       train_model(c, {.resume = resume, .overwrite = !resume});
+      evals.erase(dir);  // evaluations of an earlier run in this folder no longer hold
     }
     // Validation loss on every corpus seen so far (kept in lifelong.json: a rerun does not redo it).
     bool missing = false;
