@@ -216,6 +216,17 @@ std::pair<std::string, std::string> split_train_val(const std::string& text) {
   return {train, val};
 }
 
+std::string line_block_sample(const std::string& text, size_t every) {
+  std::string out;
+  size_t start = 0, lines = 0, block = 0;
+  for (size_t i = 0; i < text.size(); ++i)
+    if (text[i] == '\n' && ++lines % 64 == 0) {
+      if (block++ % every == 0) out.append(text, start, i + 1 - start);
+      start = i + 1;
+    }
+  return out;
+}
+
 namespace {
 
 // FNV-1a, 64 bits: the content fingerprint of a file corpus.
@@ -266,15 +277,7 @@ namespace {
 // blocks of 64 lines, down to about 8 MB, so that its tokenizer sees all of it.
 std::string tokenizer_sample(const std::string& train) {
   if (train.size() <= (32u << 20)) return train;
-  const size_t want = 8u << 20, every = train.size() / want;  // keep one block of every `every`
-  std::string out;
-  size_t start = 0, lines = 0, block = 0;
-  for (size_t i = 0; i < train.size(); ++i)
-    if (train[i] == '\n' && ++lines % 64 == 0) {
-      if (block++ % every == 0) out.append(train, start, i + 1 - start);
-      start = i + 1;
-    }
-  return out;
+  return line_block_sample(train, train.size() / (8u << 20));
 }
 
 // Splits text into pieces of about `bytes`, each ending at a line end.

@@ -44,6 +44,9 @@ std::string corpus_text(const std::string& name, int max_mb = 0);
 std::string corpus_prompt(const std::string& name);
 // Split text into (train, val) by blocks of lines, deterministically.
 std::pair<std::string, std::string> split_train_val(const std::string& text);
+// An even sample of text: the first of every `every` blocks of 64 lines, in order (the trailing lines
+// after the last whole block are left out). What a tokenizer is trained on when a text is too big.
+std::string line_block_sample(const std::string& text, size_t every);
 
 // Prepares DIR/<corpus>/ as described above; prints progress lines. Returns the folder.
 // max_mb > 0 replaces the corpus's default cap (for the corpora that have one). A tokenizer (the path

@@ -114,18 +114,10 @@ bool corpus_present(const std::string& name) {
   }
 }
 
-// An even sample of about `bytes` of text, in blocks of 64 lines.
+// An even sample of at most about `bytes` of text, in blocks of 64 lines.
 std::string even_sample(const std::string& text, size_t bytes) {
   if (text.size() <= bytes) return text;
-  const size_t every = text.size() / bytes + 1;
-  std::string out;
-  size_t start = 0, lines = 0, block = 0;
-  for (size_t i = 0; i < text.size(); ++i)
-    if (text[i] == '\n' && ++lines % 64 == 0) {
-      if (block++ % every == 0) out.append(text, start, i + 1 - start);
-      start = i + 1;
-    }
-  return out;
+  return line_block_sample(text, text.size() / bytes + 1);
 }
 
 // The joint tokenizer of the phases: trained on an even sample of tokenizer_mb MB of each corpus's
