@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 
-MOE = sys.argv[1]
+from cli_helpers import MOE, one_line_error, run
+
 TIMING = {"wall_clock_s", "tokens_per_s"}  # measured, not computed: they differ between any two runs
 
 
@@ -53,13 +54,6 @@ def sweep_file(tmp, steps, experts, extra_grid=""):
 [grid]
 "model.num_local_experts" = {experts}
 {extra_grid}"""
-
-
-def run(args, check=True, **kw):
-    r = subprocess.run([MOE] + args, capture_output=True, text=True, **kw)
-    if check and r.returncode != 0:
-        sys.exit(f"FAIL: moe {' '.join(args)} exited {r.returncode}: {r.stderr.strip()}")
-    return r
 
 
 def rows(path):
@@ -150,13 +144,6 @@ def report_render(tmp):
     assert size == (1280, 2600), size
     assert blue > 2000 and red > 300 and dark > 200, f"charts not drawn: blue {blue}, red {red}, dark red {dark} pixels"
     print(f"report-render: {out.strip()}; screenshot {size[0]}x{size[1]}: {blue} blue, {red} red, {dark} heatmap pixels")
-
-
-def one_line_error(args, expect):
-    r = run(args, check=False)
-    err = r.stderr.strip()
-    assert r.returncode == 1, f"moe {' '.join(args)}: exit {r.returncode}, stderr {err}"
-    assert err.count("\n") == 0 and expect in err, f"moe {' '.join(args)}: {err!r} lacks {expect!r}"
 
 
 def bad_input(tmp):

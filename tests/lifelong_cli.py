@@ -26,7 +26,7 @@ import tempfile
 import time
 from array import array
 
-MOE = sys.argv[1]
+from cli_helpers import MOE, one_line_error, run
 TINY = ["model.vocab_size=320", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
         "model.intermediate_size=64", "model.max_position_embeddings=16", "model.moe_intermediate_size=32",
         "model.num_local_experts=4", "train.batch_size=4", "train.eval_every=5", "train.eval_windows=8",
@@ -40,13 +40,6 @@ def text(words, lines, seed):
 
 PROSE = ["the", "expert", "router", "token", "loss", "gate", "layer", "of", "and", "to", "mixture", "balance"]
 CODE = ["int", "char", "void", "return", "struct", "if", "else", "for", "while", "{", "}", ";", "(", ")", "x", "0"]
-
-
-def run(args, check=True):
-    r = subprocess.run([MOE] + args, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        sys.exit(f"FAIL: moe {' '.join(args)} exited {r.returncode}: {r.stderr.strip()}")
-    return r
 
 
 def train(tmp, out, corpus, extra, model=True):
@@ -134,13 +127,6 @@ def expand_resume(tmp):
     assert g_model[q][1] != t_model[q][1], "attention (trainable by default) did not move"
     print(f"expand-resume: {checked} frozen tensors and their moments bit-identical, new rows moved; "
           "10 steps == 5 + resume 5 byte for byte; distillation logged")
-
-
-def one_line_error(args, expect):
-    r = run(args, check=False)
-    err = r.stderr.strip()
-    assert r.returncode == 1, f"moe {' '.join(args)}: exit {r.returncode}, stderr {err}"
-    assert err.count("\n") == 0 and expect in err, f"moe {' '.join(args)}: {err!r} lacks {expect!r}"
 
 
 def snapshot(d):

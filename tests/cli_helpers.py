@@ -1,0 +1,22 @@
+"""What the end-to-end CLI tests (lab_cli.py, lifelong_cli.py) share: the `moe` binary given as their
+first argument, running it, and checking a refusal."""
+import subprocess
+import sys
+
+MOE = sys.argv[1]
+
+
+def run(args, check=True, **kw):
+    """`moe ARGS` with its output captured; a non-zero exit ends the test when check."""
+    r = subprocess.run([MOE] + args, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        sys.exit(f"FAIL: moe {' '.join(args)} exited {r.returncode}: {r.stderr.strip()}")
+    return r
+
+
+def one_line_error(args, expect):
+    """`moe ARGS` is refused: exit 1 and a one-line error holding `expect`."""
+    r = run(args, check=False)
+    err = r.stderr.strip()
+    assert r.returncode == 1, f"moe {' '.join(args)}: exit {r.returncode}, stderr {err}"
+    assert err.count("\n") == 0 and expect in err, f"moe {' '.join(args)}: {err!r} lacks {expect!r}"
