@@ -33,7 +33,9 @@ nlohmann::json freeze_to_json(const FreezeMask& m) {
 FreezeMask freeze_from_json(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) fail(where + ": \"frozen\" must be an object of parameter names; the checkpoint is damaged");
   FreezeMask m;
-  for (const auto& [name, ranges] : j.items()) {
+  for (const auto& item : j.items()) {
+    const std::string& name = item.key();  // a plain name, not a structured binding: clang 14 cannot capture those
+    const nlohmann::json& ranges = item.value();
     auto bad = [&] { fail(where + ": frozen rows of '" + name + "' must be [[begin, end], ...] with 0 <= begin < end; the checkpoint is damaged"); };
     if (!ranges.is_array()) bad();
     for (const auto& r : ranges) {
