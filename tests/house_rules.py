@@ -29,6 +29,7 @@ ROOMS = {
     "train": {"core", "nn", "data", "model", "eval", "train"},
     "lab": {"core", "nn", "data", "model", "eval", "infer", "train", "lab"},
     "lifelong": {"core", "nn", "data", "model", "eval", "infer", "train", "lifelong"},
+    "interop": {"core", "nn", "data", "model", "eval", "infer", "train", "interop"},
 }
 
 # Each kind's names: in code (type names, members, enumerators; looked for with string contents left out)

@@ -1,4 +1,5 @@
-// cmd_eval.cpp — `moe eval`: validation loss and perplexity of a checkpoint on a corpus.
+// cmd_eval.cpp — `moe eval`: validation loss and perplexity of a checkpoint on a corpus, or with --ids
+// the mean next-token cross-entropy of given token ids (to compare with another implementation).
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -7,17 +8,21 @@
 #include "apps/moe/commands.h"
 #include "apps/moe/common.h"
 #include "eval/evaluate.h"
+#include "interop/scoring.h"
 
 namespace moe::cli {
 
 void add_eval(CLI::App& app) {
-  static std::string ckpt, corpus;
+  static std::string ckpt, corpus, ids;
   static int windows = 256, threads = 0;
   static bool json = false, allow_nonfinite = false;
   auto* cmd = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint");
   cmd->add_option("--ckpt", ckpt, "Checkpoint folder (train.out of a run)")->required();
   cmd->add_option("--corpus", corpus, "Corpus to evaluate on: " + corpus_choices() + " (default: the one it trained on)");
-  cmd->add_flag("--json", json, "Print one JSON object: checkpoint, step, corpus, windows, val_loss, perplexity");
+  cmd->add_option("--ids", ids, "Score these token ids instead (whitespace-separated integers, one sequence per line)")
+      ->excludes("--corpus");
+  cmd->add_flag("--json", json, "Print one JSON object: checkpoint, step, corpus, windows, val_loss, perplexity "
+                                "(with --ids: ids, sequences, predictions, mean_ce, perplexity)");
   cmd->add_option("--windows", windows, "Validation windows")->check(CLI::PositiveNumber);
   add_threads(cmd, threads);
   add_allow_nonfinite(cmd, allow_nonfinite);
@@ -25,6 +30,18 @@ void add_eval(CLI::App& app) {
     apply_threads(threads);
     LoadedRun run = load_run(ckpt, allow_nonfinite);
     const RunConfig& c = run.cfg;
+    if (!ids.empty()) {
+      const IdsScore s = score_ids(*run.model, read_token_ids(ids, c.model.vocab_size));
+      if (json) {
+        const nlohmann::json j = {{"ckpt", step_dir(ckpt, run.state.step)}, {"ids", ids}, {"sequences", s.sequences},
+                                  {"predictions", s.predictions}, {"mean_ce", s.mean_ce}, {"perplexity", std::exp(s.mean_ce)}};
+        std::printf("%s\n", j.dump().c_str());
+        return;
+      }
+      std::printf("%s on %s: mean next-token cross-entropy %.17g over %lld predictions in %d sequence(s)  perplexity %.6g\n",
+                  ckpt.c_str(), ids.c_str(), s.mean_ce, static_cast<long long>(s.predictions), s.sequences, std::exp(s.mean_ce));
+      return;
+    }
     const std::string name = corpus.empty() ? c.train.corpus : corpus;
     TokenShard val(checkpoint_val_shard(ckpt, c, name));
     const double loss = evaluate(*run.model, val, c.model.max_position_embeddings, windows, c.train.batch_size);

@@ -20,7 +20,7 @@ namespace {
 void print_sizes(const TransformerLM& m, int64_t frozen) {
   const ModelConfig& c = m.cfg;
   std::printf("model: %d layers, d=%d, %d heads (%d kv), vocab %d, context %d, ffn %s\n", c.num_hidden_layers,
-              c.hidden_size, c.num_attention_heads, c.attention().kv_heads(), c.vocab_size, c.max_position_embeddings,
+              c.hidden_size, c.num_attention_heads, c.attention().kv_heads(), c.vocab_size, c.context(),
               name_of(c.ffn));
   if (const std::string ffn = c.describe_ffn(); !ffn.empty()) std::printf("%s\n", ffn.c_str());
   const double total = static_cast<double>(m.num_params()), active = static_cast<double>(m.num_active_params());
@@ -37,7 +37,7 @@ nlohmann::json sizes_json(const TransformerLM& m, int64_t frozen) {
   const ModelConfig& c = m.cfg;
   nlohmann::json j = {{"layers", c.num_hidden_layers}, {"hidden_size", c.hidden_size}, {"heads", c.num_attention_heads},
                       {"kv_heads", c.attention().kv_heads()}, {"vocab_size", c.vocab_size},
-                      {"context", c.max_position_embeddings}, {"ffn", name_of(c.ffn)}, {"sparse_blocks", c.sparse_blocks()},
+                      {"context", c.context()}, {"ffn", name_of(c.ffn)}, {"sparse_blocks", c.sparse_blocks()},
                       {"params", m.num_params()}, {"active_params", m.num_active_params()},
                       {"embedding_params", m.num_embedding_params()}, {"flops_per_token", m.flops_per_token()}};
   j.update(c.ffn_json());

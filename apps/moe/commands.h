@@ -18,5 +18,7 @@ void add_fit(CLI::App& app);       // moe fit
 void add_report(CLI::App& app);    // moe report
 void add_expand(CLI::App& app);    // moe expand
 void add_lifelong(CLI::App& app);  // moe lifelong
+void add_import(CLI::App& app);    // moe import
+void add_logits(CLI::App& app);    // moe logits
 
 }  // namespace moe::cli

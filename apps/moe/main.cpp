@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   moe::cli::add_report(app);
   moe::cli::add_expand(app);
   moe::cli::add_lifelong(app);
+  moe::cli::add_import(app);
+  moe::cli::add_logits(app);
   // Exit codes: 0 done, 1 an error of the input or the run (one line naming the field and the fix),
   // 2 a usage error of the command line.
   try {

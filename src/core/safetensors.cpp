@@ -64,7 +64,6 @@ static float half_to_float(uint16_t h) {
   return f;
 }
 
-namespace {
 // The file mapped read-only (the tensors are converted straight from it: no second copy in memory).
 struct MappedFile {
   const char* data = nullptr;
@@ -101,10 +100,8 @@ struct MappedFile {
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
 };
-}  // namespace
 
-std::map<std::string, std::string> parse_safetensors(const char* buf, size_t size, const std::string& where,
-                                                     const TensorDest& dest, const ReadDone& done) {
+SafetensorsHeader parse_safetensors_header(const char* buf, size_t size, const std::string& where) {
   if (size < 8) fail(where + " is truncated (" + std::to_string(size) + " bytes, no header length)");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(buf[i])) << (8 * i);
@@ -113,66 +110,94 @@ std::map<std::string, std::string> parse_safetensors(const char* buf, size_t siz
   if (header.is_discarded()) fail(where + " has a corrupt JSON header (not valid JSON); the file is damaged, write it again");
   if (!header.is_object()) fail(where + " has a header that is not a JSON object; the file is damaged, write it again");
   const size_t data_start = 8 + n, data_size = size - data_start;
-  std::map<std::string, std::string> metadata;
+  SafetensorsHeader out;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string entry = where + ": tensor '" + it.key() + "'";
     if (it.key() == "__metadata__") {
       if (!it->is_object()) fail(where + ": __metadata__ is not a JSON object of strings; the file is damaged");
       for (auto m = it->begin(); m != it->end(); ++m)
-        metadata[m.key()] = m->is_string() ? m->get<std::string>() : m->dump();
+        out.metadata[m.key()] = m->is_string() ? m->get<std::string>() : m->dump();
       continue;
     }
     const json& e = *it;
     if (!e.is_object() || !e.contains("dtype") || !e["dtype"].is_string() || !e.contains("shape") ||
         !e["shape"].is_array() || !e.contains("data_offsets") || !e["data_offsets"].is_array())
       fail(entry + " has a malformed header entry (needs dtype, shape and data_offsets); the file is damaged");
-    const std::string dtype = e["dtype"].get<std::string>();
-    const size_t esize = dtype == "F32" ? 4 : dtype == "F64" ? 8 : (dtype == "F16" || dtype == "BF16") ? 2 : 0;
-    if (esize == 0) fail(entry + " has dtype " + dtype + "; F32, F64, F16 and BF16 are supported");
-    std::vector<int64_t> shape;
-    size_t numel = 1;
+    SafetensorsEntry t;
+    t.dtype = e["dtype"].get<std::string>();
+    const size_t esize = dtype_bytes(t.dtype);
+    if (esize == 0) fail(entry + " has dtype " + t.dtype + "; F32, F64, F16 and BF16 are supported");
     for (const json& d : e["shape"]) {
       if (!d.is_number_unsigned() || d.get<uint64_t>() > (uint64_t{1} << 40))
         fail(entry + " has a shape entry " + d.dump() + " that is not a size; the file is damaged");
       const size_t v = d.get<size_t>();
-      if (v != 0 && numel > (size_t{1} << 48) / v) fail(entry + " has a shape too large for any file; the file is damaged");
-      numel *= v;
-      shape.push_back(static_cast<int64_t>(v));
+      if (v != 0 && t.numel > (size_t{1} << 48) / v) fail(entry + " has a shape too large for any file; the file is damaged");
+      t.numel *= v;
+      t.shape.push_back(static_cast<int64_t>(v));
     }
     const json& o = e["data_offsets"];
     if (o.size() != 2 || !o[0].is_number_unsigned() || !o[1].is_number_unsigned())
       fail(entry + " has data_offsets that are not two sizes; the file is damaged");
     const uint64_t b = o[0].get<uint64_t>(), f = o[1].get<uint64_t>();
-    if (f < b || f > data_size || f - b != numel * esize)
+    if (f < b || f > data_size || f - b != t.numel * esize)
       fail(entry + " has data_offsets outside the file or not matching its shape (truncated or corrupt file)");
-    Tensor* dst = dest(it.key(), shape);
-    if (!dst) continue;
-    Tensor& t = *dst;
-    MOE_CHECK(t.numel() == numel, entry + " read into a tensor of another size");
-    const char* src = buf + data_start + b;
-    if (dtype == "F32") {
-      if (numel) std::memcpy(t.data(), src, 4 * numel);
-      if (done) done(src, 4 * numel);
-      continue;
-    }
-    for (size_t i = 0; i < numel; ++i) {
-      if (dtype == "F64") {
-        double d;
-        std::memcpy(&d, src + 8 * i, 8);
-        t[i] = static_cast<float>(d);
+    t.data = buf + data_start + b;
+    out.tensors.emplace(it.key(), std::move(t));
+  }
+  return out;
+}
+
+size_t dtype_bytes(const std::string& dtype) {
+  return dtype == "F32" ? 4 : dtype == "F64" ? 8 : (dtype == "F16" || dtype == "BF16") ? 2 : 0;
+}
+
+void convert_to_float(const SafetensorsEntry& e, size_t begin, size_t count, float* dst) {
+  MOE_CHECK(begin + count <= e.numel, "safetensors: a read past the end of a tensor");
+  const size_t es = dtype_bytes(e.dtype);
+  const char* src = e.data + begin * es;
+  if (e.dtype == "F32") {
+    if (count) std::memcpy(dst, src, 4 * count);
+    return;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    if (e.dtype == "F64") {
+      double d;
+      std::memcpy(&d, src + 8 * i, 8);
+      dst[i] = static_cast<float>(d);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      if (e.dtype == "F16") {
+        dst[i] = half_to_float(h);
       } else {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        if (dtype == "F16") {
-          t[i] = half_to_float(h);
-        } else {
-          uint32_t bits = static_cast<uint32_t>(h) << 16;
-          std::memcpy(&t[i], &bits, 4);
-        }
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        std::memcpy(&dst[i], &bits, 4);
       }
     }
   }
-  return metadata;
+}
+
+std::map<std::string, std::string> parse_safetensors(const char* buf, size_t size, const std::string& where,
+                                                     const TensorDest& dest, const ReadDone& done) {
+  const SafetensorsHeader h = parse_safetensors_header(buf, size, where);
+  for (const auto& [name, e] : h.tensors) {
+    Tensor* dst = dest(name, e.shape);
+    if (!dst) continue;
+    MOE_CHECK(dst->numel() == e.numel, where + ": tensor '" + name + "' read into a tensor of another size");
+    convert_to_float(e, 0, e.numel, dst->data());
+    if (done) done(e.data, e.numel * dtype_bytes(e.dtype));
+  }
+  return h.metadata;
+}
+
+MappedSafetensors::MappedSafetensors(const std::string& path) : file_(std::make_unique<MappedFile>(path)) {
+  header_ = parse_safetensors_header(file_->data, file_->size, "safetensors file " + path);
+}
+
+MappedSafetensors::~MappedSafetensors() = default;
+
+void MappedSafetensors::release(const SafetensorsEntry& e) const {
+  file_->release(e.data, e.numel * dtype_bytes(e.dtype));
 }
 
 std::map<std::string, std::string> load_safetensors_into(const std::string& path, const TensorDest& dest) {

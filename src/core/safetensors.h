@@ -5,6 +5,7 @@
 #pragma once
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,5 +37,37 @@ std::map<std::string, std::string> load_safetensors_into(const std::string& path
 using ReadDone = std::function<void(const char*, size_t)>;
 std::map<std::string, std::string> parse_safetensors(const char* buf, size_t size, const std::string& where,
                                                      const TensorDest& dest, const ReadDone& done = {});
+
+// One tensor of a file in memory: its dtype (F32, F64, F16, BF16), shape and raw bytes.
+struct SafetensorsEntry {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  size_t numel = 1;
+  const char* data = nullptr;
+};
+struct SafetensorsHeader {
+  std::map<std::string, SafetensorsEntry> tensors;
+  std::map<std::string, std::string> metadata;
+};
+// The header of a file in memory, every entry checked against the buffer (as parse_safetensors does).
+SafetensorsHeader parse_safetensors_header(const char* buf, size_t size, const std::string& where);
+size_t dtype_bytes(const std::string& dtype);  // 0 for a dtype not read here
+// Elements [begin, begin + count) of the tensor, as floats.
+void convert_to_float(const SafetensorsEntry& e, size_t begin, size_t count, float* dst);
+
+struct MappedFile;
+// A safetensors file mapped read-only with its header parsed: tensors are read from it on demand
+// (a checkpoint's shards of many gigabytes cost no memory until read, and release() gives pages back).
+class MappedSafetensors {
+ public:
+  explicit MappedSafetensors(const std::string& path);  // throws moe::Error naming the file
+  ~MappedSafetensors();
+  const SafetensorsHeader& header() const { return header_; }
+  void release(const SafetensorsEntry& e) const;  // done with e: its pages leave the resident set
+
+ private:
+  std::unique_ptr<MappedFile> file_;
+  SafetensorsHeader header_;
+};
 
 }  // namespace moe

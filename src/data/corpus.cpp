@@ -355,6 +355,10 @@ size_t encode_to_shard(const Tokenizer& tok, const std::string& text, const std:
 
 std::string prepare_corpus(const std::string& name, const std::string& dir, int vocab_size, bool force, int max_mb,
                            const std::string& tokenizer) {
+  if (vocab_size > 65536)
+    fail("model.vocab_size = " + std::to_string(vocab_size) +
+         ": token shards hold uint16 ids, so a corpus can be prepared for vocabularies of at most 65536; such a model "
+         "runs (eval --ids, logits, generate) but is not trained here");
   std::string text;
   nlohmann::json source = corpus_source(name, max_mb, &text);
   // A file corpus gets a folder named after the file and its absolute path.

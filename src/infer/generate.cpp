@@ -12,7 +12,7 @@ namespace moe {
 std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
                               const std::function<void(int32_t, const BlockExperts&)>& on_token) {
   std::vector<int32_t> seq = prompt;
-  const int V = model.cfg.vocab_size, maxL = model.cfg.max_position_embeddings;
+  const int V = model.cfg.vocab_size, maxL = model.cfg.context();
   std::vector<float> p(static_cast<size_t>(V));
   std::vector<int32_t> idx(static_cast<size_t>(V));
   // Prefill the KV cache with the prompt (its last maxL − 1 tokens), then one token at a time; when the

@@ -74,11 +74,7 @@ ModelConfig::ScalingShape ModelConfig::scaling_shape() const {
   return {};
 }
 
-int64_t ModelConfig::attention_params() const {
-  const int64_t d = hidden_size, hd = attention().hd();
-  const int64_t H = num_attention_heads, KV = attention().kv_heads();
-  return d * H * hd * 2 + d * KV * hd * 2;
-}
+int64_t ModelConfig::attention_params() const { return attention().num_params(); }
 
 AttentionConfig ModelConfig::attention() const {
   AttentionConfig a;
@@ -86,6 +82,11 @@ AttentionConfig ModelConfig::attention() const {
   a.num_attention_heads = num_attention_heads;
   a.num_key_value_heads = num_key_value_heads;
   a.rope_theta = rope_theta;
+  a.head_dim = head_dim;
+  a.bias = attention_bias;
+  a.qk_norm = qk_norm;
+  a.norm_eps = rms_norm_eps;
+  a.attention_multiplier = attention_multiplier;
   return a;
 }
 
@@ -114,11 +115,17 @@ void ModelConfig::validate() const {
   check.positive("num_hidden_layers", num_hidden_layers);
   check.positive("intermediate_size", intermediate_size);
   check.positive("max_position_embeddings", max_position_embeddings);
-  check.at_most("vocab_size", vocab_size, 65536, " (token shards hold uint16 ids)");
+  check.at_most("vocab_size", vocab_size, 1 << 24, "; choose a smaller vocabulary");
   check.at_most("hidden_size", hidden_size, 1 << 16, "; choose a smaller width");
   check.at_most("num_hidden_layers", num_hidden_layers, 1 << 12, "; choose fewer blocks");
   check.at_most("intermediate_size", intermediate_size, 1 << 20, "; choose a smaller width");
   check.at_most("max_position_embeddings", max_position_embeddings, 1 << 20, "; choose a shorter context");
+  check.require(context_length >= 0 && context_length <= (1 << 22),
+                "context_length = " + std::to_string(context_length) + " must be in [0, 4194304] (0: max_position_embeddings)");
+  check.require(head_dim >= 0, "head_dim = " + std::to_string(head_dim) + " must be >= 0 (0: hidden_size / num_attention_heads)");
+  check.positive("embedding_multiplier", embedding_multiplier);
+  check.positive("residual_multiplier", residual_multiplier);
+  check.positive("logits_scaling", logits_scaling);
   if (ffn == FfnKind::moe) {
     check.at_most("num_local_experts × granularity", static_cast<int64_t>(moe.num_local_experts) * moe.granularity,
                   1 << 20, "; choose fewer experts");

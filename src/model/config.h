@@ -31,8 +31,18 @@ struct ModelConfig {
   int num_key_value_heads = 0;       // 0: num_attention_heads
   int intermediate_size = 512;       // width of the dense SwiGLU FFN
   int max_position_embeddings = 128; // training sequence length
+  int context_length = 0;            // longest sequence at inference (0: max_position_embeddings)
+  int head_dim = 0;                  // 0: hidden_size / num_attention_heads
   float rms_norm_eps = 1e-5f;
   float rope_theta = 10000.f;
+  bool attention_bias = false;       // Qwen2: q/k/v projections with biases
+  QkNorm qk_norm = QkNorm::none;     // Qwen3-MoE: head; OLMoE: full
+  // GraniteMoE's scales: x₀ = m_e·embed, x ← x + m_r·f(x) for attention and FFN, scores scaled by
+  // m_a (0: 1/√head_dim), logits divided by logits_scaling.
+  float embedding_multiplier = 1.f;
+  float residual_multiplier = 1.f;
+  float attention_multiplier = 0.f;
+  float logits_scaling = 1.f;
   bool tie_word_embeddings = false;
   float initializer_range = 0.02f;
   FfnKind ffn = FfnKind::moe;
@@ -69,8 +79,16 @@ struct ModelConfig {
     v("num_key_value_heads", c.num_key_value_heads, "key/value heads for grouped-query attention (0: as many as heads)");
     v("intermediate_size", c.intermediate_size, "width of the dense SwiGLU FFN");
     v("max_position_embeddings", c.max_position_embeddings, "training sequence length");
+    v("context_length", c.context_length, "longest sequence at inference (0: max_position_embeddings)");
+    v("head_dim", c.head_dim, "width of one attention head (0: hidden_size / num_attention_heads)");
     v("rms_norm_eps", c.rms_norm_eps, "RMSNorm epsilon");
     v("rope_theta", c.rope_theta, "RoPE base");
+    v("attention_bias", c.attention_bias, "q/k/v projections with biases (Qwen2)");
+    v("qk_norm", c.qk_norm, "RMSNorm of q and k before RoPE: per head (Qwen3) or over the projection (OLMoE)");
+    v("embedding_multiplier", c.embedding_multiplier, "GraniteMoE: the token embedding scaled by it");
+    v("residual_multiplier", c.residual_multiplier, "GraniteMoE: each block's attention and FFN output scaled by it");
+    v("attention_multiplier", c.attention_multiplier, "GraniteMoE: attention score scale (0: 1/sqrt(head_dim))");
+    v("logits_scaling", c.logits_scaling, "GraniteMoE: logits divided by it");
     v("tie_word_embeddings", c.tie_word_embeddings, "the LM head shares the token embedding");
     v("initializer_range", c.initializer_range, "std of the normal initialisation");
     v("ffn", c.ffn, "FFN of the sparse blocks (the others are dense)");
@@ -103,7 +121,8 @@ struct ModelConfig {
   };
   ScalingShape scaling_shape() const;
   AttentionConfig attention() const;
-  int64_t attention_params() const;      // of one block: W_q, W_k, W_v, W_o
+  int64_t attention_params() const;      // of one block: W_q, W_k, W_v, W_o, biases, QK-norm weights
+  int context() const { return context_length > 0 ? context_length : max_position_embeddings; }
   MoeConfig moe_layer(int layer) const;  // moe with hidden_size, vocab_size, seed and layer_id filled in
   PeerConfig peer_layer(int layer) const;
   void validate() const;                 // throws moe::Error naming the field

@@ -28,6 +28,12 @@ std::unique_ptr<Ffn> make_ffn(const ModelConfig& c, int layer, ParamInit init) {
                                     c.moe.precision == Precision::bf16);
 }
 
+// t ← s·t (nothing to do at s = 1, the usual case).
+void scale_in_place(Tensor& t, float s) {
+  if (s == 1.f) return;
+  for (size_t i = 0; i < t.numel(); ++i) t[i] *= s;
+}
+
 }  // namespace
 
 TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
@@ -64,6 +70,15 @@ std::vector<Param> TransformerLM::params() {
     out.push_back({p + "self_attn.k_proj.weight", &b.attn.wk, &b.attn.dwk});
     out.push_back({p + "self_attn.v_proj.weight", &b.attn.wv, &b.attn.dwv});
     out.push_back({p + "self_attn.o_proj.weight", &b.attn.wo, &b.attn.dwo});
+    if (cfg.attention_bias) {
+      out.push_back({p + "self_attn.q_proj.bias", &b.attn.bq, &b.attn.dbq});
+      out.push_back({p + "self_attn.k_proj.bias", &b.attn.bk, &b.attn.dbk});
+      out.push_back({p + "self_attn.v_proj.bias", &b.attn.bv, &b.attn.dbv});
+    }
+    if (cfg.qk_norm != QkNorm::none) {
+      out.push_back({p + "self_attn.q_norm.weight", &b.attn.q_norm.w, &b.attn.q_norm.dw});
+      out.push_back({p + "self_attn.k_norm.weight", &b.attn.k_norm.w, &b.attn.k_norm.dw});
+    }
     out.push_back({p + "post_attention_layernorm.weight", &b.ffn_norm.w, &b.ffn_norm.dw});
     b.ffn->collect_params(out, p + "mlp.");
   }
@@ -122,9 +137,8 @@ void TransformerLM::zero_grad() {
 }
 
 void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint64_t step) {
-  MOE_CHECK(L <= cfg.max_position_embeddings,
-            "model: sequence of " + std::to_string(L) + " tokens is longer than max_position_embeddings = " +
-                std::to_string(cfg.max_position_embeddings));
+  MOE_CHECK(L <= cfg.context(), "model: sequence of " + std::to_string(L) + " tokens is longer than the context of " +
+                                     std::to_string(cfg.context()) + " (model.context_length)");
   const int T = B * L, d = cfg.hidden_size, V = cfg.vocab_size;
   tokens_ = tokens;
   B_ = B;
@@ -136,17 +150,19 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
     for (Tensor* t : {&b.x_in, &b.h_attn, &b.x_mid, &b.h_ffn, &b.tmp}) t->resize({T, d});
     if (l == 0) {
       embed.forward(tokens, T, b.x_in.data());
+      scale_in_place(b.x_in, cfg.embedding_multiplier);
     } else {
       std::memcpy(b.x_in.data(), x->data(), sizeof(float) * T * d);
     }
     b.attn_norm.forward(b.x_in.data(), T, b.h_attn.data());
     b.attn.forward(b.h_attn.data(), B, L, b.tmp.data());
-    for (size_t i = 0; i < b.x_mid.numel(); ++i) b.x_mid[i] = b.x_in[i] + b.tmp[i];
+    const float rm = cfg.residual_multiplier;
+    for (size_t i = 0; i < b.x_mid.numel(); ++i) b.x_mid[i] = b.x_in[i] + rm * b.tmp[i];
     b.ffn_norm.forward(b.x_mid.data(), T, b.h_ffn.data());
     b.ffn->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L, tokens, false});
     stats_.aux += b.ffn->loss();
     // The block's output overwrites tmp: x_out of block l = x_mid + ffn.
-    for (size_t i = 0; i < b.tmp.numel(); ++i) b.tmp[i] += b.x_mid[i];
+    for (size_t i = 0; i < b.tmp.numel(); ++i) b.tmp[i] = b.x_mid[i] + rm * b.tmp[i];
     x = &b.tmp;
   }
   x_out = *x;
@@ -154,7 +170,7 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
   final_norm.forward(x_out.data(), T, h_final.data());
   logits.resize({T, V});
   const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
-  sgemm(false, true, T, V, d, 1.f, h_final.data(), d, head, d, 0.f, logits.data(), V);
+  sgemm(false, true, T, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
 }
 
 double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int B, int L, bool training,
@@ -196,23 +212,25 @@ void TransformerLM::reset_cache() {
 
 const float* TransformerLM::decode(const int32_t* tokens, int n) {
   if (caches_.size() != blocks.size()) reset_cache();
-  const int d = cfg.hidden_size, V = cfg.vocab_size, maxL = cfg.max_position_embeddings;
+  const int d = cfg.hidden_size, V = cfg.vocab_size, maxL = cfg.context();
+  const float rm = cfg.residual_multiplier;
   Tensor x({n, d}), h({n, d}), f({n, d});
   embed.forward(tokens, n, x.data());
+  scale_in_place(x, cfg.embedding_multiplier);
   for (size_t l = 0; l < blocks.size(); ++l) {
     Block& b = blocks[l];
     b.attn_norm.forward(x.data(), n, h.data());
     b.attn.forward_cached(h.data(), n, caches_[l], maxL, f.data());
-    for (size_t i = 0; i < x.numel(); ++i) x[i] += f[i];
+    for (size_t i = 0; i < x.numel(); ++i) x[i] += rm * f[i];
     b.ffn_norm.forward(x.data(), n, h.data());
     b.ffn->forward(h.data(), n, f.data(), {false, 0, n, tokens, true});
-    for (size_t i = 0; i < x.numel(); ++i) x[i] += f[i];
+    for (size_t i = 0; i < x.numel(); ++i) x[i] += rm * f[i];
   }
   h_final.resize({1, d});
   final_norm.forward(x.data() + static_cast<size_t>(n - 1) * d, 1, h_final.data());
   logits.resize({1, V});
   const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
-  sgemm(false, true, 1, V, d, 1.f, h_final.data(), d, head, d, 0.f, logits.data(), V);
+  sgemm(false, true, 1, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
   return logits.data();
 }
 
@@ -224,20 +242,26 @@ void TransformerLM::backward() {
   // LM head.
   const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
   float* dhead = cfg.tie_word_embeddings ? embed.dw.data() : dlm_head.data();
-  sgemm(true, false, V, d, T, 1.f, dlogits_.data(), V, h_final.data(), d, 1.f, dhead, d);
-  sgemm(false, false, T, d, V, 1.f, dlogits_.data(), V, head, d, 0.f, dh_.data(), d);
+  const float ls = 1.f / cfg.logits_scaling, rm = cfg.residual_multiplier;
+  sgemm(true, false, V, d, T, ls, dlogits_.data(), V, h_final.data(), d, 1.f, dhead, d);
+  sgemm(false, false, T, d, V, ls, dlogits_.data(), V, head, d, 0.f, dh_.data(), d);
   final_norm.backward(dh_.data(), dx_.data());  // dx_ = d(objective)/d(block output)
+  Tensor& dres = dr_;  // the gradient reaching a residual branch: m_r·dx
+  dres.resize({T, d});
   for (size_t li = blocks.size(); li-- > 0;) {
     Block& b = blocks[li];
-    // x_out = x_mid + ffn(norm(x_mid))
-    b.ffn->backward(dx_.data(), dh_.data());
+    // x_out = x_mid + m_r·ffn(norm(x_mid))
+    for (size_t i = 0; i < dx_.numel(); ++i) dres[i] = rm * dx_[i];
+    b.ffn->backward(dres.data(), dh_.data());
     b.ffn_norm.backward(dh_.data(), b.tmp.data());
     for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
-    // x_mid = x_in + attn(norm(x_in))
-    b.attn.backward(dx_.data(), dh_.data());
+    // x_mid = x_in + m_r·attn(norm(x_in))
+    for (size_t i = 0; i < dx_.numel(); ++i) dres[i] = rm * dx_[i];
+    b.attn.backward(dres.data(), dh_.data());
     b.attn_norm.backward(dh_.data(), b.tmp.data());
     for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
   }
+  scale_in_place(dx_, cfg.embedding_multiplier);
   embed.backward(tokens_, T, dx_.data());
 }
 

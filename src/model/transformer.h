@@ -110,7 +110,7 @@ class TransformerLM {
   const int32_t* tokens_ = nullptr;
   const int32_t* targets_ = nullptr;
   int B_ = 0, L_ = 0;
-  Tensor dlogits_, dx_, dh_;
+  Tensor dlogits_, dx_, dh_, dr_;
   Tensor reward_;  // (T) per-token reward −CE for routers trained by reward
   const float* teacher_ = nullptr;  // (T, V) of set_teacher
   float distill_weight_ = 0.f;

@@ -27,6 +27,23 @@ void AttentionConfig::validate() const {
   check.require(hd() > 0 && hd() % 2 == 0,
                 "head_dim = " + std::to_string(hd()) + " must be positive and even (RoPE rotates pairs)");
   check.positive("rope_theta", rope_theta);
+  check.positive("norm_eps", norm_eps);
+  check.require(attention_multiplier >= 0.f, "attention_multiplier = " + std::to_string(attention_multiplier) +
+                                                  " must be >= 0 (0: 1/sqrt(head_dim))");
+}
+
+float AttentionConfig::scale() const {
+  return attention_multiplier > 0.f ? attention_multiplier : 1.f / std::sqrt(static_cast<float>(hd()));
+}
+
+int64_t AttentionConfig::num_params() const {
+  const int64_t d = hidden_size, qd = static_cast<int64_t>(num_attention_heads) * hd(),
+                kvd = static_cast<int64_t>(kv_heads()) * hd();
+  int64_t n = 2 * d * qd + 2 * d * kvd;
+  if (bias) n += qd + 2 * kvd;
+  if (qk_norm == QkNorm::head) n += 2 * hd();
+  if (qk_norm == QkNorm::full) n += qd + kvd;
+  return n;
 }
 
 Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, float init_std) : cfg(c) {
@@ -44,6 +61,54 @@ Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, f
   fill_normal(wk.data(), wk.numel(), seed, stream + 1, 0.f, init_std);
   fill_normal(wv.data(), wv.numel(), seed, stream + 2, 0.f, init_std);
   fill_normal(wo.data(), wo.numel(), seed, stream + 3, 0.f, init_std);
+  if (c.bias) {  // zero, as nn.Linear's would be after a checkpoint's load; trained from there
+    for (Tensor* t : {&bq, &dbq}) *t = Tensor({qd});
+    for (Tensor* t : {&bk, &dbk, &bv, &dbv}) *t = Tensor({kvd});
+  }
+  if (c.qk_norm == QkNorm::head) {
+    q_norm = RMSNorm(cfg.hd(), c.norm_eps);
+    k_norm = RMSNorm(cfg.hd(), c.norm_eps);
+  } else if (c.qk_norm == QkNorm::full) {
+    q_norm = RMSNorm(qd, c.norm_eps);
+    k_norm = RMSNorm(kvd, c.norm_eps);
+  }
+}
+
+void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre) {
+  const int d = cfg.hidden_size, qd = cfg.num_attention_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
+  const bool norm = cfg.qk_norm != QkNorm::none;
+  if (norm) {
+    qpre.resize({n, qd});
+    kpre.resize({n, kvd});
+  }
+  float* qp = norm ? qpre.data() : qo;
+  float* kp = norm ? kpre.data() : ko;
+  sgemm(false, true, n, qd, d, 1.f, x, d, wq.data(), d, 0.f, qp, qd);
+  sgemm(false, true, n, kvd, d, 1.f, x, d, wk.data(), d, 0.f, kp, kvd);
+  sgemm(false, true, n, kvd, d, 1.f, x, d, wv.data(), d, 0.f, vo, kvd);
+  if (cfg.bias) {
+    parallel_for(static_cast<size_t>(n), [&](size_t r) {
+      for (int j = 0; j < qd; ++j) qp[r * qd + j] += bq[j];
+      for (int j = 0; j < kvd; ++j) kp[r * kvd + j] += bk[j];
+      for (int j = 0; j < kvd; ++j) vo[r * kvd + j] += bv[j];
+    }, 64);
+  }
+  if (!norm) return;
+  // Per head: n·H rows of hd; over the whole projection: n rows of H·hd. Same memory either way.
+  const int qrows = cfg.qk_norm == QkNorm::head ? n * cfg.num_attention_heads : n;
+  const int krows = cfg.qk_norm == QkNorm::head ? n * cfg.kv_heads() : n;
+  q_norm.forward(qp, qrows, qo);
+  k_norm.forward(kp, krows, ko);
+}
+
+// Column sums of g (n, m) added into db (m): a bias's gradient. Each thread owns a range of columns
+// and sums rows in order, so the result does not depend on the thread count.
+static void add_column_sums(const float* g, int n, int m, Tensor& db) {
+  parallel_for(static_cast<size_t>(m), [&](size_t j) {
+    float s = 0.f;
+    for (int r = 0; r < n; ++r) s += g[static_cast<size_t>(r) * m + j];
+    db[j] += s;
+  }, 64);
 }
 
 void Attention::rope_tables(int L) {
@@ -90,13 +155,11 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   v.resize({T, kvd});
   o.resize({T, qd});
   att.resize({B, H, L, L});
-  sgemm(false, true, T, qd, d, 1.f, x, d, wq.data(), d, 0.f, q.data(), qd);
-  sgemm(false, true, T, kvd, d, 1.f, x, d, wk.data(), d, 0.f, k.data(), kvd);
-  sgemm(false, true, T, kvd, d, 1.f, x, d, wv.data(), d, 0.f, v.data(), kvd);
+  project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre);
   rope_tables(L);
   rope_apply(q.data(), T, H, hd, qd, cos_, sin_, false, L);
   rope_apply(k.data(), T, KV, hd, kvd, cos_, sin_, false, L);
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const float scale = cfg.scale();
   // One (sequence, head) per task; BLAS runs serially inside the parallel region.
   parallel_for_dynamic(static_cast<size_t>(B) * H, [&](size_t bh) {
     const int b = static_cast<int>(bh) / H, h = static_cast<int>(bh) % H, g = h / group;
@@ -119,7 +182,7 @@ void Attention::backward(const float* dy, float* dx) {
   const int B = B_, L = L_, T = B * L, d = cfg.hidden_size, H = cfg.num_attention_heads, KV = cfg.kv_heads();
   const int hd = cfg.hd();
   const int qd = H * hd, kvd = KV * hd, group = H / KV;
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const float scale = cfg.scale();
   do_.resize({T, qd});
   dq_.resize({T, qd});
   dk_.resize({T, kvd});
@@ -158,6 +221,19 @@ void Attention::backward(const float* dy, float* dx) {
   });
   rope_apply(dq_.data(), T, H, hd, qd, cos_, sin_, true, L);
   rope_apply(dk_.data(), T, KV, hd, kvd, cos_, sin_, true, L);
+  if (cfg.qk_norm != QkNorm::none) {  // dq_, dk_ become the gradients before the norms
+    dq_pre_.resize({T, qd});
+    dk_pre_.resize({T, kvd});
+    q_norm.backward(dq_.data(), dq_pre_.data());
+    k_norm.backward(dk_.data(), dk_pre_.data());
+    std::swap(dq_, dq_pre_);
+    std::swap(dk_, dk_pre_);
+  }
+  if (cfg.bias) {
+    add_column_sums(dq_.data(), T, qd, dbq);
+    add_column_sums(dk_.data(), T, kvd, dbk);
+    add_column_sums(dv_.data(), T, kvd, dbv);
+  }
   sgemm(true, false, qd, d, T, 1.f, dq_.data(), qd, x_, d, 1.f, dwq.data(), d);
   sgemm(true, false, kvd, d, T, 1.f, dk_.data(), kvd, x_, d, 1.f, dwk.data(), d);
   sgemm(true, false, kvd, d, T, 1.f, dv_.data(), kvd, x_, d, 1.f, dwv.data(), d);
@@ -175,17 +251,15 @@ void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len,
     cache.v.resize({max_len, kvd});
   }
   rope_tables(max_len);
-  Tensor qn({n, qd});
+  Tensor qn({n, qd}), qpre, kpre;
   float* kn = cache.k.data() + static_cast<size_t>(p0) * kvd;
   float* vn = cache.v.data() + static_cast<size_t>(p0) * kvd;
-  sgemm(false, true, n, qd, d, 1.f, x, d, wq.data(), d, 0.f, qn.data(), qd);
-  sgemm(false, true, n, kvd, d, 1.f, x, d, wk.data(), d, 0.f, kn, kvd);
-  sgemm(false, true, n, kvd, d, 1.f, x, d, wv.data(), d, 0.f, vn, kvd);
+  project(x, n, qn.data(), kn, vn, qpre, kpre);
   rope_apply(qn.data(), n, H, hd, qd, cos_, sin_, false, n, p0);
   rope_apply(kn, n, KV, hd, kvd, cos_, sin_, false, n, p0);
   cache.len = p0 + n;
   const int ctx = cache.len;
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const float scale = cfg.scale();
   Tensor on({n, qd});
   parallel_for_dynamic(static_cast<size_t>(H), [&](size_t hh) {
     const int h = static_cast<int>(hh), g = h / group;

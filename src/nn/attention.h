@@ -1,15 +1,32 @@
 // attention.h — causal multi-head self-attention with rotary position embeddings (RoPE, the
 // Hugging Face "rotate_half" convention) and grouped-query attention (num_key_value_heads divides
-// num_attention_heads).
+// num_attention_heads), with the options real checkpoints use: q/k/v biases (Qwen2), QK-norm per head
+// (Qwen3) or over the whole projection (OLMoE), and a fixed score scale (GraniteMoE).
 //
-//   q = x·Wqᵀ (T, H·hd), k = x·Wkᵀ, v = x·Wvᵀ (T, KV·hd); q, k ← RoPE(position in sequence)
-//   per sequence b and head h: P = softmax_causal(q·kᵀ/√hd), o = P·v;  y = o·Woᵀ (T, d)
+//   q = x·Wqᵀ + b_q (T, H·hd), k = x·Wkᵀ + b_k, v = x·Wvᵀ + b_v (T, KV·hd)
+//   q, k ← RMSNorm(q), RMSNorm(k)  (qk_norm: head = each head's hd values, full = the whole row)
+//   q, k ← RoPE(position in sequence)
+//   per sequence b and head h: P = softmax_causal(s·q·kᵀ), o = P·v;  y = o·Woᵀ (T, d)
+//   with s = attention_multiplier, or 1/√hd when that is 0
 //
 // The batch is B sequences of L tokens, stored (B·L, ·) row-major.
 #pragma once
+#include <array>
+
+#include "core/enum_names.h"
 #include "core/tensor.h"
+#include "nn/rmsnorm.h"
 
 namespace moe {
+
+// Where QK-norm normalises: nowhere, over each head's hd values (Qwen3-MoE), or over the whole
+// projection of H·hd (or KV·hd) values (OLMoE).
+enum class QkNorm { none, head, full };
+template <>
+struct EnumNames<QkNorm> {
+  static constexpr const char* what = "QK-norm";
+  static constexpr std::array<const char*, 3> names = {"none", "head", "full"};
+};
 
 struct AttentionConfig {
   int hidden_size = 0;
@@ -17,9 +34,15 @@ struct AttentionConfig {
   int num_key_value_heads = 0;   // 0: num_attention_heads (plain multi-head)
   int head_dim = 0;     // 0: hidden_size / num_attention_heads
   float rope_theta = 10000.f;
+  bool bias = false;                // q/k/v projections with biases (Qwen2)
+  QkNorm qk_norm = QkNorm::none;
+  float norm_eps = 1e-5f;           // QK-norm's RMSNorm epsilon
+  float attention_multiplier = 0.f; // score scale s; 0: 1/√hd
 
   int kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
   int hd() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+  float scale() const;
+  int64_t num_params() const;       // W_q, W_k, W_v, W_o and the biases and QK-norm weights
   void validate() const;  // throws moe::Error naming the field
 };
 
@@ -29,8 +52,11 @@ struct Attention {
   Tensor wk, dwk;  // (KV·hd, d)
   Tensor wv, dwv;  // (KV·hd, d)
   Tensor wo, dwo;  // (d, H·hd)
+  Tensor bq, dbq, bk, dbk, bv, dbv;  // (H·hd), (KV·hd), (KV·hd) when cfg.bias
+  RMSNorm q_norm, k_norm;            // (hd) or (H·hd), (KV·hd) when cfg.qk_norm
   // Activations of the last forward.
   Tensor q, k, v;  // (T, H·hd), (T, KV·hd), (T, KV·hd); q and k after RoPE
+  Tensor q_pre, k_pre;  // q and k before QK-norm (with qk_norm)
   Tensor att;      // (B, H, L, L) attention probabilities (zero above the diagonal)
   Tensor o;        // (T, H·hd) per-head outputs, concatenated
 
@@ -53,7 +79,11 @@ struct Attention {
   int B_ = 0, L_ = 0;
   Tensor cos_, sin_;             // (L, hd/2) rotation tables
   Tensor dq_, dk_, dv_, do_;     // backward scratch
+  Tensor dq_pre_, dk_pre_;
   void rope_tables(int L);
+  // q, k, v of n rows of x into the given buffers, biases and QK-norm applied, not yet rotated;
+  // qpre, kpre (n, H·hd), (n, KV·hd) keep q and k before QK-norm (the norms read them in backward).
+  void project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre);
 };
 
 // Rotate n rows of `heads` heads of width hd (row stride `stride`) by the tables; row r is at position

@@ -57,6 +57,12 @@ const RouterEntry& router_entry(RouterKind k) { return kRouters[static_cast<size
 
 RouterTraits router_traits(RouterKind k) { return router_entry(k).traits; }
 
+RouterKind router_of_gating(Gating g) {
+  for (size_t i = 0; i < std::size(kRouters); ++i)
+    if (g != Gating::other && kRouters[i].traits.gating == g) return static_cast<RouterKind>(i);
+  fail("router_of_gating: no router computes this gate function");
+}
+
 void check_router_config(const MoeConfig& c, const ConfigCheck& check) {
   check.require(c.noisy_loss_coef == 0.f || c.router == RouterKind::noisy_topk,
                 "noisy_loss_coef is set but router = \"" + std::string(name_of(c.router)) +

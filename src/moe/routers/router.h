@@ -26,13 +26,20 @@
 
 namespace moe {
 
+// The gate function of a plain softmax router, as the Hugging Face models write it: softmax over the
+// top-k logits (Mixtral, GraniteMoE) or the top k of the softmax over all experts (Qwen2/3-MoE, OLMoE).
+enum class Gating { other, softmax_of_topk, topk_of_softmax };
+
 // The facts of a router kind that hold without building one.
 struct RouterTraits {
+  Gating gating = Gating::other;   // which HF gate function the router computes (import and export)
   int weight_matrices = 1;         // (E, d) matrices trained by gradient: W_r (and W_n); 0 for hash
   bool applies_capacity = false;   // its routing already obeys a capacity (expert choice): dispatch adds none
   bool trained_by_reward = false;  // it needs the per-token reward between forward and backward (reinforce)
 };
 RouterTraits router_traits(RouterKind k);
+// The router kind that computes gate function g (g != other).
+RouterKind router_of_gating(Gating g);
 // The rules a layer config must follow for its router (e.g. base routes one expert per token); a
 // broken rule fails through `check`, naming the field.
 void check_router_config(const MoeConfig& c, const ConfigCheck& check);

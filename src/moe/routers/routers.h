@@ -9,6 +9,7 @@ namespace moe {
 class TopkSoftmaxRouter : public Router {
  public:
   using Router::Router;
+  static constexpr RouterTraits kTraits{.gating = Gating::softmax_of_topk};
 
  protected:
   void route(int T, const FfnContext& ctx, Routing& r) override;
@@ -20,6 +21,7 @@ class TopkSoftmaxRouter : public Router {
 class SoftmaxTopkRouter : public Router {
  public:
   using Router::Router;
+  static constexpr RouterTraits kTraits{.gating = Gating::topk_of_softmax};
 
  protected:
   void route(int T, const FfnContext& ctx, Routing& r) override;

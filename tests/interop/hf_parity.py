@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Import parity with Hugging Face transformers (docs/INTEROP.md): for each architecture, a tiny randomly
+initialised model is built by transformers, saved as safetensors (sharded, and in bf16, for some), imported
+with `moe import`, and its logits (`moe logits`) and mean cross-entropy (`moe eval --ids`) compared with
+transformers' own forward on the same token ids.
+
+Run by ctest (label interop) with the venv of scripts/interop_venv.sh:
+    VENV/bin/python tests/interop/hf_parity.py BUILD/bin/moe WORKDIR
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+
+transformers.logging.set_verbosity_error()
+
+MOE, WORK = sys.argv[1], sys.argv[2]
+warnings.filterwarnings("ignore")
+TOL = 1e-4  # of the logits' scale
+
+
+def tiny(arch):
+    common = dict(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False)
+    if arch == "mixtral":
+        return transformers.MixtralConfig(intermediate_size=48, num_local_experts=6, num_experts_per_tok=2, **common)
+    if arch == "qwen2_moe":
+        return transformers.Qwen2MoeConfig(intermediate_size=96, moe_intermediate_size=40, num_experts=6, num_experts_per_tok=2,
+                                           shared_expert_intermediate_size=56, norm_topk_prob=False, decoder_sparse_step=1,
+                                           mlp_only_layers=[1], **common)
+    if arch == "qwen2_moe_norm":
+        return transformers.Qwen2MoeConfig(intermediate_size=96, moe_intermediate_size=40, num_experts=8, num_experts_per_tok=3,
+                                           shared_expert_intermediate_size=32, norm_topk_prob=True, **common)
+    if arch == "olmoe":
+        return transformers.OlmoeConfig(intermediate_size=40, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+                                        **common)
+    if arch == "granitemoe":
+        c = dict(common, tie_word_embeddings=True)
+        return transformers.GraniteMoeConfig(intermediate_size=40, num_local_experts=4, num_experts_per_tok=2,
+                                             embedding_multiplier=3.0, residual_multiplier=0.6, attention_multiplier=0.2,
+                                             logits_scaling=2.5, **c)
+    raise ValueError(arch)
+
+
+def build(arch, seed):
+    torch.manual_seed(seed)
+    cfg = tiny(arch)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so a mix-up shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif p.dim() >= 2:
+                p.copy_(0.08 * torch.randn_like(p))
+    return model
+
+
+def run(*args):
+    r = subprocess.run([MOE, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"moe {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+def check(arch, seed, dtype=torch.float32, shard=None):
+    label = f"{arch}" + (f" {str(dtype).split('.')[-1]}" if dtype != torch.float32 else "") + (" sharded" if shard else "")
+    model = build(arch, seed)
+    hf_dir = os.path.join(WORK, f"hf-{arch}-{seed}")
+    out = os.path.join(WORK, f"run-{arch}-{seed}")
+    for d in (hf_dir, out):
+        shutil.rmtree(d, ignore_errors=True)
+    saved = model.to(dtype)
+    kw = {"max_shard_size": shard} if shard else {}
+    saved.save_pretrained(hf_dir, safe_serialization=True, **kw)
+    # The reference reads the same files back in float32 (bf16/f16 → f32 is exact), so its RoPE tables
+    # are computed afresh rather than rounded with the weights.
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    if shard:
+        assert os.path.exists(os.path.join(hf_dir, "model.safetensors.index.json")), "expected a sharded checkpoint"
+    run("import", hf_dir, "--out", out)
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (2, 17), generator=g)
+    ids_path = os.path.join(WORK, f"ids-{arch}-{seed}.txt")
+    with open(ids_path, "w") as f:
+        for row in ids.tolist():
+            f.write(" ".join(map(str, row)) + "\n")
+    with torch.no_grad():
+        want = model(ids).logits.double()
+    npy = os.path.join(WORK, f"logits-{arch}-{seed}.npy")
+    run("logits", "--ckpt", out, "--ids", ids_path, "--out", npy, "--threads", "1")
+    got = torch.from_numpy(np.load(npy)).double()
+    assert got.shape == want.shape, f"{label}: shape {tuple(got.shape)} vs transformers {tuple(want.shape)}"
+    scale = want.abs().max().item()
+    err = (got - want).abs().max().item() / scale
+    argmax_same = bool((got.argmax(-1) == want.argmax(-1)).all())
+    ce_want = F.cross_entropy(want[:, :-1].reshape(-1, want.shape[-1]), ids[:, 1:].reshape(-1)).item()
+    j = json.loads(run("eval", "--ckpt", out, "--ids", ids_path, "--json"))
+    ce_err = abs(j["mean_ce"] - ce_want)
+    ok = err <= TOL and argmax_same and ce_err <= 1e-4
+    print(f"{label:28s} max |logit diff| / scale = {err:.2e}  argmax equal: {argmax_same}  "
+          f"CE moe {j['mean_ce']:.6f} transformers {ce_want:.6f}  {'ok' if ok else 'FAIL'}")
+    return ok
+
+
+def main():
+    os.makedirs(WORK, exist_ok=True)
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    cases = [("mixtral", 1, torch.float32, None), ("mixtral", 2, torch.bfloat16, "60KB"),
+             ("qwen2_moe", 3, torch.float32, None), ("qwen2_moe_norm", 4, torch.float16, "100KB"),
+             ("olmoe", 5, torch.float32, None), ("granitemoe", 6, torch.float32, None)]
+    results = [check(*c) for c in cases]
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    sys.exit(0 if passed == len(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
