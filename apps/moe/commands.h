@@ -20,5 +20,6 @@ void add_expand(CLI::App& app);    // moe expand
 void add_lifelong(CLI::App& app);  // moe lifelong
 void add_import(CLI::App& app);    // moe import
 void add_logits(CLI::App& app);    // moe logits
+void add_export(CLI::App& app);    // moe export
 
 }  // namespace moe::cli

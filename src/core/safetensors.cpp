@@ -10,19 +10,24 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "core/bf16.h"
 #include "core/error.h"
 
 namespace moe {
 
 using json = nlohmann::json;
 
-void save_safetensors(const std::string& path, const std::map<std::string, const Tensor*>& tensors,
+void save_safetensors(const std::string& path, const std::vector<OutTensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   size_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    size_t bytes = t->numel() * sizeof(float);
-    header[name] = {{"dtype", "F32"}, {"shape", t->shape()}, {"data_offsets", {offset, offset + bytes}}};
+  for (const OutTensor& t : tensors) {
+    size_t numel = 1;
+    for (int64_t d : t.shape) numel *= static_cast<size_t>(d);
+    const size_t bytes = numel * dtype_bytes(t.dtype);
+    MOE_CHECK(t.dtype == "F32" || t.dtype == "BF16" || t.dtype == "F16", "safetensors: cannot write dtype " + t.dtype);
+    MOE_CHECK(!header.contains(t.name), "safetensors: tensor " + t.name + " written twice");
+    header[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -34,8 +39,56 @@ void save_safetensors(const std::string& path, const std::map<std::string, const
   AtomicFile f(path);
   f.write(len, 8);
   f.write(h.data(), h.size());
-  for (const auto& [name, t] : tensors) f.write(t->data(), t->numel() * sizeof(float));
+  std::vector<float> scratch;
+  std::vector<uint16_t> half;
+  for (const OutTensor& t : tensors) {
+    size_t numel = 1;
+    for (int64_t d : t.shape) numel *= static_cast<size_t>(d);
+    const float* src = t.data;
+    if (!src) {
+      scratch.assign(numel, 0.f);
+      t.fill(scratch.data());
+      src = scratch.data();
+    }
+    if (t.dtype == "F32") {
+      f.write(src, numel * sizeof(float));
+      continue;
+    }
+    half.resize(numel);
+    if (t.dtype == "BF16") to_bf16(src, half.data(), numel);
+    else for (size_t i = 0; i < numel; ++i) half[i] = float_to_half(src[i]);
+    f.write(half.data(), numel * 2);
+  }
   f.commit();
+}
+
+void save_safetensors(const std::string& path, const std::map<std::string, const Tensor*>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  std::vector<OutTensor> out;
+  for (const auto& [name, t] : tensors) out.push_back({name, "F32", t->shape(), t->data(), {}});
+  save_safetensors(path, out, metadata);
+}
+
+uint16_t float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));  // inf, NaN
+  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds above 65504: inf
+  if (ax < 0x38800000u) {  // below the smallest normal half: subnormal (or zero), rounded to nearest even
+    if (ax < 0x33000000u) return static_cast<uint16_t>(sign);
+    const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126 - e;  // 14 − (e − 127) + 13 ... the mantissa's place in a subnormal half
+    uint32_t h = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+    if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
+    return static_cast<uint16_t>(sign | h);
+  }
+  uint32_t h = ((ax - 0x38000000u) >> 13);  // rebias the exponent (127 → 15) and drop 13 mantissa bits
+  const uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
 }
 
 void save_safetensors(const std::string& path, const TensorFile& file) {

@@ -20,6 +20,20 @@ struct TensorFile {
 };
 
 void save_safetensors(const std::string& path, const TensorFile& file);
+// A tensor to write in the given dtype (F32, BF16 or F16, rounded to nearest even): from `data` when
+// set, else from fill(dst), called once with room for its numel floats when its turn comes (one
+// tensor's floats in memory at a time: how an export assembles tensors from other ones).
+struct OutTensor {
+  std::string name;
+  std::string dtype = "F32";
+  std::vector<int64_t> shape;
+  const float* data = nullptr;
+  std::function<void(float*)> fill;
+};
+// Written in the order given (names must be unique), atomically like the other writers.
+void save_safetensors(const std::string& path, const std::vector<OutTensor>& tensors,
+                      const std::map<std::string, std::string>& metadata);
+uint16_t float_to_half(float f);  // IEEE fp16, round to nearest even
 // The same from tensors held elsewhere, written straight from them (no copy: checkpoints of a million
 // PEER experts are gigabytes). Names must be unique; they are stored sorted.
 void save_safetensors(const std::string& path, const std::map<std::string, const Tensor*>& tensors,

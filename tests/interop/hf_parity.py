@@ -112,6 +112,64 @@ def check(arch, seed, dtype=torch.float32, shard=None):
     return ok
 
 
+def logits_of_moe(out, ids, name):
+    ids_path = os.path.join(WORK, f"ids-{name}.txt")
+    with open(ids_path, "w") as f:
+        for row in ids.tolist():
+            f.write(" ".join(map(str, row)) + "\n")
+    npy = os.path.join(WORK, f"logits-{name}.npy")
+    run("logits", "--ckpt", out, "--ids", ids_path, "--out", npy, "--threads", "1")
+    return torch.from_numpy(np.load(npy)).double()
+
+
+def check_export(run_dir, name, dtype="f32", want_class=None):
+    """`moe export` of a run: transformers loads it (as want_class) and computes the logits moe does."""
+    hf_dir = os.path.join(WORK, f"export-{name}")
+    shutil.rmtree(hf_dir, ignore_errors=True)
+    run("export", "--ckpt", run_dir, "--format", "hf", "--dtype", dtype, "--out", hf_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    cls = type(model).__name__
+    ids = torch.randint(0, model.config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = model(ids).logits.double()
+    if dtype != "f32":  # the rounded weights, imported back, against transformers' reading of them
+        again = os.path.join(WORK, f"reimport-{name}")
+        shutil.rmtree(again, ignore_errors=True)
+        run("import", hf_dir, "--out", again)
+        run_dir = again
+    got = logits_of_moe(run_dir, ids, name)
+    tol = TOL
+    err = (got - want).abs().max().item() / want.abs().max().item()
+    ok = err <= tol and (want_class is None or cls == want_class)
+    print(f"export {name:21s} loaded as {cls}: max |logit diff| / scale = {err:.2e}  {'ok' if ok else 'FAIL'}")
+    return ok
+
+
+TINY = ["model.vocab_size=320", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+        "model.intermediate_size=64", "model.max_position_embeddings=16", "model.moe_intermediate_size=32",
+        "model.num_local_experts=4", "train.batch_size=4", "train.eval_every=5", "train.eval_windows=4",
+        "train.warmup_steps=2", "train.steps=6"]
+
+
+def trained_here(name, extra):
+    """A tiny model trained by `moe train` for a few steps on generated text."""
+    corpus = os.path.join(WORK, "corpus.txt")
+    if not os.path.exists(corpus):
+        g = torch.Generator().manual_seed(3)
+        words = ["the", "expert", "router", "token", "loss", "gate", "layer", "of", "and", "mixture", "balance", "{", "}"]
+        with open(corpus, "w") as f:
+            for _ in range(3000):
+                n = int(torch.randint(4, 12, (1,), generator=g))
+                f.write(" ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=g)) + "\n")
+    out = os.path.join(WORK, f"trained-{name}")
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["train", "--threads", "2"]
+    for kv in TINY + extra + [f"train.corpus=file:{corpus}", f"train.data_dir={WORK}/data", f"train.out={out}"]:
+        args += ["--set", kv]
+    run(*args)
+    return out
+
+
 def main():
     os.makedirs(WORK, exist_ok=True)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
@@ -119,6 +177,19 @@ def main():
              ("qwen2_moe", 3, torch.float32, None), ("qwen2_moe_norm", 4, torch.float16, "100KB"),
              ("olmoe", 5, torch.float32, None), ("granitemoe", 6, torch.float32, None)]
     results = [check(*c) for c in cases]
+    # Imported, exported again, read by transformers.
+    for arch, seed, cls in [("mixtral", 1, "MixtralForCausalLM"), ("qwen2_moe", 3, "Qwen2MoeForCausalLM"),
+                            ("olmoe", 5, "OlmoeForCausalLM"), ("granitemoe", 6, "GraniteMoeForCausalLM")]:
+        results.append(check_export(os.path.join(WORK, f"run-{arch}-{seed}"), f"{arch}-roundtrip", want_class=cls))
+    # Trained here: the default Mixtral-style model, and a Qwen2-MoE-style one (top-k of the softmax, a
+    # gated shared expert, a dense first block, q/k/v biases).
+    mixtral = trained_here("mixtral", [])
+    results.append(check_export(mixtral, "trained-mixtral", want_class="MixtralForCausalLM"))
+    results.append(check_export(mixtral, "trained-mixtral-bf16", dtype="bf16", want_class="MixtralForCausalLM"))
+    qwen = trained_here("qwen2", ["model.router=softmax_topk", "model.norm_topk_prob=true", "model.n_shared_experts=1",
+                                  "model.shared_expert_gate=true", "model.first_k_dense_replace=1",
+                                  "model.attention_bias=true"])
+    results.append(check_export(qwen, "trained-qwen2", want_class="Qwen2MoeForCausalLM"))
     passed = sum(results)
     print(f"{passed} passed, {len(results) - passed} failed")
     sys.exit(0 if passed == len(results) else 1)
