@@ -17,6 +17,7 @@ PACKAGES=(
   chromium                                    # headless browser: the report page's rendering test
   python3 python3-torch python3-numpy         # PyTorch reference and peer (tests and benchmarks only)
   python3-pil                                 # reading the report page's screenshot (tests only)
+  python3-venv                                # the interop tests' venv: transformers from PyPI (tests only)
 )
 
 for extra in "$@"; do

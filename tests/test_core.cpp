@@ -172,3 +172,34 @@ TEST(Safetensors, TruncatedAndCorruptFilesGiveClearErrors) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+// fp32 → fp16 of the exporter (float_to_half): known values, rounding to nearest even, overflow to
+// infinity, subnormals; and every finite half survives half → float → half unchanged.
+TEST(Safetensors, HalfConversionRoundsToNearestEven) {
+  EXPECT_EQ(float_to_half(1.f), 0x3c00);
+  EXPECT_EQ(float_to_half(-2.f), 0xc000);
+  EXPECT_EQ(float_to_half(0.1f), 0x2e66);
+  EXPECT_EQ(float_to_half(65504.f), 0x7bff);
+  EXPECT_EQ(float_to_half(65519.f), 0x7bff);
+  EXPECT_EQ(float_to_half(65520.f), 0x7c00);
+  EXPECT_EQ(float_to_half(1e-8f), 0x0000);
+  EXPECT_EQ(float_to_half(6e-8f), 0x0001);
+  EXPECT_EQ(float_to_half(1.f + 1.f / 2048), 0x3c00);      // halfway, even stays
+  EXPECT_EQ(float_to_half(1.f + 3.f / 2048), 0x3c02);      // halfway, odd rounds up
+  std::vector<uint16_t> all;
+  for (uint32_t h = 0; h < 0x10000; ++h)
+    if ((h & 0x7c00u) != 0x7c00u) all.push_back(static_cast<uint16_t>(h));
+  SafetensorsEntry e;
+  e.dtype = "F16";
+  e.numel = all.size();
+  e.data = reinterpret_cast<const char*>(all.data());
+  std::vector<float> f(all.size());
+  convert_to_float(e, 0, all.size(), f.data());
+  for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(float_to_half(f[i]), all[i]) << "half 0x" << std::hex << all[i];
+}
+
+}  // namespace
+}  // namespace moe

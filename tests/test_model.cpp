@@ -54,15 +54,38 @@ struct ModelCase {
   const char* name;
   bool tied;
   const char* router;
+  bool hf_features = false;  // q/k/v biases, QK-norm, GraniteMoE's multipliers (what imported models use)
 };
+
+ModelConfig case_config(const ModelCase& mc) {
+  ModelConfig c = tiny(mc.tied, mc.router);
+  if (mc.hf_features) {
+    c.attention_bias = true;
+    c.qk_norm = QkNorm::head;
+    c.embedding_multiplier = 2.f;
+    c.residual_multiplier = 0.7f;
+    c.attention_multiplier = 0.3f;
+    c.logits_scaling = 1.8f;
+  }
+  return c;
+}
+
+// Biases and norm weights away from their initial 0 and 1, so that their gradients are tested.
+void perturb_attention(TransformerLM& model) {
+  for (auto& b : model.blocks) {
+    for (Tensor* t : {&b.attn.bq, &b.attn.bk, &b.attn.bv}) fill_normal(t->data(), t->numel(), 9, t->numel(), 0.f, 0.2f);
+    for (RMSNorm* n : {&b.attn.q_norm, &b.attn.k_norm}) fill_normal(n->w.data(), n->w.numel(), 10, n->w.numel(), 1.f, 0.3f);
+  }
+}
 
 void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
 
 class ModelGradient : public ::testing::TestWithParam<ModelCase> {};
 
 TEST_P(ModelGradient, MatchesFiniteDifferences) {
-  const ModelConfig c = tiny(GetParam().tied, GetParam().router);
+  const ModelConfig c = case_config(GetParam());
   TransformerLM model(c);
+  perturb_attention(model);
   const int B = 2, L = 6, T = B * L;
   std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
   tgt[3] = kIgnoreIndex;
@@ -103,13 +126,15 @@ TEST_P(ModelGradient, MatchesFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(Models, ModelGradient,
                          ::testing::Values(ModelCase{"untied_topk_softmax", false, "topk_softmax"},
-                                           ModelCase{"tied_sigmoid_bias", true, "sigmoid_bias"}),
+                                           ModelCase{"tied_sigmoid_bias", true, "sigmoid_bias"},
+                                           ModelCase{"hf_features_softmax_topk", false, "softmax_topk", true}),
                          [](const ::testing::TestParamInfo<ModelCase>& pi) { return std::string(pi.param.name); });
 
 // Every parameter gradient and the loss against tests/torch_ref/model_ref.py (float64 autograd).
 TEST_P(ModelGradient, MatchesPyTorch) {
-  const ModelConfig c = tiny(GetParam().tied, GetParam().router);
+  const ModelConfig c = case_config(GetParam());
   TransformerLM model(c);
+  perturb_attention(model);
   const int B = 2, L = 6, T = B * L;
   std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
   tgt[3] = kIgnoreIndex;

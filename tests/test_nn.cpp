@@ -95,6 +95,9 @@ TEST(RMSNorm, GradientsAndParity) {
 struct AttnCase {
   const char* name;
   int heads, kv_heads;
+  bool bias = false;                // Qwen2's q/k/v biases
+  QkNorm qk_norm = QkNorm::none;    // Qwen3 (head), OLMoE (full)
+  float attention_multiplier = 0.f; // GraniteMoE's fixed score scale
 };
 
 void PrintTo(const AttnCase& c, std::ostream* os) { *os << c.name; }
@@ -108,14 +111,21 @@ TEST_P(AttentionTest, GradientsAndParity) {
   c.num_attention_heads = ac.heads;
   c.num_key_value_heads = ac.kv_heads;
   c.head_dim = 8;
+  c.bias = ac.bias;
+  c.qk_norm = ac.qk_norm;
+  c.attention_multiplier = ac.attention_multiplier;
   const int B = 2, L = 5, T = B * L, d = c.hidden_size;
   Attention attn(c, 3, 10, 0.3f);
+  // Biases and norm weights away from their initial 0 and 1, so that their gradients are tested.
+  for (Tensor* t : {&attn.bq, &attn.bk, &attn.bv}) fill_normal(t->data(), t->numel(), 5, t->numel(), 0.f, 0.2f);
+  for (RMSNorm* n : {&attn.q_norm, &attn.k_norm}) fill_normal(n->w.data(), n->w.numel(), 6, n->w.numel(), 1.f, 0.3f);
   Tensor x({T, d}), dy({T, d}), y({T, d}), dx({T, d});
   fill_normal(x.data(), x.numel(), 2, 1, 0.f, 1.f);
   fill_normal(dy.data(), dy.numel(), 2, 2, 0.f, 1.f);
   attn.forward(x.data(), B, L, y.data());
   attn.backward(dy.data(), dx.data());
   const Tensor dwq = attn.dwq, dwk = attn.dwk, dwv = attn.dwv, dwo = attn.dwo;
+  const Tensor dbq = attn.dbq, dbk = attn.dbk, dbv = attn.dbv, dqn = attn.q_norm.dw, dkn = attn.k_norm.dw;
   auto J = [&] {
     Tensor yy({T, d});
     attn.forward(x.data(), B, L, yy.data());
@@ -126,6 +136,15 @@ TEST_P(AttentionTest, GradientsAndParity) {
   check_fd(attn.wk, dwk, J, "attention dwk");
   check_fd(attn.wv, dwv, J, "attention dwv");
   check_fd(attn.wo, dwo, J, "attention dwo");
+  if (ac.bias) {
+    check_fd(attn.bq, dbq, J, "attention dbq");
+    check_fd(attn.bk, dbk, J, "attention dbk");
+    check_fd(attn.bv, dbv, J, "attention dbv");
+  }
+  if (ac.qk_norm != QkNorm::none) {
+    check_fd(attn.q_norm.w, dqn, J, "attention dq_norm");
+    check_fd(attn.k_norm.w, dkn, J, "attention dk_norm");
+  }
 
   // Causality: the output of position 0 of each sequence depends on nothing after it.
   Tensor x2 = x, y2({T, d});
@@ -137,13 +156,16 @@ TEST_P(AttentionTest, GradientsAndParity) {
   TensorFile in;
   in.metadata["module"] = "attention";
   in.metadata["config"] = "{\"B\": 2, \"L\": 5, \"n_heads\": " + std::to_string(c.num_attention_heads) + ", \"n_kv_heads\": " +
-                          std::to_string(c.kv_heads()) + ", \"head_dim\": 8, \"rope_theta\": 10000.0}";
+                          std::to_string(c.kv_heads()) + ", \"head_dim\": 8, \"rope_theta\": 10000.0, \"qk_norm\": \"" +
+                          name_of(c.qk_norm) + "\", \"norm_eps\": 1e-5, \"scale\": " + std::to_string(c.scale()) + "}";
   in.tensors["x"] = x;
   in.tensors["dy"] = dy;
   in.tensors["wq"] = attn.wq;
   in.tensors["wk"] = attn.wk;
   in.tensors["wv"] = attn.wv;
   in.tensors["wo"] = attn.wo;
+  if (ac.bias) in.tensors["bq"] = attn.bq, in.tensors["bk"] = attn.bk, in.tensors["bv"] = attn.bv;
+  if (ac.qk_norm != QkNorm::none) in.tensors["q_norm"] = attn.q_norm.w, in.tensors["k_norm"] = attn.k_norm.w;
   TensorFile ref = torch_reference(std::string("attention_") + ac.name, in);
   expect_close(y, ref.tensors.at("y"), "y");
   expect_close(dx, ref.tensors.at("dx"), "dx");
@@ -151,10 +173,23 @@ TEST_P(AttentionTest, GradientsAndParity) {
   expect_close(dwk, ref.tensors.at("grad.wk"), "dwk");
   expect_close(dwv, ref.tensors.at("grad.wv"), "dwv");
   expect_close(dwo, ref.tensors.at("grad.wo"), "dwo");
+  if (ac.bias) {
+    expect_close(dbq, ref.tensors.at("grad.bq"), "dbq");
+    expect_close(dbk, ref.tensors.at("grad.bk"), "dbk");
+    expect_close(dbv, ref.tensors.at("grad.bv"), "dbv");
+  }
+  if (ac.qk_norm != QkNorm::none) {
+    expect_close(dqn, ref.tensors.at("grad.q_norm"), "dq_norm");
+    expect_close(dkn, ref.tensors.at("grad.k_norm"), "dk_norm");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Heads, AttentionTest,
-                         ::testing::Values(AttnCase{"mha", 4, 0}, AttnCase{"gqa", 4, 2}, AttnCase{"mqa", 2, 1}),
+                         ::testing::Values(AttnCase{"mha", 4, 0}, AttnCase{"gqa", 4, 2}, AttnCase{"mqa", 2, 1},
+                                           AttnCase{"qwen2_bias", 4, 2, true},
+                                           AttnCase{"qwen3_head_norm", 4, 2, false, QkNorm::head},
+                                           AttnCase{"olmoe_full_norm", 4, 4, false, QkNorm::full},
+                                           AttnCase{"granite_scale", 4, 2, true, QkNorm::none, 0.2f}),
                          [](const ::testing::TestParamInfo<AttnCase>& pi) { return std::string(pi.param.name); });
 
 TEST(Attention, BadConfigNamesTheField) {

@@ -35,16 +35,25 @@ def main(case_path, out_path):
     eps = m["rms_norm_eps"]
     H = m["num_attention_heads"]
     KV = m["num_key_value_heads"] or H
-    hd = m["hidden_size"] // H
-    x = P["model.embed_tokens.weight"][tokens]
+    hd = m.get("head_dim", 0) or m["hidden_size"] // H
+    x = P["model.embed_tokens.weight"][tokens] * m.get("embedding_multiplier", 1.0)
+    rm = m.get("residual_multiplier", 1.0)
     aux = torch.zeros((), dtype=torch.float64)
     for layer in range(m["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         h = rmsnorm(x, P[p + "input_layernorm.weight"], eps)
-        acfg = {"B": B, "L": L, "n_heads": H, "n_kv_heads": KV, "head_dim": hd, "rope_theta": m["rope_theta"]}
+        acfg = {"B": B, "L": L, "n_heads": H, "n_kv_heads": KV, "head_dim": hd, "rope_theta": m["rope_theta"],
+                "qk_norm": m.get("qk_norm", "none"), "norm_eps": eps}
+        if m.get("attention_multiplier", 0.0) > 0:
+            acfg["scale"] = m["attention_multiplier"]
         aw = {"wq": P[p + "self_attn.q_proj.weight"], "wk": P[p + "self_attn.k_proj.weight"],
               "wv": P[p + "self_attn.v_proj.weight"], "wo": P[p + "self_attn.o_proj.weight"]}
-        x = x + attention(acfg, aw, h)
+        for w in "qkv":
+            if p + f"self_attn.{w}_proj.bias" in P:
+                aw["b" + w] = P[p + f"self_attn.{w}_proj.bias"]
+        if p + "self_attn.q_norm.weight" in P:
+            aw["q_norm"], aw["k_norm"] = P[p + "self_attn.q_norm.weight"], P[p + "self_attn.k_norm.weight"]
+        x = x + rm * attention(acfg, aw, h)
         h = rmsnorm(x, P[p + "post_attention_layernorm.weight"], eps)
         if m["ffn"] == "moe" and layer >= m["first_k_dense_replace"]:
             lp = {n[len(p + "mlp."):]: v for n, v in P.items() if n.startswith(p + "mlp.")}
@@ -53,10 +62,10 @@ def main(case_path, out_path):
             aux = aux + sum(losses.values(), torch.zeros((), dtype=torch.float64))
         else:
             y = swiglu(h, P[p + "mlp.w1"][0], P[p + "mlp.w3"][0], P[p + "mlp.w2"][0])
-        x = x + y
+        x = x + rm * y
     x = rmsnorm(x, P["model.norm.weight"], eps)
     head = P["model.embed_tokens.weight"] if m["tie_word_embeddings"] else P["lm_head.weight"]
-    loss = F.cross_entropy(x @ head.T, targets, ignore_index=-1) + aux
+    loss = F.cross_entropy(x @ head.T / m.get("logits_scaling", 1.0), targets, ignore_index=-1) + aux
     loss.backward()
     out = {"loss": loss.detach().reshape(1).numpy()}
     for n, v in P.items():

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 import safetensors_io as st
 
 
+def rmsnorm(x, w, eps):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
 def rotate_half(x):
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
@@ -34,13 +38,20 @@ def attention(cfg, P, x):
     B, L = cfg["B"], cfg["L"]
     H, KV, hd = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"]
     T, d = x.shape
-    q = (x @ P["wq"].T).view(B, L, H, hd).transpose(1, 2)
-    k = (x @ P["wk"].T).view(B, L, KV, hd).transpose(1, 2)
-    v = (x @ P["wv"].T).view(B, L, KV, hd).transpose(1, 2)
+    q, k, v = x @ P["wq"].T, x @ P["wk"].T, x @ P["wv"].T
+    if "bq" in P:  # Qwen2's q/k/v biases
+        q, k, v = q + P["bq"], k + P["bk"], v + P["bv"]
+    eps = cfg.get("norm_eps", 1e-5)
+    if cfg.get("qk_norm", "none") == "full":  # OLMoE: over the whole projection
+        q, k = rmsnorm(q, P["q_norm"], eps), rmsnorm(k, P["k_norm"], eps)
+    q, k, v = q.view(B, L, H, hd), k.view(B, L, KV, hd), v.view(B, L, KV, hd)
+    if cfg.get("qk_norm", "none") == "head":  # Qwen3: each head's hd values
+        q, k = rmsnorm(q, P["q_norm"], eps), rmsnorm(k, P["k_norm"], eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     q, k = rope(q, cfg["rope_theta"]), rope(k, cfg["rope_theta"])
     k = k.repeat_interleave(H // KV, dim=1)
     v = v.repeat_interleave(H // KV, dim=1)
-    s = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    s = q @ k.transpose(-1, -2) * cfg.get("scale", 1.0 / math.sqrt(hd))
     mask = torch.ones(L, L, dtype=torch.bool).triu(1)
     p = F.softmax(s.masked_fill(mask, float("-inf")), dim=-1)
     o = (p @ v).transpose(1, 2).reshape(T, H * hd)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The Python environment of the interop tests (tests/interop/hf_parity.py): a venv over Debian's
+# python3 that sees its torch and numpy (--system-site-packages) and adds, from PyPI, transformers
+# pinned to the newest release that runs on Debian 12's torch 1.13 (4.50 needs torch.distributed.tensor,
+# a torch 2 module), with its tokenizers and safetensors. Test oracles only: `moe` never needs them.
+# Kept between runs: rebuilt only when the pins below change.
+#
+#   scripts/interop_venv.sh VENV_DIR     (prints nothing on success when already current)
+set -euo pipefail
+VENV=${1:?usage: interop_venv.sh VENV_DIR}
+PINS="transformers==4.49.0 tokenizers==0.21.4 safetensors==0.8.0 huggingface_hub==0.36.2"
+if [ -f "$VENV/pins" ] && [ "$(cat "$VENV/pins")" = "$PINS" ]; then exit 0; fi
+rm -rf "$VENV"
+/usr/bin/python3 -m venv --system-site-packages "$VENV"
+# shellcheck disable=SC2086
+"$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS
+echo "$PINS" > "$VENV/pins"
+echo "interop_venv: $VENV has $PINS"
