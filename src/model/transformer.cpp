@@ -246,18 +246,21 @@ void TransformerLM::backward() {
   sgemm(true, false, V, d, T, ls, dlogits_.data(), V, h_final.data(), d, 1.f, dhead, d);
   sgemm(false, false, T, d, V, ls, dlogits_.data(), V, head, d, 0.f, dh_.data(), d);
   final_norm.backward(dh_.data(), dx_.data());  // dx_ = d(objective)/d(block output)
-  Tensor& dres = dr_;  // the gradient reaching a residual branch: m_r·dx
-  dres.resize({T, d});
+  // The gradient reaching a residual branch, m_r·dx (dx itself at m_r = 1).
+  auto branch_grad = [&]() -> const float* {
+    if (rm == 1.f) return dx_.data();
+    dr_.resize({T, d});
+    for (size_t i = 0; i < dx_.numel(); ++i) dr_[i] = rm * dx_[i];
+    return dr_.data();
+  };
   for (size_t li = blocks.size(); li-- > 0;) {
     Block& b = blocks[li];
     // x_out = x_mid + m_r·ffn(norm(x_mid))
-    for (size_t i = 0; i < dx_.numel(); ++i) dres[i] = rm * dx_[i];
-    b.ffn->backward(dres.data(), dh_.data());
+    b.ffn->backward(branch_grad(), dh_.data());
     b.ffn_norm.backward(dh_.data(), b.tmp.data());
     for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
     // x_mid = x_in + m_r·attn(norm(x_in))
-    for (size_t i = 0; i < dx_.numel(); ++i) dres[i] = rm * dx_[i];
-    b.attn.backward(dres.data(), dh_.data());
+    b.attn.backward(branch_grad(), dh_.data());
     b.attn_norm.backward(dh_.data(), b.tmp.data());
     for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
   }
