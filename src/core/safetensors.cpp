@@ -79,7 +79,7 @@ uint16_t float_to_half(float f) {
   if (ax < 0x38800000u) {  // below the smallest normal half: subnormal (or zero), rounded to nearest even
     if (ax < 0x33000000u) return static_cast<uint16_t>(sign);
     const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - e;  // 14 − (e − 127) + 13 ... the mantissa's place in a subnormal half
+    const uint32_t shift = 126 - e;  // a subnormal half counts units of 2^-24: h = m·2^(e−150+24)
     uint32_t h = m >> shift;
     const uint32_t rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);
     if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
