@@ -45,6 +45,14 @@ done
 mount -t proc proc "$ROOT/proc"
 mount -t sysfs -o ro sysfs "$ROOT/sys"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# The network trust of this workplace's machines (not the project's leftovers): the extra CA
+# certificates its egress proxy signs with, installed on every machine, so that pip (the interop
+# tests' transformers) reaches PyPI from the root as it does from the machine.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+  chroot "$ROOT" /usr/sbin/update-ca-certificates > /dev/null
+fi
 
 run() {
   echo "fresh_root_check: running: $1"

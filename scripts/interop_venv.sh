@@ -11,6 +11,8 @@ VENV=${1:?usage: interop_venv.sh VENV_DIR}
 PINS="transformers==4.49.0 tokenizers==0.21.4 safetensors==0.8.0 huggingface_hub==0.36.2"
 if [ -f "$VENV/pins" ] && [ "$(cat "$VENV/pins")" = "$PINS" ]; then exit 0; fi
 rm -rf "$VENV"
+# pip trusts the system's certificates (those of the machine's network included), not only its own bundle.
+export PIP_CERT=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
 /usr/bin/python3 -m venv --system-site-packages "$VENV"
 # shellcheck disable=SC2086
 "$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS

@@ -1,42 +1,64 @@
-// cmd_generate.cpp — `moe generate`: continue a prompt with a trained model, optionally showing the
-// experts each generated token went to.
+// cmd_generate.cpp — `moe generate`: continue a prompt (text, or token ids) with a trained or imported
+// model, optionally showing the experts each generated token went to.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "apps/moe/commands.h"
 #include "apps/moe/common.h"
+#include "core/error.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
+#include "interop/scoring.h"
 
 namespace moe::cli {
 
 void add_generate(CLI::App& app) {
-  static std::string ckpt, prompt;
+  static std::string ckpt, prompt, prompt_ids;
   static SampleOptions so;
-  static bool show_experts = false, allow_nonfinite = false;
+  static bool show_experts = false, allow_nonfinite = false, timing = false;
+  static int threads = 0;
   auto* cmd = app.add_subcommand("generate", "Continue a prompt with a trained model");
   cmd->add_option("--ckpt", ckpt, "Checkpoint folder")->required();
-  cmd->add_option("--prompt", prompt, "Text to continue")->required();
+  auto* text = cmd->add_option("--prompt", prompt, "Text to continue");
+  cmd->add_option("--prompt-ids", prompt_ids, "Token ids to continue instead (the first line of the file); the generated "
+                                              "ids are printed as a line \"ids: ...\"")
+      ->excludes(text);
   cmd->add_option("--max-tokens", so.max_tokens, "Tokens to generate")->check(CLI::PositiveNumber);
   cmd->add_option("--temperature", so.temperature, "Sampling temperature (0: greedy)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-k", so.top_k, "Keep the k most likely tokens (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-p", so.top_p, "Nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--seed", so.seed, "Sampling seed");
   cmd->add_flag("--show-experts", show_experts, "Print the experts each generated token went to, per block with experts");
+  cmd->add_flag("--timing", timing, "Print prefill and decode tokens/s to stderr");
+  add_threads(cmd, threads);
   add_allow_nonfinite(cmd, allow_nonfinite);
   cmd->callback([] {
+    apply_threads(threads);
+    if (prompt.empty() && prompt_ids.empty()) throw CLI::RequiredError("--prompt or --prompt-ids");
     LoadedRun run = load_run(ckpt, allow_nonfinite);
+    // A run trained here, or an imported one with a sentencepiece tokenizer, has tokenizer.model; an
+    // imported byte-level BPE (tokenizer.json) is not read yet, so such a model takes --prompt-ids.
+    const bool has_tok = std::filesystem::exists(ckpt + "/tokenizer.model");
+    if (!has_tok && prompt_ids.empty())
+      fail(ckpt + " has no sentencepiece tokenizer.model (an imported tokenizer.json is not read yet); give --prompt-ids FILE");
     Tokenizer tok;
-    tok.load(ckpt + "/tokenizer.model");
-    std::printf("%s", prompt.c_str());
+    if (has_tok) tok.load(ckpt + "/tokenizer.model");
+    const std::vector<int32_t> start =
+        prompt_ids.empty() ? tok.encode(prompt) : read_token_ids(prompt_ids, run.cfg.model.vocab_size).front();
+    if (has_tok) std::printf("%s", prompt_ids.empty() ? prompt.c_str() : tok.decode(start).c_str());
     std::fflush(stdout);
     std::vector<std::string> routes;
-    generate(*run.model, tok.encode(prompt), so, [&](int32_t id, const BlockExperts& experts) {
-      std::printf("%s", tok.token_text(id).c_str());
+    std::string out_ids;
+    GenerateTimings tm;
+    generate(*run.model, start, so, [&](int32_t id, const BlockExperts& experts) {
+      out_ids += (out_ids.empty() ? "" : " ") + std::to_string(id);
+      if (has_tok) std::printf("%s", tok.token_text(id).c_str());
       std::fflush(stdout);
       if (!show_experts) return;
-      std::string line = "'" + tok.piece(id) + "':";
+      std::string line = "'" + (has_tok ? tok.piece(id) : std::to_string(id)) + "':";
       for (const auto& [block, ids] : experts) {
         line += " L" + std::to_string(block) + "[";
         for (size_t i = 0; i < ids.size(); ++i) {
@@ -46,8 +68,13 @@ void add_generate(CLI::App& app) {
         line += "]";
       }
       routes.push_back(line);
-    });
+    }, &tm);
     std::printf("\n");
+    if (timing)
+      std::fprintf(stderr, "timing: prefill %d tokens in %.2f ms (%.1f tokens/s), decode %d tokens in %.2f ms (%.1f tokens/s)\n",
+                   tm.prefill_tokens, tm.prefill_s * 1e3, tm.prefill_tokens / std::max(tm.prefill_s, 1e-9), tm.decode_tokens,
+                   tm.decode_s * 1e3, tm.decode_tokens / std::max(tm.decode_s, 1e-9));
+    if (!prompt_ids.empty()) std::printf("ids: %s\n", out_ids.c_str());
     for (const std::string& r : routes) std::printf("%s\n", r.c_str());
   });
 }

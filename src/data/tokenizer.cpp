@@ -99,4 +99,14 @@ std::string Tokenizer::token_text(int32_t id) const {
 }
 int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
 
+Tokenizer::PieceKind Tokenizer::kind(int32_t id) const {
+  if (sp_->IsUnknown(id)) return PieceKind::unknown;
+  if (sp_->IsControl(id)) return PieceKind::control;
+  if (sp_->IsByte(id)) return PieceKind::byte;
+  if (sp_->IsUnused(id)) return PieceKind::unused;
+  return PieceKind::normal;
+}
+
+float Tokenizer::score(int32_t id) const { return sp_->GetScore(id); }
+
 }  // namespace moe

@@ -25,6 +25,11 @@ class Tokenizer {
   // The text one token stands for when streamed: "▁" as a space, byte pieces as their byte.
   std::string token_text(int32_t id) const;
   int vocab_size() const;
+  // What a piece is, and its score (the log-probability sentencepiece gives it): for writing the
+  // vocabulary into other formats (GGUF).
+  enum class PieceKind { normal, unknown, control, byte, unused };
+  PieceKind kind(int32_t id) const;
+  float score(int32_t id) const;
 
  private:
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;

@@ -4,13 +4,18 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/timer.h"
 #include "core/rng.h"
 #include "core/vmath.h"
 
 namespace moe {
 
 std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
-                              const std::function<void(int32_t, const BlockExperts&)>& on_token) {
+                              const std::function<void(int32_t, const BlockExperts&)>& on_token,
+                              GenerateTimings* timings) {
+  GenerateTimings local;
+  GenerateTimings& tm = timings ? *timings : local;
+  tm = {};
   std::vector<int32_t> seq = prompt;
   const int V = model.cfg.vocab_size, maxL = model.cfg.context();
   std::vector<float> p(static_cast<size_t>(V));
@@ -19,9 +24,13 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
   // context is full, start again from the most recent half.
   int last_fed = 0;  // tokens in the last decode call: its last row is the newest token
   auto prefill = [&](size_t from) {
+    const auto t0 = clock_type::now();
     model.reset_cache();
     last_fed = static_cast<int>(seq.size() - from);
-    return model.decode(seq.data() + from, last_fed);
+    const float* z = model.decode(seq.data() + from, last_fed);
+    tm.prefill_s += ms_since(t0) / 1e3;
+    tm.prefill_tokens += last_fed;
+    return z;
   };
   MOE_CHECK(!seq.empty(), "generate: the prompt is empty");
   const float* z = prefill(seq.size() > static_cast<size_t>(maxL - 1) ? seq.size() - static_cast<size_t>(maxL - 1) : 0);
@@ -53,7 +62,10 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
     // Feed the new token (its routing is what --show-experts reports); the last one only when reported.
     if (n + 1 < o.max_tokens || on_token) {
       if (model.cache_len() < maxL) {
+        const auto t0 = clock_type::now();
         z = model.decode(&seq.back(), 1);
+        tm.decode_s += ms_since(t0) / 1e3;
+        ++tm.decode_tokens;
         last_fed = 1;
       } else {
         z = prefill(seq.size() - static_cast<size_t>(maxL / 2));

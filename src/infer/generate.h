@@ -17,9 +17,17 @@ struct SampleOptions {
   uint64_t seed = 1;
 };
 
+// Where the time of a generation went: the prompt through the model (prefill) and the tokens fed one at
+// a time after it (decode), in seconds, with their token counts.
+struct GenerateTimings {
+  double prefill_s = 0.0, decode_s = 0.0;
+  int prefill_tokens = 0, decode_tokens = 0;
+};
+
 // Continues `prompt`; on_token(id, experts) is called for each generated token with the experts it
-// went to in each block (fed through the model to learn them).
+// went to in each block (fed through the model to learn them). timings, when given, gets the split.
 std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
-                              const std::function<void(int32_t, const BlockExperts&)>& on_token = {});
+                              const std::function<void(int32_t, const BlockExperts&)>& on_token = {},
+                              GenerateTimings* timings = nullptr);
 
 }  // namespace moe
