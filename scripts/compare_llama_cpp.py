@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Decode speed against llama.cpp on the same model and prompt (docs/PERFORMANCE.md): a run's checkpoint
+is exported with `moe export --format gguf`, then prefill and greedy generation are timed in `moe generate
+--timing` and in llama.cpp (llama-cpp-python, the interop venv of scripts/interop_venv.sh), alternately,
+with the same thread count, the same prompt ids and the same number of generated tokens. Prints a
+markdown table (median of ROUNDS, tokens/s) with the CPU and kernel.
+
+    VENV/bin/python scripts/compare_llama_cpp.py MOE CKPT [--threads 2] [--prompt 64] [--tokens 60]
+                                                  [--rounds 5] [--dtype f32]
+"""
+import argparse
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+from llama_cpp import Llama, __version__ as llama_cpp_version
+
+
+def cpu_name():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("moe")
+    ap.add_argument("ckpt")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--dtype", default="f32")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = os.path.join(tmp, "model.gguf")
+        subprocess.run([a.moe, "export", "--ckpt", a.ckpt, "--format", "gguf", "--dtype", a.dtype, "--out", gguf], check=True,
+                       capture_output=True)
+        cfg = __import__("json").load(open(os.path.join(a.ckpt, "config.json")))["model"]
+        ctx = cfg.get("context_length") or cfg["max_position_embeddings"]
+        assert a.prompt + a.tokens <= ctx, f"prompt + tokens = {a.prompt + a.tokens} is beyond the context of {ctx}"
+        rnd = random.Random(1)
+        prompt = [rnd.randrange(cfg["vocab_size"]) for _ in range(a.prompt)]
+        pfile = os.path.join(tmp, "prompt.txt")
+        open(pfile, "w").write(" ".join(map(str, prompt)) + "\n")
+        llm = Llama(model_path=gguf, n_ctx=ctx, n_batch=ctx, n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
+        rows = {"moe": ([], []), "llama.cpp": ([], [])}
+        for _ in range(a.rounds):
+            r = subprocess.run([a.moe, "generate", "--ckpt", a.ckpt, "--prompt-ids", pfile, "--temperature", "0", "--max-tokens",
+                                str(a.tokens), "--threads", str(a.threads), "--timing"], check=True, capture_output=True, text=True)
+            m = re.search(r"prefill (\d+) tokens in [\d.]+ ms \(([\d.]+) tokens/s\), decode (\d+) tokens in [\d.]+ ms \(([\d.]+)", r.stderr)
+            rows["moe"][0].append(float(m.group(2)))
+            rows["moe"][1].append(float(m.group(4)))
+            llm.reset()
+            t0 = time.perf_counter()
+            llm.eval(prompt)
+            t1 = time.perf_counter()
+            for _ in range(a.tokens):
+                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+            t2 = time.perf_counter()
+            rows["llama.cpp"][0].append(a.prompt / (t1 - t0))
+            rows["llama.cpp"][1].append(a.tokens / (t2 - t1))
+    print(f"CPU: {cpu_name()}, kernel {platform.release()}, {a.threads} threads; llama-cpp-python {llama_cpp_version}; "
+          f"{a.ckpt} as GGUF {a.dtype}; prompt {a.prompt} tokens, {a.tokens} generated; median of {a.rounds}\n")
+    print("| engine | prefill tokens/s | generation tokens/s |")
+    print("| --- | --- | --- |")
+    for name, (pre, dec) in rows.items():
+        print(f"| {name} | {statistics.median(pre):.0f} | {statistics.median(dec):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
