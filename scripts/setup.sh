@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev  # tests and micro-benchmarks
   libcli11-dev nlohmann-json3-dev             # command line, JSON
   libtomlplusplus-dev libsentencepiece-dev    # model configs, tokenizer
+  libpcre2-dev libutf8proc-dev                # byte-level BPE of Hugging Face tokenizer.json: regex, NFC
   bible-kjv fortunes python3.11-doc           # training corpora (the C headers come with libc6-dev)
   libceres-dev                                # Ceres Solver: `moe fit`'s least squares
   chromium                                    # headless browser: the report page's rendering test

@@ -2,7 +2,7 @@
 // model, optionally showing the experts each generated token went to.
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,26 +39,23 @@ void add_generate(CLI::App& app) {
     apply_threads(threads);
     if (prompt.empty() && prompt_ids.empty()) throw CLI::RequiredError("--prompt or --prompt-ids");
     LoadedRun run = load_run(ckpt, allow_nonfinite);
-    // A run trained here, or an imported one with a sentencepiece tokenizer, has tokenizer.model; an
-    // imported byte-level BPE (tokenizer.json) is not read yet, so such a model takes --prompt-ids.
-    const bool has_tok = std::filesystem::exists(ckpt + "/tokenizer.model");
-    if (!has_tok && prompt_ids.empty())
-      fail(ckpt + " has no sentencepiece tokenizer.model (an imported tokenizer.json is not read yet); give --prompt-ids FILE");
-    Tokenizer tok;
-    if (has_tok) tok.load(ckpt + "/tokenizer.model");
+    // Its sentencepiece tokenizer.model, or an imported model's byte-level BPE (hf/tokenizer.json).
+    const std::unique_ptr<TextTokenizer> tok = open_run_tokenizer(ckpt);
+    const bool has_tok = tok != nullptr;
+    if (!has_tok && prompt_ids.empty()) fail(ckpt + " has no tokenizer (tokenizer.model or hf/tokenizer.json); give --prompt-ids FILE");
     const std::vector<int32_t> start =
-        prompt_ids.empty() ? tok.encode(prompt) : read_token_ids(prompt_ids, run.cfg.model.vocab_size).front();
-    if (has_tok) std::printf("%s", prompt_ids.empty() ? prompt.c_str() : tok.decode(start).c_str());
+        prompt_ids.empty() ? tok->encode(prompt) : read_token_ids(prompt_ids, run.cfg.model.vocab_size).front();
+    if (has_tok) std::printf("%s", prompt_ids.empty() ? prompt.c_str() : tok->decode(start).c_str());
     std::fflush(stdout);
     std::vector<std::string> routes;
     std::string out_ids;
     GenerateTimings tm;
     generate(*run.model, start, so, [&](int32_t id, const BlockExperts& experts) {
       out_ids += (out_ids.empty() ? "" : " ") + std::to_string(id);
-      if (has_tok) std::printf("%s", tok.token_text(id).c_str());
+      if (has_tok) std::printf("%s", tok->token_text(id).c_str());
       std::fflush(stdout);
       if (!show_experts) return;
-      std::string line = "'" + (has_tok ? tok.piece(id) : std::to_string(id)) + "':";
+      std::string line = "'" + (has_tok ? tok->piece(id) : std::to_string(id)) + "':";
       for (const auto& [block, ids] : experts) {
         line += " L" + std::to_string(block) + "[";
         for (size_t i = 0; i < ids.size(); ++i) {

@@ -21,5 +21,6 @@ void add_lifelong(CLI::App& app);  // moe lifelong
 void add_import(CLI::App& app);    // moe import
 void add_logits(CLI::App& app);    // moe logits
 void add_export(CLI::App& app);    // moe export
+void add_tokenize(CLI::App& app);  // moe tokenize
 
 }  // namespace moe::cli

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   moe::cli::add_import(app);
   moe::cli::add_logits(app);
   moe::cli::add_export(app);
+  moe::cli::add_tokenize(app);
   // Exit codes: 0 done, 1 an error of the input or the run (one line naming the field and the fix),
   // 2 a usage error of the command line.
   try {

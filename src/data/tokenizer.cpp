@@ -1,5 +1,9 @@
 #include "data/tokenizer.h"
 
+#include <filesystem>
+
+#include "data/bpe_tokenizer.h"
+
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
@@ -98,6 +102,17 @@ std::string Tokenizer::token_text(int32_t id) const {
   return out;
 }
 int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+
+std::unique_ptr<TextTokenizer> open_run_tokenizer(const std::string& dir) {
+  if (std::filesystem::exists(dir + "/tokenizer.model")) {
+    auto t = std::make_unique<Tokenizer>();
+    t->load(dir + "/tokenizer.model");
+    return t;
+  }
+  if (std::filesystem::exists(dir + "/hf/tokenizer.json"))
+    return std::make_unique<BpeTokenizer>(BpeTokenizer::load(dir + "/hf/tokenizer.json"));
+  return nullptr;
+}
 
 Tokenizer::PieceKind Tokenizer::kind(int32_t id) const {
   if (sp_->IsUnknown(id)) return PieceKind::unknown;
