@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "apps/moe/commands.h"
 #include "apps/moe/common.h"
 #include "core/error.h"
+#include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
 #include "interop/scoring.h"
@@ -16,9 +18,9 @@
 namespace moe::cli {
 
 void add_generate(CLI::App& app) {
-  static std::string ckpt, prompt, prompt_ids;
+  static std::string ckpt, prompt, prompt_ids, system_prompt;
   static SampleOptions so;
-  static bool show_experts = false, allow_nonfinite = false, timing = false;
+  static bool show_experts = false, allow_nonfinite = false, timing = false, chat = false;
   static int threads = 0;
   auto* cmd = app.add_subcommand("generate", "Continue a prompt with a trained model");
   cmd->add_option("--ckpt", ckpt, "Checkpoint folder")->required();
@@ -32,6 +34,9 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--top-p", so.top_p, "Nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--seed", so.seed, "Sampling seed");
   cmd->add_flag("--show-experts", show_experts, "Print the experts each generated token went to, per block with experts");
+  cmd->add_flag("--chat", chat, "Send the prompt as a user message through the model's chat template (an imported "
+                                "model's hf/tokenizer_config.json); generation stops at its eos token");
+  cmd->add_option("--system", system_prompt, "With --chat: a system message before the prompt");
   cmd->add_flag("--timing", timing, "Print prefill and decode tokens/s to stderr");
   add_threads(cmd, threads);
   add_allow_nonfinite(cmd, allow_nonfinite);
@@ -43,9 +48,20 @@ void add_generate(CLI::App& app) {
     const std::unique_ptr<TextTokenizer> tok = open_run_tokenizer(ckpt);
     const bool has_tok = tok != nullptr;
     if (!has_tok && prompt_ids.empty()) fail(ckpt + " has no tokenizer (tokenizer.model or hf/tokenizer.json); give --prompt-ids FILE");
-    const std::vector<int32_t> start =
-        prompt_ids.empty() ? tok->encode(prompt) : read_token_ids(prompt_ids, run.cfg.model.vocab_size).front();
-    if (has_tok) std::printf("%s", prompt_ids.empty() ? prompt.c_str() : tok->decode(start).c_str());
+    std::vector<int32_t> start;
+    if (chat) {
+      const std::optional<ChatFormat> f = read_chat_format(ckpt);
+      if (!f || !has_tok || prompt.empty())
+        fail("--chat needs --prompt and a model with a chat template (hf/tokenizer_config.json of an imported model)");
+      std::vector<ChatMessage> messages;
+      if (!system_prompt.empty()) messages.push_back({"system", system_prompt});
+      messages.push_back({"user", prompt});
+      start = encode_chat(*tok, render_chat_template(f->tmpl, messages, true, f->bos_token, f->eos_token), *f);
+      so.stop_token = f->eos_token.empty() ? -1 : tok->id_of(f->eos_token);
+    } else {
+      start = prompt_ids.empty() ? tok->encode(prompt) : read_token_ids(prompt_ids, run.cfg.model.vocab_size).front();
+      if (has_tok) std::printf("%s", prompt_ids.empty() ? prompt.c_str() : tok->decode(start).c_str());
+    }
     std::fflush(stdout);
     std::vector<std::string> routes;
     std::string out_ids;

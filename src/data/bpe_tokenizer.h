@@ -37,7 +37,7 @@ class BpeTokenizer : public TextTokenizer {
   std::string piece(int32_t id) const override;       // its string in the vocabulary
   int vocab_size() const override { return static_cast<int>(pieces_.size()); }
   // The id of a piece or added token (e.g. "<|im_end|>"), or -1.
-  int32_t id_of(const std::string& piece) const;
+  int32_t id_of(const std::string& piece) const override;
 
  private:
   struct Regex;

@@ -124,4 +124,9 @@ Tokenizer::PieceKind Tokenizer::kind(int32_t id) const {
 
 float Tokenizer::score(int32_t id) const { return sp_->GetScore(id); }
 
+int32_t Tokenizer::id_of(const std::string& piece) const {
+  const int id = sp_->PieceToId(piece);
+  return id == sp_->unk_id() && piece != sp_->IdToPiece(id) ? -1 : id;
+}
+
 }  // namespace moe

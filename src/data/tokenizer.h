@@ -21,6 +21,7 @@ class TextTokenizer {
   virtual std::string token_text(int32_t id) const = 0;  // what one token stands for when streamed
   virtual std::string piece(int32_t id) const = 0;       // its string in the vocabulary
   virtual int vocab_size() const = 0;
+  virtual int32_t id_of(const std::string& piece) const = 0;  // the id of a piece, or -1
 };
 
 // The tokenizer of a run folder: its sentencepiece tokenizer.model, else the byte-level BPE of an
@@ -40,6 +41,7 @@ class Tokenizer : public TextTokenizer {
   // The text one token stands for when streamed: "▁" as a space, byte pieces as their byte.
   std::string token_text(int32_t id) const override;
   int vocab_size() const override;
+  int32_t id_of(const std::string& piece) const override;
   // What a piece is, and its score (the log-probability sentencepiece gives it): for writing the
   // vocabulary into other formats (GGUF).
   enum class PieceKind { normal, unknown, control, byte, unused };

@@ -72,6 +72,7 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
       }
     }
     if (on_token) on_token(next, model.experts_of(last_fed - 1));
+    if (next == o.stop_token) break;
   }
   return {seq.begin() + static_cast<long>(prompt.size()), seq.end()};
 }

@@ -15,6 +15,7 @@ struct SampleOptions {
   int top_k = 40;
   float top_p = 0.95f;
   uint64_t seed = 1;
+  int32_t stop_token = -1;  // generation ends after this token (a chat model's eos); -1: none
 };
 
 // Where the time of a generation went: the prompt through the model (prefill) and the tokens fed one at
