@@ -31,6 +31,9 @@ def tiny(arch):
                   max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False)
     if arch == "mixtral":
         return transformers.MixtralConfig(intermediate_size=48, num_local_experts=6, num_experts_per_tok=2, **common)
+    if arch == "mixtral_head_dim":  # heads wider than hidden_size / num_attention_heads (24 against 16)
+        return transformers.MixtralConfig(intermediate_size=48, num_local_experts=4, num_experts_per_tok=2, head_dim=24,
+                                          **common)
     if arch == "qwen2_moe":
         return transformers.Qwen2MoeConfig(intermediate_size=96, moe_intermediate_size=40, num_experts=6, num_experts_per_tok=2,
                                            shared_expert_intermediate_size=56, norm_topk_prob=False, decoder_sparse_step=1,
@@ -112,6 +115,69 @@ def check(arch, seed, dtype=torch.float32, shard=None):
     return ok
 
 
+def check_qwen3(seed):
+    """Qwen3-MoE is not in transformers 4.49 (the newest on Debian's torch 1.13). Its oracle here is
+    transformers' Qwen2-MoE with what Qwen3-MoE changes: q/k/v biases and the shared expert zeroed, and
+    Qwen3's QK-norm (an RMSNorm over each head's values of q and k, before RoPE, as modeling_qwen3_moe
+    writes it) hooked onto q_proj and k_proj. The weights are saved under Qwen3-MoE's names with a
+    qwen3_moe config.json, imported, and compared."""
+    torch.manual_seed(seed)
+    cfg = transformers.Qwen2MoeConfig(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
+                                      rope_theta=10000.0, tie_word_embeddings=False, intermediate_size=96,
+                                      moe_intermediate_size=40, num_experts=6, num_experts_per_tok=2,
+                                      shared_expert_intermediate_size=8, norm_topk_prob=True)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
+    hd, eps = 16, cfg.rms_norm_eps
+    norms = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith(".bias") or "shared_expert" in name:
+                p.zero_()
+            elif p.dim() >= 2:
+                p.copy_(0.08 * torch.randn_like(p))
+        for l, layer in enumerate(model.model.layers):
+            for w in ("q", "k"):
+                weight = 1.0 + 0.3 * torch.randn(hd)
+                norms[f"model.layers.{l}.self_attn.{w}_norm.weight"] = weight
+
+                def qk_norm(_m, _inp, out, weight=weight):
+                    x = out.view(*out.shape[:-1], -1, hd).float()
+                    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+                    return (weight * x).view(out.shape)
+                getattr(layer.self_attn, f"{w}_proj").register_forward_hook(qk_norm)
+    hf_dir = os.path.join(WORK, f"hf-qwen3_moe-{seed}")
+    out = os.path.join(WORK, f"run-qwen3_moe-{seed}")
+    for d in (hf_dir, out):
+        shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(hf_dir)
+    tensors = {n: t.contiguous() for n, t in model.state_dict().items()
+               if not n.endswith(".bias") and "shared_expert" not in n and "rotary_emb" not in n}
+    tensors.update(norms)
+    from safetensors.torch import save_file
+    save_file(tensors, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
+    config = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 300, "hidden_size": 64,
+              "intermediate_size": 96, "moe_intermediate_size": 40, "num_experts": 6, "num_experts_per_tok": 2,
+              "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": hd,
+              "max_position_embeddings": 256, "rms_norm_eps": eps, "rope_theta": 10000.0, "tie_word_embeddings": False,
+              "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "attention_bias": False,
+              "hidden_act": "silu", "rope_scaling": None, "use_sliding_window": False, "sliding_window": None}
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    run("import", hf_dir, "--out", out)
+    ids = torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want = model(ids).logits.double()
+    got = logits_of_moe(out, ids, f"qwen3-{seed}")
+    err = (got - want).abs().max().item() / want.abs().max().item()
+    argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
+    ok = err <= TOL and argmax
+    print(f"{'qwen3_moe (hooked oracle)':28s} max |logit diff| / scale = {err:.2e}  argmax equal: {argmax}  {'ok' if ok else 'FAIL'}")
+    return ok
+
+
 def logits_of_moe(out, ids, name):
     ids_path = os.path.join(WORK, f"ids-{name}.txt")
     with open(ids_path, "w") as f:
@@ -173,10 +239,11 @@ def trained_here(name, extra):
 def main():
     os.makedirs(WORK, exist_ok=True)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    cases = [("mixtral", 1, torch.float32, None), ("mixtral", 2, torch.bfloat16, "60KB"),
+    cases = [("mixtral", 1, torch.float32, None), ("mixtral", 2, torch.bfloat16, "60KB"), ("mixtral_head_dim", 7, torch.float32, None),
              ("qwen2_moe", 3, torch.float32, None), ("qwen2_moe_norm", 4, torch.float16, "100KB"),
              ("olmoe", 5, torch.float32, None), ("granitemoe", 6, torch.float32, None)]
     results = [check(*c) for c in cases]
+    results.append(check_qwen3(8))
     # Imported, exported again, read by transformers.
     for arch, seed, cls in [("mixtral", 1, "MixtralForCausalLM"), ("qwen2_moe", 3, "Qwen2MoeForCausalLM"),
                             ("olmoe", 5, "OlmoeForCausalLM"), ("granitemoe", 6, "GraniteMoeForCausalLM")]:
