@@ -112,14 +112,18 @@ BpeTokenizer BpeTokenizer::load(const std::string& path) {
     max_id = std::max(max_id, it->get<int32_t>());
   }
   const json added = j.value("added_tokens", json::array());
+  std::vector<int32_t> special;
   for (const json& a : added) {
     if (!a.is_object() || !a.contains("id") || !a.contains("content")) fail(path + ": an added_tokens entry lacks id or content");
     t.added_.emplace_back(a["content"].get<std::string>(), a["id"].get<int32_t>());
     max_id = std::max(max_id, a["id"].get<int32_t>());
+    if (a.value("special", false)) special.push_back(a["id"].get<int32_t>());
   }
   std::sort(t.added_.begin(), t.added_.end(), [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
   t.pieces_.assign(static_cast<size_t>(max_id + 1), "");
   t.is_added_.assign(static_cast<size_t>(max_id + 1), false);
+  t.is_special_.assign(static_cast<size_t>(max_id + 1), false);
+  for (int32_t id : special) t.is_special_[static_cast<size_t>(id)] = true;
   for (const auto& [p, id] : t.vocab_) t.pieces_[static_cast<size_t>(id)] = p;
   for (const auto& [p, id] : t.added_) t.pieces_[static_cast<size_t>(id)] = p, t.is_added_[static_cast<size_t>(id)] = true;
   int rank = 0;
@@ -171,7 +175,19 @@ BpeTokenizer BpeTokenizer::load(const std::string& path) {
   if (!byte_level) fail(path + ": the tokenizer is not byte-level (no ByteLevel pre-tokenizer); only byte-level BPE is read");
   if (pattern.empty()) pattern = kGpt2Regex;
   t.regex_ = std::make_unique<Regex>(pattern, path);
+  t.pattern_ = pattern;
   return t;
+}
+
+const char* BpeTokenizer::gpt2_pattern() { return kGpt2Regex; }
+
+std::vector<std::string> BpeTokenizer::merges() const {
+  std::vector<std::pair<int, std::string>> by_rank;
+  for (const auto& [m, r] : merge_rank_) by_rank.emplace_back(r, m);
+  std::sort(by_rank.begin(), by_rank.end());
+  std::vector<std::string> out;
+  for (auto& [r, m] : by_rank) out.push_back(std::move(m));
+  return out;
 }
 
 int32_t BpeTokenizer::id_of(const std::string& piece) const {

@@ -38,6 +38,13 @@ class BpeTokenizer : public TextTokenizer {
   int vocab_size() const override { return static_cast<int>(pieces_.size()); }
   // The id of a piece or added token (e.g. "<|im_end|>"), or -1.
   int32_t id_of(const std::string& piece) const override;
+  // For writing the vocabulary into other formats (GGUF's "gpt2" tokenizer): the merges in rank order
+  // ("a b"), whether an id is an added token and whether it is special, and the pre-tokenizer regex.
+  std::vector<std::string> merges() const;
+  bool is_added(int32_t id) const { return id >= 0 && static_cast<size_t>(id) < is_added_.size() && is_added_[static_cast<size_t>(id)]; }
+  bool is_special(int32_t id) const { return id >= 0 && static_cast<size_t>(id) < is_special_.size() && is_special_[static_cast<size_t>(id)]; }
+  const std::string& pattern() const { return pattern_; }
+  static const char* gpt2_pattern();
 
  private:
   struct Regex;
@@ -47,7 +54,8 @@ class BpeTokenizer : public TextTokenizer {
   std::vector<std::string> pieces_;                  // id → piece (vocab and added tokens)
   std::unordered_map<std::string, int> merge_rank_;  // "a b" → rank
   std::vector<std::pair<std::string, int32_t>> added_;  // added tokens, longest first
-  std::vector<bool> is_added_;
+  std::vector<bool> is_added_, is_special_;
+  std::string pattern_;
   std::string byte_char_[256];                       // byte → its GPT-2 character (UTF-8)
   std::map<std::string, unsigned char> char_byte_;   // and back
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;

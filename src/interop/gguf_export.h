@@ -1,10 +1,12 @@
 // gguf_export.h — `moe export --format gguf`: a run's newest checkpoint as one GGUF file that
-// llama.cpp loads (docs/INTEROP.md). Mixtral-style models (softmax over the top-k logits, no shared
-// experts, every block MoE) are written as llama.cpp's "llama" architecture with its expert tensors
-// (ffn_gate_exps, ffn_up_exps, ffn_down_exps, ffn_gate_inp); q and k rows are permuted from the
-// Hugging Face rotate-half RoPE to the adjacent pairs that architecture rotates. The vocabulary is the
-// run's sentencepiece model (tokens, scores, token types). Weights in F32, F16, BF16 or Q8_0 (blocks
-// of 32 with an fp16 scale, as llama.cpp quantizes); norms and the router stay F32.
+// llama.cpp loads (docs/INTEROP.md), in llama.cpp's architecture for what the model exports as
+// (Mixtral-style → llama, GraniteMoE → granitemoe, Qwen2-MoE → qwen2moe, Qwen3-MoE → qwen3moe, OLMoE →
+// olmoe) with its expert tensors (ffn_gate_exps, ffn_up_exps, ffn_down_exps, ffn_gate_inp, shared
+// ffn_*_shexp); for llama and granitemoe the q and k rows are permuted from the Hugging Face
+// rotate-half RoPE to the adjacent pairs they rotate. The vocabulary is the run's sentencepiece model
+// ("llama": pieces, scores, types) or its imported tokenizer.json ("gpt2": pieces, merges, the
+// pre-tokenizer by name). Weights in F32, F16, BF16 or Q8_0 (blocks of 32 with an fp16 scale, as
+// llama.cpp quantizes); norms, biases and the router stay F32.
 #pragma once
 #include <array>
 #include <cstdint>

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""GGUF parity with llama.cpp (docs/INTEROP.md): a tiny Mixtral-style model trained here is exported with
+"""GGUF parity with llama.cpp (docs/INTEROP.md). First, a tiny Mixtral-style model trained here is exported with
 `moe export --format gguf` in f32 and Q8_0, loaded by llama.cpp (llama-cpp-python, built from source in
 the venv of scripts/interop_venv.sh), and compared with `moe logits` on the same token ids (f32: within
 1e-4 of the logits' scale, argmax equal everywhere) and with `moe generate --temperature 0` on the same
 prompt (f32: the same greedy tokens). The Q8_0 file must hold, tensor for tensor, the bytes llama.cpp's own
-quantizer (llama_model_quantize) makes from the f32 export; its logits are reported.
+quantizer (llama_model_quantize) makes from the f32 export; its logits are reported. Then tiny random
+Qwen2-MoE, OLMoE and GraniteMoE models from transformers, each with a byte-level BPE tokenizer.json trained
+by `tokenizers`, are imported, exported to GGUF (llama.cpp's qwen2moe, olmoe and granitemoe with a "gpt2"
+vocabulary) and compared the same way, and llama.cpp must tokenize a text as `moe tokenize` does.
 
 llama.cpp is run without its extra buffer types (AMX and repacked weights): on Intel CPUs with AMX its
 batched Q8_0 matmul segfaults (llama.cpp issue 20824), with llama.cpp's own Q8_0 files as with ours.
@@ -44,14 +47,14 @@ TINY = ["model.vocab_size=320", "model.hidden_size=64", "model.num_hidden_layers
 
 
 def run(*args):
-    r = subprocess.run([MOE, *args], capture_output=True, text=True)
+    r = subprocess.run([MOE, *args], capture_output=True, text=True, errors="replace")
     if r.returncode != 0:
         raise SystemExit(f"moe {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
     return r.stdout
 
 
-def trained():
-    out = os.path.join(WORK, "gguf-run")
+def trained(name="gguf-run", extra=()):
+    out = os.path.join(WORK, name)
     shutil.rmtree(out, ignore_errors=True)
     rnd = random.Random(5)
     words = ["the", "expert", "router", "token", "loss", "gate", "layer", "of", "and", "mixture", "balance", "{", "}"]
@@ -60,7 +63,7 @@ def trained():
         for _ in range(3000):
             f.write(" ".join(rnd.choice(words) for _ in range(rnd.randint(4, 12))) + "\n")
     args = ["train", "--threads", "2"]
-    for kv in TINY + [f"train.corpus=file:{corpus}", f"train.data_dir={WORK}/gguf-data", f"train.out={out}"]:
+    for kv in TINY + list(extra) + [f"train.corpus=file:{corpus}", f"train.data_dir={WORK}/gguf-data", f"train.out={out}"]:
         args += ["--set", kv]
     run(*args)
     return out
@@ -70,6 +73,99 @@ def llama_logits(llm, ids):
     llm.reset()
     llm.eval(ids)
     return np.array(llm.scores[:len(ids)], dtype=np.float64)
+
+
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+               r"\s+(?!\S)|\s+")
+
+
+def imported(arch, seed):
+    """A tiny random HF model of `arch` with a byte-level BPE tokenizer.json, imported into a run folder."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, normalizers
+    tok = Tokenizer(models.BPE())
+    if arch == "qwen2_moe":  # as Qwen2 writes its tokenizer: NFC and a Split by its regex (llama.cpp's "qwen2")
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:  # GPT-2's (llama.cpp's "gpt-2")
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the expert router sends each token to two of eight experts"] * 50, trainer)
+    V = tok.get_vocab_size()
+    common = dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+                  rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False)
+    if arch == "qwen2_moe":
+        cfg = transformers.Qwen2MoeConfig(num_key_value_heads=2, intermediate_size=64, moe_intermediate_size=32, num_experts=4,
+                                          num_experts_per_tok=2, shared_expert_intermediate_size=32, norm_topk_prob=False,
+                                          **common)
+    elif arch == "olmoe":
+        cfg = transformers.OlmoeConfig(num_key_value_heads=4, intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                       **dict(common, rms_norm_eps=1e-5))
+    else:
+        cfg = transformers.GraniteMoeConfig(num_key_value_heads=2, intermediate_size=32, num_local_experts=4,
+                                            num_experts_per_tok=2, embedding_multiplier=3.0, residual_multiplier=0.6,
+                                            attention_multiplier=0.2, logits_scaling=2.5, **dict(common, tie_word_embeddings=True))
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif p.dim() >= 2:
+                p.copy_(0.08 * torch.randn_like(p))
+    hf_dir, out = os.path.join(WORK, f"gguf-hf-{arch}"), os.path.join(WORK, f"gguf-imported-{arch}")
+    for d in (hf_dir, out):
+        shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    tok.save(os.path.join(hf_dir, "tokenizer.json"))
+    run("import", hf_dir, "--out", out)
+    return out, V
+
+
+def compare(src, name, V, text=None):
+    """moe against llama.cpp on one run folder: f32 logits, greedy tokens, and (text) tokenization."""
+    rnd = random.Random(11)
+    ids = [rnd.randrange(V) for _ in range(24)]
+    ids_path = os.path.join(WORK, f"gguf-ids-{name}.txt")
+    with open(ids_path, "w") as f:
+        f.write(" ".join(map(str, ids)) + "\n")
+    npy = os.path.join(WORK, f"gguf-moe-logits-{name}.npy")
+    run("logits", "--ckpt", src, "--ids", ids_path, "--out", npy, "--threads", "1")
+    want = np.load(npy).astype(np.float64)
+    with open(os.path.join(WORK, f"gguf-prompt-{name}.txt"), "w") as f:
+        f.write(" ".join(map(str, ids[:6])) + "\n")
+    out = run("generate", "--ckpt", src, "--prompt-ids", os.path.join(WORK, f"gguf-prompt-{name}.txt"), "--temperature", "0",
+              "--max-tokens", "16")
+    moe_greedy = [int(x) for x in out.strip().splitlines()[-1].split()[1:]]
+    path = os.path.join(WORK, f"model-{name}.gguf")
+    if os.path.exists(path):
+        os.remove(path)
+    run("export", "--ckpt", src, "--format", "gguf", "--out", path)
+    llm = Llama(model_path=path, n_ctx=64, n_batch=64, logits_all=True, n_threads=2, verbose=False, type_k=0, type_v=0)
+    got = llama_logits(llm, ids)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
+    llm.reset()
+    llm.eval(ids[:6])
+    greedy = []
+    for _ in range(16):
+        greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([greedy[-1]])
+    same_tok = True
+    if text is not None:
+        mine = [int(x) for x in run("tokenize", "--ckpt", src, "--text", text).split()]
+        same_tok = llm.tokenize(text.encode(), add_bos=False, special=True) == mine
+    ok = err <= 1e-4 and argmax and greedy == moe_greedy and same_tok
+    print(f"gguf {name:17s}: max |logit diff| / scale = {err:.2e}  argmax equal: {argmax}  greedy 16 tokens equal: "
+          f"{greedy == moe_greedy}  tokenization equal: {same_tok}  {'ok' if ok else 'FAIL'}")
+    return ok
 
 
 def main():
@@ -128,6 +224,13 @@ def main():
         print(f"gguf {dtype:5s}: max |logit diff| / scale = {err:.2e}  argmax equal: {argmax}  greedy 24 tokens equal: {same}"
               f"{note}  {'ok' if ok else 'FAIL'}")
         results.append(ok)
+    # A Qwen3-MoE-style model trained here (top-k of the softmax renormalised, per-head QK-norm): llama.cpp's
+    # qwen3moe with the sentencepiece vocabulary.
+    qwen3 = trained("gguf-run-qwen3", ["model.router=softmax_topk", "model.norm_topk_prob=true", "model.qk_norm=head"])
+    results.append(compare(qwen3, "trained-qwen3_moe", 320, "the expert router sends 2 tokens"))
+    for arch, seed in [("qwen2_moe", 21), ("olmoe", 22), ("granitemoe", 23)]:
+        src, V = imported(arch, seed)
+        results.append(compare(src, arch, V, "the expert router sends 2 tokens"))
     passed = sum(results)
     print(f"{passed} passed, {len(results) - passed} failed")
     sys.exit(0 if passed == len(results) else 1)

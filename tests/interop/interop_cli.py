@@ -6,8 +6,10 @@ parity with transformers is tests/interop/hf_parity.py, label interop):
              (f32: bit for bit), the same `eval --ids` loss; the .npy and .safetensors logits agree
   bad-input  a truncated shard, an index entry naming the wrong file, an unsupported architecture,
              DeepSeek's latent attention, rope_scaling, a config/weights mismatch (shape, extra
-             tensor, missing tensor), an --out that holds a run, a bad token id: each a one-line error,
-             a non-zero exit, and no output folder left behind
+             tensor, missing tensor), an --out that holds a run, a bad token id, a GGUF export of a
+             PEER model, over an existing file, or of a model llama.cpp would compute differently
+             (Qwen2-MoE with renormalised gates): each a one-line error, a non-zero exit, and nothing
+             left behind or written over
 
     interop_cli.py MOE MODE
 """
@@ -186,6 +188,20 @@ def bad_input(tmp):
     run(args)
     one_line_error(["export", "--ckpt", str(peer), "--out", str(tmp / "peer-hf")], 'model.ffn = "peer"')
     assert not (tmp / "peer-hf").exists()
+    one_line_error(["export", "--ckpt", str(peer), "--format", "gguf", "--out", str(tmp / "peer.gguf")], 'model.ffn = "peer"')
+    assert not (tmp / "peer.gguf").exists()
+    (tmp / "taken.gguf").write_text("x")
+    one_line_error(["export", "--ckpt", str(src), "--format", "gguf", "--out", str(tmp / "taken.gguf")], "already exists")
+    assert (tmp / "taken.gguf").read_text() == "x"
+    qwen = tmp / "qwen-run"
+    args = ["train", "--threads", "2"]
+    for kv in TINY + ["model.router=softmax_topk", "model.norm_topk_prob=true", "train.steps=2",
+                      f"train.corpus=file:{tmp}/corpus.txt", f"train.data_dir={tmp}/data", f"train.out={qwen}"]:
+        args += ["--set", kv]
+    run(args)
+    one_line_error(["export", "--ckpt", str(qwen), "--format", "gguf", "--out", str(tmp / "qwen.gguf")],
+                   "does not renormalise the top-k gates")
+    assert not (tmp / "qwen.gguf").exists()
     print("bad-input: every refusal one line, nothing left behind")
 
 
