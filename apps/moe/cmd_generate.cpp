@@ -60,7 +60,10 @@ void add_generate(CLI::App& app) {
       so.stop_token = f->eos_token.empty() ? -1 : tok->id_of(f->eos_token);
     } else {
       start = prompt_ids.empty() ? tok->encode(prompt) : read_token_ids(prompt_ids, run.cfg.model.vocab_size).front();
-      if (has_tok) std::printf("%s", prompt_ids.empty() ? prompt.c_str() : tok->decode(start).c_str());
+      if (has_tok) {
+        const std::string t = prompt_ids.empty() ? prompt : tok->decode(start);
+        std::fwrite(t.data(), 1, t.size(), stdout);
+      }
     }
     std::fflush(stdout);
     std::vector<std::string> routes;
@@ -68,7 +71,10 @@ void add_generate(CLI::App& app) {
     GenerateTimings tm;
     generate(*run.model, start, so, [&](int32_t id, const BlockExperts& experts) {
       out_ids += (out_ids.empty() ? "" : " ") + std::to_string(id);
-      if (has_tok) std::printf("%s", tok->token_text(id).c_str());
+      if (has_tok) {  // written whole: a byte token may be NUL
+        const std::string t = tok->token_text(id);
+        std::fwrite(t.data(), 1, t.size(), stdout);
+      }
       std::fflush(stdout);
       if (!show_experts) return;
       std::string line = "'" + (has_tok ? tok->piece(id) : std::to_string(id)) + "':";

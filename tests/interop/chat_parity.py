@@ -5,7 +5,9 @@ uses the rest of the supported subset (set, elif, filters, tests, string methods
 comments, '-' whitespace control, lstrip/trim_blocks on indented blocks), rendered for several
 conversations with and without the generation prompt: `moe tokenize --chat --render` must print the
 text transformers renders, and `moe tokenize --chat` the ids it tokenizes; a template that raises
-(Mixtral given a system message) must fail in both, with the template's message.
+(Mixtral given a system message) must fail in both, with the template's message. Then `moe generate --chat`
+on an imported Qwen2-MoE must print the text of transformers' greedy decoding of the same rendered
+conversation, to 24 tokens and stopping at the EOS token.
 
     VENV/bin/python tests/interop/chat_parity.py BUILD/bin/moe WORKDIR
 """
@@ -81,6 +83,64 @@ def moe(*args):
     return subprocess.run([MOE, "tokenize", *args], capture_output=True)
 
 
+def generate_with_chat(work):
+    """`moe generate --chat` on an imported Qwen2-MoE with Qwen's template against transformers: the same
+    greedy continuation of the same rendered prompt, stopped at the same EOS token."""
+    import shutil
+
+    import torch
+    import transformers
+    hf_dir, run = os.path.join(work, "chat-hf-qwen2"), os.path.join(work, "chat-run-qwen2")
+    for d in (hf_dir, run):
+        shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(hf_dir)
+    tokenizer_json(os.path.join(hf_dir, "tokenizer.json"))
+    V = Tokenizer.from_file(os.path.join(hf_dir, "tokenizer.json")).get_vocab_size()
+    cfg = transformers.Qwen2MoeConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, moe_intermediate_size=32, num_experts=4,
+                                      num_experts_per_tok=2, shared_expert_intermediate_size=32, max_position_embeddings=256,
+                                      tie_word_embeddings=False)
+    torch.manual_seed(5)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(0.3 * torch.randn_like(p))
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": QWEN, "eos_token": "<|im_end|>", "bos_token": None}, f)
+    r = subprocess.run([MOE, "import", hf_dir, "--out", run], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(hf_dir, "tokenizer.json"), eos_token="<|im_end|>")
+    tok.chat_template = QWEN
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is an expert?"}]
+    ids = tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    new = []  # greedy decoding by hand (transformers' generate() imports FSDP, which Debian's torch 1.13 cannot on 3.11)
+    with torch.no_grad():
+        while len(new) < 24:
+            new.append(int(model(torch.tensor([ids + new])).logits[0, -1].argmax()))
+            if new[-1] == eos:
+                break
+    # The stop: the EOS of tokenizer_config.json becomes the 6th token greedy decoding makes (one not made
+    # before it), so that both must stop right after it.
+    k = next(i for i in range(5, len(new)) if new[i] not in new[:i])
+    results = []
+    for label, want_ids, eos_piece in [("to 24 tokens", new, "<|im_end|>"),
+                                       (f"stopping at its EOS (token {k + 1})", new[:k + 1], tok.convert_ids_to_tokens(new[k]))]:
+        with open(os.path.join(run, "hf", "tokenizer_config.json"), "w") as f:
+            json.dump({"chat_template": QWEN, "eos_token": eos_piece, "bos_token": None}, f)
+        want = tok.decode(want_ids, skip_special_tokens=False)
+        r = subprocess.run([MOE, "generate", "--ckpt", run, "--chat", "--system", "Be brief.", "--prompt", "What is an expert?",
+                            "--temperature", "0", "--max-tokens", "24"], capture_output=True)
+        got = r.stdout.decode("utf-8", errors="replace")[:-1]  # less the newline moe ends with
+        ok = r.returncode == 0 and got == want
+        print(f"generate --chat {label}: the same text as transformers' greedy decoding: {got == want}  {'ok' if ok else 'FAIL'}"
+              + ("" if ok else f"\n  want {want!r}\n  got  {got!r}\n  {r.stderr.decode()}"))
+        results.append(ok)
+    return all(results)
+
+
 def main():
     results = []
     for name, tmpl in [("mixtral", MIXTRAL), ("qwen", QWEN), ("olmoe", OLMOE), ("subset", SUBSET)]:
@@ -115,6 +175,7 @@ def main():
                           f"  want {want!r}\n  got  {got!r}\n  {r.stderr.decode()}")
                 results.append(ok)
         print(f"{name}: {sum(results[-2 * len(CHATS):])}/{2 * len(CHATS)} renderings equal to transformers'")
+    results.append(generate_with_chat(WORK))
     passed = sum(results)
     print(f"{passed} passed, {len(results) - passed} failed")
     sys.exit(0 if passed == len(results) else 1)
