@@ -360,6 +360,28 @@ TEST(Model, KvCacheDecodingMatchesFullForward) {
   EXPECT_EQ(model.cache_len(), L);
 }
 
+// An inference context longer than the training window (model.context_length, as imported models have):
+// the KV cache and the RoPE tables grow while decoding (64 → 128 → 200 positions), and every step still
+// equals the full forward, with the options imported models use.
+TEST(Model, KvCacheGrowsToALongContext) {
+  ModelConfig c = case_config({"hf", false, "softmax_topk", true});
+  c.max_position_embeddings = 16;
+  c.context_length = 200;
+  TransformerLM model(c);
+  perturb_attention(model);
+  const int L = 190;
+  std::vector<int32_t> tok = tokens_for(L, c.vocab_size, 6);
+  const Tensor full = model.forward_logits(tok.data(), 1, L);
+  model.reset_cache();
+  const float* z = model.decode(tok.data(), 3);
+  for (int pos = 2; pos < L; ++pos) {
+    if (pos > 2) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
+    for (int v = 0; v < c.vocab_size; ++v)
+      ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * c.vocab_size + v], 1e-4) << "position " << pos;
+  }
+  EXPECT_EQ(model.cache_len(), L);
+}
+
 TEST(Model, ParameterAccounting) {
   for (bool tied : {false, true}) {
     TransformerLM model(tiny(tied, "topk_softmax"));

@@ -1,9 +1,5 @@
 #include "data/tokenizer.h"
 
-#include <filesystem>
-
-#include "data/bpe_tokenizer.h"
-
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
@@ -15,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "data/bpe_tokenizer.h"
 
 // Exported by libsentencepiece but not declared in its public headers: its log threshold, raised so
 // that its INFO lines ("Running command: ...") stay off the user's terminal; failures come back as a

@@ -4,8 +4,8 @@
 #include <numeric>
 
 #include "core/error.h"
-#include "core/timer.h"
 #include "core/rng.h"
+#include "core/timer.h"
 #include "core/vmath.h"
 
 namespace moe {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -111,9 +112,10 @@ static void add_column_sums(const float* g, int n, int m, Tensor& db) {
   }, 64);
 }
 
-void Attention::rope_tables(int L) {
+void Attention::rope_tables(int L, int cap) {
   const int half = cfg.hd() / 2;
   if (cos_.numel() >= static_cast<size_t>(L) * half) return;
+  if (cap > 0) L = std::min(cap, std::max(L, 2 * static_cast<int>(cos_.numel() / static_cast<size_t>(half))));
   cos_.resize({L, half});
   sin_.resize({L, half});
   for (int p = 0; p < L; ++p)
@@ -246,11 +248,17 @@ void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len,
   const int d = cfg.hidden_size, H = cfg.num_attention_heads, KV = cfg.kv_heads(), hd = cfg.hd();
   const int qd = H * hd, kvd = KV * hd, group = H / KV, p0 = cache.len;
   MOE_CHECK(p0 + n <= max_len, "attention: the KV cache holds " + std::to_string(max_len) + " positions");
-  if (cache.k.numel() != static_cast<size_t>(max_len) * kvd) {
-    cache.k.resize({max_len, kvd});
-    cache.v.resize({max_len, kvd});
+  // The cache grows with the sequence (doubling, up to max_len), so that a model with a context of
+  // tens of thousands of positions does not hold them all from its first token.
+  if (cache.k.numel() < static_cast<size_t>(p0 + n) * kvd) {
+    const int rows = std::min(max_len, std::max(p0 + n, 2 * (cache.k.empty() ? 64 : static_cast<int>(cache.k.dim(0)))));
+    for (Tensor* t : {&cache.k, &cache.v}) {
+      Tensor grown({rows, kvd});
+      if (p0 > 0) std::memcpy(grown.data(), t->data(), sizeof(float) * static_cast<size_t>(p0) * kvd);
+      *t = std::move(grown);
+    }
   }
-  rope_tables(max_len);
+  rope_tables(p0 + n, max_len);
   Tensor qn({n, qd}), qpre, kpre;
   float* kn = cache.k.data() + static_cast<size_t>(p0) * kvd;
   float* vn = cache.v.data() + static_cast<size_t>(p0) * kvd;

@@ -80,7 +80,8 @@ struct Attention {
   Tensor cos_, sin_;             // (L, hd/2) rotation tables
   Tensor dq_, dk_, dv_, do_;     // backward scratch
   Tensor dq_pre_, dk_pre_;
-  void rope_tables(int L);
+  // cos and sin of at least L positions; with cap, grown by doubling up to cap (generation one token at a time).
+  void rope_tables(int L, int cap = 0);
   // q, k, v of n rows of x into the given buffers, biases and QK-norm applied, not yet rotated;
   // qpre, kpre (n, H·hd), (n, KV·hd) keep q and k before QK-norm (the norms read them in backward).
   void project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre);
