@@ -37,6 +37,12 @@ def _no_extra_buffers():
 llama_cpp.llama.llama_cpp.llama_model_default_params = _no_extra_buffers
 
 
+def last_logits(llm):
+    """The logits of the last token evaluated (llama-cpp-python keeps them in `scores` only with
+    logits_all, which would make llama.cpp compute the head over every prompt position)."""
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
+
 def cpu_name():
     for line in open("/proc/cpuinfo"):
         if line.startswith("model name"):
@@ -71,20 +77,24 @@ def main():
             r = subprocess.run([a.moe, "generate", "--ckpt", a.ckpt, "--prompt-ids", pfile, "--temperature", "0", "--max-tokens",
                                 str(a.tokens), "--threads", str(a.threads), "--timing"], check=True, capture_output=True, text=True)
             m = re.search(r"prefill (\d+) tokens in [\d.]+ ms \(([\d.]+) tokens/s\), decode (\d+) tokens in [\d.]+ ms \(([\d.]+)", r.stderr)
+            greedy_moe = [int(x) for x in r.stdout.strip().splitlines()[-1].split()[1:]]
             rows["moe"][0].append(float(m.group(2)))
             rows["moe"][1].append(float(m.group(4)))
             llm.reset()
             t0 = time.perf_counter()
             llm.eval(prompt)
             t1 = time.perf_counter()
+            greedy_llama = []
             for _ in range(a.tokens):
-                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+                greedy_llama.append(int(np.argmax(last_logits(llm))))
+                llm.eval([greedy_llama[-1]])
             t2 = time.perf_counter()
             rows["llama.cpp"][0].append(a.prompt / (t1 - t0))
             rows["llama.cpp"][1].append(a.tokens / (t2 - t1))
     print(f"CPU: {cpu_name()}, kernel {platform.release()}, {a.threads} threads; llama-cpp-python {llama_cpp_version} "
           f"(no extra buffer types); {a.ckpt} as GGUF {a.dtype}; prompt {a.prompt} tokens, {a.tokens} generated; "
           f"median of {a.rounds}\n")
+    print(f"greedy tokens equal: {greedy_moe == greedy_llama} (first 8: moe {greedy_moe[:8]}, llama.cpp {greedy_llama[:8]})\n")
     print("| engine | prefill tokens/s | generation tokens/s |")
     print("| --- | --- | --- |")
     for name, (pre, dec) in rows.items():
