@@ -6,6 +6,8 @@
 #include <iterator>
 #include <new>
 
+#include <sys/mman.h>
+
 #include "core/error.h"
 
 namespace moe {
@@ -21,9 +23,16 @@ static size_t count(const std::vector<int64_t>& shape) {
   return n;
 }
 
-void Tensor::Free::operator()(float* p) const { std::free(p); }
+void Tensor::Free::operator()(float* p) const {
+  if (mapped_bytes) ::munmap(p, mapped_bytes);
+  else std::free(p);
+}
 
-Tensor::Tensor(std::vector<int64_t> shape) { resize(std::move(shape)); zero(); }
+Tensor::Tensor(std::vector<int64_t> shape) {
+  resize(std::move(shape));
+  if (!fresh_) zero();  // a fresh mapping is zero already, and stays untouched until written
+  fresh_ = false;
+}
 
 Tensor::Tensor(const Tensor& o) { *this = o; }
 
@@ -36,11 +45,20 @@ Tensor& Tensor::operator=(const Tensor& o) {
 
 void Tensor::resize(std::vector<int64_t> shape) {
   size_t n = count(shape);
+  fresh_ = false;
   if (n > capacity_) {
     size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (!p) throw std::bad_alloc();
-    data_.reset(p);
+    constexpr size_t kMapAt = size_t{1} << 20;
+    if (bytes >= kMapAt) {
+      void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) throw std::bad_alloc();
+      data_ = std::unique_ptr<float[], Free>(static_cast<float*>(m), Free{bytes});
+      fresh_ = true;
+    } else {
+      auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p) throw std::bad_alloc();
+      data_ = std::unique_ptr<float[], Free>(p, Free{0});
+    }
     capacity_ = n;
   }
   shape_ = std::move(shape);

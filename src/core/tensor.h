@@ -1,6 +1,8 @@
 // tensor.h — an owning, contiguous, 64-byte aligned float tensor with a checked shape.
 // Plain storage on purpose: the modules own their parameters and activations and index them by hand,
-// with the shape written beside each field (`Tensor w1; // (E, h, d)`).
+// with the shape written beside each field (`Tensor w1; // (E, h, d)`). Storage of 1 MiB or more is
+// mapped from the kernel, whose fresh pages are zero: a new tensor is zero without being written, so a
+// buffer never touched (a gradient of a model that only runs inference) costs no memory.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -43,8 +45,12 @@ class Tensor {
 
  private:
   struct Free {
+    Free() noexcept : mapped_bytes(0) {}
+    explicit Free(size_t bytes) noexcept : mapped_bytes(bytes) {}
+    size_t mapped_bytes;  // 0: from aligned_alloc; else the length of an anonymous mapping
     void operator()(float* p) const;
   };
+  bool fresh_ = false;  // the storage is a new mapping, all zero and untouched (resize, read by the constructor)
   std::vector<int64_t> shape_;
   size_t numel_ = 0;
   size_t capacity_ = 0;

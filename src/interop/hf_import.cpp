@@ -78,7 +78,7 @@ ImportSummary import_hf(const std::string& hf_dir, const std::string& out) {
   if (hf_config.is_discarded()) fail(config_path + " is not valid JSON; the file is damaged");
   const HfModel hf = model_from_hf_config(hf_config, config_path);
   ImportSummary summary{hf.arch, hf.model, 0, {}, {}};
-  hf.model.check_memory(8.0, 0.0, "import (weights and gradients in fp32)");
+  hf.model.check_memory(4.0, 0.0, "import (weights in fp32)");
 
   const Shards shards(hf_dir);
   summary.shards = shards.files;

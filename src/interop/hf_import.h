@@ -2,8 +2,9 @@
 // model.safetensors or shards listed by model.safetensors.index.json; F32, F16 or BF16) read into a
 // run folder that every command of moe.cpp takes (docs/INTEROP.md).
 //
-// The shards are memory-mapped and each tensor converted straight into the model's parameter: the
-// import holds the model once in fp32 (with its gradient buffers), never a second copy of the weights.
+// The shards are memory-mapped and each tensor converted straight into the model's parameter, their
+// pages given back as they are read; the model's gradient buffers are never written (core/tensor.h: a
+// large new tensor is an untouched zero mapping), so the import holds the model once, in fp32.
 // Every tensor is checked against what config.json implies (name, shape), every tensor of the files
 // must be used, and an index entry must name a file that holds it; the run folder is written whole
 // under a temporary name and renamed, so a failed import leaves nothing that looks complete.

@@ -38,7 +38,10 @@ void scale_in_place(Tensor& t, float s) {
 
 TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
   cfg.validate();
-  cfg.check_memory(8.0, 0.0, "hold (weights and gradients)");
+  // Gradient buffers are untouched mappings until a backward writes them (core/tensor.h), so a model
+  // loaded to run needs its weights' memory; one built to train, weights and gradients.
+  if (init == ParamInit::for_loading) cfg.check_memory(4.0, 0.0, "hold (weights)");
+  else cfg.check_memory(8.0, 0.0, "hold (weights and gradients)");
   const int d = cfg.hidden_size, V = cfg.vocab_size;
   const float std = cfg.initializer_range;
   embed = Embedding(V, d, cfg.seed, 1, std);
