@@ -125,6 +125,7 @@ GgufArch gguf_arch(HfArch a) {
     case HfArch::qwen2_moe: return {"qwen2moe", false};
     case HfArch::qwen3_moe: return {"qwen3moe", false};
     case HfArch::olmoe: return {"olmoe", false};
+    case HfArch::deepseek: return {"", false};
   }
   return {"", false};
 }
@@ -147,6 +148,8 @@ GgufSummary export_gguf(const std::string& ckpt, const std::string& path, GgufTy
   const ModelConfig& c = cfg.model;
   const HfArch arch = hf_arch_of(c);
   const GgufArch ga = gguf_arch(arch);
+  if (!*ga.name)
+    fail("moe export --format gguf: the model exports as " + std::string(name_of(arch)) + ", which GGUF export does not write yet");
   // The sizes as the Hugging Face config states them (what llama.cpp's converter reads too).
   const nlohmann::json hf = hf_config_of(c, arch);
   const bool shared = hf.value("shared_expert_intermediate_size", 0) > 0;

@@ -12,8 +12,8 @@ namespace moe {
 using json = nlohmann::json;
 
 const char* hf_class_name(HfArch a) {
-  static constexpr std::array<const char*, 5> names = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM",
-                                                       "OlmoeForCausalLM", "GraniteMoeForCausalLM"};
+  static constexpr std::array<const char*, 6> names = {"MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM",
+                                                       "OlmoeForCausalLM", "GraniteMoeForCausalLM", "DeepseekForCausalLM"};
   return names[static_cast<size_t>(a)];
 }
 
@@ -91,6 +91,8 @@ HfModel model_from_hf_config(const json& j, const std::string& where) {
   f.refuse_unless(f.string("hidden_act", "silu") == "silu", "hidden_act", "is not supported: the experts are SwiGLU (silu)");
   f.refuse_unless(!f.has("rope_scaling"), "rope_scaling", "is not supported: moe.cpp applies plain RoPE");
   f.refuse_unless(!f.has("clip_qkv"), "clip_qkv", "is not supported: moe.cpp does not clip q, k, v");
+  if (a == HfArch::deepseek && f.string("scoring_func", "softmax") != "softmax")
+    f.bad("scoring_func", "= " + j["scoring_func"].dump() + " is not supported for DeepSeekMoE (softmax)");
   if (a != HfArch::qwen2_moe && f.has("attention_bias"))
     f.refuse_unless(!f.boolean("attention_bias", false), "attention_bias",
                     "is not supported for this architecture (its output projection would have a bias)");
@@ -137,6 +139,29 @@ HfModel model_from_hf_config(const json& j, const std::string& where) {
         c.logits_scaling = static_cast<float>(f.number("logits_scaling", 1.0));
       }
       break;
+    case HfArch::deepseek: {
+      // DeepSeekMoE: n_shared_experts shared experts of the routed width, ungated; the first
+      // first_k_dense_replace blocks dense, then every moe_layer_freq-th block MoE.
+      m.num_local_experts = f.integer("n_routed_experts");
+      m.num_experts_per_tok = f.integer("num_experts_per_tok");
+      m.moe_intermediate_size = f.integer("moe_intermediate_size");
+      c.intermediate_size = f.integer("intermediate_size");
+      m.router = router_of_gating(Gating::topk_of_softmax);
+      m.norm_topk_prob = f.boolean("norm_topk_prob", false);
+      m.n_shared_experts = f.integer("n_shared_experts", 0);
+      const float alpha = static_cast<float>(f.number("aux_loss_alpha", 0.0));
+      (f.boolean("seq_aux", false) ? m.seq_aux_loss_coef : m.expert_loss_coef) = alpha;
+      m.router_aux_loss_coef = 0.f;
+      const int first = f.integer("first_k_dense_replace", 0), freq = f.integer("moe_layer_freq", 1);
+      if (freq < 1) f.bad("moe_layer_freq", "must be at least 1");
+      std::vector<int> sparse;
+      for (int l = first; l < c.num_hidden_layers; ++l)
+        if (l % freq == 0) sparse.push_back(l);
+      if (sparse.empty()) c.ffn = FfnKind::dense;
+      else if (freq != 1) c.sparse_layers = sparse;
+      else c.first_k_dense_replace = first;
+      break;
+    }
     case HfArch::qwen2_moe:
     case HfArch::qwen3_moe:
     case HfArch::olmoe: {
@@ -195,8 +220,8 @@ HfArch hf_arch_of(const ModelConfig& c) {
   if (m.n_group != 1) refuse("model.n_group = " + std::to_string(m.n_group));
   if (m.capacity_factor > 0.f) refuse("model.capacity_factor = " + std::to_string(m.capacity_factor) + " (dropping tokens)");
   if (m.entry_steps > 0) refuse("model.entry_steps = " + std::to_string(m.entry_steps) + " (entry offsets of added experts)");
-  if (m.n_shared_experts > 0 && !m.shared_expert_gate)
-    refuse("model.n_shared_experts without model.shared_expert_gate (Qwen2-MoE's shared expert is always gated)");
+  if (m.n_shared_experts > 0 && !m.shared_expert_gate && g != Gating::topk_of_softmax)
+    refuse("model.n_shared_experts without model.shared_expert_gate and router topk_softmax");
   const bool granite = c.embedding_multiplier != 1.f || c.residual_multiplier != 1.f || c.attention_multiplier != 0.f ||
                        c.logits_scaling != 1.f;
   const bool all_sparse = c.sparse_blocks().size() == static_cast<size_t>(c.num_hidden_layers);
@@ -218,6 +243,11 @@ HfArch hf_arch_of(const ModelConfig& c) {
   if (c.qk_norm == QkNorm::head) {
     need(m.n_shared_experts == 0 && !c.attention_bias, "Qwen3-MoE", "no shared experts and no attention_bias");
     return HfArch::qwen3_moe;
+  }
+  if (m.n_shared_experts > 0 && !m.shared_expert_gate) {
+    need(!c.attention_bias && m.shared_expert_intermediate_size == 0, "DeepSeekMoE",
+         "no attention_bias, and shared experts of the routed width (shared_expert_intermediate_size = 0)");
+    return HfArch::deepseek;
   }
   need(m.n_shared_experts <= 1, "Qwen2-MoE", "model.n_shared_experts at most 1 (one gated shared expert)");
   return HfArch::qwen2_moe;
@@ -267,6 +297,21 @@ json hf_config_of(const ModelConfig& c, HfArch a) {
       j["attention_bias"] = false;
       j["clip_qkv"] = nullptr;
       break;
+    case HfArch::deepseek: {
+      j["n_routed_experts"] = m.n_experts();
+      j["n_shared_experts"] = m.n_shared_experts;
+      j["moe_intermediate_size"] = m.expert_hidden();
+      j["intermediate_size"] = c.intermediate_size;
+      j["norm_topk_prob"] = m.norm_topk_prob;
+      j["scoring_func"] = "softmax";
+      j["first_k_dense_replace"] = c.first_k_dense_replace;
+      j["moe_layer_freq"] = 1;
+      j["aux_loss_alpha"] = m.seq_aux_loss_coef > 0.f ? m.seq_aux_loss_coef : m.expert_loss_coef;
+      j["seq_aux"] = m.seq_aux_loss_coef > 0.f;
+      j["attention_bias"] = false;
+      if (!c.sparse_layers.empty()) fail("export as DeepSeekMoE: model.sparse_layers is not expressible; use first_k_dense_replace");
+      break;
+    }
     case HfArch::qwen2_moe:
     case HfArch::qwen3_moe: {
       j["num_experts"] = m.n_experts();
@@ -356,10 +401,11 @@ std::vector<HfTensor> hf_tensors(const ModelConfig& c, HfArch a) {
     }
     if (m.n_shared_experts > 0) {
       const int64_t s = static_cast<int64_t>(m.n_shared_experts) * m.shared_width();
-      whole(hp + "shared_expert.gate_proj.weight", {s, d}, ours + "shared_experts.w1");
-      whole(hp + "shared_expert.up_proj.weight", {s, d}, ours + "shared_experts.w3");
-      whole(hp + "shared_expert.down_proj.weight", {d, s}, ours + "shared_experts.w2");
-      whole(hp + "shared_expert_gate.weight", {1, d}, ours + "shared_expert_gate.weight");
+      const std::string sp = hp + (a == HfArch::deepseek ? "shared_experts." : "shared_expert.");
+      whole(sp + "gate_proj.weight", {s, d}, ours + "shared_experts.w1");
+      whole(sp + "up_proj.weight", {s, d}, ours + "shared_experts.w3");
+      whole(sp + "down_proj.weight", {d, s}, ours + "shared_experts.w2");
+      if (m.shared_expert_gate) whole(hp + "shared_expert_gate.weight", {1, d}, ours + "shared_expert_gate.weight");
     }
   }
   whole("model.norm.weight", {d}, "model.norm.weight");

@@ -16,11 +16,13 @@
 namespace moe {
 
 // The architectures, by their config.json "model_type".
-enum class HfArch { mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe };
+// deepseek is DeepSeekMoE (the first one: multi-head attention, shared experts without a gate, dense
+// first blocks); DeepSeek-V2/V3 add multi-head latent attention, which is refused.
+enum class HfArch { mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, deepseek };
 template <>
 struct EnumNames<HfArch> {
   static constexpr const char* what = "Hugging Face architecture";
-  static constexpr std::array<const char*, 5> names = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"};
+  static constexpr std::array<const char*, 6> names = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "deepseek"};
 };
 const char* hf_class_name(HfArch a);  // "MixtralForCausalLM", ...
 
@@ -34,7 +36,8 @@ struct HfModel {
 HfModel model_from_hf_config(const nlohmann::json& j, const std::string& where);
 // The architecture a model exports as: mixtral (softmax of the top-k logits, no shared experts),
 // qwen2_moe (top-k of the softmax, with or without a gated shared expert), qwen3_moe (the same with
-// per-head QK-norm), olmoe (QK-norm over the projection) or granitemoe (the Granite multipliers).
+// per-head QK-norm), olmoe (QK-norm over the projection), granitemoe (the Granite multipliers) or
+// deepseek (top-k of the softmax with shared experts that have no gate).
 // Throws moe::Error naming the setting none of them has (a PEER model, a noisy router, ...).
 HfArch hf_arch_of(const ModelConfig& c);
 // config.json for `c` as `arch` (hf_arch_of(c)): read back by model_from_hf_config it gives c's model.

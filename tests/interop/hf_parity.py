@@ -178,6 +178,76 @@ def check_qwen3(seed):
     return ok
 
 
+def check_deepseek(seed):
+    """DeepSeekMoE's modeling code is not part of transformers (it ships with the checkpoint). Its oracle
+    here is transformers' Qwen2-MoE arranged to compute it: biases zero, a dense first block
+    (first_k_dense_replace = 1), and two shared experts as one of twice the width whose sigmoid gate is
+    held at 1/2 (zero weights) with its down-projection doubled. Saved under DeepSeekMoE's names
+    (mlp.shared_experts.*, no gate) with its config.json, imported, and compared."""
+    torch.manual_seed(seed)
+    w = 32
+    cfg = transformers.Qwen2MoeConfig(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                      num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
+                                      rope_theta=10000.0, tie_word_embeddings=False, intermediate_size=96,
+                                      moe_intermediate_size=w, num_experts=6, num_experts_per_tok=2,
+                                      shared_expert_intermediate_size=2 * w, norm_topk_prob=False, mlp_only_layers=[0])
+    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith(".bias") or name.endswith("shared_expert_gate.weight"):
+                p.zero_()
+            elif p.dim() >= 2:
+                p.copy_(0.08 * torch.randn_like(p))
+    tensors = {}
+    for n, t in model.state_dict().items():
+        if n.endswith(".bias") or "shared_expert_gate" in n or "rotary_emb" in n:
+            continue
+        saved = t.clone().contiguous()
+        if "shared_expert." in n:
+            if n.endswith("down_proj.weight"):
+                with torch.no_grad():  # the oracle's doubled down-projection: sigmoid(0) = 1/2 in front of it
+                    dict(model.named_parameters())[n].mul_(2.0)
+            n = n.replace("shared_expert.", "shared_experts.")
+        tensors[n] = saved
+    hf_dir = os.path.join(WORK, f"hf-deepseek-{seed}")
+    out = os.path.join(WORK, f"run-deepseek-{seed}")
+    for d in (hf_dir, out):
+        shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(hf_dir)
+    from safetensors.torch import save_file
+    save_file(tensors, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
+    config = {"architectures": ["DeepseekForCausalLM"], "model_type": "deepseek", "vocab_size": 300, "hidden_size": 64,
+              "intermediate_size": 96, "moe_intermediate_size": w, "n_routed_experts": 6, "n_shared_experts": 2,
+              "num_experts_per_tok": 2, "first_k_dense_replace": 1, "moe_layer_freq": 1, "norm_topk_prob": False,
+              "scoring_func": "softmax", "aux_loss_alpha": 0.001, "seq_aux": True, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
+              "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu", "rope_scaling": None,
+              "attention_bias": False}
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    run("import", hf_dir, "--out", out)
+    ids = torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want = model(ids).logits.double()
+    got = logits_of_moe(out, ids, f"deepseek-{seed}")
+    err = (got - want).abs().max().item() / want.abs().max().item()
+    argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
+    # Exported again (DeepSeekMoE's own names and config), imported again: the same logits, bit for bit.
+    again_hf, again = os.path.join(WORK, f"export-deepseek-{seed}"), os.path.join(WORK, f"reimport-deepseek-{seed}")
+    for d in (again_hf, again):
+        shutil.rmtree(d, ignore_errors=True)
+    run("export", "--ckpt", out, "--out", again_hf)
+    assert json.load(open(os.path.join(again_hf, "config.json")))["model_type"] == "deepseek"
+    run("import", again_hf, "--out", again)
+    same = bool(torch.equal(logits_of_moe(again, ids, f"deepseek-again-{seed}"), got))
+    ok = err <= TOL and argmax and same
+    print(f"{'deepseek (DeepSeekMoE oracle)':28s} max |logit diff| / scale = {err:.2e}  argmax equal: {argmax}  "
+          f"export → import bit-identical: {same}  {'ok' if ok else 'FAIL'}")
+    return ok
+
+
 def logits_of_moe(out, ids, name):
     ids_path = os.path.join(WORK, f"ids-{name}.txt")
     with open(ids_path, "w") as f:
@@ -244,6 +314,7 @@ def main():
              ("olmoe", 5, torch.float32, None), ("granitemoe", 6, torch.float32, None)]
     results = [check(*c) for c in cases]
     results.append(check_qwen3(8))
+    results.append(check_deepseek(9))
     # Imported, exported again, read by transformers.
     for arch, seed, cls in [("mixtral", 1, "MixtralForCausalLM"), ("qwen2_moe", 3, "Qwen2MoeForCausalLM"),
                             ("olmoe", 5, "OlmoeForCausalLM"), ("granitemoe", 6, "GraniteMoeForCausalLM")]:
