@@ -23,6 +23,10 @@ static size_t count(const std::vector<int64_t>& shape) {
   return n;
 }
 
+static thread_local int fresh_pages_scopes = 0;
+Tensor::FreshPages::FreshPages() { ++fresh_pages_scopes; }
+Tensor::FreshPages::~FreshPages() { --fresh_pages_scopes; }
+
 void Tensor::Free::operator()(float* p) const {
   if (mapped_bytes) ::munmap(p, mapped_bytes);
   else std::free(p);
@@ -49,7 +53,7 @@ void Tensor::resize(std::vector<int64_t> shape) {
   if (n > capacity_) {
     size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
     constexpr size_t kMapAt = size_t{1} << 20;
-    if (bytes >= kMapAt) {
+    if (bytes >= kMapAt && fresh_pages_scopes > 0) {
       void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (m == MAP_FAILED) throw std::bad_alloc();
       data_ = std::unique_ptr<float[], Free>(static_cast<float*>(m), Free{bytes});

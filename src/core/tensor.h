@@ -1,8 +1,10 @@
 // tensor.h — an owning, contiguous, 64-byte aligned float tensor with a checked shape.
 // Plain storage on purpose: the modules own their parameters and activations and index them by hand,
-// with the shape written beside each field (`Tensor w1; // (E, h, d)`). Storage of 1 MiB or more is
-// mapped from the kernel, whose fresh pages are zero: a new tensor is zero without being written, so a
-// buffer never touched (a gradient of a model that only runs inference) costs no memory.
+// with the shape written beside each field (`Tensor w1; // (E, h, d)`). While a Tensor::FreshPages
+// is alive on the thread, new storage of 1 MiB or more is mapped from the kernel, whose fresh pages are
+// zero: such a tensor is zero without being written, so a buffer never touched (the gradients of a
+// model loaded only to run) costs no memory. Elsewhere (the training step's buffers) storage comes
+// from the allocator, which reuses it without new page faults.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -24,6 +26,14 @@ class Tensor {
   Tensor& operator=(const Tensor& o);
   Tensor(Tensor&&) noexcept = default;
   Tensor& operator=(Tensor&&) noexcept = default;
+
+  // RAII: the tensors made on this thread while one is alive take fresh zero pages (see above).
+  struct FreshPages {
+    FreshPages();
+    ~FreshPages();
+    FreshPages(const FreshPages&) = delete;
+    FreshPages& operator=(const FreshPages&) = delete;
+  };
 
   // Resize to `shape` (contents unspecified when the size changes; kept when it does not).
   void resize(std::vector<int64_t> shape);

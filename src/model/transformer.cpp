@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "core/error.h"
@@ -38,10 +39,16 @@ void scale_in_place(Tensor& t, float s) {
 
 TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
   cfg.validate();
-  // Gradient buffers are untouched mappings until a backward writes them (core/tensor.h), so a model
-  // loaded to run needs its weights' memory; one built to train, weights and gradients.
-  if (init == ParamInit::for_loading) cfg.check_memory(4.0, 0.0, "hold (weights)");
-  else cfg.check_memory(8.0, 0.0, "hold (weights and gradients)");
+  // A model built for loading takes fresh zero pages (core/tensor.h): its gradient buffers cost no
+  // memory until a backward writes them, so one loaded to run needs its weights' memory; one built to
+  // train, weights and gradients.
+  std::optional<Tensor::FreshPages> fresh;
+  if (init == ParamInit::for_loading) {
+    fresh.emplace();
+    cfg.check_memory(4.0, 0.0, "hold (weights)");
+  } else {
+    cfg.check_memory(8.0, 0.0, "hold (weights and gradients)");
+  }
   const int d = cfg.hidden_size, V = cfg.vocab_size;
   const float std = cfg.initializer_range;
   embed = Embedding(V, d, cfg.seed, 1, std);
