@@ -59,6 +59,23 @@ void fault_point_after(const std::string& path) {
 
 std::string temp_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
 
+void write_folder_atomic(const std::string& out, const std::string& who, const std::function<void(const std::string&)>& write) {
+  namespace fs = std::filesystem;
+  const std::string tmp = temp_name(out);
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  try {
+    write(tmp);
+    if (fs::exists(out)) fs::remove_all(out);
+    if (::rename(tmp.c_str(), out.c_str()) != 0) fail(who + ": cannot rename " + tmp + " to " + out);
+    fsync_dir(fs::absolute(out).parent_path().string());
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
 std::string read_file(const std::string& path, const std::string& hint) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("cannot read " + path + ": " + std::strerror(errno) + "; " + hint);

@@ -11,6 +11,7 @@
 //                                 whose name (last path component) is NAME;
 //     MOE_FAULT=enospc:NAME       writing a file named NAME fails as on a full disk (ENOSPC).
 #pragma once
+#include <functional>
 #include <string>
 
 namespace moe {
@@ -44,6 +45,12 @@ void fsync_dir(const std::string& dir);
 
 // The temporary name AtomicFile and checkpoint folders use for `path` in this process.
 std::string temp_name(const std::string& path);
+
+// A folder written whole or not at all: write(tmp) fills a fresh folder beside `out` (temp_name), which
+// then replaces `out` (removed first: the caller has checked it holds nothing to keep) by a rename, and
+// the parent folder is fsynced. When write throws, the temporary folder is removed and `out` is left as
+// it was. `who` names the command in the rename's error.
+void write_folder_atomic(const std::string& out, const std::string& who, const std::function<void(const std::string&)>& write);
 // Removes every "*.tmp.<pid>" entry of `dir` (not recursive) whose process is not this one; returns
 // how many. Call it only while holding the folder's FolderLock.
 int remove_temp_files(const std::string& dir);

@@ -44,11 +44,8 @@ ExportSummary export_hf(const std::string& ckpt, const std::string& out, ExportD
   json config = hf_config_of(cfg.model, arch);
   config["torch_dtype"] = torch_dtype[static_cast<size_t>(dtype)];
 
-  const std::string tmp = temp_name(out);
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  try {
+  // Written whole beside OUT, then renamed into place (OUT is absent or empty: checked above).
+  write_folder_atomic(out, "moe export", [&](const std::string& tmp) {
     save_safetensors(tmp + "/model.safetensors", tensors,
                      {{"format", "pt"}, {"exported_by", "moe.cpp"}, {"step", std::to_string(run.state.step)}});
     write_file_atomic(tmp + "/config.json", config.dump(2) + "\n");
@@ -66,13 +63,7 @@ ExportSummary export_hf(const std::string& ckpt, const std::string& out, ExportD
                        {"add_prefix_space", false}, {"legacy", false}, {"model_max_length", cfg.model.context()}};
       write_file_atomic(tmp + "/tokenizer_config.json", tc.dump(2) + "\n");
     }
-    if (fs::exists(out)) fs::remove(out);  // an empty folder (checked above)
-    if (::rename(tmp.c_str(), out.c_str()) != 0) fail("moe export: cannot rename " + tmp + " to " + out);
-    fsync_dir(fs::absolute(out).parent_path().string());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  });
   return {arch, run.model->num_params(), run.state.step};
 }
 

@@ -120,11 +120,9 @@ ImportSummary import_hf(const std::string& hf_dir, const std::string& out) {
   RunConfig c;
   c.model = hf.model;
   c.train.out = out;
-  const std::string tmp = temp_name(out);
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp + "/hf");
-  try {
+  // Written whole beside OUT, then renamed into place (OUT is empty, or holds no run: checked above).
+  write_folder_atomic(out, "moe import", [&](const std::string& tmp) {
+    fs::create_directories(tmp + "/hf");
     write_run_config(tmp, c);
     // The HF files that are not weights (tokenizer, chat template, generation defaults) go to hf/;
     // a sentencepiece tokenizer is also the run's own tokenizer.model.
@@ -143,13 +141,7 @@ ImportSummary import_hf(const std::string& hf_dir, const std::string& out) {
     write_file_atomic(tmp + "/import.json", provenance.dump(2) + "\n");
     TrainState st;
     save_checkpoint(tmp, model, nullptr, st, 0, 0);
-    if (fs::exists(out)) fs::remove_all(out);  // an empty folder, or one without a run (checked above)
-    if (::rename(tmp.c_str(), out.c_str()) != 0) fail("moe import: cannot rename " + tmp + " to " + out);
-    fsync_dir(fs::absolute(out).parent_path().string());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  });
   return summary;
 }
 

@@ -57,22 +57,12 @@ ExpandSummary expand_run(const std::string& ckpt, const std::string& out, const 
   st.step = from.step;
   st.optimizer_steps = from.optimizer_steps;
   st.frozen = frozen;
-  // Written whole beside OUT, then renamed into place.
-  const std::string tmp = temp_name(out);
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  try {
+  // Written whole beside OUT, then renamed into place (OUT is empty, or holds no run: checked above).
+  write_folder_atomic(out, "moe expand", [&](const std::string& tmp) {
     write_run_config(tmp, c);
     write_file_atomic(tmp + "/tokenizer.model", read_file(ckpt + "/tokenizer.model", "is " + ckpt + " a run folder?"));
     save_checkpoint(tmp, *model, &opt, st, 0, st.step);
-    if (fs::exists(out)) fs::remove_all(out);  // an empty folder, or one without a run (checked above)
-    if (::rename(tmp.c_str(), out.c_str()) != 0) fail("moe expand: cannot rename " + tmp + " to " + out);
-    fsync_dir(fs::absolute(out).parent_path().string());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  });
   ExpandSummary s;
   s.old_experts = cfg.model.moe_layer(0).n_experts();
   s.new_experts = grown_cfg.moe_layer(0).n_experts();
