@@ -15,26 +15,18 @@ import random
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
-import llama_cpp
-import llama_cpp.llama
 import numpy as np
 from llama_cpp import Llama, __version__ as llama_cpp_version
 
-# llama.cpp without its extra buffer types (AMX, repacked weights): on Intel CPUs with AMX its batched
-# Q8_0 matmul segfaults (llama.cpp issue 20824). Stated beside the figures.
-_default_params = llama_cpp.llama_model_default_params
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "interop"))
+from interop_common import llama_without_extra_buffers  # noqa: E402
 
-
-def _no_extra_buffers():
-    p = _default_params()
-    p.use_extra_bufts = False
-    return p
-
-
-llama_cpp.llama.llama_cpp.llama_model_default_params = _no_extra_buffers
+# llama.cpp without its extra buffer types (AMX, repacked weights), stated beside the figures.
+llama_without_extra_buffers()
 
 
 def last_logits(llm):

@@ -24,20 +24,13 @@ import ctypes
 
 import gguf
 import llama_cpp
-import llama_cpp.llama
 import numpy as np
 from llama_cpp import Llama
 
-_default_params = llama_cpp.llama_model_default_params
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from interop_common import llama_without_extra_buffers, logits_diff, randomize  # noqa: E402
 
-
-def _no_extra_buffers():
-    p = _default_params()
-    p.use_extra_bufts = False
-    return p
-
-
-llama_cpp.llama.llama_cpp.llama_model_default_params = _no_extra_buffers
+llama_without_extra_buffers()
 
 MOE, WORK = sys.argv[1], sys.argv[2]
 TINY = ["model.vocab_size=320", "model.hidden_size=64", "model.num_hidden_layers=2", "model.num_attention_heads=4",
@@ -112,14 +105,7 @@ def imported(arch, seed):
                                             attention_multiplier=0.2, logits_scaling=2.5, **dict(common, tie_word_embeddings=True))
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            elif p.dim() >= 2:
-                p.copy_(0.08 * torch.randn_like(p))
+    randomize(model)
     hf_dir, out = os.path.join(WORK, f"gguf-hf-{arch}"), os.path.join(WORK, f"gguf-imported-{arch}")
     for d in (hf_dir, out):
         shutil.rmtree(d, ignore_errors=True)
@@ -150,8 +136,7 @@ def compare(src, name, V, text=None):
     run("export", "--ckpt", src, "--format", "gguf", "--out", path)
     llm = Llama(model_path=path, n_ctx=64, n_batch=64, logits_all=True, n_threads=2, verbose=False, type_k=0, type_v=0)
     got = llama_logits(llm, ids)
-    err = np.abs(got - want).max() / np.abs(want).max()
-    argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
+    err, argmax = logits_diff(got, want)
     llm.reset()
     llm.eval(ids[:6])
     greedy = []
@@ -194,9 +179,7 @@ def main():
         # An f32 KV cache (llama.cpp keeps f16 by default, which alone moves the logits by ~1e-4).
         llm = Llama(model_path=path, n_ctx=64, n_batch=64, logits_all=True, n_threads=2, verbose=False, type_k=0, type_v=0)
         got = llama_logits(llm, ids)
-        scale = np.abs(want).max()
-        err = np.abs(got - want).max() / scale
-        argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
+        err, argmax = logits_diff(got, want)
         # Greedy decoding in llama.cpp from the same prompt.
         llm.reset()
         llm.eval(prompt)

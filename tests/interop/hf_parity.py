@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from interop_common import logits_diff, randomize  # noqa: E402
+
 transformers.logging.set_verbosity_error()
 
 MOE, WORK = sys.argv[1], sys.argv[2]
@@ -56,14 +59,7 @@ def build(arch, seed):
     torch.manual_seed(seed)
     cfg = tiny(arch)
     model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
-    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so a mix-up shows
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            elif p.dim() >= 2:
-                p.copy_(0.08 * torch.randn_like(p))
+    randomize(model)
     return model
 
 
@@ -103,9 +99,7 @@ def check(arch, seed, dtype=torch.float32, shard=None):
     run("logits", "--ckpt", out, "--ids", ids_path, "--out", npy, "--threads", "1")
     got = torch.from_numpy(np.load(npy)).double()
     assert got.shape == want.shape, f"{label}: shape {tuple(got.shape)} vs transformers {tuple(want.shape)}"
-    scale = want.abs().max().item()
-    err = (got - want).abs().max().item() / scale
-    argmax_same = bool((got.argmax(-1) == want.argmax(-1)).all())
+    err, argmax_same = logits_diff(got, want)
     ce_want = F.cross_entropy(want[:, :-1].reshape(-1, want.shape[-1]), ids[:, 1:].reshape(-1)).item()
     j = json.loads(run("eval", "--ckpt", out, "--ids", ids_path, "--json"))
     ce_err = abs(j["mean_ce"] - ce_want)
@@ -113,6 +107,21 @@ def check(arch, seed, dtype=torch.float32, shard=None):
     print(f"{label:28s} max |logit diff| / scale = {err:.2e}  argmax equal: {argmax_same}  "
           f"CE moe {j['mean_ce']:.6f} transformers {ce_want:.6f}  {'ok' if ok else 'FAIL'}")
     return ok
+
+
+def import_oracle(model, tensors, config, hf_dir, out, seed, name):
+    """Writes an oracle's tensors and config.json as an HF folder, imports it, and compares moe's logits
+    with the oracle's on random ids: (ids, moe's logits, max |diff| / scale, argmax equal)."""
+    from safetensors.torch import save_file
+    save_file(tensors, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    run("import", hf_dir, "--out", out)
+    ids = torch.randint(0, config["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want = model(ids).logits.double()
+    got = logits_of_moe(out, ids, f"{name}-{seed}")
+    return (ids, got) + logits_diff(got, want)
 
 
 def check_qwen3(seed):
@@ -156,23 +165,13 @@ def check_qwen3(seed):
     tensors = {n: t.contiguous() for n, t in model.state_dict().items()
                if not n.endswith(".bias") and "shared_expert" not in n and "rotary_emb" not in n}
     tensors.update(norms)
-    from safetensors.torch import save_file
-    save_file(tensors, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
     config = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 300, "hidden_size": 64,
               "intermediate_size": 96, "moe_intermediate_size": 40, "num_experts": 6, "num_experts_per_tok": 2,
               "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": hd,
               "max_position_embeddings": 256, "rms_norm_eps": eps, "rope_theta": 10000.0, "tie_word_embeddings": False,
               "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "attention_bias": False,
               "hidden_act": "silu", "rope_scaling": None, "use_sliding_window": False, "sliding_window": None}
-    with open(os.path.join(hf_dir, "config.json"), "w") as f:
-        json.dump(config, f)
-    run("import", hf_dir, "--out", out)
-    ids = torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        want = model(ids).logits.double()
-    got = logits_of_moe(out, ids, f"qwen3-{seed}")
-    err = (got - want).abs().max().item() / want.abs().max().item()
-    argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
+    ids, got, err, argmax = import_oracle(model, tensors, config, hf_dir, out, seed, "qwen3")
     ok = err <= TOL and argmax
     print(f"{'qwen3_moe (hooked oracle)':28s} max |logit diff| / scale = {err:.2e}  argmax equal: {argmax}  {'ok' if ok else 'FAIL'}")
     return ok
@@ -216,8 +215,6 @@ def check_deepseek(seed):
     for d in (hf_dir, out):
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(hf_dir)
-    from safetensors.torch import save_file
-    save_file(tensors, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
     config = {"architectures": ["DeepseekForCausalLM"], "model_type": "deepseek", "vocab_size": 300, "hidden_size": 64,
               "intermediate_size": 96, "moe_intermediate_size": w, "n_routed_experts": 6, "n_shared_experts": 2,
               "num_experts_per_tok": 2, "first_k_dense_replace": 1, "moe_layer_freq": 1, "norm_topk_prob": False,
@@ -225,15 +222,7 @@ def check_deepseek(seed):
               "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
               "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu", "rope_scaling": None,
               "attention_bias": False}
-    with open(os.path.join(hf_dir, "config.json"), "w") as f:
-        json.dump(config, f)
-    run("import", hf_dir, "--out", out)
-    ids = torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        want = model(ids).logits.double()
-    got = logits_of_moe(out, ids, f"deepseek-{seed}")
-    err = (got - want).abs().max().item() / want.abs().max().item()
-    argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
+    ids, got, err, argmax = import_oracle(model, tensors, config, hf_dir, out, seed, "deepseek")
     # Exported again (DeepSeekMoE's own names and config), imported again: the same logits, bit for bit.
     again_hf, again = os.path.join(WORK, f"export-deepseek-{seed}"), os.path.join(WORK, f"reimport-deepseek-{seed}")
     for d in (again_hf, again):
@@ -275,7 +264,7 @@ def check_export(run_dir, name, dtype="f32", want_class=None):
         run_dir = again
     got = logits_of_moe(run_dir, ids, name)
     tol = TOL
-    err = (got - want).abs().max().item() / want.abs().max().item()
+    err, _ = logits_diff(got, want)
     ok = err <= tol and (want_class is None or cls == want_class)
     print(f"export {name:21s} loaded as {cls}: max |logit diff| / scale = {err:.2e}  {'ok' if ok else 'FAIL'}")
     return ok
