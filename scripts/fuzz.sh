@@ -18,7 +18,8 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMOE_FUZZ=ON > /dev/null
+# MOE_MPI=OFF: this build is also the check that moe_core builds without MPI (src/dist/no_mpi.cpp).
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMOE_FUZZ=ON -DMOE_MPI=OFF > /dev/null
 cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors fuzz_config
 for t in safetensors config; do
   mkdir -p "build-fuzz/corpus-$t"

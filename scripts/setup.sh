@@ -15,6 +15,7 @@ PACKAGES=(
   libpcre2-dev libutf8proc-dev                # byte-level BPE of Hugging Face tokenizer.json: regex, NFC
   bible-kjv fortunes python3.11-doc           # training corpora (the C headers come with libc6-dev)
   libceres-dev                                # Ceres Solver: `moe fit`'s least squares
+  libopenmpi-dev openmpi-bin                  # MPI: `mpirun -np P moe train` (expert parallelism)
   chromium                                    # headless browser: the report page's rendering test
   python3 python3-torch python3-numpy         # PyTorch reference and peer (tests and benchmarks only)
   python3-pil                                 # reading the report page's screenshot (tests only)

@@ -19,6 +19,7 @@ import sys
 # Each room and the rooms it may include (itself included). apps/ may include every room.
 ROOMS = {
     "core": {"core"},
+    "dist": {"core", "dist"},
     "nn": {"core", "nn"},
     "data": {"core", "data"},
     "moe": {"core", "nn", "moe"},

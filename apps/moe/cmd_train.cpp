@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "data/corpus.h"
 #include "data/tokenizer.h"
+#include "dist/world.h"
 #include "infer/generate.h"
 #include "train/trainer.h"
 
@@ -38,17 +39,30 @@ void add_train(CLI::App& app) {
     apply_threads(threads);
     // --resume without --config continues the run's own config.json, with the --set overrides on top
     // (e.g. --set train.steps=1200 to train further); a run folder without one is train_model's error.
-    if (resume && overwrite) fail("--resume and --overwrite contradict each other; give one");
-    RunConfig c = load_run_config(config, sets);
-    if (resume && config.empty() && std::filesystem::exists(c.train.out + "/config.json")) {
-      const RunConfig saved = read_checkpoint_config(c.train.out);
-      c = load_run_config("", sets, &saved);
+    auto settings = [] {
+      if (resume && overwrite) fail("--resume and --overwrite contradict each other; give one");
+      RunConfig c = load_run_config(config, sets);
+      if (resume && config.empty() && std::filesystem::exists(c.train.out + "/config.json")) {
+        const RunConfig saved = read_checkpoint_config(c.train.out);
+        c = load_run_config("", sets, &saved);
+      }
+      if (!init_from.empty()) c.train.init_from = init_from;
+      if (!distill_from.empty()) c.train.distill_from = distill_from;
+      if (distill_weight >= 0.f) c.train.distill_weight = distill_weight;
+      c.train.validate();
+      return c;
+    };
+    // Every rank of a job reads the same settings: an error in them is the job's, said once by rank 0.
+    RunConfig c;
+    try {
+      c = settings();
+    } catch (const Error& e) {
+      if (distributed(world()) && !dynamic_cast<const JobError*>(&e)) fail_job(e.what());
+      throw;
     }
-    if (!init_from.empty()) c.train.init_from = init_from;
-    if (!distill_from.empty()) c.train.distill_from = distill_from;
-    if (distill_weight >= 0.f) c.train.distill_weight = distill_weight;
-    c.train.validate();
-    const TrainSummary s = train_model(c, {.resume = resume, .overwrite = overwrite});
+    Comm* ranks = world();  // mpirun -np P: the job's P ranks (docs/DISTRIBUTED.md); null: one process
+    const TrainSummary s = train_model(c, {.resume = resume, .overwrite = overwrite, .comm = ranks});
+    if (ranks && ranks->rank() != 0) return;  // rank 0 shows the result
     std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));
     std::printf("throughput %.0f tokens/s (median step)  MFU %.1f%% of the measured GEMM peak  %.0f s in all\n",
                 s.tokens_per_s, 100.0 * s.mfu, s.run_seconds);

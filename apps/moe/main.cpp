@@ -1,12 +1,31 @@
 // main.cpp — `moe`: build, train, measure and run Mixture-of-Experts language models.
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <thread>
 
 #include "apps/moe/commands.h"
 #include "core/error.h"
+#include "dist/world.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+// An error of one rank of a distributed job (docs/DISTRIBUTED.md): the rank says it, naming itself
+// unless it is rank 0, and ends the whole job, whose other ranks may wait for it in a collective call.
+// An error every rank meets alike (JobError) is said by rank 0 alone; the others wait to be ended by
+// it (and speak after a while if rank 0 has not, which then means it did not meet it).
+[[noreturn]] void end_job(const moe::Comm& w, const char* what, bool everyone) {
+  if (everyone && w.rank() != 0) std::this_thread::sleep_for(std::chrono::seconds(30));
+  if (w.rank() == 0)
+    std::fprintf(stderr, "moe: error: %s\n", what);
+  else
+    std::fprintf(stderr, "moe: error: rank %d of %d: %s\n", w.rank(), w.size(), what);
+  std::fflush(stderr);
+  moe::abort_world(1);
+}
+
+int run(int argc, char** argv) {
   CLI::App app{"moe — build, train, measure and run Mixture-of-Experts models"};
   app.require_subcommand(1);
   moe::cli::add_data(app);
@@ -35,6 +54,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe: usage error: %s; see moe --help or moe COMMAND --help\n", e.what());
     return 2;
   } catch (const moe::Error& e) {
+    if (const moe::Comm* w = moe::world(); moe::distributed(w)) end_job(*w, e.what(), dynamic_cast<const moe::JobError*>(&e));
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 1;
   } catch (const std::bad_alloc&) {
@@ -43,7 +63,23 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe: error: unexpected failure (%s); please report it with the command that caused it\n", e.what());
+    if (const moe::Comm* w = moe::world(); moe::distributed(w)) moe::abort_world(1);
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Launched by mpirun with several ranks: MPI starts here, before anything else runs.
+  try {
+    moe::init_world(&argc, &argv);
+  } catch (const moe::Error& e) {
+    std::fprintf(stderr, "moe: error: %s\n", e.what());
+    return 1;
+  }
+  const int code = run(argc, argv);
+  moe::finalize_world();
+  return code;
 }

@@ -12,6 +12,14 @@ struct Error : std::runtime_error {
 
 [[noreturn]] inline void fail(const std::string& msg) { throw Error(msg); }
 
+// An error every rank of a distributed job meets alike (a setting that does not fit the job, a
+// config that differs between ranks): rank 0 alone reports it and ends the job, so that it reads
+// once (docs/DISTRIBUTED.md).
+struct JobError : Error {
+  using Error::Error;
+};
+[[noreturn]] inline void fail_job(const std::string& msg) { throw JobError(msg); }
+
 }  // namespace moe
 
 #define MOE_CHECK(cond, msg)             \

@@ -36,12 +36,12 @@ float rng_normal(uint64_t seed, uint64_t stream, uint64_t i) {
   return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853071795864f * u2);
 }
 
-void fill_normal(float* dst, size_t n, uint64_t seed, uint64_t stream, float mean, float std) {
-  parallel_for(n, [&](size_t i) { dst[i] = mean + std * rng_normal(seed, stream, i); });
+void fill_normal(float* dst, size_t n, uint64_t seed, uint64_t stream, float mean, float std, uint64_t first) {
+  parallel_for(n, [&](size_t i) { dst[i] = mean + std * rng_normal(seed, stream, first + i); });
 }
 
-void fill_uniform(float* dst, size_t n, uint64_t seed, uint64_t stream, float lo, float hi) {
-  parallel_for(n, [&](size_t i) { dst[i] = lo + (hi - lo) * rng_uniform(seed, stream, i); });
+void fill_uniform(float* dst, size_t n, uint64_t seed, uint64_t stream, float lo, float hi, uint64_t first) {
+  parallel_for(n, [&](size_t i) { dst[i] = lo + (hi - lo) * rng_uniform(seed, stream, first + i); });
 }
 
 }  // namespace moe

@@ -19,9 +19,11 @@ float rng_uniform(uint64_t seed, uint64_t stream, uint64_t i);
 // The i-th standard normal number of stream `stream` under `seed` (Box-Muller on one Philox block).
 float rng_normal(uint64_t seed, uint64_t stream, uint64_t i);
 
-// Fill n floats: dst[i] = mean + std * normal(seed, stream, i). Parallel, thread-count independent.
-void fill_normal(float* dst, size_t n, uint64_t seed, uint64_t stream, float mean, float std);
-// Fill n floats: dst[i] = lo + (hi - lo) * uniform(seed, stream, i).
-void fill_uniform(float* dst, size_t n, uint64_t seed, uint64_t stream, float lo, float hi);
+// Fill n floats: dst[i] = mean + std * normal(seed, stream, first + i). Parallel, thread-count
+// independent. `first` lets a process draw its share of a longer stream (an expert-parallel rank's
+// experts, its tokens' noise) exactly as one process drawing the whole stream would.
+void fill_normal(float* dst, size_t n, uint64_t seed, uint64_t stream, float mean, float std, uint64_t first = 0);
+// Fill n floats: dst[i] = lo + (hi - lo) * uniform(seed, stream, first + i).
+void fill_uniform(float* dst, size_t n, uint64_t seed, uint64_t stream, float lo, float hi, uint64_t first = 0);
 
 }  // namespace moe

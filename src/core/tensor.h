@@ -72,11 +72,20 @@ std::string shape_to_string(const std::vector<int64_t>& shape);
 }  // namespace moe
 
 namespace moe {
+// The rows (along dim 0) of a parameter that one rank of an expert-parallel job holds: rows
+// [first, first + value's rows) of a tensor of `total` rows. total 0: the rank holds it whole.
+struct RowShard {
+  int64_t first = 0, total = 0;
+  bool sharded() const { return total > 0; }
+};
+
 // A named trainable parameter and its gradient, as modules list them for optimizers and checkpoints.
+// A sharded one (expert parallelism) is the rank's rows; its name is the whole tensor's.
 struct Param {
   std::string name;
   Tensor* value;
   Tensor* grad;
+  RowShard shard{};
 };
 
 // The gradient of a table of which a step touches few rows: the rows (sorted, unique) and their

@@ -122,10 +122,17 @@ std::vector<LayerStats> TransformerLM::new_stats() const {
   return out;
 }
 
+void TransformerLM::distribute(Comm* comm) {
+  if (!distributed(comm)) return;
+  comm_ = comm;
+  for (Block& b : blocks) b.ffn->distribute(comm);
+}
+
 nlohmann::json TransformerLM::metrics(std::string* summary) const {
   nlohmann::json out = {{"moe", nlohmann::json::array()}};
   for (LayerStats& ls : new_stats()) {
     ls.stats->add();
+    if (distributed(comm_)) ls.stats->reduce(*comm_);
     nlohmann::json j = {{"layer", ls.layer}};
     j.update(ls.stats->to_json());
     out[ls.stats->group()].push_back(j);
@@ -146,7 +153,7 @@ void TransformerLM::zero_grad() {
   for (SparseParam& p : sparse_params()) p.grad->clear();
 }
 
-void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint64_t step) {
+void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint64_t step, bool replicated) {
   MOE_CHECK(L <= cfg.context(), "model: sequence of " + std::to_string(L) + " tokens is longer than the context of " +
                                      std::to_string(cfg.context()) + " (model.context_length)");
   const int T = B * L, d = cfg.hidden_size, V = cfg.vocab_size;
@@ -169,7 +176,8 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
     const float rm = cfg.residual_multiplier;
     for (size_t i = 0; i < b.x_mid.numel(); ++i) b.x_mid[i] = b.x_in[i] + rm * b.tmp[i];
     b.ffn_norm.forward(b.x_mid.data(), T, b.h_ffn.data());
-    b.ffn->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L, tokens, false});
+    const int64_t token0 = comm_ && !replicated ? static_cast<int64_t>(comm_->rank()) * T : 0;
+    b.ffn->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L, tokens, false, token0, replicated});
     stats_.aux += b.ffn->loss();
     // The block's output overwrites tmp: x_out of block l = x_mid + ffn.
     for (size_t i = 0; i < b.tmp.numel(); ++i) b.tmp[i] = b.x_mid[i] + rm * b.tmp[i];
@@ -185,7 +193,7 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
 
 double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int B, int L, bool training,
                               uint64_t step) {
-  run(tokens, B, L, training, step);
+  run(tokens, B, L, training, step, false);
   targets_ = targets;
   const int T = B * L, V = cfg.vocab_size;
   dlogits_.resize({T, V});
@@ -207,11 +215,15 @@ double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int
   }
   if (teacher_ && training)
     stats_.distill = distill_kl(logits.data(), teacher_, targets, T, V, distill_weight_, dlogits_.data());
+  if (distributed(comm_)) {  // the gradient of the whole batch's mean: this rank's share is 1/P of it
+    const float share = 1.f / static_cast<float>(comm_->size());
+    parallel_for(dlogits_.numel(), [&](size_t i) { dlogits_[i] *= share; });
+  }
   return stats_.ce;
 }
 
 const Tensor& TransformerLM::forward_logits(const int32_t* tokens, int B, int L) {
-  run(tokens, B, L, false, 0);
+  run(tokens, B, L, false, 0, comm_ != nullptr);
   targets_ = nullptr;
   return logits;
 }

@@ -72,7 +72,9 @@ class TransformerLM {
     teacher_ = teacher;
     distill_weight_ = weight;
   }
-  // Logits only (T, V) for inference: no targets, eval mode.
+  // Logits only (T, V) for inference: no targets, eval mode. A distributed model (distribute) takes the
+  // same tokens on every rank and gives every rank the logits of one process; only its experts'
+  // rows travel (evaluation during expert-parallel training).
   const Tensor& forward_logits(const int32_t* tokens, int B, int L);
   // Incremental inference on one sequence: feeds n new tokens through the blocks with each block's KV
   // cache and returns the logits (V) of the last one. reset_cache() starts a new sequence.
@@ -87,6 +89,13 @@ class TransformerLM {
   const ModelStats& stats() const { return stats_; }
   // After each optimizer step: every FFN's after_step (DeepSeek-V3's bias, RL-R's baseline).
   void after_step();
+  // Expert and data parallelism over comm (docs/DISTRIBUTED.md), called by every rank right after
+  // construction: each FFN keeps its share of the experts (Ffn::distribute); a forward takes this
+  // rank's B sequences as sequences [rank·B, (rank+1)·B) of the whole batch of P·B, and its
+  // cross-entropy gradient is that of the whole batch's mean (scaled by 1/P), so that the sum of the
+  // ranks' gradients is one process's. metrics() gives the whole batch's numbers.
+  void distribute(Comm* comm);
+  Comm* comm() const { return comm_; }
 
   // A metrics accumulator per block whose FFN has metrics (MoE, PEER), in block order.
   std::vector<LayerStats> new_stats() const;
@@ -116,7 +125,9 @@ class TransformerLM {
   float distill_weight_ = 0.f;
   std::vector<Attention::Cache> caches_;  // one per block
   ModelStats stats_;
-  void run(const int32_t* tokens, int B, int L, bool training, uint64_t step);
+  Comm* comm_ = nullptr;
+  // replicated: every rank runs these same tokens (forward_logits of a distributed model).
+  void run(const int32_t* tokens, int B, int L, bool training, uint64_t step, bool replicated);
 };
 
 }  // namespace moe

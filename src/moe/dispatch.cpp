@@ -13,40 +13,49 @@
 
 namespace moe {
 
+std::vector<uint8_t> capacity_keep(const Routing& r, int E, int64_t capacity, DropPolicy policy) {
+  const size_t n = static_cast<size_t>(r.T) * r.k;
+  std::vector<uint8_t> keep(n, 1);
+  if (capacity < 0) return keep;
+  if (policy == DropPolicy::position) {
+    std::vector<int64_t> filled(static_cast<size_t>(E), 0);
+    for (size_t j = 0; j < n; ++j)
+      if (r.expert[j] >= 0) keep[j] = filled[r.expert[j]]++ < capacity;
+    return keep;
+  }
+  // Bucket pairs by expert (in token order), then keep each bucket's C largest gates.
+  std::vector<int64_t> start(static_cast<size_t>(E) + 1, 0);
+  for (size_t j = 0; j < n; ++j)
+    if (r.expert[j] >= 0) ++start[r.expert[j] + 1];
+  for (int e = 0; e < E; ++e) start[e + 1] += start[e];
+  std::vector<int32_t> bucket(n);
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  for (size_t j = 0; j < n; ++j)
+    if (r.expert[j] >= 0) bucket[fill[r.expert[j]]++] = static_cast<int32_t>(j);
+  for (int e = 0; e < E; ++e) {
+    auto b = bucket.begin() + start[e], en = bucket.begin() + start[e + 1];
+    if (en - b <= capacity) continue;
+    std::stable_sort(b, en, [&](int32_t x, int32_t y) { return r.gate[x] > r.gate[y]; });
+    for (auto it = b + capacity; it != en; ++it) keep[*it] = 0;
+  }
+  return keep;
+}
+
 DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, DropPolicy policy) {
+  const int64_t capacity = expert_capacity(capacity_factor, r.T, r.k, E);
+  return make_dispatch_plan(r, E, capacity, capacity_keep(r, E, capacity, policy));
+}
+
+DispatchPlan make_dispatch_plan(const Routing& r, int E, int64_t capacity, const std::vector<uint8_t>& keep) {
   DispatchPlan p;
   p.T = r.T;
   p.k = r.k;
   p.E = E;
-  p.capacity = expert_capacity(capacity_factor, r.T, r.k, E);
+  p.capacity = capacity;
   const size_t n = static_cast<size_t>(r.T) * r.k;
   p.routed.assign(static_cast<size_t>(E), 0);
   for (size_t j = 0; j < n; ++j)
     if (r.expert[j] >= 0) ++p.routed[r.expert[j]];
-
-  // keep[j]: pair j survives capacity.
-  std::vector<uint8_t> keep(n, 1);
-  if (p.capacity >= 0) {
-    if (policy == DropPolicy::position) {
-      std::vector<int64_t> filled(static_cast<size_t>(E), 0);
-      for (size_t j = 0; j < n; ++j)
-        if (r.expert[j] >= 0) keep[j] = filled[r.expert[j]]++ < p.capacity;
-    } else {
-      // Bucket pairs by expert (in token order), then keep each bucket's C largest gates.
-      std::vector<int64_t> start(static_cast<size_t>(E) + 1, 0);
-      for (int e = 0; e < E; ++e) start[e + 1] = start[e] + p.routed[e];
-      std::vector<int32_t> bucket(n);
-      std::vector<int64_t> fill(start.begin(), start.end() - 1);
-      for (size_t j = 0; j < n; ++j)
-        if (r.expert[j] >= 0) bucket[fill[r.expert[j]]++] = static_cast<int32_t>(j);
-      for (int e = 0; e < E; ++e) {
-        auto b = bucket.begin() + start[e], en = bucket.begin() + start[e + 1];
-        if (en - b <= p.capacity) continue;
-        std::stable_sort(b, en, [&](int32_t x, int32_t y) { return r.gate[x] > r.gate[y]; });
-        for (auto it = b + p.capacity; it != en; ++it) keep[*it] = 0;
-      }
-    }
-  }
   p.counts.assign(static_cast<size_t>(E), 0);
   for (size_t j = 0; j < n; ++j)
     if (keep[j] && r.expert[j] >= 0) ++p.counts[r.expert[j]];

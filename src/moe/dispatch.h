@@ -42,6 +42,11 @@ struct DispatchPlan {
 // pairs in token order (pair t·k+i before t·k+i+1), `probs` its C pairs with the largest gates (ties:
 // token order). Within an expert, rows follow token order.
 DispatchPlan make_dispatch_plan(const Routing& r, int E, float capacity_factor, DropPolicy policy);
+// The two halves of that: which pairs survive a capacity of C slots per expert (C < 0: all), and the
+// plan of the pairs `keep` marks. Expert parallelism decides `keep` over the whole batch of every
+// rank (capacity is per expert, and an expert takes tokens from all ranks) and plans its own share.
+std::vector<uint8_t> capacity_keep(const Routing& r, int E, int64_t capacity, DropPolicy policy);
+DispatchPlan make_dispatch_plan(const Routing& r, int E, int64_t capacity, const std::vector<uint8_t>& keep);
 
 // buf[row] = x[row_token[row]] for every row: (rows, d) from (T, d); the bf16 form rounds as it copies.
 void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf);

@@ -11,18 +11,21 @@
 
 namespace moe {
 
-ExpertBank::ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, uint64_t stream, float init_std)
-    : E(n_experts), d(d_model), h(hidden), w1({E, h, d}), w3({E, h, d}), w2({E, d, h}),
-      dw1({E, h, d}), dw3({E, h, d}), dw2({E, d, h}) {
-  fill_normal(w1.data(), w1.numel(), seed, stream, 0.f, init_std);
-  fill_normal(w3.data(), w3.numel(), seed, stream + 1, 0.f, init_std);
-  fill_normal(w2.data(), w2.numel(), seed, stream + 2, 0.f, init_std);
+ExpertBank::ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, uint64_t stream, float init_std,
+                       int first_expert, int total_experts)
+    : E(n_experts), d(d_model), h(hidden), first(first_expert), total(total_experts), w1({E, h, d}), w3({E, h, d}),
+      w2({E, d, h}), dw1({E, h, d}), dw3({E, h, d}), dw2({E, d, h}) {
+  const uint64_t skip = static_cast<uint64_t>(first) * static_cast<uint64_t>(h) * static_cast<uint64_t>(d);
+  fill_normal(w1.data(), w1.numel(), seed, stream, 0.f, init_std, skip);
+  fill_normal(w3.data(), w3.numel(), seed, stream + 1, 0.f, init_std, skip);
+  fill_normal(w2.data(), w2.numel(), seed, stream + 2, 0.f, init_std, skip);
 }
 
 void ExpertBank::params(std::vector<Param>& out, const std::string& prefix) {
-  out.push_back({prefix + "w1", &w1, &dw1});
-  out.push_back({prefix + "w3", &w3, &dw3});
-  out.push_back({prefix + "w2", &w2, &dw2});
+  const RowShard shard{total > 0 ? first : 0, total};
+  out.push_back({prefix + "w1", &w1, &dw1, shard});
+  out.push_back({prefix + "w3", &w3, &dw3, shard});
+  out.push_back({prefix + "w2", &w2, &dw2, shard});
 }
 
 bool ExpertBank::parallel_over_experts(const std::vector<int64_t>& offsets) const {

@@ -13,6 +13,8 @@ namespace moe {
 
 struct ExpertBank {
   int E = 0, d = 0, h = 0;
+  // Expert parallelism: this bank holds experts [first, first + E) of a layer of `total` (0: all).
+  int first = 0, total = 0;
   Tensor w1, w3;     // (E, h, d)  gate_proj, up_proj
   Tensor w2;         // (E, d, h)  down_proj
   Tensor dw1, dw3, dw2;
@@ -27,7 +29,10 @@ struct ExpertBank {
   bf16_vector yb;              // (rows, d) output of forward() in bf16 mode, before widening
 
   ExpertBank() = default;
-  ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, uint64_t stream, float init_std);
+  // The experts [first, first + n_experts) of a bank of `total` (0: n_experts) drawn whole from
+  // (seed, stream): a rank's share is the same numbers one process holding every expert has.
+  ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, uint64_t stream, float init_std, int first_expert = 0,
+             int total_experts = 0);
 
   // y (rows, d) = expert(x) row by row, ungated. x must stay valid until backward.
   void forward(const float* x, const std::vector<int64_t>& offsets, float* y);
@@ -42,7 +47,7 @@ struct ExpertBank {
   // the (rows, d) buffers, which at fine granularity are the largest the layer moves.
   void forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y);
   void backward_bf16(const std::vector<int64_t>& offsets, const float* gate, float* dx, float* dgate);
-  void params(std::vector<Param>& out, const std::string& prefix);
+  void params(std::vector<Param>& out, const std::string& prefix);  // sharded when total > 0
 
  private:
   // Few large experts: each GEMM runs on all threads. Many: one expert per thread, BLAS serial.

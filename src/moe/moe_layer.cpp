@@ -40,6 +40,139 @@ MoeLayer::MoeLayer(const MoeConfig& c)
   }
 }
 
+void MoeLayer::distribute(Comm* comm) {
+  if (!distributed(comm)) return;
+  if (!router->traits.expert_parallel)
+    fail_job("expert parallelism: layer " + std::to_string(cfg.layer_id) + "'s router (model.router = \"" +
+         std::string(name_of(cfg.router)) + "\") assigns experts over the whole batch or keeps a reward baseline, "
+         "which one rank's share of the batch cannot do; use a token-choice router (topk_softmax, softmax_topk, "
+         "noisy_topk, sigmoid_bias, hash) or a single process");
+  xchg_ = ExpertExchange(comm, cfg.n_experts());
+  ExpertBank mine(xchg_.El, cfg.hidden_size, cfg.expert_hidden(), cfg.seed, cfg.layer_id * 64 + 8, kInitStd, xchg_.first,
+                  cfg.n_experts());
+  mine.bf16 = experts.bf16;
+  experts = std::move(mine);
+  router->comm = comm;
+}
+
+void MoeLayer::plan_dispatch(float cf) {
+  const int E = cfg.n_experts();
+  if (!xchg_.comm) {
+    plan_ = make_dispatch_plan(routing_, E, cf, cfg.drop_policy);
+    return;
+  }
+  Comm& c = *xchg_.comm;
+  const int P = batch_comm_ ? c.size() : 1;  // ranks whose tokens share the experts' capacity
+  const int64_t capacity = expert_capacity(cf, routing_.T * P, routing_.k, E);
+  const size_t n = routing_.expert.size();
+  std::vector<uint8_t> keep(n, 1);
+  if (capacity >= 0 && P == 1) {
+    keep = capacity_keep(routing_, E, capacity, cfg.drop_policy);
+  } else if (capacity >= 0) {
+    // Capacity is per expert over the whole batch: every rank decides on the routing of every rank,
+    // in the order one process holding the batch would (rank by rank is token order), and keeps the
+    // verdicts on its own pairs. 8 bytes a pair, against 2·d·4 for the rows themselves.
+    Routing all;
+    all.T = routing_.T * P;
+    all.k = routing_.k;
+    all.expert.resize(n * P);
+    all.gate.resize(n * P);
+    c.allgather(routing_.expert.data(), sizeof(int32_t) * n, all.expert.data());
+    c.allgather(routing_.gate.data(), sizeof(float) * n, all.gate.data());
+    const std::vector<uint8_t> every = capacity_keep(all, E, capacity, cfg.drop_policy);
+    std::copy(every.begin() + static_cast<ptrdiff_t>(n) * c.rank(), every.begin() + static_cast<ptrdiff_t>(n) * (c.rank() + 1),
+              keep.begin());
+  }
+  plan_ = make_dispatch_plan(routing_, E, capacity, keep);
+  xchg_.plan(plan_);
+}
+
+void MoeLayer::forward_experts_ep(const float* x) {
+  const int d = cfg.hidden_size;
+  const int64_t rows = plan_.rows(), got = xchg_.rows_received();
+  auto t0 = clock_type::now();
+  if (experts.bf16) {
+    xsend_b_.resize(static_cast<size_t>(rows) * d);
+    dispatch_gather(plan_, x, d, xsend_b_.data());
+    timings_.dispatch += ms_since(t0);
+    t0 = clock_type::now();
+    experts.xb.resize(static_cast<size_t>(got) * d);
+    xchg_.to_experts(xsend_b_.data(), d, experts.xb.data());
+    timings_.exchange += ms_since(t0);
+    t0 = clock_type::now();
+    ybuf_bf16_.resize(static_cast<size_t>(got) * d);
+    experts.forward_bf16(xchg_.expert_offsets(), ybuf_bf16_.data());
+    timings_.experts += ms_since(t0);
+    t0 = clock_type::now();
+    yloc_b_.resize(static_cast<size_t>(rows) * d);
+    xchg_.back(ybuf_bf16_.data(), d, yloc_b_.data());
+  } else {
+    xsend_.resize({rows, d});
+    dispatch_gather(plan_, x, d, xsend_.data());
+    timings_.dispatch += ms_since(t0);
+    t0 = clock_type::now();
+    xbuf_.resize({got, d});
+    xchg_.to_experts(xsend_.data(), d, xbuf_.data());
+    timings_.exchange += ms_since(t0);
+    t0 = clock_type::now();
+    ybuf_.resize({got, d});
+    experts.forward(xbuf_.data(), xchg_.expert_offsets(), ybuf_.data());
+    timings_.experts += ms_since(t0);
+    t0 = clock_type::now();
+    yloc_.resize({rows, d});
+    xchg_.back(ybuf_.data(), d, yloc_.data());
+  }
+  timings_.exchange += ms_since(t0);
+}
+
+void MoeLayer::backward_experts_ep(const float* dy, float* dx, float* dgate) {
+  const int d = cfg.hidden_size;
+  const int64_t rows = plan_.rows(), got = xchg_.rows_received();
+  const bool bf16 = experts.bf16;
+  // The single-process backward, with the exchange between: each row's dy (rounded as one process
+  // rounds it) and its gate go to the expert's rank, which returns the row's dx and gate gradient.
+  auto t0 = clock_type::now();
+  if (bf16) {
+    xsend_b_.resize(static_cast<size_t>(rows) * d);
+    dispatch_gather(plan_, dy, d, xsend_b_.data());
+  } else {
+    xsend_.resize({rows, d});
+    dispatch_gather(plan_, dy, d, xsend_.data());
+  }
+  row_gate_.resize({rows});
+  pairs_to_rows(plan_, routing_.gate.data(), row_gate_.data());
+  timings_.combine_bwd += ms_since(t0);
+  t0 = clock_type::now();
+  gate_in_.resize({got});
+  xchg_.to_experts(row_gate_.data(), 1, gate_in_.data());
+  if (bf16) {
+    experts.dyb.resize(static_cast<size_t>(got) * d);
+    xchg_.to_experts(xsend_b_.data(), d, experts.dyb.data());
+  } else {
+    dybuf_.resize({got, d});
+    xchg_.to_experts(xsend_.data(), d, dybuf_.data());
+  }
+  timings_.exchange_bwd += ms_since(t0);
+  t0 = clock_type::now();
+  ybuf_.resize({got, d});  // dX of the experts' rows (Y is no longer needed)
+  dgate_in_.resize({got});
+  if (bf16)
+    experts.backward_bf16(xchg_.expert_offsets(), gate_in_.data(), ybuf_.data(), dgate_in_.data());
+  else
+    experts.backward(xbuf_.data(), dybuf_.data(), xchg_.expert_offsets(), gate_in_.data(), ybuf_.data(), dgate_in_.data());
+  timings_.experts_bwd += ms_since(t0);
+  t0 = clock_type::now();
+  yloc_.resize({rows, d});
+  xchg_.back(ybuf_.data(), d, yloc_.data());
+  row_dgate_.resize({rows});
+  xchg_.back(dgate_in_.data(), 1, row_dgate_.data());
+  timings_.exchange_bwd += ms_since(t0);
+  t0 = clock_type::now();
+  rows_to_pairs(plan_, row_dgate_.data(), dgate);
+  dispatch_scatter(plan_, yloc_.data(), d, dx);
+  timings_.scatter_bwd += ms_since(t0);
+}
+
 void MoeLayer::collect_params(std::vector<Param>& out, const std::string& prefix) {
   router->params(out, prefix);
   experts.params(out, prefix + "experts.");
@@ -77,7 +210,7 @@ void MoeLayer::set_reward(const float* reward) {
 
 void MoeLayer::forward(const float* x, int T, float* y, const FfnContext& opt) {
   MOE_CHECK(T > 0, "moe layer: forward needs at least one token");
-  const int d = cfg.hidden_size, E = cfg.n_experts();
+  const int d = cfg.hidden_size;
   seq_len_ = opt.seq_len > 0 ? opt.seq_len : T;
   MOE_CHECK(T % seq_len_ == 0, "moe layer: seq_len = " + std::to_string(seq_len_) + " does not divide the " +
                                    std::to_string(T) + " tokens of the batch");
@@ -88,47 +221,55 @@ void MoeLayer::forward(const float* x, int T, float* y, const FfnContext& opt) {
 
   // Router (with input jitter in training) and balance losses.
   auto t0 = clock_type::now();
+  batch_comm_ = opt.replicated ? nullptr : comm();
+  router->comm = batch_comm_;
   xr_ = x;
   if (opt.training && cfg.router_jitter_noise > 0.f) {
     jitter_.resize({T, d});
     xr_buf_.resize({T, d});
     const uint64_t stream = (opt.step << 16) | (cfg.layer_id << 4) | 5;
     fill_uniform(jitter_.data(), jitter_.numel(), cfg.seed, stream, 1.f - cfg.router_jitter_noise,
-                 1.f + cfg.router_jitter_noise);
+                 1.f + cfg.router_jitter_noise, static_cast<uint64_t>(opt.token0) * static_cast<uint64_t>(d));
     for (size_t i = 0; i < jitter_.numel(); ++i) xr_buf_[i] = x[i] * jitter_[i];
     xr_ = xr_buf_.data();
   } else {
     jitter_.resize({0});
   }
   router->forward(xr_, T, opt, routing_);
-  losses_.balance = balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, nullptr);
+  losses_.balance =
+      balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, nullptr, batch_comm_);
   losses_.router = router->losses();
   timings_.router = ms_since(t0);
 
-  // Dispatch: plan and gather.
+  // Dispatch: plan and gather (expert parallelism: and the exchange with the experts' ranks).
   t0 = clock_type::now();
   // A router that obeys a capacity itself (expert choice) gets none from the plan.
   const float cf = router->traits.applies_capacity ? 0.f : cfg.capacity_factor;
-  plan_ = make_dispatch_plan(routing_, E, cf, cfg.drop_policy);
+  plan_dispatch(cf);
   const int64_t rows = plan_.rows();
-  ybuf_.resize({rows, d});  // expert outputs (fp32 mode); in both modes dX of the backward
-  if (experts.bf16) {  // gather straight into the experts' bf16 input
-    experts.xb.resize(static_cast<size_t>(rows) * d);
-    dispatch_gather(plan_, x, d, experts.xb.data());
+  if (xchg_.comm) {
+    timings_.dispatch = ms_since(t0);
+    forward_experts_ep(x);
   } else {
-    xbuf_.resize({rows, d});
-    dispatch_gather(plan_, x, d, xbuf_.data());
-  }
-  timings_.dispatch = ms_since(t0);
+    ybuf_.resize({rows, d});  // expert outputs (fp32 mode); in both modes dX of the backward
+    if (experts.bf16) {  // gather straight into the experts' bf16 input
+      experts.xb.resize(static_cast<size_t>(rows) * d);
+      dispatch_gather(plan_, x, d, experts.xb.data());
+    } else {
+      xbuf_.resize({rows, d});
+      dispatch_gather(plan_, x, d, xbuf_.data());
+    }
+    timings_.dispatch = ms_since(t0);
 
-  t0 = clock_type::now();
-  if (experts.bf16) {
-    ybuf_bf16_.resize(static_cast<size_t>(rows) * d);
-    experts.forward_bf16(plan_.offsets, ybuf_bf16_.data());
-  } else {
-    experts.forward(xbuf_.data(), plan_.offsets, ybuf_.data());
+    t0 = clock_type::now();
+    if (experts.bf16) {
+      ybuf_bf16_.resize(static_cast<size_t>(rows) * d);
+      experts.forward_bf16(plan_.offsets, ybuf_bf16_.data());
+    } else {
+      experts.forward(xbuf_.data(), plan_.offsets, ybuf_.data());
+    }
+    timings_.experts = ms_since(t0);
   }
-  timings_.experts = ms_since(t0);
 
   // Shared experts, applied to every token.
   t0 = clock_type::now();
@@ -150,10 +291,11 @@ void MoeLayer::forward(const float* x, int T, float* y, const FfnContext& opt) {
   t0 = clock_type::now();
   const float* base = cfg.n_shared_experts > 0 ? shared_out_.data() : nullptr;
   const float* base_scale = cfg.shared_expert_gate ? sgate_.data() : nullptr;
+  // The experts' rows in plan order: this rank's own (single process) or those that came back.
   if (experts.bf16)
-    dispatch_combine(plan_, routing_, ybuf_bf16_.data(), d, y, base, base_scale);
+    dispatch_combine(plan_, routing_, xchg_.comm ? yloc_b_.data() : ybuf_bf16_.data(), d, y, base, base_scale);
   else
-    dispatch_combine(plan_, routing_, ybuf_.data(), d, y, base, base_scale);
+    dispatch_combine(plan_, routing_, xchg_.comm ? yloc_.data() : ybuf_.data(), d, y, base, base_scale);
   timings_.combine = ms_since(t0);
 }
 
@@ -161,43 +303,47 @@ void MoeLayer::backward(const float* dy, float* dx) {
   MOE_CHECK(x_ != nullptr, "moe layer: backward called before forward");
   const int T = T_, d = cfg.hidden_size, E = cfg.n_experts(), k = routing_.k;
 
-  // Combine backward: each kept row gets the token's dy (the experts apply the gate g and return
-  // dgate = dy·y for the row); dropped pairs get nothing.
-  auto t0 = clock_type::now();
-  const int64_t rows = plan_.rows();
-  const bool bf16 = experts.bf16;
-  if (bf16) {
-    experts.dyb.resize(static_cast<size_t>(rows) * d);
-    dispatch_gather(plan_, dy, d, experts.dyb.data());
-  } else {
-    dybuf_.resize({rows, d});
-    dispatch_gather(plan_, dy, d, dybuf_.data());
-  }
-  row_gate_.resize({rows});
-  row_dgate_.resize({rows});
-  pairs_to_rows(plan_, routing_.gate.data(), row_gate_.data());
-  timings_.combine_bwd = ms_since(t0);
-
-  // Experts backward; dX lands in ybuf (Y is no longer needed).
-  t0 = clock_type::now();
-  float* dxbuf = ybuf_.data();
-  if (bf16) {
-    experts.backward_bf16(plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
-  } else {
-    experts.backward(xbuf_.data(), dybuf_.data(), plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
-  }
   dgate_.resize({T, k});
   float* dgate = dgate_.data();
-  rows_to_pairs(plan_, row_dgate_.data(), dgate);
-  timings_.experts_bwd = ms_since(t0);
+  if (xchg_.comm) {
+    backward_experts_ep(dy, dx, dgate);
+  } else {
+    // Combine backward: each kept row gets the token's dy (the experts apply the gate g and return
+    // dgate = dy·y for the row); dropped pairs get nothing.
+    auto t0 = clock_type::now();
+    const int64_t rows = plan_.rows();
+    const bool bf16 = experts.bf16;
+    if (bf16) {
+      experts.dyb.resize(static_cast<size_t>(rows) * d);
+      dispatch_gather(plan_, dy, d, experts.dyb.data());
+    } else {
+      dybuf_.resize({rows, d});
+      dispatch_gather(plan_, dy, d, dybuf_.data());
+    }
+    row_gate_.resize({rows});
+    row_dgate_.resize({rows});
+    pairs_to_rows(plan_, routing_.gate.data(), row_gate_.data());
+    timings_.combine_bwd = ms_since(t0);
 
-  // Scatter: dx_t = Σ_i dX[row(t,i)].
-  t0 = clock_type::now();
-  dispatch_scatter(plan_, dxbuf, d, dx);
-  timings_.scatter_bwd = ms_since(t0);
+    // Experts backward; dX lands in ybuf (Y is no longer needed).
+    t0 = clock_type::now();
+    float* dxbuf = ybuf_.data();
+    if (bf16) {
+      experts.backward_bf16(plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
+    } else {
+      experts.backward(xbuf_.data(), dybuf_.data(), plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
+    }
+    rows_to_pairs(plan_, row_dgate_.data(), dgate);
+    timings_.experts_bwd = ms_since(t0);
+
+    // Scatter: dx_t = Σ_i dX[row(t,i)].
+    t0 = clock_type::now();
+    dispatch_scatter(plan_, dxbuf, d, dx);
+    timings_.scatter_bwd = ms_since(t0);
+  }
 
   // Shared experts (and the Qwen2-MoE gate).
-  t0 = clock_type::now();
+  auto t0 = clock_type::now();
   if (cfg.n_shared_experts > 0) {
     dys_.resize({T, d});
     dxs_.resize({T, d});
@@ -233,10 +379,11 @@ void MoeLayer::backward(const float* dy, float* dx) {
   if (balance_uses_prob(cfg)) {
     dprob_.resize({T, E});
     dprob_.zero();
-    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, dprob_.data(), dlogits_.data());
+    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, dprob_.data(), dlogits_.data(),
+                   batch_comm_);
     router->prob_backward(dprob_.data(), dlogits_.data(), T);
   } else if (cfg.router_z_loss_coef > 0.f) {
-    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, dlogits_.data());
+    balance_losses(cfg, router->prob.data(), router->logits.data(), routing_, seq_len_, nullptr, dlogits_.data(), batch_comm_);
   }
   if (jitter_.empty()) {  // x is the router input: accumulate straight into dx
     router->backward(xr_, routing_, dgate, dlogits_.data(), dx);

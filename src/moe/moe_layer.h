@@ -18,6 +18,7 @@
 #include "moe/balance.h"
 #include "moe/config.h"
 #include "moe/dispatch.h"
+#include "moe/expert_exchange.h"
 #include "moe/experts.h"
 #include "moe/routers/router.h"
 #include "nn/ffn.h"
@@ -38,8 +39,11 @@ struct MoeLosses {
 struct MoeTimings {
   double router = 0, dispatch = 0, experts = 0, combine = 0, shared = 0;              // forward
   double router_bwd = 0, combine_bwd = 0, experts_bwd = 0, scatter_bwd = 0, shared_bwd = 0;  // backward
-  double forward_total() const { return router + dispatch + experts + combine + shared; }
-  double backward_total() const { return router_bwd + combine_bwd + experts_bwd + scatter_bwd + shared_bwd; }
+  double exchange = 0, exchange_bwd = 0;  // expert parallelism: the all-to-alls (forward, backward)
+  double forward_total() const { return router + dispatch + experts + combine + shared + exchange; }
+  double backward_total() const {
+    return router_bwd + combine_bwd + experts_bwd + scatter_bwd + shared_bwd + exchange_bwd;
+  }
 };
 
 class MoeLayer : public Ffn {
@@ -78,6 +82,13 @@ class MoeLayer : public Ffn {
   }
   std::optional<std::vector<int32_t>> experts_of(int t) const override { return routing_.experts_of(t); }
   std::unique_ptr<FfnStats> new_stats() const override;  // RoutingStats (moe/routing_stats.h)
+  // Expert parallelism: keeps experts [r·E/P, (r+1)·E/P) (drawn as one process draws them), sends
+  // each routed row to its expert's rank and back (ExpertExchange), computes the capacity, the
+  // balance losses and the router's batch statistics over every rank's tokens. Refuses a router
+  // that cannot route a share of the batch alone, and E not divisible by P.
+  void distribute(Comm* comm) override;
+  Comm* comm() const { return xchg_.comm; }
+  const ExpertExchange& exchange() const { return xchg_; }
 
   // Lifelong expansion (docs/MECHANISMS.md §6; src/moe/expand.cpp). This layer has more routed experts
   // than `old` (same width and granularity); takes old's parameters and state: its experts, router
@@ -115,6 +126,16 @@ class MoeLayer : public Ffn {
   Tensor dlogits_, dprob_;     // (T, E)
   Tensor dxr_, dys_, dxs_;     // (T, d)
   Tensor dz_;                  // (T)
+  // Expert parallelism: the exchange, and the rows of this rank's plan (plan order) going out and
+  // coming back: x (or dy·g) sent, y (or dx) received.
+  ExpertExchange xchg_;
+  Tensor xsend_, yloc_;        // (rows of the plan, d) fp32 mode; yloc_ also dx in backward (both modes)
+  bf16_vector xsend_b_, yloc_b_;  // the same in bf16 mode
+  Tensor gate_in_, dgate_in_;  // (rows received) gates of the experts' rows, and their gradients
+  Comm* batch_comm_ = nullptr;    // the ranks whose tokens form this forward's batch (null: this rank's alone)
+  void plan_dispatch(float cf);   // plan_ (and the exchange's counts) from routing_
+  void forward_experts_ep(const float* x);   // gather → exchange → experts → exchange back
+  void backward_experts_ep(const float* dy, float* dx, float* dgate);
   MoeLosses losses_;
   MoeTimings timings_;
 };

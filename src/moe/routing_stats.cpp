@@ -49,6 +49,27 @@ void RoutingStats::add() {
   rl += L.router.rl;
   loss_terms += L.total();
   ++forwards;
+  if (m.comm()) rows_here += m.exchange().rows_received();
+}
+
+void RoutingStats::reduce(Comm& comm) {
+  std::vector<int64_t> counts = {tokens, dropped, unrouted, same, pairs};
+  comm.allreduce_sum(counts.data(), counts.size());
+  tokens = counts[0];
+  dropped = counts[1];
+  unrouted = counts[2];
+  same = counts[3];
+  pairs = counts[4];
+  std::vector<double> sums(routed);
+  sums.insert(sums.end(), importance.begin(), importance.end());
+  sums.push_back(entropy);
+  comm.allreduce_sum(sums.data(), sums.size());
+  std::copy(sums.begin(), sums.begin() + E, routed.begin());
+  std::copy(sums.begin() + E, sums.begin() + 2 * E, importance.begin());
+  entropy = sums.back();
+  std::vector<int64_t> rows(static_cast<size_t>(comm.size()));
+  comm.allgather(&rows_here, sizeof rows_here, rows.data());
+  rank_rows.assign(rows.begin(), rows.end());
 }
 
 static void cv_max(const std::vector<double>& x, double& cv, double& max_mean) {
@@ -92,6 +113,7 @@ nlohmann::json RoutingStats::to_json() const {
           {"z", z * f},
           {"loss_terms", loss_terms * f}};
   if (layer_->wants_reward()) j["rl"] = rl * f;
+  if (!rank_rows.empty()) j["rank_rows"] = rank_rows;
   return j;
 }
 

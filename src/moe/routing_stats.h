@@ -26,6 +26,8 @@ class RoutingStats : public FfnStats {
   nlohmann::json to_json() const override;
   std::string summary() const override;   // "max/mean 1.31 cv 0.12"
   std::string describe() const override;  // the numbers of to_json, and a bar per expert (up to 64)
+  // The counts and sums of every rank (the loss terms are the whole batch's on every rank already).
+  void reduce(Comm& comm) override;
 
   int E = 0;
   int64_t tokens = 0, dropped = 0, unrouted = 0, same = 0, pairs = 0;
@@ -34,6 +36,10 @@ class RoutingStats : public FfnStats {
   double entropy = 0.0;            // Σ over tokens of H(softmax(s_t))
   double aux = 0.0, z = 0.0, rl = 0.0, loss_terms = 0.0;
   int forwards = 0;
+  // Expert parallelism: rows this rank's experts computed (received from every rank); after reduce(),
+  // those of every rank in rank order (the load per rank after routing).
+  int64_t rows_here = 0;
+  std::vector<double> rank_rows;
 
  private:
   const MoeLayer* layer_;

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/comm.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -29,6 +30,13 @@ struct FfnContext {
   int seq_len = 0;                  // tokens per sequence, for sequence-wise losses (0: one sequence of T)
   const int32_t* tokens = nullptr;  // (T) token ids (the hash router routes by them)
   bool causal = false;              // decoding: a token's output may not depend on later tokens
+  // Index of the first of these tokens in the whole batch of every rank (data parallelism): random
+  // draws per token (noise, jitter) take their numbers at that place of their stream, as one process
+  // running the whole batch would.
+  int64_t token0 = 0;
+  // Every rank of a distributed FFN runs these same tokens (inference): the batch is this rank's alone
+  // (capacity, balance losses), though the experts still run on their own ranks.
+  bool replicated = false;
 };
 
 // The metrics of one FFN accumulated over any number of its forwards (one for a training step's
@@ -42,6 +50,8 @@ class FfnStats {
   virtual const char* group() const = 0;
   virtual nlohmann::json to_json() const = 0;                  // the metrics line's numbers
   virtual nlohmann::json report() const { return to_json(); }  // inspect --routing --json: those and more
+  // Data parallelism: turns this rank's sums into those of the whole batch of every rank (collective).
+  virtual void reduce(Comm& /*comm*/) {}
   virtual std::string summary() const = 0;   // a few words for the end of training, e.g. "max/mean 1.31 cv 0.12"
   virtual std::string describe() const = 0;  // inspect --routing: lines that follow "layer N: "
 };
@@ -86,6 +96,13 @@ class Ffn {
   virtual std::optional<std::vector<int32_t>> experts_of(int /*t*/) const { return std::nullopt; }
   // A new accumulator of this FFN's metrics, or null when it has none (the dense FFN).
   virtual std::unique_ptr<FfnStats> new_stats() const { return nullptr; }
+
+  // Expert and data parallelism over the ranks of comm (docs/DISTRIBUTED.md): each rank keeps its share
+  // of the experts (sharded parameters) and the forward and backward exchange tokens with the others;
+  // what is not sharded stays whole on every rank (the trainer sums its gradients). Called once, right
+  // after construction, by every rank. The dense FFN has nothing to do; an FFN that cannot be
+  // distributed throws moe::Error naming the setting.
+  virtual void distribute(Comm* /*comm*/) {}
 
   // The lists above, without a prefix; zero_grad clears every gradient, dense and sparse.
   std::vector<Param> params();

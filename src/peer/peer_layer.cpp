@@ -68,6 +68,12 @@ std::optional<std::vector<int32_t>> PeerLayer::experts_of(int t) const {
   return std::vector<int32_t>(idx_.begin() + static_cast<long>(t * HK), idx_.begin() + static_cast<long>((t + 1) * HK));
 }
 
+void PeerLayer::distribute(Comm* comm) {
+  if (distributed(comm))
+    fail_job("expert parallelism: layer " + std::to_string(cfg.layer_id) + " is a PEER layer, whose expert tables train by "
+         "rows (sparse gradients) that are not summed across ranks yet; train PEER models in a single process");
+}
+
 std::unique_ptr<FfnStats> PeerLayer::new_stats() const { return std::make_unique<PeerStats>(*this); }
 
 int64_t PeerLayer::num_params() const { return cfg.num_params(); }

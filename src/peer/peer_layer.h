@@ -56,6 +56,8 @@ class PeerLayer : public Ffn {
   // The h·k experts token t retrieved (head by head, best first).
   std::optional<std::vector<int32_t>> experts_of(int t) const override;
   std::unique_ptr<FfnStats> new_stats() const override;  // PeerStats (peer/peer_stats.h)
+  // Not yet: its tables train by rows (sparse gradients) that the trainer's all-reduce does not sum.
+  void distribute(Comm* comm) override;
 
   // Of the last forward: (T, h, k) expert ids and gates.
   const std::vector<int32_t>& experts() const { return idx_; }

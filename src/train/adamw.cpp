@@ -1,5 +1,6 @@
 #include "train/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -190,10 +191,13 @@ static void divide(Tensor& g, float n) {
   for (size_t i = 0; i < g.numel(); ++i) g[i] /= n;
 }
 
-double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse) {
-  double ss = 0.0;
-  for (const Param& p : params) ss += sum_squares(*p.grad);
+double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse,
+                      Comm* comm) {
+  double ss = 0.0, sharded = 0.0;
+  for (const Param& p : params) (p.shard.sharded() ? sharded : ss) += sum_squares(*p.grad);
   for (const SparseParam& p : sparse) ss += sum_squares(p.grad->grad);
+  if (distributed(comm)) comm->allreduce_sum(&sharded, 1);
+  ss += sharded;
   const double norm = std::sqrt(ss);
   if (max_norm > 0.0 && norm > max_norm) {
     const float s = static_cast<float>(max_norm / (norm + 1e-6));
@@ -201,6 +205,35 @@ double clip_grad_norm(const std::vector<Param>& params, double max_norm, const s
     for (const SparseParam& p : sparse) scale(p.grad->grad, s);
   }
   return norm;
+}
+
+void allreduce_grads(const std::vector<Param>& params, Comm& comm, size_t bucket_bytes) {
+  const size_t cap = bucket_bytes / sizeof(float);
+  std::vector<float> bucket;
+  std::vector<Tensor*> members;
+  auto flush = [&] {
+    if (members.empty()) return;
+    comm.allreduce_sum(bucket.data(), bucket.size());
+    size_t o = 0;
+    for (Tensor* g : members) {
+      std::copy(bucket.begin() + static_cast<ptrdiff_t>(o), bucket.begin() + static_cast<ptrdiff_t>(o + g->numel()), g->data());
+      o += g->numel();
+    }
+    bucket.clear();
+    members.clear();
+  };
+  for (const Param& p : params) {
+    if (p.shard.sharded()) continue;  // an expert's gradient is whole on the rank that holds it
+    Tensor& g = *p.grad;
+    if (g.numel() >= cap) {
+      comm.allreduce_sum(g.data(), g.numel());
+      continue;
+    }
+    if (bucket.size() + g.numel() > cap) flush();
+    bucket.insert(bucket.end(), g.data(), g.data() + g.numel());
+    members.push_back(&g);
+  }
+  flush();
 }
 
 void divide_grads(const std::vector<Param>& params, const std::vector<SparseParam>& sparse, float n) {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/comm.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -57,8 +58,15 @@ class AdamW {
 };
 
 // Global L2 norm of all gradients, dense and sparse; when max_norm > 0 and the norm exceeds it, scales
-// them down to it. Returns the norm before clipping.
-double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse = {});
+// them down to it. Returns the norm before clipping. With several ranks (comm), the norm of the whole
+// model: the sharded gradients' squares summed over the ranks, the others (equal on every rank after
+// the gradient all-reduce) counted once.
+double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse = {},
+                      Comm* comm = nullptr);
+// Data parallelism: every gradient that is not sharded ← its sum over the ranks, so that each rank
+// holds the gradient of the whole batch. Small tensors travel together in buckets of about
+// bucket_bytes (one MPI_Allreduce each), large ones in place.
+void allreduce_grads(const std::vector<Param>& params, Comm& comm, size_t bucket_bytes = size_t{4} << 20);
 // Divides every gradient, dense and sparse, by n (the mean over gradient accumulation's micro-batches).
 void divide_grads(const std::vector<Param>& params, const std::vector<SparseParam>& sparse, float n);
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <deque>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -98,6 +100,61 @@ void load_into(const std::string& file, const std::map<std::string, const Tensor
     if (!seen.count(name)) fail(file + " has no tensor '" + name + "' (a checkpoint of another model?)");
 }
 
+// Expert parallelism: the shard each tensor of a checkpoint is on this rank (a parameter's, and its
+// AdamW moments "<name>.exp_avg", "<name>.exp_avg_sq"); unsharded tensors are not listed.
+std::map<std::string, RowShard> shards_of(TransformerLM& model) {
+  std::map<std::string, RowShard> out;
+  for (const Param& p : model.params())
+    if (p.shard.sharded())
+      for (const char* suffix : {"", ".exp_avg", ".exp_avg_sq"}) out[p.name + suffix] = p.shard;
+  return out;
+}
+
+// The whole tensor of a rank's rows: its shape with `total` rows.
+std::vector<int64_t> whole_shape(const Tensor& part, const RowShard& s) {
+  std::vector<int64_t> shape = part.shape();
+  shape[0] = s.total;
+  return shape;
+}
+
+// Saving with several ranks: the sharded tensors of `ts` gathered into whole ones on rank 0 (held in
+// `whole`, which `ts` then points to there). Every rank calls it with the same names.
+void gather_shards(Comm& comm, std::map<std::string, const Tensor*>& ts, const std::map<std::string, RowShard>& shards,
+                   std::deque<Tensor>& whole) {
+  for (auto& [name, t] : ts) {
+    auto it = shards.find(name);
+    if (it == shards.end()) continue;
+    const size_t bytes = sizeof(float) * t->numel();
+    float* dst = nullptr;
+    if (comm.rank() == 0) dst = whole.emplace_back(whole_shape(*t, it->second)).data();
+    comm.gatherv(t->data(), bytes, dst, std::vector<size_t>(static_cast<size_t>(comm.size()), bytes), 0);
+    if (comm.rank() == 0) t = &whole.back();
+  }
+}
+
+// Loading with several ranks: reads `file` into `ts`, the sharded tensors whole (into `whole`) and
+// then each rank's rows copied out.
+void load_sharded(const std::string& file, std::map<std::string, const Tensor*> ts,
+                  const std::map<std::string, RowShard>& shards) {
+  struct Part {
+    Tensor* mine;
+    const Tensor* all;
+    RowShard shard;
+  };
+  std::deque<Tensor> whole;
+  std::vector<Part> parts;
+  for (auto& [name, t] : ts)
+    if (auto it = shards.find(name); it != shards.end()) {
+      parts.push_back({const_cast<Tensor*>(t), &whole.emplace_back(whole_shape(*t, it->second)), it->second});
+      t = parts.back().all;
+    }
+  load_into(file, ts);
+  for (const Part& p : parts) {
+    const size_t row = p.mine->numel() / static_cast<size_t>(p.mine->shape()[0]);
+    std::memcpy(p.mine->data(), p.all->data() + static_cast<size_t>(p.shard.first) * row, sizeof(float) * p.mine->numel());
+  }
+}
+
 }  // namespace
 
 std::string step_dir(const std::string& run, int64_t step) {
@@ -140,11 +197,28 @@ Checkpoint latest_checkpoint(const std::string& run) {
 }
 
 void save_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, const TrainState& st, int keep,
-                     int64_t protect) {
-  const std::map<std::string, const Tensor*> w = model_tensors(model);
-  if (const std::string bad = first_nonfinite(w); !bad.empty())
+                     int64_t protect, Comm* comm) {
+  std::map<std::string, const Tensor*> w = model_tensors(model);
+  std::string bad = first_nonfinite(w);
+  if (distributed(comm)) {  // every rank stops, or none: a rank's experts may be the bad ones
+    int64_t any = bad.empty() ? 0 : 1;
+    comm->allreduce_max(&any, 1);
+    if (any && bad.empty()) bad = "(on another rank)";
+  }
+  if (!bad.empty())
     throw NonFiniteWeights("step " + std::to_string(st.step) + ": tensor '" + bad +
                            "' holds NaN or infinite values; not saved (the earlier checkpoints are kept)");
+  std::map<std::string, const Tensor*> o;
+  if (opt)
+    for (auto& [name, t] : opt->state()) o[name] = t;
+  // Several ranks: rank 0 writes the single-process layout, every expert gathered.
+  std::deque<Tensor> whole;
+  if (distributed(comm)) {
+    const std::map<std::string, RowShard> shards = shards_of(model);
+    gather_shards(*comm, w, shards, whole);
+    gather_shards(*comm, o, shards, whole);
+    if (comm->rank() != 0) return;
+  }
   const std::string final_dir = step_dir(run, st.step), tmp = temp_name(final_dir);
   std::error_code ec;
   if (fs::exists(final_dir, ec)) {
@@ -162,8 +236,6 @@ void save_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, c
     save_safetensors(tmp + "/" + kModel, w, {{"step", std::to_string(st.step)}, {"format", "moe.cpp"}});
     files[kModel] = fs::file_size(tmp + "/" + kModel);
     if (opt) {
-      std::map<std::string, const Tensor*> o;
-      for (auto& [name, t] : opt->state()) o[name] = t;
       save_safetensors(tmp + "/" + kOptimizer, o, {{"step", std::to_string(st.step)}});
       files[kOptimizer] = fs::file_size(tmp + "/" + kOptimizer);
     }
@@ -197,7 +269,8 @@ TrainState load_checkpoint(const std::string& run, TransformerLM& model, AdamW* 
   const std::string where = ck.dir + "/" + kManifest;
   if (!read_manifest(ck.dir, m)) fail(where + " changed while it was read; try again");
   const std::map<std::string, const Tensor*> w = model_tensors(model);
-  load_into(ck.dir + "/" + kModel, w);
+  const std::map<std::string, RowShard> shards = shards_of(model);  // empty in a single process
+  load_sharded(ck.dir + "/" + kModel, w, shards);
   if (!allow_nonfinite)
     if (const std::string bad = first_nonfinite(w); !bad.empty())
       fail(ck.dir + "/" + kModel + ": tensor '" + bad + "' holds NaN or infinite values (a diverged run?); resume from an "
@@ -211,14 +284,15 @@ TrainState load_checkpoint(const std::string& run, TransformerLM& model, AdamW* 
   st.skipped_steps = manifest_number<int64_t>(m, "skipped_steps", 0, where);
   if (m.contains("frozen")) {
     st.frozen = freeze_from_json(m["frozen"], where);
-    frozen_param_count(st.frozen, model.params());  // every name and range fits this model
+    if (shards.empty()) frozen_param_count(st.frozen, model.params());  // every name and range fits this model
+    else fail(where + " freezes rows (a `moe expand`ed run), which expert parallelism does not train yet; train it in a single process");
   }
   if (opt) {
     if (!m["files"].contains(kOptimizer))
       fail(ck.dir + " has no optimizer state (written without one); it can be evaluated but not resumed");
     std::map<std::string, const Tensor*> state;
     for (auto& [name, t] : opt->state()) state[name] = t;
-    load_into(ck.dir + "/" + kOptimizer, state);
+    load_sharded(ck.dir + "/" + kOptimizer, state, shards);
     opt->set_steps(st.optimizer_steps);
   }
   return st;

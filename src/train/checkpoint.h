@@ -60,12 +60,15 @@ struct NonFiniteWeights : Error {
 // Writes the model (and the optimizer when given) as checkpoint st.step of `run`, then removes the
 // older ones beyond `keep` (0: none removed), never the one at step `protect`. Throws
 // NonFiniteWeights when a weight is not finite and moe::Error when a write fails, leaving the earlier
-// checkpoints as they were.
+// checkpoints as they were. With several ranks (comm) every rank calls it: the experts are gathered
+// and rank 0 writes the layout of a single process (any number of ranks, or one, reads it back);
+// NonFiniteWeights is thrown on every rank when any rank holds a bad weight.
 void save_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, const TrainState& st, int keep,
-                     int64_t protect);
+                     int64_t protect, Comm* comm = nullptr);
 // Loads the newest complete checkpoint of `run` into a model built from its config (and the
 // optimizer when given); every tensor is checked by name and shape, and must be finite unless
-// allow_nonfinite. Returns its state.
+// allow_nonfinite. Returns its state. A distributed model (TransformerLM::distribute) takes its
+// rank's rows of each sharded tensor.
 TrainState load_checkpoint(const std::string& run, TransformerLM& model, AdamW* opt, bool allow_nonfinite = false);
 
 // The run's config.json (errors name the file and the fix).

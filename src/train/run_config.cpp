@@ -16,6 +16,10 @@ namespace moe {
 void TrainConfig::validate() const {
   const ConfigCheck check("train");
   check.positive("batch_size", batch_size);
+  check.in_range("expert_parallel", expert_parallel, 1, 1 << 16);
+  check.require(batch_size % expert_parallel == 0, "batch_size = " + std::to_string(batch_size) +
+                                                       " does not split among expert_parallel = " + std::to_string(expert_parallel) +
+                                                       " ranks; make it a multiple of " + std::to_string(expert_parallel));
   check.non_negative("steps", steps);
   check.in_range("grad_accum", grad_accum, 1, 1 << 16);
   check.require(std::isfinite(lr) && lr > 0.f, "lr = " + format_number(lr) + " must be a finite positive number, e.g. 3e-3");

@@ -21,6 +21,7 @@ struct TrainConfig {
   std::string data_dir = "data";
   std::string out = "runs/default";
   int batch_size = 16;
+  int expert_parallel = 1;  // ranks of the job (mpirun -np): experts and the batch split among them
   int steps = 600;
   int grad_accum = 1;
   float lr = 3e-3f;
@@ -51,7 +52,8 @@ struct TrainConfig {
     v("corpus", c.corpus, "kjv | fortunes | c-headers | pydoc | linux | mix | file:PATH");
     v("data_dir", c.data_dir, "folder of the prepared corpora");
     v("out", c.out, "run folder: config, metrics, checkpoints");
-    v("batch_size", c.batch_size, "sequences per micro-batch");
+    v("batch_size", c.batch_size, "sequences per micro-batch of the whole job (each of P ranks takes batch_size/P)");
+    v("expert_parallel", c.expert_parallel, "ranks P of an `mpirun -np P` job: each holds 1/P of every layer's experts");
     v("steps", c.steps, "optimizer steps of the schedule");
     v("grad_accum", c.grad_accum, "micro-batches per step");
     v("lr", c.lr, "peak learning rate");

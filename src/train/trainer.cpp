@@ -6,8 +6,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
+#include "core/check.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/gemm.h"
@@ -83,35 +85,114 @@ LoadedRun load_teacher(const std::string& dir, const std::string& tokenizer) {
   return load_run(dir);
 }
 
+// The "dist" object of a step's metrics line: per rank (in rank order) the bytes it sent and received,
+// its seconds in communication, their share of the step, and the tokens it trained; gathered from
+// every rank (collective).
+nlohmann::json dist_metrics(Comm& comm, const CommStats& d, double step_s, int64_t tokens) {
+  const double mine[4] = {static_cast<double>(d.bytes_sent), static_cast<double>(d.bytes_received), d.seconds,
+                          static_cast<double>(tokens)};
+  std::vector<double> all(4 * static_cast<size_t>(comm.size()));
+  comm.allgather(mine, sizeof mine, all.data());
+  nlohmann::json j = {{"ranks", comm.size()}};
+  const char* keys[4] = {"bytes_sent", "bytes_received", "comm_s", "tokens"};
+  for (int q = 0; q < 4; ++q) {
+    std::vector<double> v;
+    for (int r = 0; r < comm.size(); ++r) v.push_back(all[4 * static_cast<size_t>(r) + q]);
+    j[keys[q]] = v;
+  }
+  std::vector<double> share;
+  for (int r = 0; r < comm.size(); ++r) share.push_back(step_s > 0 ? all[4 * static_cast<size_t>(r) + 2] / step_s : 0.0);
+  j["comm_share"] = share;
+  return j;
+}
+
+// The job fits the config (train.expert_parallel is its number of ranks) and every rank has the
+// same config: rank 0's is sent to all, and a rank whose differs names the first key that does.
+void check_job(const RunConfig& c, Comm* comm) {
+  const int P = comm ? comm->size() : 1;
+  if (c.train.expert_parallel != P) {
+    if (P == 1)
+      fail("train.expert_parallel = " + std::to_string(c.train.expert_parallel) + " needs that many processes: run mpirun -np " +
+           std::to_string(c.train.expert_parallel) + " moe train ...; or set train.expert_parallel=1 for a single process");
+    fail_job("train.expert_parallel = " + std::to_string(c.train.expert_parallel) + " but the job has " + std::to_string(P) +
+             " ranks; set --set train.expert_parallel=" + std::to_string(P) + " (or mpirun -np " +
+             std::to_string(c.train.expert_parallel) + ")");
+  }
+  if (P == 1) return;
+  const std::string mine = run_config_to_json(c);
+  int64_t n = static_cast<int64_t>(mine.size());
+  comm->broadcast(&n, sizeof n, 0);
+  std::string lead(static_cast<size_t>(n), '\0');
+  if (comm->rank() == 0) lead = mine;
+  comm->broadcast(lead.data(), lead.size(), 0);
+  std::string why;  // this rank's difference from rank 0, if any
+  if (lead != mine) {
+    const nlohmann::json a = nlohmann::json::parse(lead), b = nlohmann::json::parse(mine);
+    // Numbers as the config holds them (floats), not as their double's digits.
+    auto text = [](const nlohmann::json& v) {
+      return v.is_number_float() ? format_number(static_cast<float>(v.get<double>())) : v.dump();
+    };
+    for (auto& [section, keys] : a.items())
+      for (auto& [key, v] : keys.items())
+        if (why.empty() && (!b.contains(section) || !b[section].contains(key) || b[section][key] != v))
+          why = section + "." + key + " = " + (b.contains(section) && b[section].contains(key) ? text(b[section][key]) : "(none)") +
+                " on rank " + std::to_string(comm->rank()) + " but " + text(v) + " on rank 0";
+    if (why.empty()) why = "rank " + std::to_string(comm->rank()) + "'s config differs from rank 0's";
+  }
+  // Rank 0 reports the first rank that differs, so the message reads once.
+  int64_t first_bad = why.empty() ? INT64_MAX : comm->rank();
+  std::vector<int64_t> all(static_cast<size_t>(P));
+  comm->allgather(&first_bad, sizeof first_bad, all.data());
+  const int64_t bad = *std::min_element(all.begin(), all.end());
+  if (bad == INT64_MAX) return;
+  int64_t len = comm->rank() == bad ? static_cast<int64_t>(why.size()) : 0;
+  comm->broadcast(&len, sizeof len, static_cast<int>(bad));
+  why.resize(static_cast<size_t>(len));
+  comm->broadcast(why.data(), why.size(), static_cast<int>(bad));
+  fail_job("the ranks of the job have different configs: " + why +
+           "; give every rank the same config file and --set options (a shared file system, or the same copy on every node)");
+}
+
 }  // namespace
 
 TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   // A run started from another run's checkpoint takes that run's model (a resumed one has it already).
   const RunConfig c = opts.resume ? given : with_init_model(given);
   const TrainConfig& t = c.train;
+  Comm* comm = distributed(opts.comm) ? opts.comm : nullptr;  // null: a single process
+  check_job(c, comm);
+  const int P = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  const bool lead = rank == 0;  // writes the run folder, prints
   if (static_cast<int64_t>(t.batch_size) * c.model.max_position_embeddings > (int64_t{1} << 30))
     fail("train.batch_size × model.max_position_embeddings = " +
          std::to_string(static_cast<int64_t>(t.batch_size) * c.model.max_position_embeddings) +
          " tokens a micro-batch is above 2^30; lower train.batch_size (train.grad_accum adds micro-batches)");
-  const int B = t.batch_size, L = c.model.max_position_embeddings, T = B * L;
+  // B sequences a micro-batch in all, Bl of them on each of the P ranks.
+  const int B = t.batch_size, Bl = B / P, L = c.model.max_position_embeddings, T = B * L, Tl = Bl * L;
   // Parameters, their gradients and two Adam moments, plus the activations of one micro-batch.
-  c.model.check_memory(16.0, 4.0 * T * (24.0 * c.model.hidden_size * c.model.num_hidden_layers + 3.0 * c.model.vocab_size),
+  c.model.check_memory(16.0, 4.0 * Tl * (24.0 * c.model.hidden_size * c.model.num_hidden_layers + 3.0 * c.model.vocab_size),
                        "train");
   if (!t.distill_from.empty()) check_teacher_config(t.distill_from, c);
-  fs::create_directories(t.out);
-  const FolderLock lock(t.out, "moe train");
-  if (const int n = remove_temp_files(t.out))
-    std::printf("train: removed %d unfinished file(s) of an interrupted writer in %s\n", n, t.out.c_str());
-  if (opts.resume) {
-    if (!fs::exists(t.out + "/config.json"))
-      fail("--resume: " + t.out + " has no config.json, so it holds no run to continue; train without --resume, or set train.out to a run folder");
-  } else if (const std::string held = describe_run(t.out); !held.empty() && !opts.overwrite) {
-    fail(t.out + " already holds a run (" + held + "); pass --resume to continue it, --overwrite to replace it, "
-         "or set another train.out");
+  // Rank 0 holds the folder and prepares the corpus; the others wait, then read what it wrote.
+  std::optional<FolderLock> lock;
+  if (lead) {
+    fs::create_directories(t.out);
+    lock.emplace(t.out, "moe train");
+    if (const int n = remove_temp_files(t.out))
+      std::printf("train: removed %d unfinished file(s) of an interrupted writer in %s\n", n, t.out.c_str());
+    if (opts.resume) {
+      if (!fs::exists(t.out + "/config.json"))
+        fail("--resume: " + t.out + " has no config.json, so it holds no run to continue; train without --resume, or set train.out to a run folder");
+    } else if (const std::string held = describe_run(t.out); !held.empty() && !opts.overwrite) {
+      fail(t.out + " already holds a run (" + held + "); pass --resume to continue it, --overwrite to replace it, "
+           "or set another train.out");
+    }
   }
   // The corpus is encoded with train.tokenizer, else with the tokenizer of the run it starts from.
   const std::string tokenizer = !t.tokenizer.empty() ? t.tokenizer : !t.init_from.empty() ? t.init_from + "/tokenizer.model" : "";
+  if (comm && !lead) comm->barrier();
   const std::string data = prepare_corpus(t.corpus, t.data_dir, c.model.vocab_size, false, 0, tokenizer);
+  if (comm && lead) comm->barrier();
   TokenShard train_shard(data + "/train.bin"), val_shard(data + "/val.bin");
   check_shard_length(train_shard, L, t.corpus);
   check_shard_length(val_shard, L, t.corpus);
@@ -119,8 +200,9 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   tok.load(data + "/tokenizer.model");
   MOE_CHECK(tok.vocab_size() == c.model.vocab_size, "tokenizer of " + data + " has " + std::to_string(tok.vocab_size()) +
                                                          " tokens but model.vocab_size = " + std::to_string(c.model.vocab_size));
-  if (!opts.resume && opts.overwrite) clear_run(t.out);  // only once the data and sizes are known good
+  if (lead && !opts.resume && opts.overwrite) clear_run(t.out);  // only once the data and sizes are known good
   TransformerLM model(c.model, opts.resume ? ParamInit::for_loading : ParamInit::random);
+  model.distribute(comm);  // each rank keeps its share of the experts
   AdamWConfig oc;
   oc.beta1 = t.beta1;
   oc.beta2 = t.beta2;
@@ -138,15 +220,24 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     std::printf("train: starting from %s (step %lld)%s\n", t.init_from.c_str(), static_cast<long long>(from.step),
                 st.frozen.empty() ? "" : ", with its frozen parameters");
   }
+  if (comm && !st.frozen.empty())
+    fail_job("train.init_from: " + t.init_from + " freezes rows (a `moe expand`ed run), which expert parallelism does not "
+             "train yet; train it in a single process");
   opt.set_freeze(st.frozen);
   const int64_t n_frozen = frozen_param_count(st.frozen, model.params());
   // The teacher of the distillation term: the frozen model of another run, on the same batches.
   LoadedRun teacher;
   if (!t.distill_from.empty()) teacher = load_teacher(t.distill_from, data + "/tokenizer.model");
   const int64_t start = st.step;
-  write_run_config(t.out, c);
-  write_file_atomic(t.out + "/tokenizer.model", read_file(data + "/tokenizer.model", "run `moe data --force`"));
+  if (lead) {
+    write_run_config(t.out, c);
+    write_file_atomic(t.out + "/tokenizer.model", read_file(data + "/tokenizer.model", "run `moe data --force`"));
+  }
   const double peak = measure_sgemm_gflops(1024, 5);
+  if (!lead && !std::freopen("/dev/null", "w", stdout)) fail("cannot redirect rank " + std::to_string(rank) + "'s output");  // rank 0 speaks for the job; errors still reach stderr
+  if (P > 1)
+    std::printf("train: %d ranks (mpirun -np %d): each holds 1/%d of every MoE layer's experts and %d of the %d sequences "
+                "of a micro-batch; the other parameters on every rank, their gradients summed\n", P, P, P, Bl, B);
   std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %lld tokens, GEMM peak %.0f GFLOP/s\n",
               t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
               static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
@@ -160,7 +251,7 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   std::fflush(stdout);
   // Metrics: a resumed run keeps the lines of the steps before the checkpoint (rewritten atomically).
   const std::string metrics_path = t.out + "/metrics.jsonl";
-  {
+  if (lead) {
     std::string kept;
     if (opts.resume && fs::exists(metrics_path)) {
       std::istringstream in(read_file(metrics_path, "check the run folder's permissions"));
@@ -172,7 +263,8 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     }
     write_file_atomic(metrics_path, kept);
   }
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics;
+  if (lead) metrics.open(metrics_path, std::ios::app);
 
   std::vector<int32_t> tokens(static_cast<size_t>(T)), targets(static_cast<size_t>(T));
   std::vector<Param> params = model.params();
@@ -188,9 +280,9 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   char lr_text[32];
   std::snprintf(lr_text, sizeof lr_text, "%g", static_cast<double>(t.lr));
   auto diverged = [&](int64_t step, const std::string& why) {
-    const int n = quarantine_checkpoints_after(t.out, good_step);
+    const int n = lead ? quarantine_checkpoints_after(t.out, good_step) : 0;
     const std::vector<Checkpoint> left = list_checkpoints(t.out);
-    fail("training diverged at step " + std::to_string(step + 1) + ": " + why + "; " +
+    fail_job("training diverged at step " + std::to_string(step + 1) + ": " + why + "; " +
          (n ? std::to_string(n) + " checkpoint(s) after it renamed *.diverged; " : std::string()) +
          (left.empty() ? "no good checkpoint was written" : "the last good checkpoint " + left.back().dir + " is kept") +
          "; lower train.lr (now " + lr_text + ") or raise train.warmup_steps");
@@ -198,20 +290,32 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   const auto run_t0 = clock_type::now();
   for (int64_t step = start; step < end; ++step) {
     const auto t0 = clock_type::now();
+    const CommStats comm0 = comm ? comm->stats : CommStats{};
     model.zero_grad();
-    double loss = 0.0, ce = 0.0, distill = 0.0;
+    double ce = 0.0, aux = 0.0, distill = 0.0;
     for (int micro = 0; micro < t.grad_accum; ++micro) {
       const uint64_t draw = static_cast<uint64_t>(step) * static_cast<uint64_t>(t.grad_accum) + static_cast<uint64_t>(micro);
+      // The whole batch is drawn on every rank (token ids only); rank r trains sequences [r·Bl, (r+1)·Bl).
       sample_batch(train_shard, B, L, t.seed, draw, tokens.data(), targets.data());
-      if (teacher.model) model.set_teacher(teacher.model->forward_logits(tokens.data(), B, L).data(), t.distill_weight);
-      ce += model.forward(tokens.data(), targets.data(), B, L, true, draw) / t.grad_accum;
-      loss += (model.stats().ce + model.stats().aux + model.stats().distill) / t.grad_accum;
+      const int32_t* my_tokens = tokens.data() + static_cast<size_t>(rank) * Tl;
+      const int32_t* my_targets = targets.data() + static_cast<size_t>(rank) * Tl;
+      if (teacher.model) model.set_teacher(teacher.model->forward_logits(my_tokens, Bl, L).data(), t.distill_weight);
+      ce += model.forward(my_tokens, my_targets, Bl, L, true, draw) / t.grad_accum;
+      aux += model.stats().aux / t.grad_accum;  // the whole batch's already
       distill += model.stats().distill / t.grad_accum;
       model.backward();
     }
+    if (comm) {  // the whole batch's gradients and mean losses on every rank
+      allreduce_grads(params, *comm);
+      double sums[2] = {ce, distill};
+      comm->allreduce_sum(sums, 2);
+      ce = sums[0] / P;
+      distill = sums[1] / P;
+    }
+    const double loss = ce + aux + distill;
     if (t.grad_accum > 1) divide_grads(params, sparse, static_cast<float>(t.grad_accum));
     if (n_frozen > 0) opt.mask_frozen_grads();
-    const double gnorm = clip_grad_norm(params, t.grad_clip, sparse);
+    const double gnorm = clip_grad_norm(params, t.grad_clip, sparse, comm);
     const float lr = lr_at(t, step);
     const std::string bad = bad_step_reason(loss, gnorm, st.loss_ema, t.spike_factor);
     if (!bad.empty()) last_bad = bad;
@@ -224,34 +328,37 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     } else {
       ++st.bad_in_row;
       ++st.skipped_steps;
-      std::printf("%strain: step %lld skipped (%s); %d bad in a row of train.max_bad_steps = %d\n", progress.tty() ? "\n" : "",
+      if (lead) std::printf("%strain: step %lld skipped (%s); %d bad in a row of train.max_bad_steps = %d\n", progress.tty() ? "\n" : "",
                   static_cast<long long>(step + 1), bad.c_str(), st.bad_in_row, t.max_bad_steps);
     }
     st.step = step + 1;
     st.optimizer_steps = opt.steps();
     const double dt = seconds_since(t0);
     tok_s = static_cast<double>(T) * t.grad_accum / dt;
-    mfu = tok_s * model.flops_per_token() / (peak * 1e9);
+    mfu = tok_s * model.flops_per_token() / (P * peak * 1e9);  // against the peak of every rank
     rates.push_back(tok_s);
     load_summary.clear();
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
                         {"tokens_per_s", tok_s}, {"mfu", mfu}, {"step_s", dt}};
     if (teacher.model) j["distill"] = distill;
     j.update(model.metrics(&load_summary));
+    if (comm) j["dist"] = dist_metrics(*comm, comm->stats - comm0, dt, Tl * t.grad_accum);
     if (!bad.empty()) j["skipped"] = bad;
     const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
     if (eval_now) j["val_loss"] = last_val = evaluate(model, val_shard, L, t.eval_windows, B);
-    metrics << j.dump() << "\n";
-    metrics.flush();
+    if (lead) {
+      metrics << j.dump() << "\n";
+      metrics.flush();
+    }
     if (st.bad_in_row >= t.max_bad_steps) diverged(step, bad);
     if (eval_now && !std::isfinite(last_val)) diverged(step, "validation loss is " + std::to_string(last_val));
-    progress.update(step, ce, tok_s);
-    if (eval_now && !progress.tty())
+    if (lead) progress.update(step, ce, tok_s);
+    if (lead && eval_now && !progress.tty())
       std::printf("step %lld val_loss %.4f\n", static_cast<long long>(step + 1), last_val);
     const bool save_now = (t.save_every > 0 && (step + 1) % t.save_every == 0) || step + 1 == end;
     if (save_now && bad.empty()) {
       try {
-        save_checkpoint(t.out, model, &opt, st, t.keep_checkpoints, good_step);
+        save_checkpoint(t.out, model, &opt, st, t.keep_checkpoints, good_step, comm);
       } catch (const NonFiniteWeights& e) {
         diverged(step, e.what());
       }
@@ -268,10 +375,12 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   if (!rates.empty()) {
     std::sort(rates.begin(), rates.end());
     s.tokens_per_s = rates[rates.size() / 2];
-    s.mfu = s.tokens_per_s * model.flops_per_token() / (peak * 1e9);
+    s.mfu = s.tokens_per_s * model.flops_per_token() / (P * peak * 1e9);
   }
   s.load_summary = load_summary;
-  if (end == start && list_checkpoints(t.out).empty()) save_checkpoint(t.out, model, &opt, st, t.keep_checkpoints, start);
+  int64_t none_saved = end == start && lead && list_checkpoints(t.out).empty();
+  if (comm) comm->broadcast(&none_saved, sizeof none_saved, 0);
+  if (none_saved) save_checkpoint(t.out, model, &opt, st, t.keep_checkpoints, start, comm);
   return s;
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/comm.h"
 #include "train/run_config.h"
 
 namespace moe {
@@ -25,6 +26,9 @@ struct TrainSummary {
 struct TrainOptions {
   bool resume = false;     // continue the run in train.out from its newest complete checkpoint
   bool overwrite = false;  // replace the run train.out holds (without it, a folder holding a run is an error)
+  // The ranks of an expert-parallel job (docs/DISTRIBUTED.md), every one calling train_model with the
+  // same config; null or one rank: a single process. Rank 0 alone writes the run folder.
+  Comm* comm = nullptr;
 };
 
 // Trains per c into c.train.out, which it holds locked (a second writer gets an error naming this

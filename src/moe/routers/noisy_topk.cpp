@@ -67,7 +67,7 @@ void NoisyTopkRouter::route(int T, const FfnContext& ctx, Routing& r) {
     float* n = noise.data() + t * E;
     for (int e = 0; e < E; ++e) {
       sg[e] = softplus(raw[t * E + e]) + 1e-2f;
-      n[e] = training ? rng_normal(cfg.seed, stream, t * E + e) : 0.f;
+      n[e] = training ? rng_normal(cfg.seed, stream, (ctx.token0 + t) * E + e) : 0.f;
       H[e] = s[e] + n[e] * sg[e];
     }
     int32_t* idx = r.expert.data() + t * k;
@@ -112,6 +112,10 @@ void NoisyTopkRouter::compute_losses(int T, const Routing& r) {
   } else {  // no noise: the load is the count of tokens
     for (int t = 0; t < T; ++t)
       for (int i = 0; i < k; ++i) load[r.expert[t * k + i]] += 1.f;
+  }
+  if (distributed(comm)) {  // CV² over the whole batch: the sums of every rank's tokens
+    comm->allreduce_sum(importance.data(), importance.size());
+    comm->allreduce_sum(load.data(), load.size());
   }
   losses_.importance = coef * cv_squared(importance.data(), E);
   losses_.load = coef * cv_squared(load.data(), E);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/comm.h"
 #include "core/tensor.h"
 #include "moe/config.h"
 #include "moe/routing.h"
@@ -36,6 +37,10 @@ struct RouterTraits {
   int weight_matrices = 1;         // (E, d) matrices trained by gradient: W_r (and W_n); 0 for hash
   bool applies_capacity = false;   // its routing already obeys a capacity (expert choice): dispatch adds none
   bool trained_by_reward = false;  // it needs the per-token reward between forward and backward (reinforce)
+  // It routes a rank's tokens alone as it would route them inside the whole batch, given the batch
+  // sums Router::comm adds up (expert parallelism); not the routers that solve an assignment over the
+  // whole batch (BASE, S-BASE, expert choice) or keep a reward baseline (reinforce).
+  bool expert_parallel = true;
 };
 RouterTraits router_traits(RouterKind k);
 // The router kind that computes gate function g (g != other).
@@ -64,6 +69,9 @@ class Router {
 
   const MoeConfig cfg;
   const RouterTraits traits;
+  // Expert parallelism: the group of ranks whose batch sums the router's batch statistics are (the
+  // noisy_topk importance and load, sigmoid_bias's loads); null in a single process.
+  Comm* comm = nullptr;
   const int E, k, d;
   Tensor w, dw;    // (E, d) W_r and its gradient
   // (E) added to s before routing when cfg.entry_steps > 0 (empty otherwise): 0 for experts that

@@ -105,6 +105,7 @@ class HashRouter : public Router {
 // by an ε-scaling auction; at eval (and when decoding) the argmax of s. Gate σ(s_{t,e}). k = 1.
 class BaseRouter : public Router {
  public:
+  static constexpr RouterTraits kTraits{.expert_parallel = false};
   static void check(const MoeConfig& c, const ConfigCheck& check);  // exactly one expert per token
   using Router::Router;
 
@@ -124,6 +125,7 @@ std::vector<int32_t> balanced_assignment(const float* scores, int T, int E, cons
 // through Sinkhorn); at eval top-k of s. Gates: k = 1 σ(s_i); k > 1 softmax over s_I.
 class SBaseRouter : public Router {
  public:
+  static constexpr RouterTraits kTraits{.expert_parallel = false};
   using Router::Router;
   Tensor balanced;  // (T, E) Sinkhorn-normalised scores of the last training forward, scaled to row sums 1
   int iterations = 0;  // Sinkhorn iterations of the last training forward
@@ -143,7 +145,7 @@ int sinkhorn(const float* s, int T, int E, float* out, int max_iter = 50, float 
 // (set_reward) and an EMA baseline b, loss_rl = −c·mean_t (r_t − b)·Σ_{i∈I} log π_i(x_t).
 class ReinforceRouter : public Router {
  public:
-  static constexpr RouterTraits kTraits{.trained_by_reward = true};
+  static constexpr RouterTraits kTraits{.trained_by_reward = true, .expert_parallel = false};
   explicit ReinforceRouter(const MoeConfig& c);
   Tensor baseline;  // (2): the EMA of the mean reward, and 1 once it holds a value
   Tensor draws;     // (T, k) the uniform draws of the last training forward
@@ -174,7 +176,7 @@ class ReinforceRouter : public Router {
 // top-k of p.
 class ExpertChoiceRouter : public Router {
  public:
-  static constexpr RouterTraits kTraits{.applies_capacity = true};
+  static constexpr RouterTraits kTraits{.applies_capacity = true, .expert_parallel = false};
   static void check(const MoeConfig& c, const ConfigCheck& check);  // drop_policy stays position
   using Router::Router;
   int64_t capacity(int T) const;

@@ -72,6 +72,7 @@ void SigmoidBiasRouter::prob_backward(const float* dprob, float* dlogits, int T)
 }
 
 void SigmoidBiasRouter::after_step() {
+  if (distributed(comm)) comm->allreduce_sum(load_.data(), load_.size());  // the loads of the whole batch
   double mean = 0.0;
   for (int64_t c : load_) mean += static_cast<double>(c);
   mean /= E;
