@@ -21,6 +21,9 @@ struct CommStats {
   CommStats operator-(const CommStats& o) const {
     return {bytes_sent - o.bytes_sent, bytes_received - o.bytes_received, seconds - o.seconds, calls - o.calls};
   }
+  CommStats operator+(const CommStats& o) const {
+    return {bytes_sent + o.bytes_sent, bytes_received + o.bytes_received, seconds + o.seconds, calls + o.calls};
+  }
 };
 
 class Comm {
@@ -33,6 +36,13 @@ class Comm {
   virtual void allreduce_sum(float* x, size_t n) = 0;
   virtual void allreduce_sum(double* x, size_t n) = 0;
   virtual void allreduce_sum(int64_t* x, size_t n) = 0;
+  // Non-blocking x ← Σ over ranks of x: started now, done after wait_all() (x is not to be touched
+  // until then). Every rank starts the same ones in the same order.
+  virtual void iallreduce_sum(float* x, size_t n) = 0;
+  // Lets started non-blocking calls move on (MPI progresses them only inside its calls).
+  virtual void progress() = 0;
+  // Completes every non-blocking call started.
+  virtual void wait_all() = 0;
   // x ← max over ranks of x.
   virtual void allreduce_max(int64_t* x, size_t n) = 0;
   // recv (size()·bytes) ← every rank's `bytes` bytes of send, in rank order.

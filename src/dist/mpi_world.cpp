@@ -2,6 +2,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <string>
@@ -29,6 +30,29 @@ class MpiComm final : public Comm {
   void allreduce_sum(int64_t* x, size_t n) override { reduce(x, n, MPI_INT64_T, MPI_SUM, sizeof(int64_t)); }
   void allreduce_max(int64_t* x, size_t n) override { reduce(x, n, MPI_INT64_T, MPI_MAX, sizeof(int64_t)); }
 
+  void iallreduce_sum(float* x, size_t n) override {
+    const size_t moved = 2 * n * sizeof(float) * static_cast<size_t>(size_ - 1) / static_cast<size_t>(size_);
+    Timed t(this, moved, moved);
+    constexpr size_t kPiece = size_t{1} << 28;
+    for (size_t i = 0; i < n; i += kPiece) {
+      MPI_Request r;
+      check(MPI_Iallreduce(MPI_IN_PLACE, x + i, static_cast<int>(std::min(kPiece, n - i)), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r),
+            "MPI_Iallreduce");
+      pending_.push_back(r);
+    }
+  }
+  void progress() override {
+    if (pending_.empty()) return;
+    Timed t(this, 0, 0);
+    int done = 0;
+    check(MPI_Testall(static_cast<int>(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+    if (done) pending_.clear();
+  }
+  void wait_all() override {
+    Timed t(this, 0, 0);
+    check(MPI_Waitall(static_cast<int>(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+    pending_.clear();
+  }
   void allgather(const void* send, size_t bytes, void* recv) override {
     Timed t(this, bytes * (size_ - 1), bytes * (size_ - 1));
     check(MPI_Allgather(send, count(bytes), MPI_BYTE, recv, count(bytes), MPI_BYTE, MPI_COMM_WORLD), "MPI_Allgather");
@@ -82,6 +106,7 @@ class MpiComm final : public Comm {
 
  private:
   int rank_ = 0, size_ = 1;
+  std::vector<MPI_Request> pending_;  // started non-blocking calls
 
   // Adds a call's bytes and time to stats.
   struct Timed {

@@ -72,29 +72,37 @@ TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
 std::vector<Param> TransformerLM::params() {
   std::vector<Param> out;
   out.push_back({"model.embed_tokens.weight", &embed.w, &embed.dw});
-  for (size_t l = 0; l < blocks.size(); ++l) {
-    Block& b = blocks[l];
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    out.push_back({p + "input_layernorm.weight", &b.attn_norm.w, &b.attn_norm.dw});
-    out.push_back({p + "self_attn.q_proj.weight", &b.attn.wq, &b.attn.dwq});
-    out.push_back({p + "self_attn.k_proj.weight", &b.attn.wk, &b.attn.dwk});
-    out.push_back({p + "self_attn.v_proj.weight", &b.attn.wv, &b.attn.dwv});
-    out.push_back({p + "self_attn.o_proj.weight", &b.attn.wo, &b.attn.dwo});
-    if (cfg.attention_bias) {
-      out.push_back({p + "self_attn.q_proj.bias", &b.attn.bq, &b.attn.dbq});
-      out.push_back({p + "self_attn.k_proj.bias", &b.attn.bk, &b.attn.dbk});
-      out.push_back({p + "self_attn.v_proj.bias", &b.attn.bv, &b.attn.dbv});
-    }
-    if (cfg.qk_norm != QkNorm::none) {
-      out.push_back({p + "self_attn.q_norm.weight", &b.attn.q_norm.w, &b.attn.q_norm.dw});
-      out.push_back({p + "self_attn.k_norm.weight", &b.attn.k_norm.w, &b.attn.k_norm.dw});
-    }
-    out.push_back({p + "post_attention_layernorm.weight", &b.ffn_norm.w, &b.ffn_norm.dw});
-    b.ffn->collect_params(out, p + "mlp.");
-  }
+  for (size_t l = 0; l < blocks.size(); ++l) collect_block_params(l, out);
   out.push_back({"model.norm.weight", &final_norm.w, &final_norm.dw});
   if (!cfg.tie_word_embeddings) out.push_back({"lm_head.weight", &lm_head, &dlm_head});
   return out;
+}
+
+std::vector<Param> TransformerLM::block_params(size_t l) {
+  std::vector<Param> out;
+  collect_block_params(l, out);
+  return out;
+}
+
+void TransformerLM::collect_block_params(size_t l, std::vector<Param>& out) {
+  Block& b = blocks[l];
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  out.push_back({p + "input_layernorm.weight", &b.attn_norm.w, &b.attn_norm.dw});
+  out.push_back({p + "self_attn.q_proj.weight", &b.attn.wq, &b.attn.dwq});
+  out.push_back({p + "self_attn.k_proj.weight", &b.attn.wk, &b.attn.dwk});
+  out.push_back({p + "self_attn.v_proj.weight", &b.attn.wv, &b.attn.dwv});
+  out.push_back({p + "self_attn.o_proj.weight", &b.attn.wo, &b.attn.dwo});
+  if (cfg.attention_bias) {
+    out.push_back({p + "self_attn.q_proj.bias", &b.attn.bq, &b.attn.dbq});
+    out.push_back({p + "self_attn.k_proj.bias", &b.attn.bk, &b.attn.dbk});
+    out.push_back({p + "self_attn.v_proj.bias", &b.attn.bv, &b.attn.dbv});
+  }
+  if (cfg.qk_norm != QkNorm::none) {
+    out.push_back({p + "self_attn.q_norm.weight", &b.attn.q_norm.w, &b.attn.q_norm.dw});
+    out.push_back({p + "self_attn.k_norm.weight", &b.attn.k_norm.w, &b.attn.k_norm.dw});
+  }
+  out.push_back({p + "post_attention_layernorm.weight", &b.ffn_norm.w, &b.ffn_norm.dw});
+  b.ffn->collect_params(out, p + "mlp.");
 }
 
 static std::string mlp_prefix(size_t layer) { return "model.layers." + std::to_string(layer) + ".mlp."; }
@@ -256,7 +264,7 @@ const float* TransformerLM::decode(const int32_t* tokens, int n) {
   return logits.data();
 }
 
-void TransformerLM::backward() {
+void TransformerLM::backward(const std::function<void(size_t)>& block_done) {
   MOE_CHECK(targets_ != nullptr, "model: backward needs a forward with targets");
   const int T = B_ * L_, d = cfg.hidden_size, V = cfg.vocab_size;
   dx_.resize({T, d});
@@ -285,6 +293,7 @@ void TransformerLM::backward() {
     b.attn.backward(branch_grad(), dh_.data());
     b.attn_norm.backward(dh_.data(), b.tmp.data());
     for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
+    if (block_done) block_done(li);
   }
   scale_in_place(dx_, cfg.embedding_multiplier);
   embed.backward(tokens_, T, dx_.data());

@@ -5,6 +5,7 @@
 // PEER layer, as ModelConfig::ffn_of says. Explicit forward/backward; the model owns every parameter.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -65,7 +66,10 @@ class TransformerLM {
   // objective that backward() differentiates is that plus stats().aux plus stats().distill.
   double forward(const int32_t* tokens, const int32_t* targets, int B, int L, bool training, uint64_t step);
   // Gradients of the last forward's objective, accumulated into every parameter's gradient.
-  void backward();
+  // block_done(l), when given, is called as soon as block l's parameter gradients are complete (the
+  // blocks go from the last to the first; the embedding, final norm and head are complete when
+  // backward returns): the trainer starts summing them across ranks while the backward goes on.
+  void backward(const std::function<void(size_t)>& block_done = {});
   // Distillation for the following training forwards: teacher (B·L, V) holds the teacher's logits of
   // the same batch (kept alive by the caller), weight λ; null turns it off.
   void set_teacher(const float* teacher, float weight) {
@@ -83,6 +87,7 @@ class TransformerLM {
   int cache_len() const { return caches_.empty() ? 0 : caches_[0].len; }
   void zero_grad();
   std::vector<Param> params();               // dense parameters (AdamW)
+  std::vector<Param> block_params(size_t l);  // those of block l (a subset of params())
   std::vector<SparseParam> sparse_params();  // tables trained by rows (PEER's experts and sub-keys)
   // Saved state that is not trained: the routers' buffers and PEER's BatchNorm running statistics.
   std::vector<NamedTensor> buffers();
@@ -128,6 +133,7 @@ class TransformerLM {
   Comm* comm_ = nullptr;
   // replicated: every rank runs these same tokens (forward_logits of a distributed model).
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step, bool replicated);
+  void collect_block_params(size_t l, std::vector<Param>& out);
 };
 
 }  // namespace moe

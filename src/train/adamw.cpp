@@ -1,6 +1,5 @@
 #include "train/adamw.h"
 
-#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -205,35 +204,6 @@ double clip_grad_norm(const std::vector<Param>& params, double max_norm, const s
     for (const SparseParam& p : sparse) scale(p.grad->grad, s);
   }
   return norm;
-}
-
-void allreduce_grads(const std::vector<Param>& params, Comm& comm, size_t bucket_bytes) {
-  const size_t cap = bucket_bytes / sizeof(float);
-  std::vector<float> bucket;
-  std::vector<Tensor*> members;
-  auto flush = [&] {
-    if (members.empty()) return;
-    comm.allreduce_sum(bucket.data(), bucket.size());
-    size_t o = 0;
-    for (Tensor* g : members) {
-      std::copy(bucket.begin() + static_cast<ptrdiff_t>(o), bucket.begin() + static_cast<ptrdiff_t>(o + g->numel()), g->data());
-      o += g->numel();
-    }
-    bucket.clear();
-    members.clear();
-  };
-  for (const Param& p : params) {
-    if (p.shard.sharded()) continue;  // an expert's gradient is whole on the rank that holds it
-    Tensor& g = *p.grad;
-    if (g.numel() >= cap) {
-      comm.allreduce_sum(g.data(), g.numel());
-      continue;
-    }
-    if (bucket.size() + g.numel() > cap) flush();
-    bucket.insert(bucket.end(), g.data(), g.data() + g.numel());
-    members.push_back(&g);
-  }
-  flush();
 }
 
 void divide_grads(const std::vector<Param>& params, const std::vector<SparseParam>& sparse, float n) {

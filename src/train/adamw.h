@@ -63,10 +63,6 @@ class AdamW {
 // the gradient all-reduce) counted once.
 double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse = {},
                       Comm* comm = nullptr);
-// Data parallelism: every gradient that is not sharded ← its sum over the ranks, so that each rank
-// holds the gradient of the whole batch. Small tensors travel together in buckets of about
-// bucket_bytes (one MPI_Allreduce each), large ones in place.
-void allreduce_grads(const std::vector<Param>& params, Comm& comm, size_t bucket_bytes = size_t{4} << 20);
 // Divides every gradient, dense and sparse, by n (the mean over gradient accumulation's micro-batches).
 void divide_grads(const std::vector<Param>& params, const std::vector<SparseParam>& sparse, float n);
 

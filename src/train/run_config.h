@@ -22,6 +22,7 @@ struct TrainConfig {
   std::string out = "runs/default";
   int batch_size = 16;
   int expert_parallel = 1;  // ranks of the job (mpirun -np): experts and the batch split among them
+  bool overlap_grad_sync = false;  // sum a block's gradients across ranks while the backward goes on
   int steps = 600;
   int grad_accum = 1;
   float lr = 3e-3f;
@@ -54,6 +55,7 @@ struct TrainConfig {
     v("out", c.out, "run folder: config, metrics, checkpoints");
     v("batch_size", c.batch_size, "sequences per micro-batch of the whole job (each of P ranks takes batch_size/P)");
     v("expert_parallel", c.expert_parallel, "ranks P of an `mpirun -np P` job: each holds 1/P of every layer's experts");
+    v("overlap_grad_sync", c.overlap_grad_sync, "with P > 1: start summing each block's gradients as soon as its backward is done (pays across machines, not within one)");
     v("steps", c.steps, "optimizer steps of the schedule");
     v("grad_accum", c.grad_accum, "micro-batches per step");
     v("lr", c.lr, "peak learning rate");

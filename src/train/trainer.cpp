@@ -20,6 +20,7 @@
 #include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/grad_sync.h"
 #include "core/progress.h"
 
 namespace fs = std::filesystem;
@@ -85,23 +86,25 @@ LoadedRun load_teacher(const std::string& dir, const std::string& tokenizer) {
   return load_run(dir);
 }
 
-// The "dist" object of a step's metrics line: per rank (in rank order) the bytes it sent and received,
-// its seconds in communication, their share of the step, and the tokens it trained; gathered from
-// every rank (collective).
-nlohmann::json dist_metrics(Comm& comm, const CommStats& d, double step_s, int64_t tokens) {
-  const double mine[4] = {static_cast<double>(d.bytes_sent), static_cast<double>(d.bytes_received), d.seconds,
-                          static_cast<double>(tokens)};
-  std::vector<double> all(4 * static_cast<size_t>(comm.size()));
+// The "dist" object of a step's metrics line, gathered from every rank (collective): per rank in rank
+// order the bytes it sent and received, its seconds in communication and their share of the step,
+// the part of those that summed the gradients (grad; the rest is the experts' exchange and the small
+// collectives of the forward and backward: counts, batch sums, capacity), and the tokens it trained.
+nlohmann::json dist_metrics(Comm& comm, const CommStats& d, const CommStats& grad, double step_s, int64_t tokens) {
+  constexpr int kN = 6;
+  const double mine[kN] = {static_cast<double>(d.bytes_sent), static_cast<double>(d.bytes_received), d.seconds,
+                           static_cast<double>(grad.bytes_sent), grad.seconds, static_cast<double>(tokens)};
+  std::vector<double> all(kN * static_cast<size_t>(comm.size()));
   comm.allgather(mine, sizeof mine, all.data());
   nlohmann::json j = {{"ranks", comm.size()}};
-  const char* keys[4] = {"bytes_sent", "bytes_received", "comm_s", "tokens"};
-  for (int q = 0; q < 4; ++q) {
+  const char* keys[kN] = {"bytes_sent", "bytes_received", "comm_s", "grad_bytes_sent", "grad_s", "tokens"};
+  for (int q = 0; q < kN; ++q) {
     std::vector<double> v;
-    for (int r = 0; r < comm.size(); ++r) v.push_back(all[4 * static_cast<size_t>(r) + q]);
+    for (int r = 0; r < comm.size(); ++r) v.push_back(all[kN * static_cast<size_t>(r) + q]);
     j[keys[q]] = v;
   }
   std::vector<double> share;
-  for (int r = 0; r < comm.size(); ++r) share.push_back(step_s > 0 ? all[4 * static_cast<size_t>(r) + 2] / step_s : 0.0);
+  for (int r = 0; r < comm.size(); ++r) share.push_back(step_s > 0 ? all[kN * static_cast<size_t>(r) + 2] / step_s : 0.0);
   j["comm_share"] = share;
   return j;
 }
@@ -266,7 +269,9 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   std::ofstream metrics;
   if (lead) metrics.open(metrics_path, std::ios::app);
 
-  std::vector<int32_t> tokens(static_cast<size_t>(T)), targets(static_cast<size_t>(T));
+  std::vector<int32_t> tokens(static_cast<size_t>(Tl)), targets(static_cast<size_t>(Tl));
+  std::optional<GradSync> sync;  // several ranks: the sum of the gradients
+  if (comm) sync.emplace(model, *comm, t.overlap_grad_sync);
   std::vector<Param> params = model.params();
   std::vector<SparseParam> sparse = model.sparse_params();
   const int64_t end = t.last_step();
@@ -292,27 +297,27 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     const auto t0 = clock_type::now();
     const CommStats comm0 = comm ? comm->stats : CommStats{};
     model.zero_grad();
-    double ce = 0.0, aux = 0.0, distill = 0.0;
+    double loss = 0.0, ce = 0.0, aux = 0.0, distill = 0.0;
     for (int micro = 0; micro < t.grad_accum; ++micro) {
       const uint64_t draw = static_cast<uint64_t>(step) * static_cast<uint64_t>(t.grad_accum) + static_cast<uint64_t>(micro);
-      // The whole batch is drawn on every rank (token ids only); rank r trains sequences [r·Bl, (r+1)·Bl).
-      sample_batch(train_shard, B, L, t.seed, draw, tokens.data(), targets.data());
-      const int32_t* my_tokens = tokens.data() + static_cast<size_t>(rank) * Tl;
-      const int32_t* my_targets = targets.data() + static_cast<size_t>(rank) * Tl;
-      if (teacher.model) model.set_teacher(teacher.model->forward_logits(my_tokens, Bl, L).data(), t.distill_weight);
-      ce += model.forward(my_tokens, my_targets, Bl, L, true, draw) / t.grad_accum;
+      // Rank r trains sequences [r·Bl, (r+1)·Bl) of the batch one process would draw.
+      sample_batch(train_shard, Bl, L, t.seed, draw, tokens.data(), targets.data(), rank * Bl);
+      if (teacher.model) model.set_teacher(teacher.model->forward_logits(tokens.data(), Bl, L).data(), t.distill_weight);
+      ce += model.forward(tokens.data(), targets.data(), Bl, L, true, draw) / t.grad_accum;
+      loss += (model.stats().ce + model.stats().aux + model.stats().distill) / t.grad_accum;
       aux += model.stats().aux / t.grad_accum;  // the whole batch's already
       distill += model.stats().distill / t.grad_accum;
-      model.backward();
+      // The last micro-batch's backward starts summing each block's gradients as it finishes it.
+      model.backward(sync && micro + 1 == t.grad_accum ? sync->hook() : std::function<void(size_t)>{});
     }
     if (comm) {  // the whole batch's gradients and mean losses on every rank
-      allreduce_grads(params, *comm);
+      sync->finish();
       double sums[2] = {ce, distill};
       comm->allreduce_sum(sums, 2);
       ce = sums[0] / P;
       distill = sums[1] / P;
+      loss = ce + aux + distill;
     }
-    const double loss = ce + aux + distill;
     if (t.grad_accum > 1) divide_grads(params, sparse, static_cast<float>(t.grad_accum));
     if (n_frozen > 0) opt.mask_frozen_grads();
     const double gnorm = clip_grad_norm(params, t.grad_clip, sparse, comm);
@@ -334,6 +339,7 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     st.step = step + 1;
     st.optimizer_steps = opt.steps();
     const double dt = seconds_since(t0);
+    const CommStats step_comm = comm ? comm->stats - comm0 : CommStats{};  // the step's own (not the metrics')
     tok_s = static_cast<double>(T) * t.grad_accum / dt;
     mfu = tok_s * model.flops_per_token() / (P * peak * 1e9);  // against the peak of every rank
     rates.push_back(tok_s);
@@ -342,7 +348,7 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
                         {"tokens_per_s", tok_s}, {"mfu", mfu}, {"step_s", dt}};
     if (teacher.model) j["distill"] = distill;
     j.update(model.metrics(&load_summary));
-    if (comm) j["dist"] = dist_metrics(*comm, comm->stats - comm0, dt, Tl * t.grad_accum);
+    if (comm) j["dist"] = dist_metrics(*comm, step_comm, sync->last(), dt, static_cast<int64_t>(Tl) * t.grad_accum);
     if (!bad.empty()) j["skipped"] = bad;
     const bool eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || step + 1 == end;
     if (eval_now) j["val_loss"] = last_val = evaluate(model, val_shard, L, t.eval_windows, B);

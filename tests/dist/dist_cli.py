@@ -2,7 +2,8 @@
 """Expert parallelism over MPI end to end (`mpirun -np P moe train`, docs/DISTRIBUTED.md):
 
   parity   the same 30 steps in one process and in P = 2 ranks, for the routers and losses that run
-           expert-parallel (top-k softmax with the aux loss, capacity with both drop policies, noisy
+           expert-parallel (top-k softmax with the aux loss, the same with the gradient sum overlapped
+           with the backward and the z-loss, capacity with both drop policies, noisy
            top-k with its importance/load losses and router jitter, DeepSeek-V3's sigmoid gate with
            the bias update and the sequence-wise loss, the z-loss with shared and fine-grained experts
            in bf16, DeepSeek-V2's device-limited routing with its device loss): every step's loss
@@ -27,15 +28,13 @@ import pathlib
 import random
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from array import array
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from cli_helpers import MOE, run  # noqa: E402
+from cli_helpers import MOE, run, tensors  # noqa: E402
 
 MPIRUN = [shutil.which("mpirun") or "mpirun", "--allow-run-as-root", "--oversubscribe",
           # containers often forbid the cross-process reads (ptrace) of the shared-memory transport
@@ -53,6 +52,7 @@ EXACT = {"loss": 1e-5, "grad_norm": 1e-5, "routing": 1e-5, "weights": 2e-4}
 TOLERANCE = {"bf16": {"loss": 2e-4, "grad_norm": 1e-2, "routing": 5e-2, "weights": 0.1}}
 VARIANTS = {
     "topk_softmax": [],
+    "overlapped_grad_sync": ["train.overlap_grad_sync=true", "model.router_z_loss_coef=0.001"],
     "capacity_position": ["model.capacity_factor=1.0", "model.drop_policy=position", "model.num_experts_per_tok=2"],
     "capacity_probs": ["model.capacity_factor=0.8", "model.drop_policy=probs", "model.num_experts_per_tok=2"],
     "noisy_topk": ["model.router=noisy_topk", "model.noisy_loss_coef=0.01", "model.router_jitter_noise=0.05",
@@ -93,19 +93,6 @@ def mpi(P, args, check=True, **kw):
 
 def metrics(out):
     return [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
-
-
-def tensors(path):
-    raw = pathlib.Path(path).read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    out = {}
-    for name, t in header.items():
-        if name != "__metadata__":
-            a = array("f")
-            a.frombytes(raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]])
-            out[name] = (t["shape"], a)
-    return out
 
 
 def newest(out):
