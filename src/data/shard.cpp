@@ -45,11 +45,11 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& ids)
 }
 
 void sample_batch(const TokenShard& shard, int B, int L, uint64_t seed, uint64_t step, int32_t* tokens,
-                  int32_t* targets) {
+                  int32_t* targets, int first) {
   MOE_CHECK(shard.size() > static_cast<size_t>(L) + 1, "token shard " + shard.path() + " is shorter than one sequence");
   const uint64_t span = shard.size() - static_cast<size_t>(L) - 1;
   for (int b = 0; b < B; ++b) {
-    auto w = philox4x32(seed, step * 4096 + static_cast<uint64_t>(b), 0x5a3d);
+    auto w = philox4x32(seed, step * 4096 + static_cast<uint64_t>(first + b), 0x5a3d);
     const uint64_t r = (static_cast<uint64_t>(w[0]) << 32 | w[1]) % span;
     for (int i = 0; i < L; ++i) {
       tokens[b * L + i] = shard[r + static_cast<uint64_t>(i)];

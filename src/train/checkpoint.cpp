@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <deque>
-#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -285,7 +285,7 @@ TrainState load_checkpoint(const std::string& run, TransformerLM& model, AdamW* 
   if (m.contains("frozen")) {
     st.frozen = freeze_from_json(m["frozen"], where);
     if (shards.empty()) frozen_param_count(st.frozen, model.params());  // every name and range fits this model
-    else fail(where + " freezes rows (a `moe expand`ed run), which expert parallelism does not train yet; train it in a single process");
+    else fail_job(where + " freezes rows (a `moe expand`ed run), which expert parallelism does not train yet; train it in a single process");
   }
   if (opt) {
     if (!m["files"].contains(kOptimizer))

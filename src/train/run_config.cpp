@@ -15,7 +15,7 @@ namespace moe {
 
 void TrainConfig::validate() const {
   const ConfigCheck check("train");
-  check.positive("batch_size", batch_size);
+  check.in_range("batch_size", batch_size, 1, 4096);  // a step's windows are drawn from 4096 stream indices
   check.in_range("expert_parallel", expert_parallel, 1, 1 << 16);
   check.require(batch_size % expert_parallel == 0, "batch_size = " + std::to_string(batch_size) +
                                                        " does not split among expert_parallel = " + std::to_string(expert_parallel) +
