@@ -19,14 +19,12 @@ import pathlib
 import random
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from array import array
 
-from cli_helpers import MOE, one_line_error, run
+from cli_helpers import MOE, one_line_error, run, tensors
 TINY = ["model.vocab_size=320", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
         "model.intermediate_size=64", "model.max_position_embeddings=16", "model.moe_intermediate_size=32",
         "model.num_local_experts=4", "train.batch_size=4", "train.eval_every=5", "train.eval_windows=8",
@@ -48,22 +46,6 @@ def train(tmp, out, corpus, extra, model=True):
     for s in [t for t in TINY if model or t.startswith("train.")] + [f"train.corpus=file:{corpus}", f"train.data_dir={tmp}/data", f"train.out={out}"] + extra:
         args += ["--set", s]
     return run(args)
-
-
-def tensors(path):
-    """{name: (shape, array of floats)} of a safetensors file (F32 only, as moe.cpp writes)."""
-    raw = pathlib.Path(path).read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        assert t["dtype"] == "F32", t
-        a = array("f")
-        a.frombytes(raw[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]])
-        out[name] = (t["shape"], a)
-    return out
 
 
 def rows(t, r0, r1):
