@@ -61,6 +61,10 @@ void add_train(CLI::App& app) {
       throw;
     }
     Comm* ranks = world();  // mpirun -np P: the job's P ranks (docs/DISTRIBUTED.md); null: one process
+    if (!ranks && c.train.expert_parallel > 1 && !built_with_mpi())
+      fail("train.expert_parallel = " + std::to_string(c.train.expert_parallel) + " needs MPI, and this moe was built "
+           "without it: install libopenmpi-dev (scripts/setup.sh does) and build again, then run it under mpirun -np " +
+           std::to_string(c.train.expert_parallel));
     const TrainSummary s = train_model(c, {.resume = resume, .overwrite = overwrite, .comm = ranks});
     if (ranks && ranks->rank() != 0) return;  // rank 0 shows the result
     std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));

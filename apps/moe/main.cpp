@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <string>
 #include <thread>
 
 #include "apps/moe/commands.h"
@@ -48,6 +49,10 @@ int run(int argc, char** argv) {
   // Exit codes: 0 done, 1 an error of the input or the run (one line naming the field and the fix),
   // 2 a usage error of the command line.
   try {
+    // Several ranks train one model; every other command is one process's work.
+    if (moe::distributed(moe::world()) && (argc < 2 || std::string(argv[1]) != "train"))
+      moe::fail_job(std::string("moe ") + (argc < 2 ? "" : argv[1]) + " runs as one process; of the commands only `moe train` "
+                    "runs under mpirun with several ranks");
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help

@@ -127,7 +127,7 @@ class MoeLayer : public Ffn {
   Tensor dxr_, dys_, dxs_;     // (T, d)
   Tensor dz_;                  // (T)
   // Expert parallelism: the exchange, and the rows of this rank's plan (plan order) going out and
-  // coming back: x (or dy·g) sent, y (or dx) received.
+  // coming back: x (or dy) sent, y (or dx) received.
   ExpertExchange xchg_;
   Tensor xsend_, yloc_;        // (rows of the plan, d) fp32 mode; yloc_ also dx in backward (both modes)
   bf16_vector xsend_b_, yloc_b_;  // the same in bf16 mode

@@ -14,8 +14,9 @@
   resume   P = 2 saves at step 15 of 30; resumed with P = 2 it ends bit-identical to the run that
            did not stop, resumed with P = 1 it ends as that run does (losses within 1e-5); `moe eval`,
            a single process without MPI, reads the P = 2 checkpoint and gets the loss the job logged.
-  faults   P that does not divide the experts, train.expert_parallel that is not the job's size, a
-           config that differs between ranks, a router that cannot run expert-parallel: each ends
+  faults   train.expert_parallel = 2 in a single process, P that does not divide the experts,
+           train.expert_parallel that is not the job's size, a config that differs between ranks, a
+           router that cannot run expert-parallel, a command other than train under mpirun: each ends
            every rank with one `moe: error:` line naming the setting; a rank killed with SIGKILL in
            the middle of a run ends the job, and the newest complete checkpoint is still whole.
 
@@ -34,7 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from cli_helpers import MOE, run, tensors  # noqa: E402
+from cli_helpers import MOE, one_line_error, run, tensors  # noqa: E402
 
 MPIRUN = [shutil.which("mpirun") or "mpirun", "--allow-run-as-root", "--oversubscribe",
           # containers often forbid the cross-process reads (ptrace) of the shared-memory transport
@@ -217,10 +218,12 @@ def one_error(r, expect, what):
 def faults(tmp):
     corpus(tmp)
     out = tmp / "f"
+    one_line_error(train_args(tmp, out, ["train.expert_parallel=2"]), "needs that many processes: run mpirun -np 2")
     print(one_error(mpi(3, train_args(tmp, out, ["train.batch_size=6"]), check=False), "do not divide among 3 ranks", "P=3"))
     r = subprocess.run(MPIRUN + ["-np", "2", MOE] + train_args(tmp, out, ["train.expert_parallel=3", "train.batch_size=6"]), capture_output=True, text=True)
     print(one_error(r, "train.expert_parallel = 3 but the job has 2 ranks", "expert_parallel"))
     print(one_error(mpi(2, train_args(tmp, out, ["model.router=expert_choice"]), check=False), "expert_choice", "router"))
+    print(one_error(mpi(2, ["keys"], check=False), "only `moe train` runs under mpirun", "another command"))
     # MPMD: rank 1 gets another learning rate.
     a = train_args(tmp, out, ["train.expert_parallel=2"])
     b = train_args(tmp, out, ["train.expert_parallel=2", "train.lr=0.001"])
