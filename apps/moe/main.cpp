@@ -56,7 +56,9 @@ int run(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::fprintf(stderr, "moe: usage error: %s; see moe --help or moe COMMAND --help\n", e.what());
+    // Every rank parses the same command line: rank 0 says it.
+    if (const moe::Comm* w = moe::world(); !moe::distributed(w) || w->rank() == 0)
+      std::fprintf(stderr, "moe: usage error: %s; see moe --help or moe COMMAND --help\n", e.what());
     return 2;
   } catch (const moe::Error& e) {
     if (const moe::Comm* w = moe::world(); moe::distributed(w)) end_job(*w, e.what(), dynamic_cast<const moe::JobError*>(&e));
@@ -65,6 +67,7 @@ int run(int argc, char** argv) {
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "moe: error: out of memory; lower the model's sizes (model.hidden_size, model.num_local_experts, "
                          "model.peer.n_keys, ...) or train.batch_size\n");
+    if (moe::distributed(moe::world())) moe::abort_world(1);
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe: error: unexpected failure (%s); please report it with the command that caused it\n", e.what());
