@@ -322,6 +322,21 @@ nlohmann::json cli_json(const std::string& args) {
   return nlohmann::json::parse(in);
 }
 
+// `moe bench gemm --json` reports, for fp32 and bf16, the best and the median of its samples (best >=
+// median by definition) and the kernel that ran.
+TEST(Cli, BenchGemmReportsBestMedianAndKernels) {
+  const nlohmann::json b = cli_json("bench gemm --samples 3 --threads 1 --json");
+  EXPECT_EQ(b["samples"].get<int>(), 3);
+  for (const char* p : {"fp32", "bf16"}) {
+    SCOPED_TRACE(p);
+    const double best = b[p]["best_gflops"].get<double>(), median = b[p]["median_gflops"].get<double>();
+    EXPECT_GT(median, 0.0);
+    EXPECT_GE(best, median);
+    EXPECT_FALSE(b[p]["kernel"].get<std::string>().empty());
+  }
+  EXPECT_EQ(b["gflops"].get<double>(), b["fp32"]["best_gflops"].get<double>());
+}
+
 // `moe bench peer --json` times a PEER layer and splits the time into phases; `moe inspect --routing`
 // of a PEER checkpoint reports its expert usage and unevenness on held-out text.
 TEST(Cli, BenchPeerAndInspectPeerRouting) {

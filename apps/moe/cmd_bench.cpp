@@ -58,16 +58,26 @@ nlohmann::json phases_json(const std::vector<MoeTimings>& v) {
           {"shared_bwd", med(&MoeTimings::shared_bwd)},   {"router_bwd", med(&MoeTimings::router_bwd)}};
 }
 
-void run_gemm(int threads, bool json) {
+// fp32 and bf16 peaks, each the best and the median of `samples` timed multiplications, with the
+// kernel that ran: a single sample swings with whatever else the machine runs.
+void run_gemm(int threads, int samples, bool json) {
   apply_threads(threads);
-  const double peak = measure_sgemm_gflops(1024, 10);
+  const int n = 1024;
+  const GemmRate f32 = measure_sgemm(n, samples), b16 = measure_gemm_bf16(n, samples);
+  const std::string f32_kernel = "OpenBLAS " + blas_core_name(), b16_kernel = std::string("oneDNN ") + bf16_gemm_impl();
   if (json) {
-    nlohmann::json j = {{"bench", "gemm"}, {"n", 1024}, {"gflops", peak}, {"threads", num_threads()},
-                        {"blas_core", blas_core_name()}};
+    auto rate = [](const GemmRate& g, const std::string& kernel) {
+      return nlohmann::json{{"best_gflops", g.best}, {"median_gflops", g.median}, {"kernel", kernel}};
+    };
+    nlohmann::json j = {{"bench", "gemm"},          {"n", n},
+                        {"samples", samples},       {"threads", num_threads()},
+                        {"gflops", f32.best},       {"blas_core", blas_core_name()},
+                        {"fp32", rate(f32, f32_kernel)}, {"bf16", rate(b16, b16_kernel)}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("sgemm 1024^3: %.1f GFLOP/s on %d threads (OpenBLAS %s kernels)\n", peak, num_threads(),
-                blas_core_name().c_str());
+    std::printf("%d^3 on %d threads, %d samples after a warm-up (best / median GFLOP/s):\n", n, num_threads(), samples);
+    std::printf("  fp32 %7.1f / %7.1f  %s\n", f32.best, f32.median, f32_kernel.c_str());
+    std::printf("  bf16 %7.1f / %7.1f  %s\n", b16.best, b16.median, b16_kernel.c_str());
   }
 }
 
@@ -211,12 +221,15 @@ void add_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Measure kernels and layers against the machine's sgemm peak");
   bench->require_subcommand(1);
 
-  auto* gemm = bench->add_subcommand("gemm", "sgemm 1024×1024×1024 GFLOP/s (the peak other benchmarks compare to)");
+  auto* gemm = bench->add_subcommand("gemm", "fp32 and bf16 1024×1024×1024 GFLOP/s, best and median, and the kernels that ran "
+                                             "(the peaks other benchmarks compare to)");
   static bool gemm_json = false;
-  static int gemm_threads = 0;
+  static int gemm_threads = 0, gemm_samples = 10;
   gemm->add_flag("--json", gemm_json, "Print one JSON line");
+  gemm->add_option("--samples", gemm_samples, "Timed multiplications per precision (after one warm-up)")
+      ->check(CLI::Range(1, 1000));
   add_threads(gemm, gemm_threads);
-  gemm->callback([] { run_gemm(gemm_threads, gemm_json); });
+  gemm->callback([] { run_gemm(gemm_threads, gemm_samples, gemm_json); });
 
   static LayerArgs la;
   auto* layer = bench->add_subcommand("moe-layer", "Forward+backward of one MoE layer; expert GFLOP/s and the time breakdown");

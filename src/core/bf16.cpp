@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/gemm.h"
+#include "core/rng.h"
 
 namespace moe {
 
@@ -104,6 +105,17 @@ Bf16Gemm& instance() {
 }  // namespace
 
 const char* bf16_gemm_impl() { return instance().impl.c_str(); }
+
+GemmRate measure_gemm_bf16(int n, int samples) {
+  const size_t nn = static_cast<size_t>(n) * static_cast<size_t>(n);
+  std::vector<float> a(nn), b(nn), c(nn);
+  fill_uniform(a.data(), nn, 1, 1, -1.f, 1.f);
+  fill_uniform(b.data(), nn, 1, 2, -1.f, 1.f);
+  std::vector<bf16_t> ab(nn), bb(nn);
+  to_bf16(a.data(), ab.data(), nn);
+  to_bf16(b.data(), bb.data(), nn);
+  return time_gemm([&] { gemm_bf16(false, true, n, n, n, ab.data(), n, bb.data(), n, 0.f, c.data(), n); }, n, samples);
+}
 
 // The fallback of both GEMMs: C = op(A)·op(B) + beta·C in fp32 from the widened inputs.
 static void gemm_bf16_widened(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, const bf16_t* B,

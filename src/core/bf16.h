@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/enum_names.h"
+#include "core/gemm.h"
 
 namespace moe {
 
@@ -72,5 +73,7 @@ void gemm_bf16_out(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t
 
 // The oneDNN implementation that runs a bf16 matmul (e.g. "gemm:jit"), for reports.
 const char* bf16_gemm_impl();
+// gemm_bf16 (A·Bᵀ, fp32 output) of n×n×n timed as measure_sgemm times sgemm (core/gemm.h).
+GemmRate measure_gemm_bf16(int n = 1024, int samples = 10);
 
 }  // namespace moe

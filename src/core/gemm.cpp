@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <vector>
@@ -43,19 +44,31 @@ std::string blas_core_name() { return openblas_get_corename(); }
 
 void blas_set_threads(int n) { openblas_set_num_threads(n); }
 
-double measure_sgemm_gflops(int n, int reps) {
+GemmRate time_gemm(const std::function<void()>& one, int n, int samples) {
+  std::vector<double> seconds;
+  for (int r = 0; r < samples + 1; ++r) {  // the first call warms up
+    auto t0 = std::chrono::steady_clock::now();
+    one();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r > 0) seconds.push_back(s);
+  }
+  std::sort(seconds.begin(), seconds.end());
+  const double flops = 2.0 * n * n * static_cast<double>(n);
+  GemmRate g;
+  g.samples = samples;
+  g.best = flops / seconds.front() / 1e9;
+  g.median = flops / seconds[seconds.size() / 2] / 1e9;
+  return g;
+}
+
+GemmRate measure_sgemm(int n, int samples) {
   size_t nn = static_cast<size_t>(n) * static_cast<size_t>(n);
   std::vector<float> a(nn), b(nn), c(nn);
   fill_uniform(a.data(), nn, 1, 1, -1.f, 1.f);
   fill_uniform(b.data(), nn, 1, 2, -1.f, 1.f);
-  double best = 1e30;
-  for (int r = 0; r < reps + 1; ++r) {  // the first call warms up
-    auto t0 = std::chrono::steady_clock::now();
-    sgemm(false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (r > 0 && s < best) best = s;
-  }
-  return 2.0 * n * n * static_cast<double>(n) / best / 1e9;
+  return time_gemm([&] { sgemm(false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n); }, n, samples);
 }
+
+double measure_sgemm_gflops(int n, int reps) { return measure_sgemm(n, reps).best; }
 
 }  // namespace moe

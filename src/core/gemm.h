@@ -5,6 +5,7 @@
 // has set OPENBLAS_CORETYPE. Without this Debian's OpenBLAS may pick its Haswell kernels on AVX-512 AMD
 // CPUs and run at about half speed. See gemm.cpp for how (an ELF .preinit_array entry).
 #pragma once
+#include <functional>
 #include <string>
 
 namespace moe {
@@ -18,8 +19,17 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
 std::string blas_core_name();
 void blas_set_threads(int n);
 
-// Best-of-`reps` GFLOP/s of an n×n×n sgemm on the current thread count: the machine's peak that
-// benchmarks report their efficiency against.
+// The rate of `samples` timed n×n×n multiplications after one warm-up call, in GFLOP/s: the best
+// (the machine's peak) and the median (what a run can count on while the machine is shared).
+struct GemmRate {
+  double best = 0.0, median = 0.0;
+  int samples = 0;
+};
+// Times `one()`, a multiplication of 2·n³ FLOPs, that way.
+GemmRate time_gemm(const std::function<void()>& one, int n, int samples);
+// The fp32 sgemm (A·Bᵀ, as the layers call it) on the current thread count.
+GemmRate measure_sgemm(int n = 1024, int samples = 10);
+// measure_sgemm's best: the peak that benchmarks and the trainer's MFU report against.
 double measure_sgemm_gflops(int n = 1024, int reps = 10);
 
 }  // namespace moe
