@@ -43,7 +43,8 @@ def main():
     print(f"shape: T={a.tokens} d={a.d_model} d_ff={a.d_ff} E={a.experts} k={a.top_k} G={a.granularity}, "
           f"{a.threads} threads")
     print(f"moe.cpp ({a.precision}): {ours['ms']:.1f} ms  {ours['gflops']:.1f} GFLOP/s  "
-          f"efficiency {ours['efficiency']:.2f} of the {ours['peak_gflops']:.1f} GFLOP/s sgemm peak  "
+          f"efficiency {ours['efficiency']:.2f} of the {ours['peak_gflops']:.1f} GFLOP/s {ours['peak_precision']} peak "
+          f"({ours['peak_kernel']})  "
           f"(router+dispatch+combine {100 * ours['overhead_fraction']:.1f}% of the time)")
     print(f"PyTorch {peer['torch']} peer (HF MixtralSparseMoeBlock loop, {a.peer_precision}): {peer['ms']:.1f} ms  "
           f"{peer['gflops']:.1f} GFLOP/s")

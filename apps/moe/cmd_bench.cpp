@@ -100,7 +100,10 @@ void run_layer(const LayerArgs& a) {
   fill_normal(x.data(), x.numel(), 7, 1, 0.f, 1.f);
   fill_normal(dy.data(), dy.numel(), 7, 2, 0.f, 1.f);
 
-  const double peak = measure_sgemm_gflops(1024, 10);
+  // The layer's efficiency is against the peak of its own precision, measured in this run.
+  const bool bf16 = a.precision == Precision::bf16;
+  const double peak = bf16 ? measure_gemm_bf16(1024, 10).best : measure_sgemm_gflops(1024, 10);
+  const std::string peak_kernel = bf16 ? std::string("oneDNN ") + bf16_gemm_impl() : "OpenBLAS " + blas_core_name();
   std::vector<double> total, router, dispatch, combine, experts, shared;
   std::vector<MoeTimings> phases;
   for (int r = 0; r < a.warmup + a.reps; ++r) {
@@ -130,7 +133,8 @@ void run_layer(const LayerArgs& a) {
       {"top_k", a.top_k}, {"granularity", a.granularity}, {"routed_experts", c.n_experts()},
       {"active_experts", c.k()}, {"expert_hidden", c.expert_hidden()}, {"shared", a.shared},
       {"router", name_of(a.router)}, {"precision", name_of(a.precision)}, {"threads", num_threads()}, {"blas_core", blas_core_name()},
-      {"ms", ms}, {"gflops", gflops}, {"peak_gflops", peak}, {"efficiency", gflops / peak},
+      {"ms", ms}, {"gflops", gflops}, {"peak_gflops", peak}, {"peak_precision", bf16 ? "bf16" : "fp32"},
+      {"peak_kernel", peak_kernel}, {"efficiency", gflops / peak},
       {"breakdown_ms", {{"router", median(router)}, {"dispatch", median(dispatch)}, {"combine", median(combine)},
                         {"experts", median(experts)}, {"shared", median(shared)}}},
       {"overhead_fraction", overhead / ms},
@@ -143,8 +147,8 @@ void run_layer(const LayerArgs& a) {
   std::printf("MoE layer T=%d d=%d d_ff=%d E=%d k=%d G=%d (%d experts of width %d, %d active), router %s, %s, %d threads\n",
               T, d, a.d_ff, a.experts, a.top_k, a.granularity, c.n_experts(), c.expert_hidden(), c.k(),
               name_of(a.router), name_of(a.precision), num_threads());
-  std::printf("  forward+backward median %.2f ms  expert work %.1f GFLOP/s  peak sgemm %.1f  efficiency %.2f\n", ms,
-              gflops, peak, gflops / peak);
+  std::printf("  forward+backward median %.2f ms  expert work %.1f GFLOP/s  %s peak %.1f (%s)  efficiency %.2f\n", ms,
+              gflops, bf16 ? "bf16" : "fp32", peak, peak_kernel.c_str(), gflops / peak);
   std::printf("  router %.2f ms  dispatch %.2f ms  combine %.2f ms  experts %.2f ms  shared %.2f ms  (router+dispatch+combine %.1f%%)\n",
               median(router), median(dispatch), median(combine), median(experts), median(shared), 100.0 * overhead / ms);
 }
