@@ -25,40 +25,37 @@ void ExpertExchange::plan(const DispatchPlan& p) {
   comm->alltoall(mine.data(), sizeof(int64_t) * El, recv_counts_.data());
   send_rows_.assign(static_cast<size_t>(P), 0);
   recv_rows_.assign(static_cast<size_t>(P), 0);
-  sent_total_ = recv_total_ = 0;
+  recv_total_ = 0;
   for (int r = 0; r < P; ++r) {
     send_rows_[r] = p.offsets[static_cast<size_t>(r + 1) * El] - p.offsets[static_cast<size_t>(r) * El];
     for (int e = 0; e < El; ++e) recv_rows_[r] += recv_counts_[static_cast<size_t>(r) * El + e];
-    sent_total_ += send_rows_[r];
     recv_total_ += recv_rows_[r];
   }
+  // Block (s, e) of recv_counts_[s·El + e] rows: its first row in rank-major and in expert-major order.
+  const size_t nb = static_cast<size_t>(P) * El;
+  at_rank_.resize(nb);
+  at_expert_.resize(nb);
+  int64_t o = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    at_rank_[b] = o;
+    o += recv_counts_[b];
+  }
   expert_offsets_.assign(static_cast<size_t>(El) + 1, 0);
+  o = 0;
   for (int e = 0; e < El; ++e) {
-    int64_t n = 0;
-    for (int r = 0; r < P; ++r) n += recv_counts_[static_cast<size_t>(r) * El + e];
-    expert_offsets_[e + 1] = expert_offsets_[e] + n;
+    for (int s = 0; s < P; ++s) {
+      at_expert_[static_cast<size_t>(s) * El + e] = o;
+      o += recv_counts_[static_cast<size_t>(s) * El + e];
+    }
+    expert_offsets_[e + 1] = o;
   }
 }
 
 template <class T>
 void ExpertExchange::reorder(const T* in, T* out, int width, bool to_expert_major) const {
-  // Block (s, e) of recv_counts_[s·El + e] rows: its start in rank-major and in expert-major order.
-  const size_t nb = static_cast<size_t>(P) * El;
-  std::vector<int64_t> at_rank(nb), at_expert(nb);
-  int64_t o = 0;
-  for (size_t b = 0; b < nb; ++b) {
-    at_rank[b] = o;
-    o += recv_counts_[b];
-  }
-  o = 0;
-  for (int e = 0; e < El; ++e)
-    for (int s = 0; s < P; ++s) {
-      at_expert[static_cast<size_t>(s) * El + e] = o;
-      o += recv_counts_[static_cast<size_t>(s) * El + e];
-    }
-  parallel_for_dynamic(nb, [&](size_t b) {
-    const int64_t from = to_expert_major ? at_rank[b] : at_expert[b];
-    const int64_t to = to_expert_major ? at_expert[b] : at_rank[b];
+  parallel_for_dynamic(recv_counts_.size(), [&](size_t b) {
+    const int64_t from = to_expert_major ? at_rank_[b] : at_expert_[b];
+    const int64_t to = to_expert_major ? at_expert_[b] : at_rank_[b];
     std::memcpy(out + to * width, in + from * width, sizeof(T) * static_cast<size_t>(recv_counts_[b]) * width);
   });
 }

@@ -30,8 +30,7 @@ class ExpertExchange {
 
   // Exchanges the counts of plan p (over all E experts, this rank's tokens).
   void plan(const DispatchPlan& p);
-  // Rows this rank sends (its plan's rows) and receives (for its own experts).
-  int64_t rows_sent() const { return sent_total_; }
+  // Rows this rank receives for its own experts (it sends its plan's rows).
   int64_t rows_received() const { return recv_total_; }
   // (El+1) first received row of each local expert, in expert-major order.
   const std::vector<int64_t>& expert_offsets() const { return expert_offsets_; }
@@ -47,7 +46,8 @@ class ExpertExchange {
   std::vector<int64_t> send_rows_, recv_rows_;  // (P) rows to / from each rank
   std::vector<int64_t> recv_counts_;            // (P·El) rows from rank s for local expert e
   std::vector<int64_t> expert_offsets_;         // (El+1)
-  int64_t sent_total_ = 0, recv_total_ = 0;
+  std::vector<int64_t> at_rank_, at_expert_;    // (P·El) first row of block (s, e) rank-major, expert-major
+  int64_t recv_total_ = 0;
   std::vector<char> staging_;                   // received rows in rank order
   // Copies blocks between rank-major (s, e) and expert-major (e, s) order.
   template <class T>

@@ -87,92 +87,6 @@ void MoeLayer::plan_dispatch(float cf) {
   xchg_.plan(plan_);
 }
 
-void MoeLayer::forward_experts_ep(const float* x) {
-  const int d = cfg.hidden_size;
-  const int64_t rows = plan_.rows(), got = xchg_.rows_received();
-  auto t0 = clock_type::now();
-  if (experts.bf16) {
-    xsend_b_.resize(static_cast<size_t>(rows) * d);
-    dispatch_gather(plan_, x, d, xsend_b_.data());
-    timings_.dispatch += ms_since(t0);
-    t0 = clock_type::now();
-    experts.xb.resize(static_cast<size_t>(got) * d);
-    xchg_.to_experts(xsend_b_.data(), d, experts.xb.data());
-    timings_.exchange += ms_since(t0);
-    t0 = clock_type::now();
-    ybuf_bf16_.resize(static_cast<size_t>(got) * d);
-    experts.forward_bf16(xchg_.expert_offsets(), ybuf_bf16_.data());
-    timings_.experts += ms_since(t0);
-    t0 = clock_type::now();
-    yloc_b_.resize(static_cast<size_t>(rows) * d);
-    xchg_.back(ybuf_bf16_.data(), d, yloc_b_.data());
-  } else {
-    xsend_.resize({rows, d});
-    dispatch_gather(plan_, x, d, xsend_.data());
-    timings_.dispatch += ms_since(t0);
-    t0 = clock_type::now();
-    xbuf_.resize({got, d});
-    xchg_.to_experts(xsend_.data(), d, xbuf_.data());
-    timings_.exchange += ms_since(t0);
-    t0 = clock_type::now();
-    ybuf_.resize({got, d});
-    experts.forward(xbuf_.data(), xchg_.expert_offsets(), ybuf_.data());
-    timings_.experts += ms_since(t0);
-    t0 = clock_type::now();
-    yloc_.resize({rows, d});
-    xchg_.back(ybuf_.data(), d, yloc_.data());
-  }
-  timings_.exchange += ms_since(t0);
-}
-
-void MoeLayer::backward_experts_ep(const float* dy, float* dx, float* dgate) {
-  const int d = cfg.hidden_size;
-  const int64_t rows = plan_.rows(), got = xchg_.rows_received();
-  const bool bf16 = experts.bf16;
-  // The single-process backward, with the exchange between: each row's dy (rounded as one process
-  // rounds it) and its gate go to the expert's rank, which returns the row's dx and gate gradient.
-  auto t0 = clock_type::now();
-  if (bf16) {
-    xsend_b_.resize(static_cast<size_t>(rows) * d);
-    dispatch_gather(plan_, dy, d, xsend_b_.data());
-  } else {
-    xsend_.resize({rows, d});
-    dispatch_gather(plan_, dy, d, xsend_.data());
-  }
-  row_gate_.resize({rows});
-  pairs_to_rows(plan_, routing_.gate.data(), row_gate_.data());
-  timings_.combine_bwd += ms_since(t0);
-  t0 = clock_type::now();
-  gate_in_.resize({got});
-  xchg_.to_experts(row_gate_.data(), 1, gate_in_.data());
-  if (bf16) {
-    experts.dyb.resize(static_cast<size_t>(got) * d);
-    xchg_.to_experts(xsend_b_.data(), d, experts.dyb.data());
-  } else {
-    dybuf_.resize({got, d});
-    xchg_.to_experts(xsend_.data(), d, dybuf_.data());
-  }
-  timings_.exchange_bwd += ms_since(t0);
-  t0 = clock_type::now();
-  ybuf_.resize({got, d});  // dX of the experts' rows (Y is no longer needed)
-  dgate_in_.resize({got});
-  if (bf16)
-    experts.backward_bf16(xchg_.expert_offsets(), gate_in_.data(), ybuf_.data(), dgate_in_.data());
-  else
-    experts.backward(xbuf_.data(), dybuf_.data(), xchg_.expert_offsets(), gate_in_.data(), ybuf_.data(), dgate_in_.data());
-  timings_.experts_bwd += ms_since(t0);
-  t0 = clock_type::now();
-  yloc_.resize({rows, d});
-  xchg_.back(ybuf_.data(), d, yloc_.data());
-  row_dgate_.resize({rows});
-  xchg_.back(dgate_in_.data(), 1, row_dgate_.data());
-  timings_.exchange_bwd += ms_since(t0);
-  t0 = clock_type::now();
-  rows_to_pairs(plan_, row_dgate_.data(), dgate);
-  dispatch_scatter(plan_, yloc_.data(), d, dx);
-  timings_.scatter_bwd += ms_since(t0);
-}
-
 void MoeLayer::collect_params(std::vector<Param>& out, const std::string& prefix) {
   router->params(out, prefix);
   experts.params(out, prefix + "experts.");
@@ -241,34 +155,55 @@ void MoeLayer::forward(const float* x, int T, float* y, const FfnContext& opt) {
   losses_.router = router->losses();
   timings_.router = ms_since(t0);
 
-  // Dispatch: plan and gather (expert parallelism: and the exchange with the experts' ranks).
+  // Dispatch: plan and gather, then the experts. With expert parallelism the gathered rows go to
+  // their experts' ranks and the outputs come back (ExpertExchange); in one process the gather
+  // writes straight into the experts' input.
   t0 = clock_type::now();
   // A router that obeys a capacity itself (expert choice) gets none from the plan.
   const float cf = router->traits.applies_capacity ? 0.f : cfg.capacity_factor;
   plan_dispatch(cf);
-  const int64_t rows = plan_.rows();
-  if (xchg_.comm) {
-    timings_.dispatch = ms_since(t0);
-    forward_experts_ep(x);
+  const bool ep = xchg_.comm != nullptr;
+  const int64_t rows = plan_.rows();                         // this rank's rows, in plan order
+  const int64_t got = ep ? xchg_.rows_received() : rows;     // the rows this rank's experts compute
+  const std::vector<int64_t>& offsets = ep ? xchg_.expert_offsets() : plan_.offsets;
+  if (experts.bf16) {
+    experts.xb.resize(static_cast<size_t>(got) * d);
+    if (ep) xsend_b_.resize(static_cast<size_t>(rows) * d);
+    dispatch_gather(plan_, x, d, ep ? xsend_b_.data() : experts.xb.data());
   } else {
-    ybuf_.resize({rows, d});  // expert outputs (fp32 mode); in both modes dX of the backward
-    if (experts.bf16) {  // gather straight into the experts' bf16 input
-      experts.xb.resize(static_cast<size_t>(rows) * d);
-      dispatch_gather(plan_, x, d, experts.xb.data());
-    } else {
-      xbuf_.resize({rows, d});
-      dispatch_gather(plan_, x, d, xbuf_.data());
-    }
-    timings_.dispatch = ms_since(t0);
+    xbuf_.resize({got, d});
+    if (ep) xsend_.resize({rows, d});
+    dispatch_gather(plan_, x, d, ep ? xsend_.data() : xbuf_.data());
+  }
+  timings_.dispatch = ms_since(t0);
+  if (ep) {
+    t0 = clock_type::now();
+    if (experts.bf16)
+      xchg_.to_experts(xsend_b_.data(), d, experts.xb.data());
+    else
+      xchg_.to_experts(xsend_.data(), d, xbuf_.data());
+    timings_.exchange += ms_since(t0);
+  }
 
+  t0 = clock_type::now();
+  if (experts.bf16) {
+    ybuf_bf16_.resize(static_cast<size_t>(got) * d);
+    experts.forward_bf16(offsets, ybuf_bf16_.data());
+  } else {
+    ybuf_.resize({got, d});
+    experts.forward(xbuf_.data(), offsets, ybuf_.data());
+  }
+  timings_.experts = ms_since(t0);
+  if (ep) {
     t0 = clock_type::now();
     if (experts.bf16) {
-      ybuf_bf16_.resize(static_cast<size_t>(rows) * d);
-      experts.forward_bf16(plan_.offsets, ybuf_bf16_.data());
+      yloc_b_.resize(static_cast<size_t>(rows) * d);
+      xchg_.back(ybuf_bf16_.data(), d, yloc_b_.data());
     } else {
-      experts.forward(xbuf_.data(), plan_.offsets, ybuf_.data());
+      yloc_.resize({rows, d});
+      xchg_.back(ybuf_.data(), d, yloc_.data());
     }
-    timings_.experts = ms_since(t0);
+    timings_.exchange += ms_since(t0);
   }
 
   // Shared experts, applied to every token.
@@ -303,47 +238,68 @@ void MoeLayer::backward(const float* dy, float* dx) {
   MOE_CHECK(x_ != nullptr, "moe layer: backward called before forward");
   const int T = T_, d = cfg.hidden_size, E = cfg.n_experts(), k = routing_.k;
 
-  dgate_.resize({T, k});
-  float* dgate = dgate_.data();
-  if (xchg_.comm) {
-    backward_experts_ep(dy, dx, dgate);
+  // Combine backward: each kept row gets the token's dy and its gate (the experts apply the gate g
+  // and return dgate = dy·y for the row); dropped pairs get nothing. With expert parallelism both
+  // go to the experts' ranks, and each row's dx and gate gradient come back.
+  auto t0 = clock_type::now();
+  const bool ep = xchg_.comm != nullptr, bf16 = experts.bf16;
+  const int64_t rows = plan_.rows(), got = ep ? xchg_.rows_received() : rows;
+  const std::vector<int64_t>& offsets = ep ? xchg_.expert_offsets() : plan_.offsets;
+  if (bf16) {
+    experts.dyb.resize(static_cast<size_t>(got) * d);
+    if (ep) xsend_b_.resize(static_cast<size_t>(rows) * d);
+    dispatch_gather(plan_, dy, d, ep ? xsend_b_.data() : experts.dyb.data());
   } else {
-    // Combine backward: each kept row gets the token's dy (the experts apply the gate g and return
-    // dgate = dy·y for the row); dropped pairs get nothing.
-    auto t0 = clock_type::now();
-    const int64_t rows = plan_.rows();
-    const bool bf16 = experts.bf16;
-    if (bf16) {
-      experts.dyb.resize(static_cast<size_t>(rows) * d);
-      dispatch_gather(plan_, dy, d, experts.dyb.data());
-    } else {
-      dybuf_.resize({rows, d});
-      dispatch_gather(plan_, dy, d, dybuf_.data());
-    }
-    row_gate_.resize({rows});
-    row_dgate_.resize({rows});
-    pairs_to_rows(plan_, routing_.gate.data(), row_gate_.data());
-    timings_.combine_bwd = ms_since(t0);
-
-    // Experts backward; dX lands in ybuf (Y is no longer needed).
+    dybuf_.resize({got, d});
+    if (ep) xsend_.resize({rows, d});
+    dispatch_gather(plan_, dy, d, ep ? xsend_.data() : dybuf_.data());
+  }
+  row_gate_.resize({rows});
+  row_dgate_.resize({rows});
+  pairs_to_rows(plan_, routing_.gate.data(), row_gate_.data());
+  timings_.combine_bwd = ms_since(t0);
+  if (ep) {
     t0 = clock_type::now();
-    float* dxbuf = ybuf_.data();
-    if (bf16) {
-      experts.backward_bf16(plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
-    } else {
-      experts.backward(xbuf_.data(), dybuf_.data(), plan_.offsets, row_gate_.data(), dxbuf, row_dgate_.data());
-    }
-    rows_to_pairs(plan_, row_dgate_.data(), dgate);
-    timings_.experts_bwd = ms_since(t0);
-
-    // Scatter: dx_t = Σ_i dX[row(t,i)].
-    t0 = clock_type::now();
-    dispatch_scatter(plan_, dxbuf, d, dx);
-    timings_.scatter_bwd = ms_since(t0);
+    gate_in_.resize({got});
+    xchg_.to_experts(row_gate_.data(), 1, gate_in_.data());
+    if (bf16)
+      xchg_.to_experts(xsend_b_.data(), d, experts.dyb.data());
+    else
+      xchg_.to_experts(xsend_.data(), d, dybuf_.data());
+    timings_.exchange_bwd += ms_since(t0);
   }
 
+  // Experts backward; dX lands in ybuf (Y is no longer needed).
+  t0 = clock_type::now();
+  ybuf_.resize({got, d});
+  const float* gate = ep ? gate_in_.data() : row_gate_.data();
+  Tensor& dgate_rows = ep ? dgate_in_ : row_dgate_;  // the gate gradients of the experts' rows
+  dgate_rows.resize({got});
+  if (bf16)
+    experts.backward_bf16(offsets, gate, ybuf_.data(), dgate_rows.data());
+  else
+    experts.backward(xbuf_.data(), dybuf_.data(), offsets, gate, ybuf_.data(), dgate_rows.data());
+  timings_.experts_bwd = ms_since(t0);
+  const float* dX = ybuf_.data();  // (rows, d) in plan order
+  if (ep) {
+    t0 = clock_type::now();
+    yloc_.resize({rows, d});
+    xchg_.back(ybuf_.data(), d, yloc_.data());
+    xchg_.back(dgate_in_.data(), 1, row_dgate_.data());
+    dX = yloc_.data();
+    timings_.exchange_bwd += ms_since(t0);
+  }
+
+  // Scatter: dx_t = Σ_i dX[row(t,i)].
+  t0 = clock_type::now();
+  dgate_.resize({T, k});
+  float* dgate = dgate_.data();
+  rows_to_pairs(plan_, row_dgate_.data(), dgate);
+  dispatch_scatter(plan_, dX, d, dx);
+  timings_.scatter_bwd = ms_since(t0);
+
   // Shared experts (and the Qwen2-MoE gate).
-  auto t0 = clock_type::now();
+  t0 = clock_type::now();
   if (cfg.n_shared_experts > 0) {
     dys_.resize({T, d});
     dxs_.resize({T, d});

@@ -127,15 +127,14 @@ class MoeLayer : public Ffn {
   Tensor dxr_, dys_, dxs_;     // (T, d)
   Tensor dz_;                  // (T)
   // Expert parallelism: the exchange, and the rows of this rank's plan (plan order) going out and
-  // coming back: x (or dy) sent, y (or dx) received.
+  // coming back: x (or dy) sent, y (or dx) received. xbuf_, ybuf_, dybuf_ and the experts' bf16
+  // buffers then hold the rows this rank's experts compute, expert-major.
   ExpertExchange xchg_;
   Tensor xsend_, yloc_;        // (rows of the plan, d) fp32 mode; yloc_ also dx in backward (both modes)
   bf16_vector xsend_b_, yloc_b_;  // the same in bf16 mode
   Tensor gate_in_, dgate_in_;  // (rows received) gates of the experts' rows, and their gradients
   Comm* batch_comm_ = nullptr;    // the ranks whose tokens form this forward's batch (null: this rank's alone)
   void plan_dispatch(float cf);   // plan_ (and the exchange's counts) from routing_
-  void forward_experts_ep(const float* x);   // gather → exchange → experts → exchange back
-  void backward_experts_ep(const float* dy, float* dx, float* dgate);
   MoeLosses losses_;
   MoeTimings timings_;
 };
