@@ -1,8 +1,8 @@
 // mpi_world.cpp — world.h over MPI (OpenMPI from Debian; any MPI-3 library works).
 #include <mpi.h>
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <string>
@@ -31,15 +31,12 @@ class MpiComm final : public Comm {
   void allreduce_max(int64_t* x, size_t n) override { reduce(x, n, MPI_INT64_T, MPI_MAX, sizeof(int64_t)); }
 
   void iallreduce_sum(float* x, size_t n) override {
-    const size_t moved = 2 * n * sizeof(float) * static_cast<size_t>(size_ - 1) / static_cast<size_t>(size_);
-    Timed t(this, moved, moved);
-    constexpr size_t kPiece = size_t{1} << 28;
-    for (size_t i = 0; i < n; i += kPiece) {
+    Timed t(this, ring_bytes(n, sizeof(float)), ring_bytes(n, sizeof(float)));
+    in_pieces(n, [&](size_t i, int m) {
       MPI_Request r;
-      check(MPI_Iallreduce(MPI_IN_PLACE, x + i, static_cast<int>(std::min(kPiece, n - i)), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r),
-            "MPI_Iallreduce");
+      check(MPI_Iallreduce(MPI_IN_PLACE, x + i, m, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
       pending_.push_back(r);
-    }
+    });
   }
   void progress() override {
     if (pending_.empty()) return;
@@ -123,16 +120,20 @@ class MpiComm final : public Comm {
   };
 
   void reduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, size_t elem) {
-    // A ring all-reduce sends and receives 2·(P−1)/P of the buffer per rank.
-    const size_t moved = 2 * n * elem * static_cast<size_t>(size_ - 1) / static_cast<size_t>(size_);
-    Timed t(this, moved, moved);
-    // MPI counts are int: large buffers go in pieces.
+    Timed t(this, ring_bytes(n, elem), ring_bytes(n, elem));
+    in_pieces(n, [&](size_t i, int m) {
+      check(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(x) + i * elem, m, type, op, MPI_COMM_WORLD), "MPI_Allreduce");
+    });
+  }
+  // Bytes a rank sends (and receives) in a ring all-reduce of n elements: 2·(P−1)/P of the buffer.
+  size_t ring_bytes(size_t n, size_t elem) const {
+    return 2 * n * elem * static_cast<size_t>(size_ - 1) / static_cast<size_t>(size_);
+  }
+  // MPI counts are int: fn(first element, count) for pieces of at most 2^28 elements.
+  template <class F>
+  static void in_pieces(size_t n, F&& fn) {
     constexpr size_t kPiece = size_t{1} << 28;
-    for (size_t i = 0; i < n; i += kPiece) {
-      const size_t m = std::min(kPiece, n - i);
-      check(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(x) + i * elem, static_cast<int>(m), type, op, MPI_COMM_WORLD),
-            "MPI_Allreduce");
-    }
+    for (size_t i = 0; i < n; i += kPiece) fn(i, static_cast<int>(std::min(kPiece, n - i)));
   }
   static int count(size_t bytes) {
     if (bytes > static_cast<size_t>(INT_MAX))
