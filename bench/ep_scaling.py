@@ -73,7 +73,7 @@ def main():
         if P > 1:
             dist = [x["dist"] for x in m]
             row["comm"] = statistics.median(max(s) for s in (x["comm_share"] for x in dist))
-            row["grad"] = statistics.median(max(g / x_s for g in x["dist"]["grad_s"]) for x, x_s in ((x, x["step_s"]) for x in m))
+            row["grad"] = statistics.median(max(g / s for g, s in zip(x["grad_s"], x["step_s"])) for x in dist)
             sent = statistics.median(statistics.mean(b - g for b, g in zip(x["bytes_sent"], x["grad_bytes_sent"])) for x in dist)
             per_rank_tokens = tokens / P
             row["measured"] = sent / per_rank_tokens / layers / 2  # forward and backward: one pass

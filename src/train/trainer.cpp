@@ -87,24 +87,28 @@ LoadedRun load_teacher(const std::string& dir, const std::string& tokenizer) {
 }
 
 // The "dist" object of a step's metrics line, gathered from every rank (collective): per rank in rank
-// order the bytes it sent and received, its seconds in communication and their share of the step,
-// the part of those that summed the gradients (grad; the rest is the experts' exchange and the small
-// collectives of the forward and backward: counts, batch sums, capacity), and the tokens it trained.
+// order the bytes it sent and received, its step time, its seconds in communication and their share
+// of its step, the part of those that summed the gradients (grad; the rest is the experts' exchange
+// and the small collectives of the forward and backward: counts, batch sums, capacity), and the
+// tokens it trained.
 nlohmann::json dist_metrics(Comm& comm, const CommStats& d, const CommStats& grad, double step_s, int64_t tokens) {
-  constexpr int kN = 6;
-  const double mine[kN] = {static_cast<double>(d.bytes_sent), static_cast<double>(d.bytes_received), d.seconds,
+  constexpr int kN = 7;
+  const double mine[kN] = {static_cast<double>(d.bytes_sent), static_cast<double>(d.bytes_received), step_s, d.seconds,
                            static_cast<double>(grad.bytes_sent), grad.seconds, static_cast<double>(tokens)};
   std::vector<double> all(kN * static_cast<size_t>(comm.size()));
   comm.allgather(mine, sizeof mine, all.data());
   nlohmann::json j = {{"ranks", comm.size()}};
-  const char* keys[kN] = {"bytes_sent", "bytes_received", "comm_s", "grad_bytes_sent", "grad_s", "tokens"};
+  const char* keys[kN] = {"bytes_sent", "bytes_received", "step_s", "comm_s", "grad_bytes_sent", "grad_s", "tokens"};
   for (int q = 0; q < kN; ++q) {
     std::vector<double> v;
     for (int r = 0; r < comm.size(); ++r) v.push_back(all[kN * static_cast<size_t>(r) + q]);
     j[keys[q]] = v;
   }
-  std::vector<double> share;
-  for (int r = 0; r < comm.size(); ++r) share.push_back(step_s > 0 ? all[kN * static_cast<size_t>(r) + 2] / step_s : 0.0);
+  std::vector<double> share;  // each rank's against its own step: ranks start a step at different times
+  for (int r = 0; r < comm.size(); ++r) {
+    const double* a = all.data() + kN * static_cast<size_t>(r);
+    share.push_back(a[2] > 0 ? a[3] / a[2] : 0.0);
+  }
   j["comm_share"] = share;
   return j;
 }
