@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "data/corpus.h"
@@ -324,6 +325,81 @@ nlohmann::json cli_json(const std::string& args) {
 
 // `moe bench gemm --json` reports, for fp32 and bf16, the best and the median of its samples (best >=
 // median by definition) and the kernel that ran.
+// `moe train --profile`: every metrics line has the step's phases, which with "untimed" add up to the
+// step; the phases cover the layers' forward and backward and the optimizer, the GEMM phases carry
+// their FLOPs (the table at the end shows GFLOP/s), and the run is the same as one without a profile.
+TEST(Train, ProfileTimesEveryPhaseOfTheStep) {
+  const std::string dir = tmpdir("profile");
+  RunConfig c = tiny_run(dir);
+  c.train.steps = 4;
+  c.train.out = dir + "/profiled";
+  train_model(c, {.profile = true});
+  c.train.out = dir + "/plain";
+  train_model(c);
+  auto lines = [](const std::string& path) {
+    std::ifstream in(path);
+    std::vector<nlohmann::json> out;
+    for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+    return out;
+  };
+  const auto profiled = lines(dir + "/profiled/metrics.jsonl"), plain = lines(dir + "/plain/metrics.jsonl");
+  ASSERT_EQ(profiled.size(), 4u);
+  ASSERT_EQ(plain.size(), 4u);
+  for (size_t i = 0; i < profiled.size(); ++i) {
+    SCOPED_TRACE(i);
+    const nlohmann::json& p = profiled[i]["profile_ms"];
+    for (const char* phase : {"zero gradients", "batch", "fwd: rmsnorm", "fwd: attention q, k, v", "fwd: attention scores",
+                              "fwd: moe router", "fwd: moe experts", "fwd: moe combine", "fwd: lm head", "fwd: cross-entropy",
+                              "bwd: lm head", "bwd: moe experts", "bwd: attention scores", "bwd: attention q, k, v",
+                              "gradient clip", "optimizer", "untimed"})
+      EXPECT_TRUE(p.contains(phase)) << phase;
+    double sum = 0.0;
+    for (const auto& [name, ms] : p.items()) {
+      if (name != "untimed") {
+        EXPECT_GE(ms.get<double>(), 0.0) << name;
+      }
+      sum += ms.get<double>();
+    }
+    EXPECT_GE(p["untimed"].get<double>(), 0.0);
+    EXPECT_NEAR(sum, profiled[i]["step_s"].get<double>() * 1e3, 1e-6 * sum + 1e-9);
+    EXPECT_FALSE(plain[i].contains("profile_ms"));
+    EXPECT_EQ(profiled[i]["loss"], plain[i]["loss"]);
+    EXPECT_EQ(profiled[i]["grad_norm"], plain[i]["grad_norm"]);
+  }
+}
+
+TEST(Profile, NestedPhasesCountTheirOwnTime) {
+  PhaseTimes times;
+  {
+    PhaseTimer off("never");  // no sink: nothing recorded
+  }
+  set_profile_sink(&times);
+  {
+    PhaseTimer outer("outer", 10.0);
+    {
+      PhaseTimer inner("inner", 5.0);
+      const auto t0 = clock_type::now();
+      while (ms_since(t0) < 20.0) {}
+    }
+    profile_add("reported", 7.0, 3.0);  // a layer's own timing: a child of outer
+    PhaseTimer again("inner", 5.0);
+  }
+  set_profile_sink(nullptr);
+  ASSERT_EQ(times.phases().size(), 3u);
+  const PhaseTime& outer = times.phases()[2];
+  const PhaseTime& inner = times.phases()[0];
+  EXPECT_EQ(inner.name, "inner");
+  EXPECT_EQ(inner.calls, 2);
+  EXPECT_EQ(inner.flops, 10.0);
+  EXPECT_GE(inner.ms, 20.0);
+  EXPECT_EQ(times.phases()[1].name, "reported");
+  EXPECT_EQ(times.phases()[1].ms, 7.0);
+  EXPECT_EQ(outer.name, "outer");
+  EXPECT_EQ(outer.flops, 10.0);
+  // outer's own time excludes inner's 20 ms and the reported 7 ms (which it did not really spend).
+  EXPECT_LT(outer.ms, 5.0);
+}
+
 TEST(Cli, BenchGemmReportsBestMedianAndKernels) {
   const nlohmann::json b = cli_json("bench gemm --samples 3 --threads 1 --json");
   EXPECT_EQ(b["samples"].get<int>(), 3);

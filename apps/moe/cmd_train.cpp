@@ -19,7 +19,7 @@ namespace moe::cli {
 void add_train(CLI::App& app) {
   static std::string config;
   static std::vector<std::string> sets;
-  static bool resume = false, overwrite = false;
+  static bool resume = false, overwrite = false, profile = false;
   static int threads = 0;
   static std::string init_from, distill_from;
   static float distill_weight = -1.f;
@@ -28,6 +28,8 @@ void add_train(CLI::App& app) {
   cmd->add_option("--set", sets, "Override: section.key=value (repeatable), e.g. --set train.steps=100");
   cmd->add_flag("--resume", resume, "Continue the run in train.out from its newest complete checkpoint (its config, plus --set)");
   cmd->add_flag("--overwrite", overwrite, "Replace the run train.out already holds (its checkpoints and metrics)");
+  cmd->add_flag("--profile", profile, "Time every phase of each step: profile_ms in metrics.jsonl and a table at the end "
+                                      "(median ms per step, share, GFLOP/s of the GEMM phases)");
   cmd->add_option("--init-from", init_from, "Start from the newest checkpoint of this run folder: its model, weights, AdamW "
                                             "moments and freeze mask (= --set train.init_from=DIR)");
   cmd->add_option("--distill-from", distill_from, "Add lambda * KL(p_teacher || p) against this run's frozen model on the same "
@@ -65,7 +67,7 @@ void add_train(CLI::App& app) {
       fail("train.expert_parallel = " + std::to_string(c.train.expert_parallel) + " needs MPI, and this moe was built "
            "without it: install libopenmpi-dev (scripts/setup.sh does) and build again, then run it under mpirun -np " +
            std::to_string(c.train.expert_parallel));
-    const TrainSummary s = train_model(c, {.resume = resume, .overwrite = overwrite, .comm = ranks});
+    const TrainSummary s = train_model(c, {.resume = resume, .overwrite = overwrite, .comm = ranks, .profile = profile});
     if (ranks && ranks->rank() != 0) return;  // rank 0 shows the result
     std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));
     std::printf("throughput %.0f tokens/s (median step)  MFU %.1f%% of the measured GEMM peak  %.0f s in all\n",

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "model/dense_ffn.h"
 #include "moe/moe_layer.h"
@@ -173,35 +174,49 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
   for (size_t l = 0; l < blocks.size(); ++l) {
     Block& b = blocks[l];
     for (Tensor* t : {&b.x_in, &b.h_attn, &b.x_mid, &b.h_ffn, &b.tmp}) t->resize({T, d});
+    PhaseTimer residual("fwd: embedding, residuals");
     if (l == 0) {
       embed.forward(tokens, T, b.x_in.data());
       scale_in_place(b.x_in, cfg.embedding_multiplier);
     } else {
       std::memcpy(b.x_in.data(), x->data(), sizeof(float) * T * d);
     }
-    b.attn_norm.forward(b.x_in.data(), T, b.h_attn.data());
+    {
+      PhaseTimer pt("fwd: rmsnorm");
+      b.attn_norm.forward(b.x_in.data(), T, b.h_attn.data());
+    }
     b.attn.forward(b.h_attn.data(), B, L, b.tmp.data());
     const float rm = cfg.residual_multiplier;
     for (size_t i = 0; i < b.x_mid.numel(); ++i) b.x_mid[i] = b.x_in[i] + rm * b.tmp[i];
-    b.ffn_norm.forward(b.x_mid.data(), T, b.h_ffn.data());
+    {
+      PhaseTimer pt("fwd: rmsnorm");
+      b.ffn_norm.forward(b.x_mid.data(), T, b.h_ffn.data());
+    }
     const int64_t token0 = comm_ && !replicated ? static_cast<int64_t>(comm_->rank()) * T : 0;
-    b.ffn->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L, tokens, false, token0, replicated});
+    {
+      PhaseTimer pt("fwd: ffn");  // a MoE layer's own phases are its children
+      b.ffn->forward(b.h_ffn.data(), T, b.tmp.data(), {training, step, L, tokens, false, token0, replicated});
+    }
     stats_.aux += b.ffn->loss();
     // The block's output overwrites tmp: x_out of block l = x_mid + ffn.
     for (size_t i = 0; i < b.tmp.numel(); ++i) b.tmp[i] = b.x_mid[i] + rm * b.tmp[i];
     x = &b.tmp;
   }
+  PhaseTimer norm("fwd: rmsnorm");
   x_out = *x;
   h_final.resize({T, d});
   final_norm.forward(x_out.data(), T, h_final.data());
+  norm.stop();
   logits.resize({T, V});
   const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
+  PhaseTimer pt("fwd: lm head", 2.0 * T * static_cast<double>(V) * d);
   sgemm(false, true, T, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
 }
 
 double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int B, int L, bool training,
                               uint64_t step) {
   run(tokens, B, L, training, step, false);
+  PhaseTimer pt("fwd: cross-entropy");
   targets_ = targets;
   const int T = B * L, V = cfg.vocab_size;
   dlogits_.resize({T, V});
@@ -273,9 +288,14 @@ void TransformerLM::backward(const std::function<void(size_t)>& block_done) {
   const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
   float* dhead = cfg.tie_word_embeddings ? embed.dw.data() : dlm_head.data();
   const float ls = 1.f / cfg.logits_scaling, rm = cfg.residual_multiplier;
+  PhaseTimer head_t("bwd: lm head", 4.0 * T * static_cast<double>(V) * d);
   sgemm(true, false, V, d, T, ls, dlogits_.data(), V, h_final.data(), d, 1.f, dhead, d);
   sgemm(false, false, T, d, V, ls, dlogits_.data(), V, head, d, 0.f, dh_.data(), d);
-  final_norm.backward(dh_.data(), dx_.data());  // dx_ = d(objective)/d(block output)
+  head_t.stop();
+  {
+    PhaseTimer pt("bwd: rmsnorm");
+    final_norm.backward(dh_.data(), dx_.data());  // dx_ = d(objective)/d(block output)
+  }
   // The gradient reaching a residual branch, m_r·dx (dx itself at m_r = 1).
   auto branch_grad = [&]() -> const float* {
     if (rm == 1.f) return dx_.data();
@@ -285,16 +305,28 @@ void TransformerLM::backward(const std::function<void(size_t)>& block_done) {
   };
   for (size_t li = blocks.size(); li-- > 0;) {
     Block& b = blocks[li];
+    PhaseTimer residual("bwd: embedding, residuals");
     // x_out = x_mid + m_r·ffn(norm(x_mid))
-    b.ffn->backward(branch_grad(), dh_.data());
-    b.ffn_norm.backward(dh_.data(), b.tmp.data());
+    {
+      PhaseTimer pt("bwd: ffn");
+      b.ffn->backward(branch_grad(), dh_.data());
+    }
+    {
+      PhaseTimer pt("bwd: rmsnorm");
+      b.ffn_norm.backward(dh_.data(), b.tmp.data());
+    }
     for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
     // x_mid = x_in + m_r·attn(norm(x_in))
     b.attn.backward(branch_grad(), dh_.data());
-    b.attn_norm.backward(dh_.data(), b.tmp.data());
+    {
+      PhaseTimer pt("bwd: rmsnorm");
+      b.attn_norm.backward(dh_.data(), b.tmp.data());
+    }
     for (size_t i = 0; i < dx_.numel(); ++i) dx_[i] += b.tmp[i];
+    residual.stop();
     if (block_done) block_done(li);
   }
+  PhaseTimer pt("bwd: embedding, residuals");
   scale_in_place(dx_, cfg.embedding_multiplier);
   embed.backward(tokens_, T, dx_.data());
 }

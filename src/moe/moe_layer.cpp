@@ -7,6 +7,7 @@
 #include "core/bf16.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "core/timer.h"
 #include "core/vmath.h"
@@ -232,6 +233,32 @@ void MoeLayer::forward(const float* x, int T, float* y, const FfnContext& opt) {
   else
     dispatch_combine(plan_, routing_, xchg_.comm ? yloc_.data() : ybuf_.data(), d, y, base, base_scale);
   timings_.combine = ms_since(t0);
+  report_profile(false);
+}
+
+void MoeLayer::report_profile(bool backward) const {
+  if (!profile_sink()) return;
+  // Three GEMMs of (rows, d)×(d, h) per expert row and per shared-expert token; the backward does twice that.
+  const double per = backward ? 4.0 : 2.0;
+  const int64_t rows = xchg_.comm ? xchg_.rows_received() : plan_.rows();  // the rows this rank's experts computed
+  const double routed = per * 3.0 * static_cast<double>(rows) * experts.d * experts.h;
+  const double shared_flops = cfg.n_shared_experts > 0 ? per * 3.0 * static_cast<double>(T_) * shared.d * shared.h : 0.0;
+  const MoeTimings& t = timings_;
+  if (!backward) {
+    profile_add("fwd: moe router", t.router);
+    profile_add("fwd: moe dispatch", t.dispatch);
+    profile_add("fwd: moe experts", t.experts, routed);
+    if (shared_flops > 0.0) profile_add("fwd: moe shared experts", t.shared, shared_flops);
+    profile_add("fwd: moe combine", t.combine);
+    if (xchg_.comm) profile_add("fwd: moe all-to-all", t.exchange);
+  } else {
+    profile_add("bwd: moe combine", t.combine_bwd);
+    profile_add("bwd: moe experts", t.experts_bwd, routed);
+    profile_add("bwd: moe scatter", t.scatter_bwd);
+    if (shared_flops > 0.0) profile_add("bwd: moe shared experts", t.shared_bwd, shared_flops);
+    profile_add("bwd: moe router", t.router_bwd);
+    if (xchg_.comm) profile_add("bwd: moe all-to-all", t.exchange_bwd);
+  }
 }
 
 void MoeLayer::backward(const float* dy, float* dx) {
@@ -350,6 +377,7 @@ void MoeLayer::backward(const float* dy, float* dx) {
     parallel_for(static_cast<size_t>(T) * d, [&](size_t i) { dx[i] += dxr_[i] * jitter_[i]; });
   }
   timings_.router_bwd = ms_since(t0);
+  report_profile(true);
 }
 
 }  // namespace moe

@@ -135,6 +135,7 @@ class MoeLayer : public Ffn {
   Tensor gate_in_, dgate_in_;  // (rows received) gates of the experts' rows, and their gradients
   Comm* batch_comm_ = nullptr;    // the ranks whose tokens form this forward's batch (null: this rank's alone)
   void plan_dispatch(float cf);   // plan_ (and the exchange's counts) from routing_
+  void report_profile(bool backward) const;  // timings_ as phases of `moe train --profile` (core/profile.h)
   MoeLosses losses_;
   MoeTimings timings_;
 };

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "core/vmath.h"
 
@@ -146,6 +147,10 @@ void rope_apply(float* x, int n, int heads, int hd, int stride, const Tensor& co
   }, 64);
 }
 
+double Attention::core_flops(int B, int L) const {
+  return 4.0 * B * cfg.num_attention_heads * static_cast<double>(L) * L * cfg.hd();  // Q·Kᵀ and P·V, the whole square
+}
+
 void Attention::forward(const float* x, int B, int L, float* y) {
   x_ = x;
   B_ = B;
@@ -157,11 +162,19 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   v.resize({T, kvd});
   o.resize({T, qd});
   att.resize({B, H, L, L});
-  project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre);
-  rope_tables(L);
-  rope_apply(q.data(), T, H, hd, qd, cos_, sin_, false, L);
-  rope_apply(k.data(), T, KV, hd, kvd, cos_, sin_, false, L);
+  const double Td = static_cast<double>(T) * d;
+  {
+    PhaseTimer pt("fwd: attention q, k, v", 2.0 * Td * (qd + 2 * kvd));
+    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre);
+  }
+  {
+    PhaseTimer pt("fwd: attention rope");
+    rope_tables(L);
+    rope_apply(q.data(), T, H, hd, qd, cos_, sin_, false, L);
+    rope_apply(k.data(), T, KV, hd, kvd, cos_, sin_, false, L);
+  }
   const float scale = cfg.scale();
+  PhaseTimer core("fwd: attention scores", core_flops(B, L));
   // One (sequence, head) per task; BLAS runs serially inside the parallel region.
   parallel_for_dynamic(static_cast<size_t>(B) * H, [&](size_t bh) {
     const int b = static_cast<int>(bh) / H, h = static_cast<int>(bh) % H, g = h / group;
@@ -177,6 +190,8 @@ void Attention::forward(const float* x, int B, int L, float* y) {
     }
     sgemm(false, false, L, hd, L, 1.f, P, L, vb, kvd, 0.f, o.data() + static_cast<size_t>(b) * L * qd + h * hd, qd);
   });
+  core.stop();
+  PhaseTimer pt("fwd: attention out", 2.0 * Td * qd);
   sgemm(false, true, T, d, qd, 1.f, o.data(), qd, wo.data(), qd, 0.f, y, d);
 }
 
@@ -191,9 +206,13 @@ void Attention::backward(const float* dy, float* dx) {
   dv_.resize({T, kvd});
   dk_.zero();
   dv_.zero();
+  const double Td = static_cast<double>(T) * d;
   // y = o·Woᵀ
+  PhaseTimer out("bwd: attention out", 4.0 * Td * qd);
   sgemm(true, false, d, qd, T, 1.f, dy, d, o.data(), qd, 1.f, dwo.data(), qd);
   sgemm(false, false, T, qd, d, 1.f, dy, d, wo.data(), qd, 0.f, do_.data(), qd);
+  out.stop();
+  PhaseTimer core("bwd: attention scores", 2.0 * core_flops(B, L));
   // One (sequence, kv head) per task: the q heads of a group accumulate into the same dk, dv.
   parallel_for_dynamic(static_cast<size_t>(B) * KV, [&](size_t bg) {
     const int b = static_cast<int>(bg) / KV, g = static_cast<int>(bg) % KV;
@@ -221,8 +240,12 @@ void Attention::backward(const float* dy, float* dx) {
       sgemm(true, false, L, hd, L, 1.f, dP.data(), L, qb, qd, 1.f, dkb, kvd);
     }
   });
+  core.stop();
+  PhaseTimer rope("bwd: attention rope");
   rope_apply(dq_.data(), T, H, hd, qd, cos_, sin_, true, L);
   rope_apply(dk_.data(), T, KV, hd, kvd, cos_, sin_, true, L);
+  rope.stop();
+  PhaseTimer qkv("bwd: attention q, k, v", 4.0 * Td * (qd + 2 * kvd));
   if (cfg.qk_norm != QkNorm::none) {  // dq_, dk_ become the gradients before the norms
     dq_pre_.resize({T, qd});
     dk_pre_.resize({T, kvd});

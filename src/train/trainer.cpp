@@ -21,6 +21,7 @@
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/grad_sync.h"
+#include "train/step_profile.h"
 #include "core/progress.h"
 
 namespace fs = std::filesystem;
@@ -297,24 +298,45 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
          "; lower train.lr (now " + lr_text + ") or raise train.warmup_steps");
   };
   const auto run_t0 = clock_type::now();
+  std::optional<StepProfile> profile;
+  if (opts.profile) profile.emplace();
+  std::function<void(size_t)> sync_hook;  // the GradSync's per-block start, timed as its own phase
+  if (sync)
+    sync_hook = [start_block = sync->hook()](size_t l) {
+      PhaseTimer pt("gradient sum");
+      start_block(l);
+    };
   for (int64_t step = start; step < end; ++step) {
+    if (profile) profile->begin_step();
     const auto t0 = clock_type::now();
     const CommStats comm0 = comm ? comm->stats : CommStats{};
+    PhaseTimer zero_t("zero gradients");
     model.zero_grad();
+    zero_t.stop();
     double loss = 0.0, ce = 0.0, aux = 0.0, distill = 0.0;
     for (int micro = 0; micro < t.grad_accum; ++micro) {
       const uint64_t draw = static_cast<uint64_t>(step) * static_cast<uint64_t>(t.grad_accum) + static_cast<uint64_t>(micro);
       // Rank r trains sequences [r·Bl, (r+1)·Bl) of the batch one process would draw.
+      PhaseTimer batch_t("batch");
       sample_batch(train_shard, Bl, L, t.seed, draw, tokens.data(), targets.data(), rank * Bl);
-      if (teacher.model) model.set_teacher(teacher.model->forward_logits(tokens.data(), Bl, L).data(), t.distill_weight);
+      batch_t.stop();
+      if (teacher.model) {  // the teacher's forward as one phase, not mixed into the student's
+        PhaseTimes* sink = profile_sink();
+        set_profile_sink(nullptr);
+        const auto tt = clock_type::now();
+        model.set_teacher(teacher.model->forward_logits(tokens.data(), Bl, L).data(), t.distill_weight);
+        set_profile_sink(sink);
+        profile_add("teacher forward", ms_since(tt));
+      }
       ce += model.forward(tokens.data(), targets.data(), Bl, L, true, draw) / t.grad_accum;
       loss += (model.stats().ce + model.stats().aux + model.stats().distill) / t.grad_accum;
       aux += model.stats().aux / t.grad_accum;  // the whole batch's already
       distill += model.stats().distill / t.grad_accum;
       // The last micro-batch's backward starts summing each block's gradients as it finishes it.
-      model.backward(sync && micro + 1 == t.grad_accum ? sync->hook() : std::function<void(size_t)>{});
+      model.backward(sync && micro + 1 == t.grad_accum ? sync_hook : std::function<void(size_t)>{});
     }
     if (comm) {  // the whole batch's gradients and mean losses on every rank
+      PhaseTimer sync_t("gradient sum");
       sync->finish();
       double sums[2] = {ce, distill};
       comm->allreduce_sum(sums, 2);
@@ -322,16 +344,20 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
       distill = sums[1] / P;
       loss = ce + aux + distill;
     }
+    PhaseTimer clip_t("gradient clip");
     if (t.grad_accum > 1) divide_grads(params, sparse, static_cast<float>(t.grad_accum));
     if (n_frozen > 0) opt.mask_frozen_grads();
     const double gnorm = clip_grad_norm(params, t.grad_clip, sparse, comm);
+    clip_t.stop();
     const float lr = lr_at(t, step);
     const std::string bad = bad_step_reason(loss, gnorm, st.loss_ema, t.spike_factor);
     if (!bad.empty()) last_bad = bad;
     if (bad.empty()) {
       good_step = step;  // the weights this loss was measured on
+      PhaseTimer opt_t("optimizer");
       opt.step(lr);
       model.after_step();
+      opt_t.stop();
       st.loss_ema = st.loss_ema < 0.0 ? loss : 0.9 * st.loss_ema + 0.1 * loss;
       st.bad_in_row = 0;
     } else {
@@ -351,6 +377,7 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"ce", ce}, {"lr", lr}, {"grad_norm", gnorm},
                         {"tokens_per_s", tok_s}, {"mfu", mfu}, {"step_s", dt}};
     if (teacher.model) j["distill"] = distill;
+    if (profile) j["profile_ms"] = profile->end_step(dt * 1e3);
     j.update(model.metrics(&load_summary));
     if (comm) j["dist"] = dist_metrics(*comm, step_comm, sync->last(), dt, static_cast<int64_t>(Tl) * t.grad_accum);
     if (!bad.empty()) j["skipped"] = bad;
@@ -373,6 +400,10 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
         diverged(step, e.what());
       }
     }
+  }
+  if (profile && lead) {
+    if (progress.tty()) std::printf("\n");
+    profile->print(stdout, peak);
   }
   // A run that ends on bad steps has no good final weights: the same as diverging.
   if (st.bad_in_row > 0)

@@ -29,6 +29,9 @@ struct TrainOptions {
   // The ranks of an expert-parallel job (docs/DISTRIBUTED.md), every one calling train_model with the
   // same config; null or one rank: a single process. Rank 0 alone writes the run folder.
   Comm* comm = nullptr;
+  // Time every phase of each step (train/step_profile.h): "profile_ms" in each metrics line and a
+  // table at the end.
+  bool profile = false;
 };
 
 // Trains per c into c.train.out, which it holds locked (a second writer gets an error naming this
