@@ -1,5 +1,6 @@
 #include "nn/rmsnorm.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/parallel.h"
@@ -40,12 +41,21 @@ void RMSNorm::backward(const float* dy, float* dx) {
 #pragma omp simd
     for (int j = 0; j < d; ++j) dxt[j] = r * (dyt[j] * w[j] - xt[j] * c);
   }, 64);
-  // dw_j = Σ_t dy·x·r: each thread owns a range of columns and sums tokens in order.
-  parallel_for(static_cast<size_t>(d), [&](size_t j) {
-    float s = 0.f;
-    for (int t = 0; t < T; ++t) s += dy[static_cast<size_t>(t) * d + j] * x_[static_cast<size_t>(t) * d + j] * rstd[t];
-    dw[j] += s;
-  }, 64);
+  // dw_j = Σ_t dy·x·r: each task owns a tile of columns and sums tokens in order, so the result does not
+  // depend on the thread count; the tile's columns are summed side by side (one row's tile at a time).
+  constexpr int kTile = 64;
+  parallel_for(static_cast<size_t>((d + kTile - 1) / kTile), [&](size_t tile) {
+    const int j0 = static_cast<int>(tile) * kTile, n = std::min(kTile, d - j0);
+    float s[kTile] = {};
+    for (int t = 0; t < T; ++t) {
+      const float* dyt = dy + static_cast<size_t>(t) * d + j0;
+      const float* xt = x_ + static_cast<size_t>(t) * d + j0;
+      const float r = rstd[t];
+#pragma omp simd
+      for (int j = 0; j < n; ++j) s[j] += dyt[j] * xt[j] * r;
+    }
+    for (int j = 0; j < n; ++j) dw[j0 + j] += s[j];
+  }, 1);
 }
 
 }  // namespace moe

@@ -1,6 +1,8 @@
 #include "train/adamw.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -131,14 +133,16 @@ std::vector<std::pair<std::string, Tensor*>> AdamW::state() {
   return out;
 }
 
-void AdamW::step(float lr) {
+void AdamW::step(float lr, float grad_scale) {
   ++t_;
   const double bc1 = 1.0 - std::pow(static_cast<double>(cfg_.beta1), static_cast<double>(t_));
   const double bc2 = 1.0 - std::pow(static_cast<double>(cfg_.beta2), static_cast<double>(t_));
   const float step_size = static_cast<float>(lr / bc1);
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
   const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps;
-  auto adam = [=](float& w, float& m, float& v, float g, float decay) {
+  // The gradient scaled as clip_grad_norm would have stored it (the same float product), without its pass.
+  auto adam = [=](float& w, float& m, float& v, float g_raw, float decay) {
+    const float g = grad_scale == 1.f ? g_raw : g_raw * grad_scale;
     m = b1 * m + (1.f - b1) * g;
     v = b2 * v + (1.f - b2) * g * g;
     w -= decay * w + step_size * m / (std::sqrt(v) * inv_sqrt_bc2 + eps);
@@ -176,30 +180,51 @@ void AdamW::step(float lr) {
   }
 }
 
+// Σ g² in double: fixed chunks summed in parallel (each with the compiler's vector lanes), the chunks'
+// sums added in order, so the result does not depend on the thread count.
 static double sum_squares(const Tensor& g) {
+  constexpr size_t kChunk = size_t{1} << 15;
+  const size_t n = g.numel(), chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> part(chunks);
+  parallel_for(chunks, [&](size_t c) {
+    const float* p = g.data() + c * kChunk;
+    const size_t m = std::min(kChunk, n - c * kChunk);
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (size_t i = 0; i < m; ++i) s += static_cast<double>(p[i]) * p[i];
+    part[c] = s;
+  }, 2);
   double s = 0.0;
-  for (size_t i = 0; i < g.numel(); ++i) s += static_cast<double>(g[i]) * g[i];
+  for (double x : part) s += x;
   return s;
 }
 
 static void scale(Tensor& g, float s) {
-  for (size_t i = 0; i < g.numel(); ++i) g[i] *= s;
+  parallel_for(g.numel(), [&](size_t i) { g[i] *= s; }, 1 << 15);
 }
 
 static void divide(Tensor& g, float n) {
   for (size_t i = 0; i < g.numel(); ++i) g[i] /= n;
 }
 
-double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse,
-                      Comm* comm) {
+double grad_norm(const std::vector<Param>& params, const std::vector<SparseParam>& sparse, Comm* comm) {
   double ss = 0.0, sharded = 0.0;
   for (const Param& p : params) (p.shard.sharded() ? sharded : ss) += sum_squares(*p.grad);
   for (const SparseParam& p : sparse) ss += sum_squares(p.grad->grad);
   if (distributed(comm)) comm->allreduce_sum(&sharded, 1);
   ss += sharded;
-  const double norm = std::sqrt(ss);
-  if (max_norm > 0.0 && norm > max_norm) {
-    const float s = static_cast<float>(max_norm / (norm + 1e-6));
+  return std::sqrt(ss);
+}
+
+float clip_scale(double norm, double max_norm) {
+  return max_norm > 0.0 && norm > max_norm ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.f;
+}
+
+double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse,
+                      Comm* comm) {
+  const double norm = grad_norm(params, sparse, comm);
+  const float s = clip_scale(norm, max_norm);
+  if (s != 1.f) {
     for (const Param& p : params) scale(*p.grad, s);
     for (const SparseParam& p : sparse) scale(p.grad->grad, s);
   }

@@ -34,8 +34,9 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(std::vector<Param> params, const AdamWConfig& c, std::vector<SparseParam> sparse = {});
-  // One update with learning rate lr from the gradients currently in the parameters.
-  void step(float lr);
+  // One update with learning rate lr from the gradients currently in the parameters, each multiplied
+  // by grad_scale (clip_scale's factor: clipping without a pass of its own over the gradients).
+  void step(float lr, float grad_scale = 1.f);
   int64_t steps() const { return t_; }
   // Freezes the mask's rows (replacing any earlier mask); an unknown name or a range outside its
   // parameter is an error naming it.
@@ -63,6 +64,10 @@ class AdamW {
 // the gradient all-reduce) counted once.
 double clip_grad_norm(const std::vector<Param>& params, double max_norm, const std::vector<SparseParam>& sparse = {},
                       Comm* comm = nullptr);
+// clip_grad_norm's two halves: the norm (summed in fixed chunks: the same for any thread count), and the
+// factor that brings it down to max_norm (1 when it is within, or max_norm is 0).
+double grad_norm(const std::vector<Param>& params, const std::vector<SparseParam>& sparse = {}, Comm* comm = nullptr);
+float clip_scale(double norm, double max_norm);
 // Divides every gradient, dense and sparse, by n (the mean over gradient accumulation's micro-batches).
 void divide_grads(const std::vector<Param>& params, const std::vector<SparseParam>& sparse, float n);
 

@@ -344,10 +344,10 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
       distill = sums[1] / P;
       loss = ce + aux + distill;
     }
-    PhaseTimer clip_t("gradient clip");
+    PhaseTimer clip_t("gradient norm");
     if (t.grad_accum > 1) divide_grads(params, sparse, static_cast<float>(t.grad_accum));
     if (n_frozen > 0) opt.mask_frozen_grads();
-    const double gnorm = clip_grad_norm(params, t.grad_clip, sparse, comm);
+    const double gnorm = grad_norm(params, sparse, comm);  // the optimizer applies the clipping
     clip_t.stop();
     const float lr = lr_at(t, step);
     const std::string bad = bad_step_reason(loss, gnorm, st.loss_ema, t.spike_factor);
@@ -355,7 +355,7 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     if (bad.empty()) {
       good_step = step;  // the weights this loss was measured on
       PhaseTimer opt_t("optimizer");
-      opt.step(lr);
+      opt.step(lr, clip_scale(gnorm, t.grad_clip));
       model.after_step();
       opt_t.stop();
       st.loss_ema = st.loss_ema < 0.0 ? loss : 0.9 * st.loss_ema + 0.1 * loss;
