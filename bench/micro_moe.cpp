@@ -1,6 +1,6 @@
 // micro_moe — Google Benchmark timings of the MoE layer's pieces: sgemm (the peak the layer is
-// compared to), bf16 GEMM, router selection, dispatch plan, gather, and the whole layer; PEER's
-// product-key top-k and the PEER layer.
+// compared to), bf16 GEMM, router selection, dispatch plan, gather, and the whole layer; causal
+// attention at the main job's shape; PEER's product-key top-k and the PEER layer.
 //   build/bin/micro_moe --benchmark_filter=Router
 #include <benchmark/benchmark.h>
 
@@ -10,6 +10,7 @@
 #include "core/gemm.h"
 #include "core/rng.h"
 #include "moe/moe_layer.h"
+#include "nn/attention.h"
 #include "peer/peer_layer.h"
 #include "peer/peer_stats.h"
 #include "peer/product_keys.h"
@@ -90,6 +91,25 @@ void BM_DispatchPlan(benchmark::State& st) {
   st.SetItemsProcessed(st.iterations() * T * k);
 }
 BENCHMARK(BM_DispatchPlan)->Args({8, 2, 0})->Args({8, 2, 1})->Args({64, 16, 0})->Args({64, 16, 1})->Unit(benchmark::kMicrosecond);
+
+// Causal attention of the main job's model (d = 256, 4 heads, 16 sequences of 128 tokens): arg 0 the
+// forward, 1 forward + backward. GFLOP/s counts the projections and the score products computed.
+void BM_Attention(benchmark::State& st) {
+  AttentionConfig c;
+  c.hidden_size = 256;
+  c.num_attention_heads = 4;
+  Attention a(c, 1, 1, 0.02f);
+  const int B = 16, L = 128, T = B * L, d = c.hidden_size;
+  std::vector<float> x(static_cast<size_t>(T) * d), y(x.size()), dx(x.size());
+  fill_normal(x.data(), x.size(), 1, 1, 0.f, 1.f);
+  for (auto _ : st) {
+    a.forward(x.data(), B, L, y.data());
+    if (st.range(0)) a.backward(x.data(), dx.data());
+  }
+  const double fwd = 2.0 * T * d * 4.0 * d + a.core_flops(B, L);
+  st.counters["GFLOP/s"] = benchmark::Counter((st.range(0) ? 3.0 : 1.0) * fwd * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Attention)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Whole layer forward + backward at the shape: args = granularity, bf16.
 void BM_MoeLayer(benchmark::State& st) {

@@ -16,6 +16,10 @@
 
 namespace moe {
 
+// Rows of a causal block: the scores of rows [r0, r0 + kCausalBlock) are computed against keys up to the
+// block's end only, which skips all but (1 + 1/n)/2 of the square for n blocks.
+constexpr int kCausalBlock = 32;
+
 void AttentionConfig::validate() const {
   const ConfigCheck check("attention");
   check.positive("hidden_size", hidden_size);
@@ -148,7 +152,12 @@ void rope_apply(float* x, int n, int heads, int hd, int stride, const Tensor& co
 }
 
 double Attention::core_flops(int B, int L) const {
-  return 4.0 * B * cfg.num_attention_heads * static_cast<double>(L) * L * cfg.hd();  // Q·Kᵀ and P·V, the whole square
+  double pairs = 0.0;  // query-key pairs computed: each causal block's rows against the keys up to its end
+  for (int r0 = 0; r0 < L; r0 += kCausalBlock) {
+    const int r1 = std::min(L, r0 + kCausalBlock);
+    pairs += static_cast<double>(r1 - r0) * r1;
+  }
+  return 4.0 * B * cfg.num_attention_heads * pairs * cfg.hd();  // Q·Kᵀ and P·V
 }
 
 void Attention::forward(const float* x, int B, int L, float* y) {
@@ -182,13 +191,19 @@ void Attention::forward(const float* x, int B, int L, float* y) {
     const float* kb = k.data() + static_cast<size_t>(b) * L * kvd + g * hd;
     const float* vb = v.data() + static_cast<size_t>(b) * L * kvd + g * hd;
     float* P = att.data() + bh * L * L;
-    sgemm(false, true, L, L, hd, scale, qb, qd, kb, kvd, 0.f, P, L);
-    for (int i = 0; i < L; ++i) {
-      float* row = P + static_cast<size_t>(i) * L;
-      softmax(row, row, i + 1);
-      for (int j = i + 1; j < L; ++j) row[j] = 0.f;
+    float* ob = o.data() + static_cast<size_t>(b) * L * qd + h * hd;
+    // Causal: the rows of block [r0, r1) see keys [0, r1) only, so each block's products stop there.
+    for (int r0 = 0; r0 < L; r0 += kCausalBlock) {
+      const int r1 = std::min(L, r0 + kCausalBlock), n = r1 - r0;
+      float* Pb = P + static_cast<size_t>(r0) * L;
+      sgemm(false, true, n, r1, hd, scale, qb + static_cast<size_t>(r0) * qd, qd, kb, kvd, 0.f, Pb, L);
+      for (int i = r0; i < r1; ++i) {
+        float* row = P + static_cast<size_t>(i) * L;
+        softmax(row, row, i + 1);
+        std::fill(row + i + 1, row + L, 0.f);
+      }
+      sgemm(false, false, n, hd, r1, 1.f, Pb, L, vb, kvd, 0.f, ob + static_cast<size_t>(r0) * qd, qd);
     }
-    sgemm(false, false, L, hd, L, 1.f, P, L, vb, kvd, 0.f, o.data() + static_cast<size_t>(b) * L * qd + h * hd, qd);
   });
   core.stop();
   PhaseTimer pt("fwd: attention out", 2.0 * Td * qd);
@@ -227,17 +242,24 @@ void Attention::backward(const float* dy, float* dx) {
       const float* dob = do_.data() + static_cast<size_t>(b) * L * qd + h * hd;
       const float* qb = q.data() + static_cast<size_t>(b) * L * qd + h * hd;
       float* dqb = dq_.data() + static_cast<size_t>(b) * L * qd + h * hd;
-      sgemm(false, true, L, L, hd, 1.f, dob, qd, vb, kvd, 0.f, dP.data(), L);
-      sgemm(true, false, L, hd, L, 1.f, P, L, dob, qd, 1.f, dvb, kvd);
-      for (int i = 0; i < L; ++i) {  // dS = P ⊙ (dP − Σ_j P·dP) · scale, causal part only
-        const float* p = P + static_cast<size_t>(i) * L;
-        float* ds = dP.data() + static_cast<size_t>(i) * L;
-        softmax_backward(p, ds, ds, i + 1);
-        for (int j = 0; j <= i; ++j) ds[j] *= scale;
-        for (int j = i + 1; j < L; ++j) ds[j] = 0.f;
+      // Block [r0, r1) of query rows against keys [0, r1): the forward's causal blocks.
+      for (int r0 = 0; r0 < L; r0 += kCausalBlock) {
+        const int r1 = std::min(L, r0 + kCausalBlock), n = r1 - r0;
+        const float* Pb = P + static_cast<size_t>(r0) * L;
+        const float* dob_r = dob + static_cast<size_t>(r0) * qd;
+        float* dPb = dP.data() + static_cast<size_t>(r0) * L;
+        sgemm(false, true, n, r1, hd, 1.f, dob_r, qd, vb, kvd, 0.f, dPb, L);
+        sgemm(true, false, r1, hd, n, 1.f, Pb, L, dob_r, qd, 1.f, dvb, kvd);
+        for (int i = r0; i < r1; ++i) {  // dS = P ⊙ (dP − Σ_j P·dP) · scale, causal part only
+          const float* p = P + static_cast<size_t>(i) * L;
+          float* ds = dP.data() + static_cast<size_t>(i) * L;
+          softmax_backward(p, ds, ds, i + 1);
+          for (int j = 0; j <= i; ++j) ds[j] *= scale;
+          std::fill(ds + i + 1, ds + r1, 0.f);
+        }
+        sgemm(false, false, n, hd, r1, 1.f, dPb, L, kb, kvd, 0.f, dqb + static_cast<size_t>(r0) * qd, qd);
+        sgemm(true, false, r1, hd, n, 1.f, dPb, L, qb + static_cast<size_t>(r0) * qd, qd, 1.f, dkb, kvd);
       }
-      sgemm(false, false, L, hd, L, 1.f, dP.data(), L, kb, kvd, 0.f, dqb, qd);
-      sgemm(true, false, L, hd, L, 1.f, dP.data(), L, qb, qd, 1.f, dkb, kvd);
     }
   });
   core.stop();

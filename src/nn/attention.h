@@ -73,8 +73,8 @@ struct Attention {
   // Inference on one sequence with a KV cache: n new tokens x (n, d) at positions cache.len ...
   // attend to the cached positions and to each other (causally); appends their keys and values.
   void forward_cached(const float* x, int n, Cache& cache, int max_len, float* y);
-  // The FLOPs of the scores and their products with the values in one forward, as computed: the whole
-  // L×L square of every sequence and head (the causal half is used).
+  // The FLOPs of the scores and their products with the values in one forward, as computed: causal
+  // blocks of rows against the keys up to each block's end (a little more than the causal half).
   double core_flops(int B, int L) const;
 
  private:
