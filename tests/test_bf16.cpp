@@ -1,12 +1,16 @@
 // Mixed precision: bf16 rounding, the bf16 GEMM against a double-precision product of the same
-// bf16-rounded inputs, and the bf16 MoE layer against the fp32 layer (outputs and gradients).
+// bf16-rounded inputs, the bf16 MoE layer against the fp32 layer (outputs and gradients), and the
+// whole model in bf16 (experts, attention's projections, LM head) against the fp32 model.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "core/bf16.h"
 #include "core/rng.h"
+#include "model/transformer.h"
 #include "moe_cases.h"
 
 namespace moe {
@@ -86,6 +90,109 @@ TEST(Bf16, LayerMatchesFp32WithinBf16Precision) {
     auto p1 = ref.params(), p2 = mixed.params();
     for (size_t i = 0; i < p1.size(); ++i) EXPECT_LT(rel(*p2[i].grad, *p1[i].grad), 2e-2) << p1[i].name << " G=" << G;
   }
+}
+
+double rel_error(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// precision = bf16 runs the experts, attention's q, k, v and o projections and the LM head in bf16
+// (with q/k/v biases, QK-norm and a logit scale, tied and untied heads): the loss, the logits and
+// every parameter's gradient stay within bf16's precision of the fp32 model's.
+TEST(Bf16, WholeModelMatchesFp32WithinBf16Precision) {
+  for (bool tied : {false, true}) {
+    ModelConfig c;
+    c.vocab_size = 96;
+    c.hidden_size = 64;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.max_position_embeddings = 32;
+    c.tie_word_embeddings = tied;
+    c.attention_bias = true;
+    c.qk_norm = QkNorm::head;
+    c.logits_scaling = 1.5f;
+    c.moe.moe_intermediate_size = 64;
+    c.moe.num_local_experts = 4;
+    c.moe.num_experts_per_tok = 2;
+    c.moe.n_shared_experts = 1;
+    TransformerLM ref(c);
+    c.moe.precision = Precision::bf16;
+    TransformerLM mixed(c);
+    const int B = 4, L = 32, T = B * L;
+    std::vector<int32_t> tok(T), tgt(T);
+    for (int i = 0; i < T; ++i) {
+      tok[static_cast<size_t>(i)] = static_cast<int32_t>((i * 37 + 11) % c.vocab_size);
+      tgt[static_cast<size_t>(i)] = static_cast<int32_t>((i * 53 + 5) % c.vocab_size);
+    }
+    for (TransformerLM* m : {&ref, &mixed}) {
+      m->zero_grad();
+      m->forward(tok.data(), tgt.data(), B, L, true, 0);
+      m->backward();
+    }
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    EXPECT_NEAR(mixed.stats().ce, ref.stats().ce, 1e-2 * ref.stats().ce);
+    EXPECT_LT(rel_error(mixed.logits.data(), ref.logits.data(), ref.logits.numel()), 2e-2);
+    EXPECT_NE(mixed.logits[0], ref.logits[0]) << "the bf16 model rounds somewhere";
+    // The head ran in bf16: the logits are the product of the bf16-rounded final hidden states and
+    // head weights (to fp32 accumulation), not the fp32 product.
+    const float* head = tied ? mixed.embed.w.data() : mixed.lm_head.data();
+    double worst = 0.0;
+    for (int t = 0; t < T; t += 7)
+      for (int v = 0; v < c.vocab_size; v += 5) {
+        double z = 0.0;
+        for (int j = 0; j < c.hidden_size; ++j)
+          z += static_cast<double>(bf16_to_float(float_to_bf16(mixed.h_final[static_cast<size_t>(t) * c.hidden_size + j]))) *
+               bf16_to_float(float_to_bf16(head[static_cast<size_t>(v) * c.hidden_size + j]));
+        worst = std::max(worst, std::abs(z / c.logits_scaling - mixed.logits[static_cast<size_t>(t) * c.vocab_size + v]));
+      }
+    EXPECT_LT(worst, 1e-5);
+    auto p1 = ref.params(), p2 = mixed.params();
+    ASSERT_EQ(p1.size(), p2.size());
+    for (size_t i = 0; i < p1.size(); ++i)
+      EXPECT_LT(rel_error(p2[i].grad->data(), p1[i].grad->data(), p1[i].grad->numel()), 3e-2) << p1[i].name;
+  }
+}
+
+// Attention with bf16 projections: its output and gradients within bf16's precision of fp32's, and
+// the q projection is the product of the bf16-rounded input and weights.
+TEST(Bf16, AttentionProjectionsInBf16) {
+  AttentionConfig c;
+  c.hidden_size = 64;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  Attention ref(c, 5, 1, 0.1f);
+  c.bf16 = true;
+  Attention mixed(c, 5, 1, 0.1f);
+  const int B = 2, L = 16, T = B * L, d = c.hidden_size;
+  Tensor x({T, d}), dy({T, d}), y1({T, d}), y2({T, d}), dx1({T, d}), dx2({T, d});
+  fill_normal(x.data(), x.numel(), 3, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 3, 2, 0.f, 1.f);
+  ref.forward(x.data(), B, L, y1.data());
+  ref.backward(dy.data(), dx1.data());
+  mixed.forward(x.data(), B, L, y2.data());
+  mixed.backward(dy.data(), dx2.data());
+  EXPECT_LT(rel_error(y2.data(), y1.data(), y1.numel()), 1e-2);
+  EXPECT_LT(rel_error(dx2.data(), dx1.data(), dx1.numel()), 1e-2);
+  for (auto [a, b] : {std::pair{&mixed.dwq, &ref.dwq}, {&mixed.dwk, &ref.dwk}, {&mixed.dwv, &ref.dwv}, {&mixed.dwo, &ref.dwo}})
+    EXPECT_LT(rel_error(a->data(), b->data(), b->numel()), 2e-2);
+  EXPECT_NE(y2[0], y1[0]);
+  // v is not rotated or normalised: the bf16 product itself.
+  double worst = 0.0;
+  for (int t = 0; t < T; t += 3)
+    for (int o = 0; o < 32; ++o) {
+      double z = 0.0;
+      for (int j = 0; j < d; ++j)
+        z += static_cast<double>(bf16_to_float(float_to_bf16(x[static_cast<size_t>(t) * d + j]))) *
+             bf16_to_float(float_to_bf16(mixed.wv[static_cast<size_t>(o) * d + j]));
+      worst = std::max(worst, std::abs(z - mixed.v[static_cast<size_t>(t) * 32 + o]));
+    }
+  EXPECT_LT(worst, 1e-5);
 }
 
 }  // namespace

@@ -70,7 +70,7 @@ void add_train(CLI::App& app) {
     const TrainSummary s = train_model(c, {.resume = resume, .overwrite = overwrite, .comm = ranks, .profile = profile});
     if (ranks && ranks->rank() != 0) return;  // rank 0 shows the result
     std::printf("validation loss %.4f  perplexity %.2f  (%lld steps)\n", s.val_loss, s.val_ppl, static_cast<long long>(s.steps));
-    std::printf("throughput %.0f tokens/s (median step)  MFU %.1f%% of the measured GEMM peak  %.0f s in all\n",
+    std::printf("throughput %.0f tokens/s (median step)  MFU %.1f%% of the measured GEMM peak of its precision  %.0f s in all\n",
                 s.tokens_per_s, 100.0 * s.mfu, s.run_seconds);
     if (!s.load_summary.empty()) std::printf("expert load: %s\n", s.load_summary.c_str());
     Tokenizer tok;

@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
@@ -9,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/gemm.h"
+#include "core/parallel.h"
 #include "core/rng.h"
 
 namespace moe {
@@ -30,6 +33,26 @@ void to_bf16(const float* src, bf16_t* dst, size_t n) {
   }
 #endif
   for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
+void to_bf16(const float* src, bf16_vector& dst, size_t n) {
+  dst.resize(n);
+  const size_t block = 1 << 14;
+  parallel_for((n + block - 1) / block, [&](size_t i) {
+    const size_t lo = i * block, len = std::min(block, n - lo);
+    to_bf16(src + lo, dst.data() + lo, len);
+  }, 2);
+}
+
+void Bf16Linear::forward(const bf16_t* xb, int T, int K, const float* W, int N, float* y, bool accumulate) {
+  to_bf16(W, wb, static_cast<size_t>(N) * K);
+  gemm_bf16(false, true, T, N, K, xb, K, wb.data(), K, accumulate ? 1.f : 0.f, y, N);
+}
+
+void Bf16Linear::backward(const bf16_t* dyb, const bf16_t* xb, int T, int K, int N, float* dW, float* dx,
+                          bool accumulate_dx) const {
+  gemm_bf16(true, false, N, K, T, dyb, N, xb, K, 1.f, dW, K);
+  if (dx) gemm_bf16(false, false, T, K, N, dyb, N, wb.data(), K, accumulate_dx ? 1.f : 0.f, dx, K);
 }
 
 void to_bf16_stream(const float* src, bf16_t* dst, size_t n) {

@@ -71,6 +71,23 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A,
 void gemm_bf16_out(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
                    int ldb, bf16_t* C, int ldc);
 
+// dst = bf16(src) for n values, resized to n, converted on all threads in blocks (serial inside a
+// parallel region).
+void to_bf16(const float* src, bf16_vector& dst, size_t n);
+
+// A linear map y = x·Wᵀ (x (T, K), W (N, K), y (T, N)) in mixed precision, and its backward: the GEMM
+// inputs in bf16, accumulation, outputs, weights and gradients in fp32. The forward makes W's bf16 copy
+// (the weights change at every step) and the backward reuses it; the callers own the bf16 copies of x
+// and dy, so that several maps can share one input's copy.
+struct Bf16Linear {
+  bf16_vector wb;  // W in bf16, made by forward()
+  // y = xb·Wᵀ (+ y when accumulate).
+  void forward(const bf16_t* xb, int T, int K, const float* W, int N, float* y, bool accumulate = false);
+  // dW += dybᵀ·xb; dx = dyb·W (+ dx when accumulate_dx); dx may be null (no input gradient wanted).
+  void backward(const bf16_t* dyb, const bf16_t* xb, int T, int K, int N, float* dW, float* dx,
+                bool accumulate_dx = false) const;
+};
+
 // The oneDNN implementation that runs a bf16 matmul (e.g. "gemm:jit"), for reports.
 const char* bf16_gemm_impl();
 // gemm_bf16 (A·Bᵀ, fp32 output) of n×n×n timed as measure_sgemm times sgemm (core/gemm.h).

@@ -210,7 +210,13 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
   logits.resize({T, V});
   const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
   PhaseTimer pt("fwd: lm head", 2.0 * T * static_cast<double>(V) * d);
-  sgemm(false, true, T, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
+  if (bf16_gemms()) {
+    to_bf16(h_final.data(), hb_, h_final.numel());
+    head_lin_.forward(hb_.data(), T, d, head, V, logits.data());
+    scale_in_place(logits, 1.f / cfg.logits_scaling);
+  } else {
+    sgemm(false, true, T, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
+  }
 }
 
 double TransformerLM::forward(const int32_t* tokens, const int32_t* targets, int B, int L, bool training,
@@ -289,8 +295,14 @@ void TransformerLM::backward(const std::function<void(size_t)>& block_done) {
   float* dhead = cfg.tie_word_embeddings ? embed.dw.data() : dlm_head.data();
   const float ls = 1.f / cfg.logits_scaling, rm = cfg.residual_multiplier;
   PhaseTimer head_t("bwd: lm head", 4.0 * T * static_cast<double>(V) * d);
-  sgemm(true, false, V, d, T, ls, dlogits_.data(), V, h_final.data(), d, 1.f, dhead, d);
-  sgemm(false, false, T, d, V, ls, dlogits_.data(), V, head, d, 0.f, dh_.data(), d);
+  if (bf16_gemms()) {  // the forward's bf16 copies of the head and of its input
+    scale_in_place(dlogits_, ls);
+    to_bf16(dlogits_.data(), dlb_, dlogits_.numel());
+    head_lin_.backward(dlb_.data(), hb_.data(), T, d, V, dhead, dh_.data());
+  } else {
+    sgemm(true, false, V, d, T, ls, dlogits_.data(), V, h_final.data(), d, 1.f, dhead, d);
+    sgemm(false, false, T, d, V, ls, dlogits_.data(), V, head, d, 0.f, dh_.data(), d);
+  }
   head_t.stop();
   {
     PhaseTimer pt("bwd: rmsnorm");

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/tensor.h"
 #include "model/config.h"
 #include "nn/attention.h"
@@ -125,6 +126,9 @@ class TransformerLM {
   const int32_t* targets_ = nullptr;
   int B_ = 0, L_ = 0;
   Tensor dlogits_, dx_, dh_, dr_;
+  // precision = bf16: the LM head in mixed precision, with the bf16 copies of its input and of dlogits.
+  Bf16Linear head_lin_;
+  bf16_vector hb_, dlb_;
   Tensor reward_;  // (T) per-token reward −CE for routers trained by reward
   const float* teacher_ = nullptr;  // (T, V) of set_teacher
   float distill_weight_ = 0.f;
@@ -133,6 +137,7 @@ class TransformerLM {
   Comm* comm_ = nullptr;
   // replicated: every rank runs these same tokens (forward_logits of a distributed model).
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step, bool replicated);
+  bool bf16_gemms() const { return cfg.moe.precision == Precision::bf16; }  // the head's (and attention's) GEMMs
   void collect_block_params(size_t l, std::vector<Param>& out);
 };
 

@@ -56,7 +56,7 @@ struct MoeConfig {
   int shared_expert_intermediate_size = 0;  // width of one shared expert (0: the routed expert width)
   bool shared_expert_gate = false;     // Qwen2-MoE: shared sum scaled by sigmoid(x·w_sg)
 
-  Precision precision = Precision::fp32;  // arithmetic of the expert GEMMs
+  Precision precision = Precision::fp32;  // arithmetic of the GEMMs: the FFNs', attention's projections, the LM head
 
   // Lifelong expansion (docs/MECHANISMS.md §6): experts that `moe expand` adds start with a logit
   // offset of −kEntryOffset (the buffer router.entry_offset), which rises to 0 over entry_steps
@@ -99,7 +99,8 @@ struct MoeConfig {
     v("n_shared_experts", c.n_shared_experts, "shared experts every token goes through");
     v("shared_expert_intermediate_size", c.shared_expert_intermediate_size, "width of one shared expert (0: the routed width)");
     v("shared_expert_gate", c.shared_expert_gate, "Qwen2-MoE: shared experts scaled by sigmoid(x·w_sg)");
-    v("precision", c.precision, "arithmetic of the FFN GEMMs (bf16: bf16 inputs, fp32 accumulation)");
+    v("precision", c.precision, "arithmetic of the GEMMs of the FFNs, attention's projections and the LM head "
+                                "(bf16: bf16 inputs, fp32 accumulation; weights, router, norms and losses stay fp32)");
     v("entry_steps", c.entry_steps, "steps over which experts added by `moe expand` enter routing (0: no entry offsets)");
   }
 

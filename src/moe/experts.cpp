@@ -60,16 +60,6 @@ static void for_each_expert(bool parallel, const std::vector<int64_t>& offsets, 
 
 namespace {
 
-// fp32 → bf16 of n values, split over the threads in blocks (serial inside a parallel region).
-void convert(const float* src, bf16_vector& dst, size_t n) {
-  dst.resize(n);
-  const size_t block = 1 << 14;
-  parallel_for((n + block - 1) / block, [&](size_t i) {
-    const size_t lo = i * block, len = std::min(block, n - lo);
-    to_bf16(src + lo, dst.data() + lo, len);
-  }, 2);
-}
-
 // h = silu(a) ⊙ b written as bf16, in tiles so the fp32 intermediate stays in L1.
 void swiglu_to_bf16(const float* a, const float* b, bf16_t* h, size_t n) {
   float tile[256];
@@ -209,7 +199,7 @@ void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const I
 void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, float* y) {
   const int64_t rows = offsets[static_cast<size_t>(E)];
   if (bf16) {
-    convert(x, xb, static_cast<size_t>(rows) * d);
+    to_bf16(x, xb, static_cast<size_t>(rows) * d);
     yb.resize(static_cast<size_t>(rows) * d);
     forward_bf16(offsets, yb.data());
     parallel_for(static_cast<size_t>(rows) * d, [&](size_t i) { y[i] = bf16_to_float(yb[i]); });
@@ -225,9 +215,9 @@ void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y) {
   const int64_t rows = offsets[static_cast<size_t>(E)];
   a.resize({rows, h});
   b.resize({rows, h});
-  convert(w1.data(), w1b, w1.numel());
-  convert(w3.data(), w3b, w3.numel());
-  convert(w2.data(), w2b, w2.numel());
+  to_bf16(w1.data(), w1b, w1.numel());
+  to_bf16(w3.data(), w3b, w3.numel());
+  to_bf16(w2.data(), w2b, w2.numel());
   hb.resize(static_cast<size_t>(rows) * h);
   forward_pass(xb.data(), w1b.data(), w3b.data(), w2b.data(), hb.data(), offsets, y);
 }
@@ -235,7 +225,7 @@ void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y) {
 void ExpertBank::backward(const float* x, const float* dz, const std::vector<int64_t>& offsets, const float* gate,
                           float* dx, float* dgate) {
   if (bf16) {
-    convert(dz, dyb, static_cast<size_t>(offsets[static_cast<size_t>(E)]) * d);
+    to_bf16(dz, dyb, static_cast<size_t>(offsets[static_cast<size_t>(E)]) * d);
     backward_bf16(offsets, gate, dx, dgate);
     return;
   }

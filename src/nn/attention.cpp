@@ -80,7 +80,7 @@ Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, f
   }
 }
 
-void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre) {
+void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre, bool bf16) {
   const int d = cfg.hidden_size, qd = cfg.num_attention_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
   const bool norm = cfg.qk_norm != QkNorm::none;
   if (norm) {
@@ -89,9 +89,16 @@ void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, 
   }
   float* qp = norm ? qpre.data() : qo;
   float* kp = norm ? kpre.data() : ko;
-  sgemm(false, true, n, qd, d, 1.f, x, d, wq.data(), d, 0.f, qp, qd);
-  sgemm(false, true, n, kvd, d, 1.f, x, d, wk.data(), d, 0.f, kp, kvd);
-  sgemm(false, true, n, kvd, d, 1.f, x, d, wv.data(), d, 0.f, vo, kvd);
+  if (bf16) {
+    to_bf16(x, xb_, static_cast<size_t>(n) * d);
+    lq_.forward(xb_.data(), n, d, wq.data(), qd, qp);
+    lk_.forward(xb_.data(), n, d, wk.data(), kvd, kp);
+    lv_.forward(xb_.data(), n, d, wv.data(), kvd, vo);
+  } else {
+    sgemm(false, true, n, qd, d, 1.f, x, d, wq.data(), d, 0.f, qp, qd);
+    sgemm(false, true, n, kvd, d, 1.f, x, d, wk.data(), d, 0.f, kp, kvd);
+    sgemm(false, true, n, kvd, d, 1.f, x, d, wv.data(), d, 0.f, vo, kvd);
+  }
   if (cfg.bias) {
     parallel_for(static_cast<size_t>(n), [&](size_t r) {
       for (int j = 0; j < qd; ++j) qp[r * qd + j] += bq[j];
@@ -174,7 +181,7 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   const double Td = static_cast<double>(T) * d;
   {
     PhaseTimer pt("fwd: attention q, k, v", 2.0 * Td * (qd + 2 * kvd));
-    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre);
+    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre, cfg.bf16);
   }
   {
     PhaseTimer pt("fwd: attention rope");
@@ -207,7 +214,12 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   });
   core.stop();
   PhaseTimer pt("fwd: attention out", 2.0 * Td * qd);
-  sgemm(false, true, T, d, qd, 1.f, o.data(), qd, wo.data(), qd, 0.f, y, d);
+  if (cfg.bf16) {
+    to_bf16(o.data(), ob_, o.numel());
+    lo_.forward(ob_.data(), T, qd, wo.data(), d, y);
+  } else {
+    sgemm(false, true, T, d, qd, 1.f, o.data(), qd, wo.data(), qd, 0.f, y, d);
+  }
 }
 
 void Attention::backward(const float* dy, float* dx) {
@@ -224,8 +236,13 @@ void Attention::backward(const float* dy, float* dx) {
   const double Td = static_cast<double>(T) * d;
   // y = o·Woᵀ
   PhaseTimer out("bwd: attention out", 4.0 * Td * qd);
-  sgemm(true, false, d, qd, T, 1.f, dy, d, o.data(), qd, 1.f, dwo.data(), qd);
-  sgemm(false, false, T, qd, d, 1.f, dy, d, wo.data(), qd, 0.f, do_.data(), qd);
+  if (cfg.bf16) {
+    to_bf16(dy, dyb_, static_cast<size_t>(T) * d);
+    lo_.backward(dyb_.data(), ob_.data(), T, qd, d, dwo.data(), do_.data());
+  } else {
+    sgemm(true, false, d, qd, T, 1.f, dy, d, o.data(), qd, 1.f, dwo.data(), qd);
+    sgemm(false, false, T, qd, d, 1.f, dy, d, wo.data(), qd, 0.f, do_.data(), qd);
+  }
   out.stop();
   PhaseTimer core("bwd: attention scores", 2.0 * core_flops(B, L));
   // One (sequence, kv head) per task: the q heads of a group accumulate into the same dk, dv.
@@ -281,6 +298,15 @@ void Attention::backward(const float* dy, float* dx) {
     add_column_sums(dk_.data(), T, kvd, dbk);
     add_column_sums(dv_.data(), T, kvd, dbv);
   }
+  if (cfg.bf16) {
+    to_bf16(dq_.data(), dqb_, dq_.numel());
+    to_bf16(dk_.data(), dkb_, dk_.numel());
+    to_bf16(dv_.data(), dvb_, dv_.numel());
+    lq_.backward(dqb_.data(), xb_.data(), T, d, qd, dwq.data(), dx);
+    lk_.backward(dkb_.data(), xb_.data(), T, d, kvd, dwk.data(), dx, true);
+    lv_.backward(dvb_.data(), xb_.data(), T, d, kvd, dwv.data(), dx, true);
+    return;
+  }
   sgemm(true, false, qd, d, T, 1.f, dq_.data(), qd, x_, d, 1.f, dwq.data(), d);
   sgemm(true, false, kvd, d, T, 1.f, dk_.data(), kvd, x_, d, 1.f, dwk.data(), d);
   sgemm(true, false, kvd, d, T, 1.f, dv_.data(), kvd, x_, d, 1.f, dwv.data(), d);
@@ -307,7 +333,7 @@ void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len,
   Tensor qn({n, qd}), qpre, kpre;
   float* kn = cache.k.data() + static_cast<size_t>(p0) * kvd;
   float* vn = cache.v.data() + static_cast<size_t>(p0) * kvd;
-  project(x, n, qn.data(), kn, vn, qpre, kpre);
+  project(x, n, qn.data(), kn, vn, qpre, kpre, false);
   rope_apply(qn.data(), n, H, hd, qd, cos_, sin_, false, n, p0);
   rope_apply(kn, n, KV, hd, kvd, cos_, sin_, false, n, p0);
   cache.len = p0 + n;

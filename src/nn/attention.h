@@ -13,6 +13,7 @@
 #pragma once
 #include <array>
 
+#include "core/bf16.h"
 #include "core/enum_names.h"
 #include "core/tensor.h"
 #include "nn/rmsnorm.h"
@@ -38,6 +39,9 @@ struct AttentionConfig {
   QkNorm qk_norm = QkNorm::none;
   float norm_eps = 1e-5f;           // QK-norm's RMSNorm epsilon
   float attention_multiplier = 0.f; // score scale s; 0: 1/√hd
+  // The projections' GEMMs in mixed precision (bf16 inputs, fp32 accumulation) for batches
+  // (training, evaluation); decoding one token at a time with the cache stays fp32.
+  bool bf16 = false;
 
   int kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
   int hd() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
@@ -83,11 +87,15 @@ struct Attention {
   Tensor cos_, sin_;             // (L, hd/2) rotation tables
   Tensor dq_, dk_, dv_, do_;     // backward scratch
   Tensor dq_pre_, dk_pre_;
+  // bf16 mode: the projections, and the bf16 copies of their inputs and output gradients.
+  Bf16Linear lq_, lk_, lv_, lo_;
+  bf16_vector xb_, ob_, dyb_, dqb_, dkb_, dvb_;
   // cos and sin of at least L positions; with cap, grown by doubling up to cap (generation one token at a time).
   void rope_tables(int L, int cap = 0);
   // q, k, v of n rows of x into the given buffers, biases and QK-norm applied, not yet rotated;
   // qpre, kpre (n, H·hd), (n, KV·hd) keep q and k before QK-norm (the norms read them in backward).
-  void project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre);
+  // bf16: the GEMMs in mixed precision (x's bf16 copy kept in xb_ for the backward).
+  void project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre, bool bf16);
 };
 
 // Rotate n rows of `heads` heads of width hd (row stride `stride`) by the tables; row r is at position

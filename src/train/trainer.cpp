@@ -9,6 +9,7 @@
 #include <optional>
 #include <sstream>
 
+#include "core/bf16.h"
 #include "core/check.h"
 #include "core/error.h"
 #include "core/files.h"
@@ -241,15 +242,17 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     write_run_config(t.out, c);
     write_file_atomic(t.out + "/tokenizer.model", read_file(data + "/tokenizer.model", "run `moe data --force`"));
   }
-  const double peak = measure_sgemm_gflops(1024, 5);
+  // MFU's denominator: the GEMM peak of the model's own precision, measured now.
+  const bool bf16 = c.model.moe.precision == Precision::bf16;
+  const double peak = bf16 ? measure_gemm_bf16(1024, 5).best : measure_sgemm_gflops(1024, 5);
   if (!lead && !std::freopen("/dev/null", "w", stdout)) fail("cannot redirect rank " + std::to_string(rank) + "'s output");  // rank 0 speaks for the job; errors still reach stderr
   if (P > 1)
     std::printf("train: %d ranks (mpirun -np %d): each holds 1/%d of every MoE layer's experts and %d of the %d sequences "
                 "of a micro-batch; the other parameters on every rank, their gradients summed\n", P, P, P, Bl, B);
-  std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %lld tokens, GEMM peak %.0f GFLOP/s\n",
+  std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %lld tokens, %s GEMM peak %.0f GFLOP/s\n",
               t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
               static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
-              static_cast<long long>(T) * t.grad_accum, peak);
+              static_cast<long long>(T) * t.grad_accum, bf16 ? "bf16" : "fp32", peak);
   if (n_frozen > 0 || teacher.model) {
     char distilling[64] = "";
     if (teacher.model) std::snprintf(distilling, sizeof distilling, ", distilling with weight %g from ", static_cast<double>(t.distill_weight));
@@ -300,12 +303,6 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   const auto run_t0 = clock_type::now();
   std::optional<StepProfile> profile;
   if (opts.profile) profile.emplace();
-  std::function<void(size_t)> sync_hook;  // the GradSync's per-block start, timed as its own phase
-  if (sync)
-    sync_hook = [start_block = sync->hook()](size_t l) {
-      PhaseTimer pt("gradient sum");
-      start_block(l);
-    };
   for (int64_t step = start; step < end; ++step) {
     if (profile) profile->begin_step();
     const auto t0 = clock_type::now();
@@ -333,7 +330,14 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
       aux += model.stats().aux / t.grad_accum;  // the whole batch's already
       distill += model.stats().distill / t.grad_accum;
       // The last micro-batch's backward starts summing each block's gradients as it finishes it.
-      model.backward(sync && micro + 1 == t.grad_accum ? sync_hook : std::function<void(size_t)>{});
+      std::function<void(size_t)> block_done;  // GradSync's per-block start, timed as its own phase
+      if (sync && micro + 1 == t.grad_accum)
+        if (std::function<void(size_t)> start_block = sync->hook())
+          block_done = [start_block](size_t l) {
+            PhaseTimer pt("gradient sum");
+            start_block(l);
+          };
+      model.backward(block_done);
     }
     if (comm) {  // the whole batch's gradients and mean losses on every rank
       PhaseTimer sync_t("gradient sum");

@@ -48,9 +48,13 @@ TINY = ["model.vocab_size=320", "model.hidden_size=32", "model.num_hidden_layers
 # routing metrics agree within 1e-5 relative. bf16 agrees exactly at step 0, then drifts: its weights
 # are rounded to bf16 at every forward, so the last-bit differences of summing a gradient in another
 # order (two ranks' halves, then the all-reduce) flip some bf16 roundings, each worth 2^-8 of a weight
-# (one process with 1 and with 2 threads, which sum alike, agrees bit for bit).
+# (one process with 1 and with 2 threads, which sum alike, agrees bit for bit). With the attention
+# projections and the LM head in bf16 too, the losses stay within 1.1e-4 over 30 steps and the
+# gradient norms within 1e-3, except single steps whose norm is sensitive (2% once); by the last
+# steps a few of the 128 tokens go to other experts, which moves a routing fraction such as
+# consecutive_same by up to 0.06.
 EXACT = {"loss": 1e-5, "grad_norm": 1e-5, "routing": 1e-5, "weights": 2e-4}
-TOLERANCE = {"bf16": {"loss": 2e-4, "grad_norm": 1e-2, "routing": 5e-2, "weights": 0.1}}
+TOLERANCE = {"bf16": {"loss": 2e-4, "grad_norm": 5e-2, "routing": 0.1, "weights": 0.1}}
 VARIANTS = {
     "topk_softmax": [],
     "overlapped_grad_sync": ["train.overlap_grad_sync=true", "model.router_z_loss_coef=0.001"],
