@@ -87,7 +87,7 @@ AttentionConfig ModelConfig::attention() const {
   a.qk_norm = qk_norm;
   a.norm_eps = rms_norm_eps;
   a.attention_multiplier = attention_multiplier;
-  a.bf16 = moe.precision == Precision::bf16;
+  a.bf16 = precision() == Precision::bf16;
   return a;
 }
 

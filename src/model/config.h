@@ -123,6 +123,8 @@ struct ModelConfig {
   AttentionConfig attention() const;
   int64_t attention_params() const;      // of one block: W_q, W_k, W_v, W_o, biases, QK-norm weights
   int context() const { return context_length > 0 ? context_length : max_position_embeddings; }
+  // The arithmetic of the model's large GEMMs (FFNs, attention's projections, LM head): model.precision.
+  Precision precision() const { return moe.precision; }
   MoeConfig moe_layer(int layer) const;  // moe with hidden_size, vocab_size, seed and layer_id filled in
   PeerConfig peer_layer(int layer) const;
   void validate() const;                 // throws moe::Error naming the field

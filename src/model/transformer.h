@@ -137,7 +137,7 @@ class TransformerLM {
   Comm* comm_ = nullptr;
   // replicated: every rank runs these same tokens (forward_logits of a distributed model).
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step, bool replicated);
-  bool bf16_gemms() const { return cfg.moe.precision == Precision::bf16; }  // the head's (and attention's) GEMMs
+  bool bf16_gemms() const { return cfg.precision() == Precision::bf16; }  // the head's (and attention's) GEMMs
   void collect_block_params(size_t l, std::vector<Param>& out);
 };
 

@@ -243,7 +243,7 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
     write_file_atomic(t.out + "/tokenizer.model", read_file(data + "/tokenizer.model", "run `moe data --force`"));
   }
   // MFU's denominator: the GEMM peak of the model's own precision, measured now.
-  const bool bf16 = c.model.moe.precision == Precision::bf16;
+  const bool bf16 = c.model.precision() == Precision::bf16;
   const double peak = bf16 ? measure_gemm_bf16(1024, 5).best : measure_sgemm_gflops(1024, 5);
   if (!lead && !std::freopen("/dev/null", "w", stdout)) fail("cannot redirect rank " + std::to_string(rank) + "'s output");  // rank 0 speaks for the job; errors still reach stderr
   if (P > 1)
