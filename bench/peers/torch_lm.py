@@ -119,6 +119,8 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: the forward under torch.autocast('cpu', dtype=torch.bfloat16)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -138,7 +140,8 @@ def main():
         tgt = torch.randint(0, m["vocab_size"], (B, L))
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = model(tok, tgt)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss = model(tok, tgt)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -146,7 +149,7 @@ def main():
             times.append(time.perf_counter() - t0)
     tps = B * L / statistics.median(times)
     print(json.dumps({"peer": "torch", "torch": torch.__version__, "config": a.config, "threads": a.threads,
-                      "batch": B, "seq_len": L, "tokens_per_s": round(tps, 1)}))
+                      "precision": a.precision, "batch": B, "seq_len": L, "tokens_per_s": round(tps, 1)}))
 
 
 if __name__ == "__main__":
