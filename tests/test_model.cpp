@@ -382,6 +382,32 @@ TEST(Model, KvCacheGrowsToALongContext) {
   EXPECT_EQ(model.cache_len(), L);
 }
 
+// A model built to be loaded draws no random weights (the load overwrites them all): every matrix
+// is zero until then, while the same model built to train has them drawn; norms start at 1 either way.
+TEST(Model, BuiltForLoadingDrawsNoWeights) {
+  const ModelConfig c = tiny(false, "topk_softmax");
+  TransformerLM loaded(c, ParamInit::for_loading), drawn(c);
+  auto abs_sum = [](const Tensor& t) {
+    double s = 0.0;
+    for (size_t i = 0; i < t.numel(); ++i) s += std::abs(t[i]);
+    return s;
+  };
+  auto lp = loaded.params(), dp = drawn.params();
+  ASSERT_EQ(lp.size(), dp.size());
+  for (size_t i = 0; i < lp.size(); ++i) {
+    SCOPED_TRACE(lp[i].name);
+    if (lp[i].name.find("norm") != std::string::npos) {
+      EXPECT_EQ(abs_sum(*lp[i].value), abs_sum(*dp[i].value));
+    } else {
+      EXPECT_EQ(abs_sum(*lp[i].value), 0.0);
+      EXPECT_GT(abs_sum(*dp[i].value), 0.0);
+    }
+  }
+  // The skip ends with the constructor: a model built afterwards draws again, the same weights.
+  TransformerLM again(c);
+  EXPECT_EQ(again.embed.w[0], drawn.embed.w[0]);
+}
+
 TEST(Model, ParameterAccounting) {
   for (bool tied : {false, true}) {
     TransformerLM model(tiny(tied, "topk_softmax"));

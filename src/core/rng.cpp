@@ -44,4 +44,15 @@ void fill_uniform(float* dst, size_t n, uint64_t seed, uint64_t stream, float lo
   parallel_for(n, [&](size_t i) { dst[i] = lo + (hi - lo) * rng_uniform(seed, stream, first + i); });
 }
 
+namespace {
+thread_local bool g_skip_param_init = false;
+}  // namespace
+
+SkipParamInit::SkipParamInit() : outer_(g_skip_param_init) { g_skip_param_init = true; }
+SkipParamInit::~SkipParamInit() { g_skip_param_init = outer_; }
+
+void init_normal(float* dst, size_t n, uint64_t seed, uint64_t stream, float mean, float std, uint64_t first) {
+  if (!g_skip_param_init) fill_normal(dst, n, seed, stream, mean, std, first);
+}
+
 }  // namespace moe

@@ -26,4 +26,19 @@ void fill_normal(float* dst, size_t n, uint64_t seed, uint64_t stream, float mea
 // Fill n floats: dst[i] = lo + (hi - lo) * uniform(seed, stream, first + i).
 void fill_uniform(float* dst, size_t n, uint64_t seed, uint64_t stream, float lo, float hi, uint64_t first = 0);
 
+// A parameter's random initialisation: fill_normal, except while a SkipParamInit lives on this thread
+// (a model built to be loaded from a checkpoint, whose every weight the load overwrites: drawing
+// them first would cost most of a short `generate` and touch every page of the weights).
+void init_normal(float* dst, size_t n, uint64_t seed, uint64_t stream, float mean, float std, uint64_t first = 0);
+class SkipParamInit {
+ public:
+  SkipParamInit();
+  ~SkipParamInit();
+  SkipParamInit(const SkipParamInit&) = delete;
+  SkipParamInit& operator=(const SkipParamInit&) = delete;
+
+ private:
+  bool outer_;  // the state it restores
+};
+
 }  // namespace moe

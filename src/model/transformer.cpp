@@ -44,8 +44,10 @@ TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
   // memory until a backward writes them, so one loaded to run needs its weights' memory; one built to
   // train, weights and gradients.
   std::optional<Tensor::FreshPages> fresh;
+  std::optional<SkipParamInit> no_draws;  // the load overwrites every weight
   if (init == ParamInit::for_loading) {
     fresh.emplace();
+    no_draws.emplace();
     cfg.check_memory(4.0, 0.0, "hold (weights)");
   } else {
     cfg.check_memory(8.0, 0.0, "hold (weights and gradients)");
@@ -66,7 +68,7 @@ TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
   if (!cfg.tie_word_embeddings) {
     lm_head = Tensor({V, d});
     dlm_head = Tensor({V, d});
-    fill_normal(lm_head.data(), lm_head.numel(), cfg.seed, 2, 0.f, std);
+    init_normal(lm_head.data(), lm_head.numel(), cfg.seed, 2, 0.f, std);
   }
 }
 

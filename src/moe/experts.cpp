@@ -16,9 +16,9 @@ ExpertBank::ExpertBank(int n_experts, int d_model, int hidden, uint64_t seed, ui
     : E(n_experts), d(d_model), h(hidden), first(first_expert), total(total_experts), w1({E, h, d}), w3({E, h, d}),
       w2({E, d, h}), dw1({E, h, d}), dw3({E, h, d}), dw2({E, d, h}) {
   const uint64_t skip = static_cast<uint64_t>(first) * static_cast<uint64_t>(h) * static_cast<uint64_t>(d);
-  fill_normal(w1.data(), w1.numel(), seed, stream, 0.f, init_std, skip);
-  fill_normal(w3.data(), w3.numel(), seed, stream + 1, 0.f, init_std, skip);
-  fill_normal(w2.data(), w2.numel(), seed, stream + 2, 0.f, init_std, skip);
+  init_normal(w1.data(), w1.numel(), seed, stream, 0.f, init_std, skip);
+  init_normal(w3.data(), w3.numel(), seed, stream + 1, 0.f, init_std, skip);
+  init_normal(w2.data(), w2.numel(), seed, stream + 2, 0.f, init_std, skip);
 }
 
 void ExpertBank::params(std::vector<Param>& out, const std::string& prefix) {

@@ -36,7 +36,7 @@ MoeLayer::MoeLayer(const MoeConfig& c)
     if (cfg.shared_expert_gate) {
       w_sg = Tensor({cfg.hidden_size});
       dw_sg = Tensor({cfg.hidden_size});
-      fill_normal(w_sg.data(), w_sg.numel(), cfg.seed, cfg.layer_id * 64 + 20, 0.f, kInitStd);
+      init_normal(w_sg.data(), w_sg.numel(), cfg.seed, cfg.layer_id * 64 + 20, 0.f, kInitStd);
     }
   }
 }

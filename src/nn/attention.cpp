@@ -63,10 +63,10 @@ Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, f
   dwk = Tensor({kvd, d});
   dwv = Tensor({kvd, d});
   dwo = Tensor({d, qd});
-  fill_normal(wq.data(), wq.numel(), seed, stream, 0.f, init_std);
-  fill_normal(wk.data(), wk.numel(), seed, stream + 1, 0.f, init_std);
-  fill_normal(wv.data(), wv.numel(), seed, stream + 2, 0.f, init_std);
-  fill_normal(wo.data(), wo.numel(), seed, stream + 3, 0.f, init_std);
+  init_normal(wq.data(), wq.numel(), seed, stream, 0.f, init_std);
+  init_normal(wk.data(), wk.numel(), seed, stream + 1, 0.f, init_std);
+  init_normal(wv.data(), wv.numel(), seed, stream + 2, 0.f, init_std);
+  init_normal(wo.data(), wo.numel(), seed, stream + 3, 0.f, init_std);
   if (c.bias) {  // zero, as nn.Linear's would be after a checkpoint's load; trained from there
     for (Tensor* t : {&bq, &dbq}) *t = Tensor({qd});
     for (Tensor* t : {&bk, &dbk, &bv, &dbv}) *t = Tensor({kvd});

@@ -12,7 +12,7 @@ namespace moe {
 
 Embedding::Embedding(int vocab_size, int dim, uint64_t seed, uint64_t stream, float init_std)
     : vocab(vocab_size), d(dim), w({vocab_size, dim}), dw({vocab_size, dim}) {
-  fill_normal(w.data(), w.numel(), seed, stream, 0.f, init_std);
+  init_normal(w.data(), w.numel(), seed, stream, 0.f, init_std);
 }
 
 void Embedding::forward(const int32_t* tokens, int T, float* y) const {

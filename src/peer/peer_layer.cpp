@@ -31,12 +31,12 @@ PeerLayer::PeerLayer(const PeerConfig& c, bool init_tables)
       k1({c.n_keys, c.d_key / 2}), k2({c.n_keys, c.d_key / 2}),
       u({c.n_experts(), c.hidden_size}), v({c.n_experts(), c.hidden_size}) {
   const uint64_t s = c.layer_id * 64 + 40;
-  fill_normal(wq.data(), wq.numel(), c.seed, s, 0.f, 1.f / std::sqrt(static_cast<float>(c.hidden_size)));
-  fill_normal(k1.data(), k1.numel(), c.seed, s + 1, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
-  fill_normal(k2.data(), k2.numel(), c.seed, s + 2, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
+  init_normal(wq.data(), wq.numel(), c.seed, s, 0.f, 1.f / std::sqrt(static_cast<float>(c.hidden_size)));
+  init_normal(k1.data(), k1.numel(), c.seed, s + 1, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
+  init_normal(k2.data(), k2.numel(), c.seed, s + 2, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
   if (init_tables) {
-    fill_normal(u.data(), u.numel(), c.seed, s + 3, 0.f, c.init_std);
-    fill_normal(v.data(), v.numel(), c.seed, s + 4, 0.f, c.init_std);
+    init_normal(u.data(), u.numel(), c.seed, s + 3, 0.f, c.init_std);
+    init_normal(v.data(), v.numel(), c.seed, s + 4, 0.f, c.init_std);
   }
   bn_gamma.fill(1.f);
   running_var.fill(1.f);

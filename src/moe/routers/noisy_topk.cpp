@@ -35,7 +35,7 @@ void cv_squared_backward(const float* x, int n, float dout, float* dx) {
 
 NoisyTopkRouter::NoisyTopkRouter(const MoeConfig& c) : Router(c), wn({E, d}), dwn({E, d}) {
   if (c.router_init_std > 0.f)
-    fill_normal(wn.data(), wn.numel(), c.seed, c.layer_id * 64 + 2, 0.f, c.router_init_std);
+    init_normal(wn.data(), wn.numel(), c.seed, c.layer_id * 64 + 2, 0.f, c.router_init_std);
 }
 
 void NoisyTopkRouter::params(std::vector<Param>& out, const std::string& prefix) {

@@ -20,7 +20,7 @@ namespace moe {
 Router::Router(const MoeConfig& c)
     : cfg(c), traits(router_traits(c.router)), E(c.n_experts()), k(c.k()), d(c.hidden_size), w({E, d}), dw({E, d}) {
   if (c.router_init_std > 0.f)
-    fill_normal(w.data(), w.numel(), c.seed, c.layer_id * 64 + 1, 0.f, c.router_init_std);
+    init_normal(w.data(), w.numel(), c.seed, c.layer_id * 64 + 1, 0.f, c.router_init_std);
   if (c.entry_steps > 0) entry_offset = Tensor({E});
 }
 
