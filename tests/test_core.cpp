@@ -74,24 +74,30 @@ TEST(Vmath, SwigluBackwardMatchesFiniteDifferences) {
   }
 }
 
+// Every transpose, with alpha and both betas; M = 1 (one row: the matrix-vector path decoding takes,
+// where C's old values, NaN included, must not leak through beta = 0) as well as a block of rows.
 TEST(Gemm, MatchesNaiveProductForEveryTranspose) {
-  const int M = 37, N = 29, K = 41;
-  std::vector<float> A(M * K), B(K * N), C(M * N), Cref(M * N);
-  fill_normal(A.data(), A.size(), 1, 1, 0.f, 1.f);
-  fill_normal(B.data(), B.size(), 1, 2, 0.f, 1.f);
-  for (int ta = 0; ta < 2; ++ta)
-    for (int tb = 0; tb < 2; ++tb) {
-      // A stored as (M,K) or (K,M); B as (K,N) or (N,K).
-      for (int i = 0; i < M; ++i)
-        for (int j = 0; j < N; ++j) {
-          double s = 0;
-          for (int l = 0; l < K; ++l) s += static_cast<double>(ta ? A[l * M + i] : A[i * K + l]) * (tb ? B[j * K + l] : B[l * N + j]);
-          Cref[i * N + j] = static_cast<float>(s);
+  const int N = 29, K = 41;
+  for (int M : {37, 1}) {
+    std::vector<float> A(M * K), B(K * N), C(M * N), Cref(M * N);
+    fill_normal(A.data(), A.size(), 1, 1, 0.f, 1.f);
+    fill_normal(B.data(), B.size(), 1, 2, 0.f, 1.f);
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (float beta : {0.f, 1.f}) {
+          // A stored as (M,K) or (K,M); B as (K,N) or (N,K).
+          const float old = beta == 0.f ? std::nanf("") : 0.5f, alpha = 0.75f;
+          for (int i = 0; i < M; ++i)
+            for (int j = 0; j < N; ++j) {
+              double s = 0;
+              for (int l = 0; l < K; ++l) s += static_cast<double>(ta ? A[l * M + i] : A[i * K + l]) * (tb ? B[j * K + l] : B[l * N + j]);
+              Cref[i * N + j] = static_cast<float>(alpha * s + (beta == 0.f ? 0.0 : old));
+            }
+          std::fill(C.begin(), C.end(), old);
+          sgemm(ta, tb, M, N, K, alpha, A.data(), ta ? M : K, B.data(), tb ? K : N, beta, C.data(), N);
+          for (int i = 0; i < M * N; ++i) ASSERT_NEAR(C[i], Cref[i], 1e-4) << "M=" << M << " " << ta << tb << " beta " << beta << " at " << i;
         }
-      std::fill(C.begin(), C.end(), 1.f);
-      sgemm(ta, tb, M, N, K, 1.f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.f, C.data(), N);
-      for (int i = 0; i < M * N; ++i) ASSERT_NEAR(C[i], Cref[i], 1e-4) << ta << tb << " at " << i;
-    }
+  }
 }
 
 TEST(Gemm, FastKernelsSelectedByDefault) {

@@ -19,6 +19,7 @@
 #include "data/corpus.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "model/transformer.h"
 #include "train/run_config.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -398,6 +399,28 @@ TEST(Profile, NestedPhasesCountTheirOwnTime) {
   EXPECT_EQ(outer.flops, 10.0);
   // outer's own time excludes inner's 20 ms and the reported 7 ms (which it did not really spend).
   EXPECT_LT(outer.ms, 5.0);
+}
+
+// `moe generate --timing` reports prefill and decode rates and the decode's memory-bandwidth bound:
+// the read bandwidth measured in the same run over the bytes a token reads (TransformerLM::decode_bytes).
+TEST(Cli, GenerateTimingReportsTheBandwidthBound) {
+  const RunConfig c = trained_tiny_run("timing", 2);
+  const std::string ids = c.train.out + "/../ids.txt";
+  std::ofstream(ids) << "5 7 9\n";
+  std::string err;
+  ASSERT_EQ(run_cli("generate --ckpt " + c.train.out + " --prompt-ids " + ids + " --max-tokens 6 --temperature 0 --timing", &err), 0)
+      << err;
+  EXPECT_NE(err.find("decode 6 tokens"), std::string::npos) << err;  // each generated token is fed (its experts are reported)
+  const size_t at = err.find("bandwidth bound ");
+  ASSERT_NE(at, std::string::npos) << err;
+  EXPECT_GT(std::stod(err.substr(at + 16)), 0.0) << err;
+  EXPECT_NE(err.find("MB a token"), std::string::npos) << err;
+  // The bytes: every weight a token reads (the tiny model: untied head, 2 of 4 experts) and the cache.
+  TransformerLM m(c.model, ParamInit::for_loading);
+  const double d = c.model.hidden_size, V = c.model.vocab_size;
+  EXPECT_EQ(m.decode_bytes(10) - m.decode_bytes(9), 4.0 * 2 * c.model.num_hidden_layers * c.model.attention().kv_heads() *
+                                                        c.model.attention().hd());
+  EXPECT_EQ(m.decode_bytes(0), 4.0 * (static_cast<double>(m.num_active_params()) - V * d + d));
 }
 
 TEST(Cli, BenchGemmReportsBestMedianAndKernels) {

@@ -10,6 +10,8 @@
 #include "apps/moe/commands.h"
 #include "apps/moe/common.h"
 #include "core/error.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
@@ -89,10 +91,19 @@ void add_generate(CLI::App& app) {
       routes.push_back(line);
     }, &tm);
     std::printf("\n");
-    if (timing)
+    if (timing) {
+      const double decode_rate = tm.decode_tokens / std::max(tm.decode_s, 1e-9);
       std::fprintf(stderr, "timing: prefill %d tokens in %.2f ms (%.1f tokens/s), decode %d tokens in %.2f ms (%.1f tokens/s)\n",
                    tm.prefill_tokens, tm.prefill_s * 1e3, tm.prefill_tokens / std::max(tm.prefill_s, 1e-9), tm.decode_tokens,
-                   tm.decode_s * 1e3, tm.decode_tokens / std::max(tm.decode_s, 1e-9));
+                   tm.decode_s * 1e3, decode_rate);
+      if (tm.decode_tokens > 0) {  // the memory-bandwidth bound, measured now
+        const double gbps = measure_read_gbps(), mb = tm.decode_bytes / tm.decode_tokens / 1e6;
+        const double bound = gbps * 1e3 / mb;
+        std::fprintf(stderr, "timing: bandwidth bound %.1f tokens/s = %.1f GB/s read (measured now, %d threads) / %.2f MB a "
+                     "token (active fp32 weights and KV cache); decode at %.2f of it\n", bound, gbps, num_threads(), mb,
+                     decode_rate / bound);
+      }
+    }
     if (!prompt_ids.empty()) std::printf("ids: %s\n", out_ids.c_str());
     for (const std::string& r : routes) std::printf("%s\n", r.c_str());
   });

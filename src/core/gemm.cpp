@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/parallel.h"
 #include "core/rng.h"
 
 extern "C" char* openblas_get_corename(void);
@@ -36,6 +37,18 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
            const float* B, int ldb, float beta, float* C, int ldc) {
   (void)moe_preinit_blas;
   if (M == 0 || N == 0) return;
+  if (M == 1 && K > 0) {
+    // One row (decoding a token, an expert with one routed row): a matrix-vector product, which reads
+    // B once where sgemm would first copy (pack) all of it. The row of A is A[0..K) or, transposed, a
+    // column with stride lda.
+    const int inc_a = trans_a ? lda : 1;
+    if (beta == 0.f) std::fill(C, C + N, 0.f);  // C's old values, NaN included, must not leak through 0·C
+    if (trans_b)  // C = A·Bᵀ with B (N, K): C = B·a
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, inc_a, beta, C, 1);
+    else          // C = A·B with B (K, N): C = Bᵀ·a
+      cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, inc_a, beta, C, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -70,5 +83,28 @@ GemmRate measure_sgemm(int n, int samples) {
 }
 
 double measure_sgemm_gflops(int n, int reps) { return measure_sgemm(n, reps).best; }
+
+double measure_read_gbps(size_t bytes, int reps) {
+  const size_t n = bytes / sizeof(float), chunk = size_t{1} << 16, chunks = (n + chunk - 1) / chunk;
+  std::vector<float> buf(n, 1.f);
+  std::vector<float> part(chunks);
+  double best = 0.0;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(chunks, [&](size_t c) {
+      const float* p = buf.data() + c * chunk;
+      const size_t m = std::min(chunk, n - c * chunk);
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (size_t i = 0; i < m; ++i) s += p[i];
+      part[c] = s;
+    }, 2);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, static_cast<double>(n * sizeof(float)) / sec / 1e9);
+  }
+  volatile float sink = part[0];  // the sums are used
+  (void)sink;
+  return best;
+}
 
 }  // namespace moe

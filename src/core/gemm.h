@@ -31,5 +31,9 @@ GemmRate time_gemm(const std::function<void()>& one, int n, int samples);
 GemmRate measure_sgemm(int n = 1024, int samples = 10);
 // measure_sgemm's best: the peak that benchmarks and the trainer's MFU report against.
 double measure_sgemm_gflops(int n = 1024, int reps = 10);
+// The memory read bandwidth on the current thread count, in GB/s: the best of `reps` parallel sums over
+// a buffer of `bytes` (far larger than the caches), after a pass that faults its pages in. The
+// denominator of decoding's memory-bandwidth bound.
+double measure_read_gbps(size_t bytes = size_t{256} << 20, int reps = 5);
 
 }  // namespace moe

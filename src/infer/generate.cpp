@@ -62,6 +62,7 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
     // Feed the new token (its routing is what --show-experts reports); the last one only when reported.
     if (n + 1 < o.max_tokens || on_token) {
       if (model.cache_len() < maxL) {
+        tm.decode_bytes += model.decode_bytes(model.cache_len() + 1);
         const auto t0 = clock_type::now();
         z = model.decode(&seq.back(), 1);
         tm.decode_s += ms_since(t0) / 1e3;

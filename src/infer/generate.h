@@ -23,6 +23,7 @@ struct SampleOptions {
 struct GenerateTimings {
   double prefill_s = 0.0, decode_s = 0.0;
   int prefill_tokens = 0, decode_tokens = 0;
+  double decode_bytes = 0.0;  // what the decoded tokens read at least (TransformerLM::decode_bytes, summed)
 };
 
 // Continues `prompt`; on_token(id, experts) is called for each generated token with the experts it

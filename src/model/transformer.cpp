@@ -358,6 +358,14 @@ int64_t TransformerLM::num_active_params() const {
   return n;
 }
 
+double TransformerLM::decode_bytes(int context) const {
+  const int64_t d = cfg.hidden_size, Vd = static_cast<int64_t>(cfg.vocab_size) * d;
+  // num_active_params counts the embedding table whole (and the untied head); a token reads one row of it.
+  const int64_t weights = num_active_params() - (cfg.tie_word_embeddings ? 0 : Vd) + (cfg.tie_word_embeddings ? 0 : d);
+  const double kv = 2.0 * cfg.num_hidden_layers * static_cast<double>(context) * cfg.attention().kv_heads() * cfg.attention().hd();
+  return sizeof(float) * (static_cast<double>(weights) + kv);
+}
+
 double TransformerLM::flops_per_token() const {
   const double d = cfg.hidden_size, V = cfg.vocab_size, L = cfg.max_position_embeddings;
   // Every term is a whole number far below 2^53, so the sum is exact in any order.

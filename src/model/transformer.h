@@ -114,6 +114,11 @@ class TransformerLM {
 
   int64_t num_params() const;            // all parameters
   int64_t num_active_params() const;     // used by one token
+  // The bytes decoding one token reads at least, with `context` positions in the KV cache after it:
+  // every active weight outside the token embedding (attention, norms, the router and the experts one
+  // token uses, the LM head: all of it) plus the embedding's one row, and each block's cached keys and
+  // values. The memory-bandwidth bound of decoding is the read bandwidth divided by this.
+  double decode_bytes(int context) const;
   int64_t num_embedding_params() const;  // token embedding (+ the untied LM head)
   // Training FLOPs per token, forward + backward (docs/MECHANISMS.md §7, Krajewski Eq. 10): c_f = 6 per
   // active non-embedding weight outside the FFNs, each FFN's own count (Ffn::flops_per_token: c_r = 14
