@@ -3,6 +3,7 @@
 // loss with AdamW.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
@@ -55,6 +56,7 @@ struct ModelCase {
   bool tied;
   const char* router;
   bool hf_features = false;  // q/k/v biases, QK-norm, GraniteMoE's multipliers (what imported models use)
+  int L = 6;                 // sequence length: above 32, attention computes its causal blocks apart
 };
 
 ModelConfig case_config(const ModelCase& mc) {
@@ -67,6 +69,7 @@ ModelConfig case_config(const ModelCase& mc) {
     c.attention_multiplier = 0.3f;
     c.logits_scaling = 1.8f;
   }
+  c.max_position_embeddings = std::max(c.max_position_embeddings, mc.L);
   return c;
 }
 
@@ -86,7 +89,7 @@ TEST_P(ModelGradient, MatchesFiniteDifferences) {
   const ModelConfig c = case_config(GetParam());
   TransformerLM model(c);
   perturb_attention(model);
-  const int B = 2, L = 6, T = B * L;
+  const int B = 2, L = GetParam().L, T = B * L;
   std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
   tgt[3] = kIgnoreIndex;
   model.zero_grad();
@@ -127,7 +130,8 @@ TEST_P(ModelGradient, MatchesFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(Models, ModelGradient,
                          ::testing::Values(ModelCase{"untied_topk_softmax", false, "topk_softmax"},
                                            ModelCase{"tied_sigmoid_bias", true, "sigmoid_bias"},
-                                           ModelCase{"hf_features_softmax_topk", false, "softmax_topk", true}),
+                                           ModelCase{"hf_features_softmax_topk", false, "softmax_topk", true},
+                                           ModelCase{"long_sequences_three_causal_blocks", false, "topk_softmax", false, 70}),
                          [](const ::testing::TestParamInfo<ModelCase>& pi) { return std::string(pi.param.name); });
 
 // Every parameter gradient and the loss against tests/torch_ref/model_ref.py (float64 autograd).
@@ -135,7 +139,7 @@ TEST_P(ModelGradient, MatchesPyTorch) {
   const ModelConfig c = case_config(GetParam());
   TransformerLM model(c);
   perturb_attention(model);
-  const int B = 2, L = 6, T = B * L;
+  const int B = 2, L = GetParam().L, T = B * L;
   std::vector<int32_t> tok = tokens_for(T, c.vocab_size, 1), tgt = tokens_for(T, c.vocab_size, 2);
   tgt[3] = kIgnoreIndex;
   if (Tensor* bias = model.blocks[1].ffn_as<MoeLayer>()->router->selection_bias()) fill_normal(bias->data(), bias->numel(), 4, 4, 0.f, 0.1f);
