@@ -54,6 +54,16 @@ TEST(Bf16, GemmMatchesReferenceForEveryTranspose) {
       }
 }
 
+// ‖a − b‖ / ‖b‖ over n values.
+double rel_error(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
 TEST(Bf16, LayerMatchesFp32WithinBf16Precision) {
   for (int G : {1, 4}) {
     MoeConfig c;
@@ -76,14 +86,7 @@ TEST(Bf16, LayerMatchesFp32WithinBf16Precision) {
     mixed.forward(x.data(), T, y2.data(), {});
     mixed.backward(dy.data(), dx2.data());
     ASSERT_EQ(ref.routing().expert, mixed.routing().expert) << "the router is fp32 in both";
-    auto rel = [](const Tensor& a, const Tensor& b) {
-      double num = 0, den = 0;
-      for (size_t i = 0; i < a.numel(); ++i) {
-        num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-        den += static_cast<double>(b[i]) * b[i];
-      }
-      return std::sqrt(num / den);
-    };
+    auto rel = [](const Tensor& a, const Tensor& b) { return rel_error(a.data(), b.data(), b.numel()); };
     // bf16 keeps 8 mantissa bits: relative error ~2^-9 per rounding, a few of them in a row.
     EXPECT_LT(rel(y2, y1), 1e-2) << "G=" << G;
     EXPECT_LT(rel(dx2, dx1), 1e-2) << "G=" << G;
@@ -92,14 +95,6 @@ TEST(Bf16, LayerMatchesFp32WithinBf16Precision) {
   }
 }
 
-double rel_error(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
 
 // precision = bf16 runs the experts, attention's q, k, v and o projections and the LM head in bf16
 // (with q/k/v biases, QK-norm and a logit scale, tied and untied heads): the loss, the logits and

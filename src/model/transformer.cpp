@@ -19,10 +19,10 @@ namespace moe {
 
 namespace {
 
-std::unique_ptr<Ffn> make_ffn(const ModelConfig& c, int layer, ParamInit init) {
+std::unique_ptr<Ffn> make_ffn(const ModelConfig& c, int layer) {
   switch (c.ffn_of(layer)) {
     case FfnKind::moe: return std::make_unique<MoeLayer>(c.moe_layer(layer));
-    case FfnKind::peer: return std::make_unique<PeerLayer>(c.peer_layer(layer), init == ParamInit::random);
+    case FfnKind::peer: return std::make_unique<PeerLayer>(c.peer_layer(layer));
     case FfnKind::dense: break;
   }
   const uint64_t stream = 1000 + 100 * static_cast<uint64_t>(layer) + 10;
@@ -62,7 +62,7 @@ TransformerLM::TransformerLM(const ModelConfig& c, ParamInit init) : cfg(c) {
     b.attn_norm = RMSNorm(d, cfg.rms_norm_eps);
     b.ffn_norm = RMSNorm(d, cfg.rms_norm_eps);
     b.attn = Attention(cfg.attention(), cfg.seed, stream, std);
-    b.ffn = make_ffn(cfg, l, init);
+    b.ffn = make_ffn(cfg, l);
   }
   final_norm = RMSNorm(d, cfg.rms_norm_eps);
   if (!cfg.tie_word_embeddings) {

@@ -22,7 +22,7 @@ static const PeerConfig& validated(const PeerConfig& c) {
   return c;
 }
 
-PeerLayer::PeerLayer(const PeerConfig& c, bool init_tables)
+PeerLayer::PeerLayer(const PeerConfig& c)
     : cfg(validated(c)),
       wq({c.heads * c.d_key, c.hidden_size}), dwq({c.heads * c.d_key, c.hidden_size}),
       bn_gamma({c.heads * c.d_key}), dbn_gamma({c.heads * c.d_key}),
@@ -34,10 +34,8 @@ PeerLayer::PeerLayer(const PeerConfig& c, bool init_tables)
   init_normal(wq.data(), wq.numel(), c.seed, s, 0.f, 1.f / std::sqrt(static_cast<float>(c.hidden_size)));
   init_normal(k1.data(), k1.numel(), c.seed, s + 1, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
   init_normal(k2.data(), k2.numel(), c.seed, s + 2, 0.f, 1.f / std::sqrt(static_cast<float>(c.d_key / 2)));
-  if (init_tables) {
-    init_normal(u.data(), u.numel(), c.seed, s + 3, 0.f, c.init_std);
-    init_normal(v.data(), v.numel(), c.seed, s + 4, 0.f, c.init_std);
-  }
+  init_normal(u.data(), u.numel(), c.seed, s + 3, 0.f, c.init_std);
+  init_normal(v.data(), v.numel(), c.seed, s + 4, 0.f, c.init_std);
   bn_gamma.fill(1.f);
   running_var.fill(1.f);
 }

@@ -25,8 +25,8 @@ struct PeerTimings {
 // of the head's query q_h = BN(W_q,h·x). u, v: (N, d); K1, K2: (n_keys, d_k/2), shared by the heads.
 class PeerLayer : public Ffn {
  public:
-  // init_tables = false leaves u and v zero (a checkpoint load follows).
-  explicit PeerLayer(const PeerConfig& c, bool init_tables = true);
+  // The tables are drawn at random unless a SkipParamInit is alive (core/rng.h: a checkpoint load follows).
+  explicit PeerLayer(const PeerConfig& c);
   const PeerConfig cfg;
   Tensor wq, dwq;              // (h·d_k, d)
   Tensor bn_gamma, dbn_gamma;  // (h·d_k)
