@@ -10,6 +10,8 @@
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "core/half.h"
+#include "core/packed.h"
 #include "core/safetensors.h"
 #include "core/vmath.h"
 
@@ -205,6 +207,97 @@ TEST(Safetensors, HalfConversionRoundsToNearestEven) {
   std::vector<float> f(all.size());
   convert_to_float(e, 0, all.size(), f.data());
   for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(float_to_half(f[i]), all[i]) << "half 0x" << std::hex << all[i];
+}
+
+// Q8_0 blocks as llama.cpp's quantize_row_q8_0_ref makes them: the largest magnitude maps to ±127, the
+// scale is max|x|/127 in fp16, the rest round to nearest (ties away from zero); a zero block stays zero.
+TEST(Packed, Q8_0BlockAsLlamaCppQuantizes) {
+  float x[kQ8Block];
+  for (int i = 0; i < kQ8Block; ++i) x[i] = 0.01f * static_cast<float>(i - 10);
+  x[5] = -2.54f;  // max |x|: d = 0.02
+  int8_t q[kQ8Block];
+  const uint16_t d = quantize_q8_0_block(x, q);
+  EXPECT_EQ(d, float_to_half(2.54f / 127.f));
+  EXPECT_EQ(q[5], -127);
+  for (int i = 0; i < kQ8Block; ++i)
+    if (i != 5) {
+      EXPECT_EQ(q[i], static_cast<int8_t>(std::roundf(x[i] * (127.f / 2.54f)))) << i;
+    }
+  EXPECT_EQ(q[11], 1);   // 0.01 / 0.02 = 0.5: a tie, away from zero
+  EXPECT_EQ(q[9], -1);
+  float zero[kQ8Block] = {};
+  EXPECT_EQ(quantize_q8_0_block(zero, q), 0);
+  for (int i = 0; i < kQ8Block; ++i) EXPECT_EQ(q[i], 0);
+}
+
+// A product with a packed matrix equals the double-precision product with the values it holds (its
+// unpack), for each format, for the dot-product path (1–4 rows) and the panel path (more), with and
+// without accumulation, for row lengths with a vector tail (bf16, fp32); and it is the same bit for
+// bit on 1 and 2 threads. The values held are the weights rounded: bf16 within 2^-8 relative, Q8_0
+// within half a step of max|w|/127 plus the rounding of that scale to fp16 (2^-11 relative, times 127).
+TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
+  for (WeightFormat f : {WeightFormat::fp32, WeightFormat::bf16, WeightFormat::q8_0}) {
+    for (int K : {96, 100}) {
+      if (f == WeightFormat::q8_0 && K % kQ8Block != 0) continue;
+      SCOPED_TRACE(std::string(name_of(f)) + " K=" + std::to_string(K));
+      const int N = 70;
+      std::vector<float> W(static_cast<size_t>(N) * K), held(W.size());
+      fill_normal(W.data(), W.size(), 7, 1, 0.f, 0.5f);
+      PackedMatrix p;
+      p.pack(W.data(), N, K, f);
+      p.unpack(0, N, held.data());
+      EXPECT_EQ(p.bytes(), static_cast<size_t>(std::lround(bytes_per_weight(f) * static_cast<double>(W.size()))));
+      for (int r = 0; r < N; ++r) {
+        float amax = 0.f;
+        for (int i = 0; i < K; ++i) amax = std::max(amax, std::fabs(W[static_cast<size_t>(r) * K + i]));
+        for (int i = 0; i < K; ++i) {
+          const size_t j = static_cast<size_t>(r) * K + i;
+          const float err = std::fabs(held[j] - W[j]);
+          // Q8_0: half a step, and the rounding of the scale to fp16.
+          const float bound = f == WeightFormat::fp32 ? 0.f : f == WeightFormat::bf16 ? std::fabs(W[j]) / 256.f : amax / 127.f * 0.57f;
+          ASSERT_LE(err, bound);
+        }
+      }
+      for (int M : {1, 3, 4, 5, 40}) {
+        std::vector<float> x(static_cast<size_t>(M) * K), y0(static_cast<size_t>(M) * (N + 3), 0.25f);
+        fill_normal(x.data(), x.size(), 7, 2 + static_cast<uint64_t>(M), 0.f, 1.f);
+        for (bool acc : {false, true}) {
+          std::vector<float> y = y0;
+          set_num_threads(2);
+          p.matmul(x.data(), M, y.data(), N + 3, acc);
+          std::vector<float> y1 = y0;
+          set_num_threads(1);
+          p.matmul(x.data(), M, y1.data(), N + 3, acc);
+          set_num_threads(2);
+          ASSERT_EQ(y, y1) << "M=" << M << ": 1 and 2 threads differ";
+          for (int m = 0; m < M; ++m) {
+            for (int r = 0; r < N; ++r) {
+              double ref = acc ? 0.25 : 0.0, mag = 0.0;
+              for (int i = 0; i < K; ++i) {
+                const double t = static_cast<double>(held[static_cast<size_t>(r) * K + i]) * x[static_cast<size_t>(m) * K + i];
+                ref += t;
+                mag += std::fabs(t);
+              }
+              ASSERT_NEAR(y[static_cast<size_t>(m) * (N + 3) + r], ref, 1e-6 * mag + 1e-6) << "M=" << M << " row " << r;
+            }
+            for (int r = N; r < N + 3; ++r) ASSERT_EQ(y[static_cast<size_t>(m) * (N + 3) + r], 0.25f) << "past the rows";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Packed, Q8_0NeedsRowsOfWholeBlocks) {
+  std::vector<float> W(4 * 40, 1.f);
+  PackedMatrix p;
+  try {
+    p.pack(W.data(), 4, 40, WeightFormat::q8_0);
+    FAIL() << "rows of 40 values packed as Q8_0";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("blocks of 32"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--weights bf16"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -386,6 +386,60 @@ TEST(Model, KvCacheGrowsToALongContext) {
   EXPECT_EQ(model.cache_len(), L);
 }
 
+// Decoding from packed weights (moe generate/eval --weights): after pack_weights, forward_logits runs
+// the fp32 weights rounded to the format and decode reads the packed copies; they agree at every
+// position (a prefill of 5, then one token at a time), tied head or not, for a model trained in fp32
+// or in bf16 (whose bf16 GEMMs packing turns off). The packed model stays close to the fp32 one, and a
+// token reads (4 − bytes per weight) fewer bytes for each packed weight it uses.
+TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
+  for (int variant = 0; variant < 3; ++variant) {
+    const bool tied = variant == 1, bf16_model = variant == 2;
+    for (WeightFormat f : {WeightFormat::bf16, WeightFormat::q8_0}) {
+      SCOPED_TRACE(std::string(name_of(f)) + (tied ? " tied" : " untied") + (bf16_model ? ", bf16 model" : ""));
+      ModelConfig c = tiny(tied, "topk_softmax");
+      if (bf16_model) c.moe.precision = Precision::bf16;
+      c.vocab_size = 40;
+      c.hidden_size = 64;
+      c.intermediate_size = 96;
+      c.moe.moe_intermediate_size = 32;
+      c.max_position_embeddings = 16;
+      c.initializer_range = 0.1f;
+      TransformerLM model(c);
+      const int L = 12;
+      const std::vector<int32_t> tok = tokens_for(L, c.vocab_size, 8);
+      const Tensor ref = model.forward_logits(tok.data(), 1, L);
+      const double fp32_bytes = model.decode_bytes(L);
+      model.pack_weights(f);
+      EXPECT_EQ(model.weight_format(), f);
+      const Tensor full = model.forward_logits(tok.data(), 1, L);
+      double diff = 0.0, mag = 0.0;
+      for (size_t i = 0; i < ref.numel(); ++i) {
+        diff = std::max(diff, static_cast<double>(std::fabs(full[i] - ref[i])));
+        mag = std::max(mag, static_cast<double>(std::fabs(ref[i])));
+      }
+      EXPECT_GT(diff, 0.0) << "packing changed nothing";
+      EXPECT_LT(diff, (f == WeightFormat::bf16 ? 0.01 : 0.03) * mag);
+      model.reset_cache();
+      const float* z = model.decode(tok.data(), 5);
+      for (int pos = 4; pos < L; ++pos) {
+        if (pos > 4) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
+        for (int v = 0; v < c.vocab_size; ++v)
+          ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * c.vocab_size + v], 1e-4) << "position " << pos;
+      }
+      // Packed and read by one token: every block's four projections, the dense FFN, the k routed and
+      // the shared expert of the MoE block, and the head.
+      double packed = static_cast<double>(c.vocab_size) * c.hidden_size;
+      for (const auto& b : model.blocks) {
+        packed += static_cast<double>(b.attn.wq.numel() + b.attn.wk.numel() + b.attn.wv.numel() + b.attn.wo.numel());
+        if (const DenseFfn* dense = b.ffn_as<DenseFfn>()) packed += 3.0 * dense->bank.h * dense->bank.d;
+        if (const MoeLayer* m = b.ffn_as<MoeLayer>())
+          packed += 3.0 * (c.moe.num_experts_per_tok * m->experts.h + m->shared.E * m->shared.h) * m->experts.d;
+      }
+      EXPECT_NEAR(fp32_bytes - model.decode_bytes(L), (4.0 - bytes_per_weight(f)) * packed, 1e-6 * fp32_bytes);
+    }
+  }
+}
+
 // A model built to be loaded draws no random weights (the load overwrites them all): every matrix
 // is zero until then, while the same model built to train has them drawn; norms start at 1 either way.
 TEST(Model, BuiltForLoadingDrawsNoWeights) {

@@ -1,5 +1,7 @@
 #include "core/safetensors.h"
 
+#include "core/half.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -69,52 +71,10 @@ void save_safetensors(const std::string& path, const std::map<std::string, const
   save_safetensors(path, out, metadata);
 }
 
-uint16_t float_to_half(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t ax = x & 0x7fffffffu;
-  if (ax >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));  // inf, NaN
-  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds above 65504: inf
-  if (ax < 0x38800000u) {  // below the smallest normal half: subnormal (or zero), rounded to nearest even
-    if (ax < 0x33000000u) return static_cast<uint16_t>(sign);
-    const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - e;  // a subnormal half counts units of 2^-24: h = m·2^(e−150+24)
-    uint32_t h = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);
-    if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
-    return static_cast<uint16_t>(sign | h);
-  }
-  uint32_t h = ((ax - 0x38000000u) >> 13);  // rebias the exponent (127 → 15) and drop 13 mantissa bits
-  const uint32_t rem = ax & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
-  return static_cast<uint16_t>(sign | h);
-}
-
 void save_safetensors(const std::string& path, const TensorFile& file) {
   std::map<std::string, const Tensor*> refs;
   for (const auto& [name, t] : file.tensors) refs[name] = &t;
   save_safetensors(path, refs, file.metadata);
-}
-
-static float half_to_float(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal
-      exp = 127 - 15 + 1;
-      while (!(man & 0x400u)) { man <<= 1; --exp; }
-      bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
 }
 
 // The file mapped read-only (the tensors are converted straight from it: no second copy in memory).

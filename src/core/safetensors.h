@@ -33,7 +33,6 @@ struct OutTensor {
 // Written in the order given (names must be unique), atomically like the other writers.
 void save_safetensors(const std::string& path, const std::vector<OutTensor>& tensors,
                       const std::map<std::string, std::string>& metadata);
-uint16_t float_to_half(float f);  // IEEE fp16, round to nearest even
 // The same from tensors held elsewhere, written straight from them (no copy: checkpoints of a million
 // PEER experts are gigabytes). Names must be unique; they are stored sorted.
 void save_safetensors(const std::string& path, const std::map<std::string, const Tensor*>& tensors,

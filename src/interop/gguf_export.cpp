@@ -12,6 +12,7 @@
 #include "core/bf16.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/half.h"
 #include "core/safetensors.h"
 #include "data/bpe_tokenizer.h"
 #include "data/chat_template.h"
@@ -29,7 +30,6 @@ namespace {
 enum : uint32_t { kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7, kString = 8, kArray = 9 };
 enum : uint32_t { kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ8_0 = 8, kGgmlBF16 = 30 };
 constexpr size_t kAlign = 32;  // general.alignment's default
-constexpr int kQ8Block = 32;
 
 // A little-endian byte buffer with GGUF's encodings.
 struct Bytes {
@@ -87,12 +87,10 @@ struct GgufTensor {
 // llama.cpp's quantize_row_q8_0_ref: per block of 32, d = max|x|/127 stored as fp16, q = round(x/d).
 void quantize_q8_0(const float* x, size_t n, std::string& out) {
   for (size_t b = 0; b < n; b += kQ8Block) {
-    float amax = 0.f;
-    for (int j = 0; j < kQ8Block; ++j) amax = std::max(amax, std::fabs(x[b + j]));
-    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
-    const uint16_t dh = float_to_half(d);
+    int8_t q[kQ8Block];
+    const uint16_t dh = quantize_q8_0_block(x + b, q);
     out.append(reinterpret_cast<const char*>(&dh), 2);
-    for (int j = 0; j < kQ8Block; ++j) out += static_cast<char>(static_cast<int8_t>(std::roundf(x[b + j] * id)));
+    out.append(reinterpret_cast<const char*>(q), kQ8Block);
   }
 }
 

@@ -22,6 +22,9 @@ class DenseFfn : public Ffn {
   int64_t num_params() const override;
   int64_t num_active_params() const override { return num_params(); }
   double flops_per_token() const override { return 6.0 * static_cast<double>(num_params()); }
+  void pack_weights(WeightFormat f) override { bank.pack(f); }
+  int64_t packed_active_params() const override { return bank.packed() ? num_params() : 0; }
+  double packed_active_bytes() const override { return static_cast<double>(bank.packed_bytes_per_expert()); }
 
  private:
   const float* x_ = nullptr;

@@ -283,8 +283,25 @@ const float* TransformerLM::decode(const int32_t* tokens, int n) {
   final_norm.forward(x.data() + static_cast<size_t>(n - 1) * d, 1, h_final.data());
   logits.resize({1, V});
   const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
-  sgemm(false, true, 1, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
+  if (head_packed_.empty()) {
+    sgemm(false, true, 1, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
+  } else {
+    head_packed_.matmul(h_final.data(), 1, logits.data(), V);
+    scale_in_place(logits, 1.f / cfg.logits_scaling);
+  }
   return logits.data();
+}
+
+void TransformerLM::pack_weights(WeightFormat f) {
+  if (f == WeightFormat::fp32) return;
+  MOE_CHECK(packed_ == WeightFormat::fp32, "model: weights are packed once");
+  for (Block& b : blocks) {
+    b.attn.pack(f);
+    b.ffn->pack_weights(f);
+  }
+  float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
+  pack_and_round(head, cfg.vocab_size, cfg.hidden_size, f, head_packed_);
+  packed_ = f;
 }
 
 void TransformerLM::backward(const std::function<void(size_t)>& block_done) {
@@ -363,7 +380,17 @@ double TransformerLM::decode_bytes(int context) const {
   // num_active_params counts the embedding table whole (and the untied head); a token reads one row of it.
   const int64_t weights = num_active_params() - (cfg.tie_word_embeddings ? 0 : Vd) + (cfg.tie_word_embeddings ? 0 : d);
   const double kv = 2.0 * cfg.num_hidden_layers * static_cast<double>(context) * cfg.attention().kv_heads() * cfg.attention().hd();
-  return sizeof(float) * (static_cast<double>(weights) + kv);
+  // Packed weights: the attention projections, the FFNs' matrices and the head at their packed size.
+  int64_t packed = 0;
+  double packed_bytes = static_cast<double>(head_packed_.bytes());
+  if (!head_packed_.empty()) packed += Vd;
+  for (const Block& b : blocks) {
+    const size_t attn = b.attn.packed_bytes();
+    if (attn > 0) packed += static_cast<int64_t>(b.attn.wq.numel() + b.attn.wk.numel() + b.attn.wv.numel() + b.attn.wo.numel());
+    packed_bytes += static_cast<double>(attn) + b.ffn->packed_active_bytes();
+    packed += b.ffn->packed_active_params();
+  }
+  return sizeof(float) * (static_cast<double>(weights - packed) + kv) + packed_bytes;
 }
 
 double TransformerLM::flops_per_token() const {

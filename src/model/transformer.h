@@ -85,6 +85,14 @@ class TransformerLM {
   // cache and returns the logits (V) of the last one. reset_cache() starts a new sequence.
   const float* decode(const int32_t* tokens, int n);
   void reset_cache();
+  // Generation and evaluation from packed weights (core/packed.h, `--weights`): every block's attention
+  // projections and FFN weight matrices and the LM head packed in format f, and the fp32 weights rounded
+  // to what the packed copies hold, so that forward_logits (fp32 GEMMs over the rounded weights) and
+  // decode (the packed copies) run the same model. Embedding rows, norms, routers and PEER's tables stay
+  // fp32; a tied head rounds the embedding table it shares. fp32 packs nothing. For inference only: the
+  // packed copies do not follow training.
+  void pack_weights(WeightFormat f);
+  WeightFormat weight_format() const { return packed_; }
   int cache_len() const { return caches_.empty() ? 0 : caches_[0].len; }
   void zero_grad();
   std::vector<Param> params();               // dense parameters (AdamW)
@@ -133,6 +141,8 @@ class TransformerLM {
   Tensor dlogits_, dx_, dh_, dr_;
   // precision = bf16: the LM head in mixed precision, with the bf16 copies of its input and of dlogits.
   Bf16Linear head_lin_;
+  WeightFormat packed_ = WeightFormat::fp32;
+  PackedMatrix head_packed_;
   bf16_vector hb_, dlb_;
   Tensor reward_;  // (T) per-token reward −CE for routers trained by reward
   const float* teacher_ = nullptr;  // (T, V) of set_teacher
@@ -142,7 +152,8 @@ class TransformerLM {
   Comm* comm_ = nullptr;
   // replicated: every rank runs these same tokens (forward_logits of a distributed model).
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step, bool replicated);
-  bool bf16_gemms() const { return cfg.precision() == Precision::bf16; }  // the head's (and attention's) GEMMs
+  // The head's (and attention's) GEMMs: bf16 for a bf16 model, unless its weights are packed.
+  bool bf16_gemms() const { return cfg.precision() == Precision::bf16 && packed_ == WeightFormat::fp32; }
   void collect_block_params(size_t l, std::vector<Param>& out);
 };
 

@@ -137,27 +137,37 @@ void swiglu_into(const float* a, const float* b, bf16_t* h, size_t n) { swiglu_t
 }  // namespace
 
 // The grouped SwiGLU over the expert-contiguous buffer, for In = float (fp32) or bf16_t (mixed):
-// x (rows, d) and the weights in In; A, B (rows, h) in fp32; H (rows, h) in In; y (rows, d) in Out.
-template <class In, class Out>
-void ExpertBank::forward_pass(const In* x, const In* w1p, const In* w3p, const In* w2p, In* hbuf,
-                              const std::vector<int64_t>& offsets, Out* y) {
+// x (rows, d) in In; A, B (rows, h) in fp32; H (rows, h) in In; y (rows, d) in Out.
+template <class In, class Out, class Mul>
+void ExpertBank::forward_pass(const In* x, In* hbuf, const std::vector<int64_t>& offsets, Out* y, Mul&& mul) {
   const bool par = parallel_over_experts(offsets);
   for_each_expert(par, offsets, E, [&](int e) {
     const int64_t r0 = offsets[e];
     const int n = static_cast<int>(offsets[e + 1] - r0);
     if (n == 0) return;
-    const size_t we = static_cast<size_t>(e) * h * d;
     float* ae = a.data() + r0 * h;
     float* be = b.data() + r0 * h;
     In* he = hbuf + r0 * h;
-    mm(false, true, n, h, d, x + r0 * d, w1p + we, 0.f, ae);
-    mm(false, true, n, h, d, x + r0 * d, w3p + we, 0.f, be);
+    mul(0, e, n, x + r0 * d, ae);
+    mul(1, e, n, x + r0 * d, be);
     rows_apply(par, n, [&](int i0, int i1) {
       const size_t o = static_cast<size_t>(i0) * h, len = static_cast<size_t>(i1 - i0) * h;
       swiglu_into(ae + o, be + o, he + o, len);
     });
-    mm(false, true, n, d, h, he, w2p + we, 0.f, y + r0 * d);
+    mul(2, e, n, he, y + r0 * d);
   });
+}
+
+// The products of forward_pass with the weights w1p, w3p, w2p stored in In.
+template <class In>
+static auto dense_mul(const In* w1p, const In* w3p, const In* w2p, int h, int d) {
+  return [=](int which, int e, int n, const In* in, auto* out) {
+    const size_t we = static_cast<size_t>(e) * h * d;
+    if (which == 2)
+      mm(false, true, n, d, h, in, w2p + we, 0.f, out);
+    else
+      mm(false, true, n, h, d, in, (which == 0 ? w1p : w3p) + we, 0.f, out);
+  };
 }
 
 // Backward of the gated pass (see experts.h), for In = float or bf16_t: dz (rows, d) and the weights
@@ -208,7 +218,31 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
   a.resize({rows, h});
   b.resize({rows, h});
   act.resize({rows, h});
-  forward_pass(x, w1.data(), w3.data(), w2.data(), act.data(), offsets, y);
+  if (packed()) {
+    forward_pass(x, act.data(), offsets, y, [&](int which, int e, int n, const float* in, float* out) {
+      const PackedMatrix& w = (which == 0 ? p1 : which == 1 ? p3 : p2)[static_cast<size_t>(e)];
+      w.matmul(in, n, out, w.rows());
+    });
+    return;
+  }
+  forward_pass(x, act.data(), offsets, y, dense_mul(w1.data(), w3.data(), w2.data(), h, d));
+}
+
+void ExpertBank::pack(WeightFormat f) {
+  p1.resize(static_cast<size_t>(E));
+  p3.resize(static_cast<size_t>(E));
+  p2.resize(static_cast<size_t>(E));
+  const size_t we = static_cast<size_t>(h) * d;
+  for (int e = 0; e < E; ++e) {
+    pack_and_round(w1.data() + e * we, h, d, f, p1[static_cast<size_t>(e)]);
+    pack_and_round(w3.data() + e * we, h, d, f, p3[static_cast<size_t>(e)]);
+    pack_and_round(w2.data() + e * we, d, h, f, p2[static_cast<size_t>(e)]);
+  }
+  bf16 = false;
+}
+
+size_t ExpertBank::packed_bytes_per_expert() const {
+  return p1.empty() ? 0 : p1[0].bytes() + p3[0].bytes() + p2[0].bytes();
 }
 
 void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y) {
@@ -219,7 +253,7 @@ void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y) {
   to_bf16(w3.data(), w3b, w3.numel());
   to_bf16(w2.data(), w2b, w2.numel());
   hb.resize(static_cast<size_t>(rows) * h);
-  forward_pass(xb.data(), w1b.data(), w3b.data(), w2b.data(), hb.data(), offsets, y);
+  forward_pass(xb.data(), hb.data(), offsets, y, dense_mul(w1b.data(), w3b.data(), w2b.data(), h, d));
 }
 
 void ExpertBank::backward(const float* x, const float* dz, const std::vector<int64_t>& offsets, const float* gate,

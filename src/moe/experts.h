@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/bf16.h"
+#include "core/packed.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -49,12 +50,21 @@ struct ExpertBank {
   void backward_bf16(const std::vector<int64_t>& offsets, const float* gate, float* dx, float* dgate);
   void params(std::vector<Param>& out, const std::string& prefix);  // sharded when total > 0
 
+  // Inference from packed weights (core/packed.h): each expert's W1, W3 and W2 packed in format f and
+  // the fp32 weights rounded to what they hold; forward() then reads the packed copies with fp32
+  // activations (bf16 mode off). Not for training: the packed copies do not follow the weights.
+  void pack(WeightFormat f);
+  bool packed() const { return !p1.empty(); }
+  size_t packed_bytes_per_expert() const;  // W1, W3 and W2 of one expert as packed
+
  private:
   // Few large experts: each GEMM runs on all threads. Many: one expert per thread, BLAS serial.
   bool parallel_over_experts(const std::vector<int64_t>& offsets) const;
-  template <class In, class Out>
-  void forward_pass(const In* x, const In* w1p, const In* w3p, const In* w2p, In* hbuf,
-                    const std::vector<int64_t>& offsets, Out* y);
+  std::vector<PackedMatrix> p1, p3, p2;  // per expert, when packed
+  // The grouped SwiGLU; mul(which, e, n, in, out) is the product of n rows of `in` with expert e's
+  // W1 (which 0), W3 (1) or W2 (2).
+  template <class In, class Out, class Mul>
+  void forward_pass(const In* x, In* hbuf, const std::vector<int64_t>& offsets, Out* y, Mul&& mul);
   template <class In>
   void backward_pass(const In* x, const In* dz, const In* w1p, const In* w3p, const In* w2p, const float* h_fp32,
                      In* da_out, In* db_out, In* gh_out, const std::vector<int64_t>& offsets, const float* gate,

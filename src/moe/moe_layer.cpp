@@ -109,6 +109,22 @@ int64_t MoeLayer::num_active_params() const {
   return n;
 }
 
+void MoeLayer::pack_weights(WeightFormat f) {
+  experts.pack(f);
+  shared.pack(f);
+}
+
+int64_t MoeLayer::packed_active_params() const {
+  if (!experts.packed()) return 0;
+  const int64_t d = cfg.hidden_size;
+  return 3 * (cfg.k() * cfg.expert_hidden() + static_cast<int64_t>(cfg.n_shared_experts) * cfg.shared_width()) * d;
+}
+
+double MoeLayer::packed_active_bytes() const {
+  return static_cast<double>(cfg.k()) * static_cast<double>(experts.packed_bytes_per_expert()) +
+         static_cast<double>(shared.E) * static_cast<double>(shared.packed_bytes_per_expert());
+}
+
 double MoeLayer::flops_per_token() const {
   // The router's d·E·G weights cost 14 FLOPs each (c_r); every other active weight 6 (c_f). A router
   // with no W_r (hash) or a second matrix (noisy_topk's W_n) is still counted at d·E·G routing weights.

@@ -68,6 +68,10 @@ class MoeLayer : public Ffn {
   void collect_buffers(std::vector<NamedTensor>& out, const std::string& prefix) override;
   int64_t num_params() const override;         // all parameters (routed, shared, router)
   int64_t num_active_params() const override;  // used by one token: k routed experts + shared + router
+  // Routed and shared experts packed; the router and the shared-expert gate stay fp32.
+  void pack_weights(WeightFormat f) override;
+  int64_t packed_active_params() const override;
+  double packed_active_bytes() const override;
   // 6 per active weight outside the router, 14 per router weight: the router's d·E·G (Krajewski Eq. 10).
   double flops_per_token() const override;
   float loss() const override { return losses_.total(); }

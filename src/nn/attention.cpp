@@ -80,7 +80,7 @@ Attention::Attention(const AttentionConfig& c, uint64_t seed, uint64_t stream, f
   }
 }
 
-void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre, bool bf16) {
+void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre, Gemms how) {
   const int d = cfg.hidden_size, qd = cfg.num_attention_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
   const bool norm = cfg.qk_norm != QkNorm::none;
   if (norm) {
@@ -89,7 +89,11 @@ void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, 
   }
   float* qp = norm ? qpre.data() : qo;
   float* kp = norm ? kpre.data() : ko;
-  if (bf16) {
+  if (how == Gemms::packed) {
+    pq_.matmul(x, n, qp, qd);
+    pk_.matmul(x, n, kp, kvd);
+    pv_.matmul(x, n, vo, kvd);
+  } else if (how == Gemms::bf16) {
     to_bf16(x, xb_, static_cast<size_t>(n) * d);
     lq_.forward(xb_.data(), n, d, wq.data(), qd, qp);
     lk_.forward(xb_.data(), n, d, wk.data(), kvd, kp);
@@ -181,7 +185,7 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   const double Td = static_cast<double>(T) * d;
   {
     PhaseTimer pt("fwd: attention q, k, v", 2.0 * Td * (qd + 2 * kvd));
-    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre, cfg.bf16);
+    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre, cfg.bf16 ? Gemms::bf16 : Gemms::fp32);
   }
   {
     PhaseTimer pt("fwd: attention rope");
@@ -333,7 +337,7 @@ void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len,
   Tensor qn({n, qd}), qpre, kpre;
   float* kn = cache.k.data() + static_cast<size_t>(p0) * kvd;
   float* vn = cache.v.data() + static_cast<size_t>(p0) * kvd;
-  project(x, n, qn.data(), kn, vn, qpre, kpre, false);
+  project(x, n, qn.data(), kn, vn, qpre, kpre, pq_.empty() ? Gemms::fp32 : Gemms::packed);
   rope_apply(qn.data(), n, H, hd, qd, cos_, sin_, false, n, p0);
   rope_apply(kn, n, KV, hd, kvd, cos_, sin_, false, n, p0);
   cache.len = p0 + n;
@@ -351,7 +355,21 @@ void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len,
     }
     sgemm(false, false, n, hd, ctx, 1.f, P.data(), ctx, cache.v.data() + g * hd, kvd, 0.f, on.data() + h * hd, qd);
   });
-  sgemm(false, true, n, d, qd, 1.f, on.data(), qd, wo.data(), qd, 0.f, y, d);
+  if (po_.empty())
+    sgemm(false, true, n, d, qd, 1.f, on.data(), qd, wo.data(), qd, 0.f, y, d);
+  else
+    po_.matmul(on.data(), n, y, d);
 }
+
+void Attention::pack(WeightFormat f) {
+  const int d = cfg.hidden_size, qd = cfg.num_attention_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
+  pack_and_round(wq.data(), qd, d, f, pq_);
+  pack_and_round(wk.data(), kvd, d, f, pk_);
+  pack_and_round(wv.data(), kvd, d, f, pv_);
+  pack_and_round(wo.data(), d, qd, f, po_);
+  cfg.bf16 = false;
+}
+
+size_t Attention::packed_bytes() const { return pq_.bytes() + pk_.bytes() + pv_.bytes() + po_.bytes(); }
 
 }  // namespace moe

@@ -14,6 +14,7 @@
 #include <array>
 
 #include "core/bf16.h"
+#include "core/packed.h"
 #include "core/enum_names.h"
 #include "core/tensor.h"
 #include "nn/rmsnorm.h"
@@ -77,6 +78,11 @@ struct Attention {
   // Inference on one sequence with a KV cache: n new tokens x (n, d) at positions cache.len ...
   // attend to the cached positions and to each other (causally); appends their keys and values.
   void forward_cached(const float* x, int n, Cache& cache, int max_len, float* y);
+  // Decoding from packed weights (core/packed.h): W_q, W_k, W_v and W_o packed in format f and rounded
+  // to what they hold; forward_cached reads the packed copies, forward the rounded fp32 weights (bf16
+  // mode off). Not for training: the packed copies do not follow the weights.
+  void pack(WeightFormat f);
+  size_t packed_bytes() const;  // the four packed matrices (0 when not packed)
   // The FLOPs of the scores and their products with the values in one forward, as computed: causal
   // blocks of rows against the keys up to each block's end (a little more than the causal half).
   double core_flops(int B, int L) const;
@@ -90,12 +96,15 @@ struct Attention {
   // bf16 mode: the projections, and the bf16 copies of their inputs and output gradients.
   Bf16Linear lq_, lk_, lv_, lo_;
   bf16_vector xb_, ob_, dyb_, dqb_, dkb_, dvb_;
+  PackedMatrix pq_, pk_, pv_, po_;  // pack()
   // cos and sin of at least L positions; with cap, grown by doubling up to cap (generation one token at a time).
   void rope_tables(int L, int cap = 0);
   // q, k, v of n rows of x into the given buffers, biases and QK-norm applied, not yet rotated;
   // qpre, kpre (n, H·hd), (n, KV·hd) keep q and k before QK-norm (the norms read them in backward).
-  // bf16: the GEMMs in mixed precision (x's bf16 copy kept in xb_ for the backward).
-  void project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre, bool bf16);
+  // The GEMMs in fp32, in mixed precision (x's bf16 copy kept in xb_ for the backward), or with the
+  // packed weights.
+  enum class Gemms { fp32, bf16, packed };
+  void project(const float* x, int n, float* qo, float* ko, float* vo, Tensor& qpre, Tensor& kpre, Gemms how);
 };
 
 // Rotate n rows of `heads` heads of width hd (row stride `stride`) by the tables; row r is at position

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/comm.h"
+#include "core/packed.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -103,6 +104,13 @@ class Ffn {
   // after construction, by every rank. The dense FFN has nothing to do; an FFN that cannot be
   // distributed throws moe::Error naming the setting.
   virtual void distribute(Comm* /*comm*/) {}
+
+  // Inference from packed weights (core/packed.h): the FFN's weight matrices packed in format f and its
+  // fp32 weights rounded to what they hold. An FFN with nothing to pack (PEER's tables) stays fp32.
+  virtual void pack_weights(WeightFormat /*f*/) {}
+  // Of num_active_params, those read from packed copies, and their bytes (0, 0 when not packed).
+  virtual int64_t packed_active_params() const { return 0; }
+  virtual double packed_active_bytes() const { return 0.0; }
 
   // The lists above, without a prefix; zero_grad clears every gradient, dense and sparse.
   std::vector<Param> params();

@@ -1,0 +1,189 @@
+#include "core/packed.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+
+namespace moe {
+
+double bytes_per_weight(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::fp32: return 4.0;
+    case WeightFormat::bf16: return 2.0;
+    case WeightFormat::q8_0: return 34.0 / 32.0;
+  }
+  return 4.0;
+}
+
+void PackedMatrix::pack(const float* W, int rows, int cols, WeightFormat f) {
+  MOE_CHECK(rows > 0 && cols > 0, "packed weights: an empty matrix");
+  if (f == WeightFormat::q8_0 && cols % kQ8Block != 0)
+    throw Error("weights q8_0: a weight matrix has rows of " + std::to_string(cols) +
+                " values, and Q8_0 packs rows in blocks of 32; use --weights bf16 for this model");
+  fmt_ = f;
+  rows_ = rows;
+  cols_ = cols;
+  f32_.clear();
+  b16_.clear();
+  q_.clear();
+  qd_.clear();
+  const size_t n = static_cast<size_t>(rows) * cols;
+  switch (f) {
+    case WeightFormat::fp32: f32_.assign(W, W + n); break;
+    case WeightFormat::bf16: to_bf16(W, b16_, n); break;
+    case WeightFormat::q8_0: {
+      q_.resize(n);
+      qd_.resize(n / kQ8Block);
+      parallel_for(n / kQ8Block, [&](size_t b) { qd_[b] = quantize_q8_0_block(W + b * kQ8Block, q_.data() + b * kQ8Block); }, 256);
+      break;
+    }
+  }
+}
+
+size_t PackedMatrix::bytes() const {
+  return f32_.size() * sizeof(float) + b16_.size() * sizeof(bf16_t) + q_.size() + qd_.size() * sizeof(uint16_t);
+}
+
+void PackedMatrix::unpack(int r0, int n, float* out) const {
+  const size_t lo = static_cast<size_t>(r0) * cols_, len = static_cast<size_t>(n) * cols_;
+  switch (fmt_) {
+    case WeightFormat::fp32: std::copy(f32_.begin() + static_cast<long>(lo), f32_.begin() + static_cast<long>(lo + len), out); break;
+    case WeightFormat::bf16:
+      for (size_t i = 0; i < len; ++i) out[i] = bf16_to_float(b16_[lo + i]);
+      break;
+    case WeightFormat::q8_0:
+      for (size_t b = 0; b < len / kQ8Block; ++b) {
+        const float d = half_to_float(qd_[lo / kQ8Block + b]);
+        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = static_cast<float>(q_[lo + b * kQ8Block + i]) * d;
+      }
+      break;
+  }
+}
+
+namespace {
+
+float dot_fp32(const float* w, const float* x, int K) {
+  int i = 0;
+  float s = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= K; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), acc);
+  s = _mm512_reduce_add_ps(acc);
+#endif
+  for (; i < K; ++i) s += w[i] * x[i];
+  return s;
+}
+
+float dot_bf16(const bf16_t* w, const float* x, int K) {
+  int i = 0;
+  float s = 0.f;
+#if defined(__AVX512F__)
+  // A bf16 value is the top half of an fp32 one: widen 16 of them by a shift.
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  auto widen = [](const bf16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  };
+  for (; i + 32 <= K; i += 32) {
+    acc0 = _mm512_fmadd_ps(widen(w + i), _mm512_loadu_ps(x + i), acc0);
+    acc1 = _mm512_fmadd_ps(widen(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
+  }
+  for (; i + 16 <= K; i += 16) acc0 = _mm512_fmadd_ps(widen(w + i), _mm512_loadu_ps(x + i), acc0);
+  s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#endif
+  for (; i < K; ++i) s += bf16_to_float(w[i]) * x[i];
+  return s;
+}
+
+// A Q8_0 scale in fp32 (one instruction with F16C).
+inline float scale_of(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return half_to_float(h);
+#endif
+}
+
+// Σ_b d_b · Σ_i q_{b,i}·x_{b,i} over the K / 32 blocks of one row.
+float dot_q8_0(const int8_t* q, const uint16_t* d, const float* x, int K) {
+  const int nb = K / kQ8Block;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  auto widen = [](const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  };
+  for (int b = 0; b < nb; ++b) {
+    const int8_t* qb = q + b * 32;
+    const float* xb = x + b * 32;
+    const __m512 s = _mm512_fmadd_ps(widen(qb + 16), _mm512_loadu_ps(xb + 16), _mm512_mul_ps(widen(qb), _mm512_loadu_ps(xb)));
+    acc = _mm512_fmadd_ps(s, _mm512_set1_ps(scale_of(d[b])), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+#else
+  float s = 0.f;
+  for (int b = 0; b < nb; ++b) {
+    float t = 0.f;
+    for (int i = 0; i < 32; ++i) t += static_cast<float>(q[b * 32 + i]) * x[b * 32 + i];
+    s += scale_of(d[b]) * t;
+  }
+  return s;
+#endif
+}
+
+constexpr int kDotRows = 4;     // up to this many rows of x: dot products from the packed rows
+constexpr int kRowChunk = 16;   // rows of W per task of the dot-product path
+constexpr int kPanel = 64;      // rows of W unpacked per sgemm in the panel path
+
+}  // namespace
+
+float PackedMatrix::dot(int r, const float* x) const {
+  const size_t o = static_cast<size_t>(r) * cols_;
+  switch (fmt_) {
+    case WeightFormat::fp32: return dot_fp32(f32_.data() + o, x, cols_);
+    case WeightFormat::bf16: return dot_bf16(b16_.data() + o, x, cols_);
+    case WeightFormat::q8_0: return dot_q8_0(q_.data() + o, qd_.data() + o / kQ8Block, x, cols_);
+  }
+  return 0.f;
+}
+
+void PackedMatrix::matmul(const float* x, int M, float* y, int ldy, bool accumulate) const {
+  MOE_CHECK(!empty(), "packed weights: matmul before pack");
+  if (M <= 0) return;
+  const int K = cols_;
+  if (M <= kDotRows) {
+    // Each row of W is read once, for every row of x, while it sits in L1.
+    const size_t chunks = (static_cast<size_t>(rows_) + kRowChunk - 1) / kRowChunk;
+    parallel_for(chunks, [&](size_t c) {
+      const int r1 = std::min(rows_, static_cast<int>(c + 1) * kRowChunk);
+      for (int r = static_cast<int>(c) * kRowChunk; r < r1; ++r)
+        for (int m = 0; m < M; ++m) {
+          const float v = dot(r, x + static_cast<size_t>(m) * K);
+          float& out = y[static_cast<size_t>(m) * ldy + r];
+          out = accumulate ? out + v : v;
+        }
+    }, 2);
+    return;
+  }
+  const size_t panels = (static_cast<size_t>(rows_) + kPanel - 1) / kPanel;
+  parallel_for(panels, [&](size_t p) {
+    thread_local std::vector<float> w;
+    const int r0 = static_cast<int>(p) * kPanel, n = std::min(kPanel, rows_ - r0);
+    w.resize(static_cast<size_t>(n) * K);
+    unpack(r0, n, w.data());
+    sgemm(false, true, M, n, K, 1.f, x, K, w.data(), K, accumulate ? 1.f : 0.f, y + r0, ldy);
+  }, 2);
+}
+
+void pack_and_round(float* W, int rows, int cols, WeightFormat f, PackedMatrix& p) {
+  p.pack(W, rows, cols, f);
+  p.unpack(0, rows, W);
+}
+
+}  // namespace moe

@@ -1,0 +1,62 @@
+// packed.h — weight matrices packed for inference: fp32 as trained, bf16, or Q8_0 (llama.cpp's layout:
+// each row in blocks of 32 int8 values with one fp16 scale, 34 bytes per 32 weights), and the products
+// of fp32 activations with them.
+//
+// Decoding reads every active weight once per token, so its speed is the memory bandwidth divided by
+// the bytes of those weights: bf16 halves them, Q8_0 nearly quarters them. A product keeps its
+// activations and its accumulation in fp32 and widens each weight on the fly; a few rows (decoding) run
+// as dot products straight from the packed rows, more (a prompt's prefill) unpack panels of rows to fp32
+// and multiply them with sgemm.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/enum_names.h"
+#include "core/half.h"
+
+namespace moe {
+
+// How a model's weight matrices are stored for generation and evaluation (moe generate/eval --weights).
+enum class WeightFormat { fp32, bf16, q8_0 };
+template <>
+struct EnumNames<WeightFormat> {
+  static constexpr const char* what = "weight format";
+  static constexpr std::array<const char*, 3> names = {"fp32", "bf16", "q8_0"};
+};
+// Bytes per weight: 4, 2 and 34/32.
+double bytes_per_weight(WeightFormat f);
+
+class PackedMatrix {
+ public:
+  // Packs W (rows, cols), row-major. Q8_0 needs cols to be a multiple of 32 (moe::Error otherwise);
+  // fp32 keeps a copy.
+  void pack(const float* W, int rows, int cols, WeightFormat f);
+  bool empty() const { return rows_ == 0; }
+  WeightFormat format() const { return fmt_; }
+  int rows() const { return rows_; }
+  int cols() const { return cols_; }
+  size_t bytes() const;  // what a product reads of it
+  // Rows [r0, r0 + n) as the fp32 values a product multiplies by, into out (n, cols).
+  void unpack(int r0, int n, float* out) const;
+  // y (M, rows) = x (M, cols)·Wᵀ, or y += that when accumulate; ldy is y's row stride. Every element of
+  // y is computed by one thread in a fixed order: the result does not depend on the thread count.
+  void matmul(const float* x, int M, float* y, int ldy, bool accumulate = false) const;
+
+ private:
+  WeightFormat fmt_ = WeightFormat::fp32;
+  int rows_ = 0, cols_ = 0;
+  std::vector<float> f32_;      // fp32: (rows, cols)
+  bf16_vector b16_;             // bf16: (rows, cols)
+  std::vector<int8_t> q_;       // q8_0: (rows, cols) quantized values
+  std::vector<uint16_t> qd_;    // q8_0: (rows, cols / 32) fp16 scales
+  float dot(int r, const float* x) const;  // row r · x
+};
+
+// Packs W (rows, cols) into p and writes back into W the values the packed copy holds: the fp32 model
+// is then the packed one, so that batched evaluation (plain fp32 GEMMs) and decoding from the packed
+// copy compute the same function up to summation order.
+void pack_and_round(float* W, int rows, int cols, WeightFormat f, PackedMatrix& p);
+
+}  // namespace moe
