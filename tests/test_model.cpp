@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "infer/generate.h"
 #include "model/dense_ffn.h"
 #include "model/transformer.h"
 #include "moe/moe_layer.h"
@@ -437,6 +438,48 @@ TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
       }
       EXPECT_NEAR(fp32_bytes - model.decode_bytes(L), (4.0 - bytes_per_weight(f)) * packed, 1e-6 * fp32_bytes);
     }
+  }
+}
+
+// Generation past the context of 8: rolling the cache prefills the prompt once and then shifts (the
+// first `keep` positions stay); prefilling again re-feeds half the window at each overflow. Until the
+// first overflow both give the same tokens. A keep beyond half the context is an error naming it.
+TEST(Generate, ContextShiftRollsOrPrefillsAgain) {
+  ModelConfig c = tiny(false, "topk_softmax");
+  c.max_position_embeddings = 8;
+  TransformerLM model(c);
+  const std::vector<int32_t> prompt = tokens_for(3, c.vocab_size, 9);
+  SampleOptions o;
+  o.max_tokens = 30;
+  o.temperature = 0.f;
+  GenerateTimings rolled, again, kept;
+  const std::vector<int32_t> a = generate(model, prompt, o, {}, &rolled);
+  o.keep = 2;
+  const std::vector<int32_t> k = generate(model, prompt, o, {}, &kept);
+  o.shift = ContextShift::reprefill;
+  const std::vector<int32_t> b = generate(model, prompt, o, {}, &again);
+  ASSERT_EQ(a.size(), 30u);
+  ASSERT_EQ(b.size(), 30u);
+  ASSERT_EQ(k.size(), 30u);
+  EXPECT_EQ(rolled.prefill_tokens, 3);
+  EXPECT_EQ(kept.prefill_tokens, 3);
+  // The prompt, then 29 tokens fed one at a time in a window of 8: the first overflow at the 6th, then a
+  // shift every 4 (discarding 4; with keep 2, every 3), a new prefill of 4 tokens every 5.
+  EXPECT_EQ(rolled.shifts, 6);
+  EXPECT_EQ(kept.shifts, 8);
+  EXPECT_EQ(again.shifts, 0);
+  EXPECT_EQ(again.prefill_tokens, 3 + 4 * 5);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(a[i], b[i]) << i;
+    EXPECT_EQ(a[i], k[i]) << i;
+  }
+  o.shift = ContextShift::roll;
+  o.keep = 5;
+  try {
+    generate(model, prompt, o);
+    FAIL() << "keep 5 of a context of 8";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("keep = 5"), std::string::npos) << e.what();
   }
 }
 

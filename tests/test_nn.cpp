@@ -192,6 +192,42 @@ INSTANTIATE_TEST_SUITE_P(Heads, AttentionTest,
                                            AttnCase{"granite_scale", 4, 2, true, QkNorm::none, 0.2f}),
                          [](const ::testing::TestParamInfo<AttnCase>& pi) { return std::string(pi.param.name); });
 
+// A rolled cache (context shift): after shift_cache(keep, discard) the cache holds the first `keep`
+// positions and the last ones moved down, each key rotated to its new position: exactly what a fresh
+// cache of those rows of x would hold (keys to rounding, values bit for bit), with QK-norm and GQA.
+// Then decoding goes on from it as from the fresh cache.
+TEST(Attention, RolledCacheHoldsTheNewPositions) {
+  AttentionConfig c;
+  c.hidden_size = 16;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.qk_norm = QkNorm::head;
+  Attention attn(c, 3, 11, 0.3f);
+  const int n = 16, d = c.hidden_size, kvd = 2 * 8, keep = 2, discard = 7, left = n - discard;
+  Tensor x({n + 1, d}), y({n, d});
+  fill_normal(x.data(), x.numel(), 4, 1, 0.f, 1.f);
+  Attention::Cache rolled, fresh;
+  attn.forward_cached(x.data(), n, rolled, n + 1, y.data());
+  attn.shift_cache(rolled, keep, discard);
+  ASSERT_EQ(rolled.len, left);
+  Tensor xs({left + 1, d});  // rows 0..keep-1 and keep+discard..n-1 of x, then the next token
+  for (int r = 0; r < left + 1; ++r) {
+    const int from = r < keep ? r : r + discard;
+    std::copy(x.data() + static_cast<size_t>(from) * d, x.data() + static_cast<size_t>(from + 1) * d, xs.data() + static_cast<size_t>(r) * d);
+  }
+  Tensor ys({left, d});
+  attn.forward_cached(xs.data(), left, fresh, n + 1, ys.data());
+  for (int i = 0; i < left * kvd; ++i) {
+    ASSERT_NEAR(rolled.k[static_cast<size_t>(i)], fresh.k[static_cast<size_t>(i)], 1e-5f) << "key " << i;
+    ASSERT_EQ(rolled.v[static_cast<size_t>(i)], fresh.v[static_cast<size_t>(i)]) << "value " << i;
+  }
+  Tensor y1({1, d}), y2({1, d});
+  attn.forward_cached(xs.data() + static_cast<size_t>(left) * d, 1, rolled, n + 1, y1.data());
+  attn.forward_cached(xs.data() + static_cast<size_t>(left) * d, 1, fresh, n + 1, y2.data());
+  for (int j = 0; j < d; ++j) EXPECT_NEAR(y1[static_cast<size_t>(j)], y2[static_cast<size_t>(j)], 1e-5f);
+}
+
 TEST(Attention, BadConfigNamesTheField) {
   AttentionConfig c;
   c.hidden_size = 16;

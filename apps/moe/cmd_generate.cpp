@@ -45,6 +45,12 @@ void add_generate(CLI::App& app) {
                                 "The weight matrices packed for decoding: bf16 halves the bytes a token reads, q8_0 "
                                 "(llama.cpp's Q8_0: int8 in blocks of 32 with an fp16 scale) nearly quarters them; "
                                 "activations stay fp32. A model trained in bf16 decodes from bf16 unless told");
+  add_enum_option(cmd, "--context-shift", so.shift,
+                  "When the context is full: roll the KV cache (drop the older half after --keep, re-rotate the keys) "
+                  "or prefill again from the most recent half of the tokens");
+  cmd->add_option("--keep", so.keep, "With --context-shift roll: positions at the start of the context that are never "
+                                     "dropped (default 0)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--timing", timing, "Print prefill and decode tokens/s to stderr");
   add_threads(cmd, threads);
   add_allow_nonfinite(cmd, allow_nonfinite);
@@ -104,6 +110,9 @@ void add_generate(CLI::App& app) {
       std::fprintf(stderr, "timing: prefill %d tokens in %.2f ms (%.1f tokens/s), decode %d tokens in %.2f ms (%.1f tokens/s)\n",
                    tm.prefill_tokens, tm.prefill_s * 1e3, tm.prefill_tokens / std::max(tm.prefill_s, 1e-9), tm.decode_tokens,
                    tm.decode_s * 1e3, decode_rate);
+      if (tm.shifts > 0)
+        std::fprintf(stderr, "timing: %d context shifts (rolled caches) in %.2f ms, counted in the decode\n", tm.shifts,
+                     tm.shift_s * 1e3);
       if (tm.decode_tokens > 0) {  // the memory-bandwidth bound, measured now
         const double gbps = measure_read_gbps(), mb = tm.decode_bytes / tm.decode_tokens / 1e6;
         const double bound = gbps * 1e3 / mb;

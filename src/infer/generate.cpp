@@ -21,7 +21,7 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
   std::vector<float> p(static_cast<size_t>(V));
   std::vector<int32_t> idx(static_cast<size_t>(V));
   // Prefill the KV cache with the prompt (its last maxL − 1 tokens), then one token at a time; when the
-  // context is full, start again from the most recent half.
+  // context is full, roll the cache or prefill again from the most recent half (ContextShift).
   int last_fed = 0;  // tokens in the last decode call: its last row is the newest token
   auto prefill = [&](size_t from) {
     const auto t0 = clock_type::now();
@@ -33,6 +33,9 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
     return z;
   };
   MOE_CHECK(!seq.empty(), "generate: the prompt is empty");
+  if (o.shift == ContextShift::roll && (o.keep < 0 || o.keep > maxL / 2))
+    throw Error("generate: keep = " + std::to_string(o.keep) + " must lie in [0, " + std::to_string(maxL / 2) +
+                "], half of the model's context of " + std::to_string(maxL));
   const float* z = prefill(seq.size() > static_cast<size_t>(maxL - 1) ? seq.size() - static_cast<size_t>(maxL - 1) : 0);
   for (int n = 0; n < o.max_tokens; ++n) {
     int32_t next;
@@ -61,9 +64,15 @@ std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& 
     seq.push_back(next);
     // Feed the new token (its routing is what --show-experts reports); the last one only when reported.
     if (n + 1 < o.max_tokens || on_token) {
-      if (model.cache_len() < maxL) {
-        tm.decode_bytes += model.decode_bytes(model.cache_len() + 1);
+      if (model.cache_len() < maxL || o.shift == ContextShift::roll) {
         const auto t0 = clock_type::now();
+        if (model.cache_len() == maxL) {
+          const auto ts = clock_type::now();
+          model.shift_cache(o.keep, (maxL - o.keep) / 2);
+          tm.shift_s += ms_since(ts) / 1e3;
+          ++tm.shifts;
+        }
+        tm.decode_bytes += model.decode_bytes(model.cache_len() + 1);
         z = model.decode(&seq.back(), 1);
         tm.decode_s += ms_since(t0) / 1e3;
         ++tm.decode_tokens;

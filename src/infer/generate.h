@@ -5,9 +5,21 @@
 #include <functional>
 #include <vector>
 
+#include "core/enum_names.h"
 #include "model/transformer.h"
 
 namespace moe {
+
+// What generation does when the context is full: roll the KV cache (drop the older half of the
+// positions after the first `keep`, re-rotate the rest: llama.cpp's context shift), or start again from
+// the most recent half of the tokens with a new prefill (exact, and as costly as a prompt of half the
+// window).
+enum class ContextShift { roll, reprefill };
+template <>
+struct EnumNames<ContextShift> {
+  static constexpr const char* what = "context shift";
+  static constexpr std::array<const char*, 2> names = {"roll", "reprefill"};
+};
 
 struct SampleOptions {
   int max_tokens = 64;
@@ -16,13 +28,15 @@ struct SampleOptions {
   float top_p = 0.95f;
   uint64_t seed = 1;
   int32_t stop_token = -1;  // generation ends after this token (a chat model's eos); -1: none
+  ContextShift shift = ContextShift::roll;
+  int keep = 0;  // roll: the first positions of the context that stay (a system prompt, an attention sink)
 };
 
 // Where the time of a generation went: the prompt through the model (prefill) and the tokens fed one at
 // a time after it (decode), in seconds, with their token counts.
 struct GenerateTimings {
-  double prefill_s = 0.0, decode_s = 0.0;
-  int prefill_tokens = 0, decode_tokens = 0;
+  double prefill_s = 0.0, decode_s = 0.0, shift_s = 0.0;  // shift_s: rolling the cache (counted in decode_s)
+  int prefill_tokens = 0, decode_tokens = 0, shifts = 0;
   double decode_bytes = 0.0;  // what the decoded tokens read at least (TransformerLM::decode_bytes, summed)
 };
 

@@ -263,6 +263,10 @@ void TransformerLM::reset_cache() {
   caches_.assign(blocks.size(), Attention::Cache{});
 }
 
+void TransformerLM::shift_cache(int keep, int discard) {
+  for (size_t l = 0; l < blocks.size(); ++l) blocks[l].attn.shift_cache(caches_[l], keep, discard);
+}
+
 const float* TransformerLM::decode(const int32_t* tokens, int n) {
   if (caches_.size() != blocks.size()) reset_cache();
   const int d = cfg.hidden_size, V = cfg.vocab_size, maxL = cfg.context();

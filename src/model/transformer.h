@@ -85,6 +85,8 @@ class TransformerLM {
   // cache and returns the logits (V) of the last one. reset_cache() starts a new sequence.
   const float* decode(const int32_t* tokens, int n);
   void reset_cache();
+  // Context shift of every block's cache (Attention::shift_cache): positions [keep, keep + discard) go.
+  void shift_cache(int keep, int discard);
   // Generation and evaluation from packed weights (core/packed.h, `--weights`): every block's attention
   // projections and FFN weight matrices and the LM head packed in format f, and the fp32 weights rounded
   // to what the packed copies hold, so that forward_logits (fp32 GEMMs over the rounded weights) and

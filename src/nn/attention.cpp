@@ -361,6 +361,19 @@ void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len,
     po_.matmul(on.data(), n, y, d);
 }
 
+void Attention::shift_cache(Cache& cache, int keep, int discard) {
+  MOE_CHECK(keep >= 0 && discard > 0 && keep + discard <= cache.len, "attention: a cache shift beyond the cached positions");
+  const int kvd = cfg.kv_heads() * cfg.hd(), moved = cache.len - keep - discard;
+  for (Tensor* t : {&cache.k, &cache.v})
+    std::memmove(t->data() + static_cast<size_t>(keep) * kvd, t->data() + static_cast<size_t>(keep + discard) * kvd,
+                 sizeof(float) * static_cast<size_t>(moved) * kvd);
+  rope_tables(discard + 1);
+  // Every moved row back by `discard` positions: the inverse rotation of position `discard`.
+  rope_apply(cache.k.data() + static_cast<size_t>(keep) * kvd, moved, cfg.kv_heads(), cfg.hd(), kvd, cos_, sin_, true, 1,
+             discard);
+  cache.len -= discard;
+}
+
 void Attention::pack(WeightFormat f) {
   const int d = cfg.hidden_size, qd = cfg.num_attention_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
   pack_and_round(wq.data(), qd, d, f, pq_);

@@ -78,6 +78,11 @@ struct Attention {
   // Inference on one sequence with a KV cache: n new tokens x (n, d) at positions cache.len ...
   // attend to the cached positions and to each other (causally); appends their keys and values.
   void forward_cached(const float* x, int n, Cache& cache, int max_len, float* y);
+  // A rolling cache (context shift): drops positions [keep, keep + discard) of the cache; the later ones
+  // move down by `discard`, their keys rotated back by as many positions. RoPE makes a score depend on
+  // the difference of positions only, so each key then sits at its new position exactly; what changes
+  // is that the moved keys and values of later blocks were computed with the dropped tokens in view.
+  void shift_cache(Cache& cache, int keep, int discard);
   // Decoding from packed weights (core/packed.h): W_q, W_k, W_v and W_o packed in format f and rounded
   // to what they hold; forward_cached reads the packed copies, forward the rounded fp32 weights (bf16
   // mode off). Not for training: the packed copies do not follow the weights.
