@@ -2,8 +2,9 @@
 """Decode speed against llama.cpp on the same model and prompt (docs/PERFORMANCE.md): a run's checkpoint
 is exported with `moe export --format gguf`, then prefill and greedy generation are timed in `moe generate
 --timing` and in llama.cpp (llama-cpp-python, the interop venv of scripts/interop_venv.sh), alternately,
-with the same thread count, the same prompt ids and the same number of generated tokens. Prints a
-markdown table (median of ROUNDS, tokens/s) with the CPU and kernel.
+with the same thread count, the same prompt ids and the same number of generated tokens; moe.cpp decodes
+from weights in the GGUF file's format (`--weights`: fp32 for f32, bf16, q8_0, the same Q8_0 values as
+llama.cpp's). Prints a markdown table (median of ROUNDS, tokens/s) with the CPU and kernel.
 
     VENV/bin/python scripts/compare_llama_cpp.py MOE CKPT [--threads 2] [--prompt 64] [--tokens 60]
                                                   [--rounds 5] [--dtype f32]
@@ -52,6 +53,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dtype", default="f32")
     a = ap.parse_args()
+    weights = {"f32": "fp32", "bf16": "bf16", "q8_0": "q8_0"}.get(a.dtype)
+    assert weights, f"--dtype {a.dtype}: moe generate has no weights of that format (f32, bf16, q8_0)"
     with tempfile.TemporaryDirectory() as tmp:
         gguf = os.path.join(tmp, "model.gguf")
         subprocess.run([a.moe, "export", "--ckpt", a.ckpt, "--format", "gguf", "--dtype", a.dtype, "--out", gguf], check=True,
@@ -67,7 +70,7 @@ def main():
         rows = {"moe": ([], []), "llama.cpp": ([], [])}
         for _ in range(a.rounds):
             r = subprocess.run([a.moe, "generate", "--ckpt", a.ckpt, "--prompt-ids", pfile, "--temperature", "0", "--max-tokens",
-                                str(a.tokens), "--threads", str(a.threads), "--timing"], check=True, capture_output=True, text=True)
+                                str(a.tokens), "--threads", str(a.threads), "--weights", weights, "--timing"], check=True, capture_output=True, text=True)
             m = re.search(r"prefill (\d+) tokens in [\d.]+ ms \(([\d.]+) tokens/s\), decode (\d+) tokens in [\d.]+ ms \(([\d.]+)", r.stderr)
             greedy_moe = [int(x) for x in r.stdout.strip().splitlines()[-1].split()[1:]]
             rows["moe"][0].append(float(m.group(2)))

@@ -388,14 +388,14 @@ TEST(Model, KvCacheGrowsToALongContext) {
 }
 
 // Decoding from packed weights (moe generate/eval --weights): after pack_weights, forward_logits runs
-// the fp32 weights rounded to the format and decode reads the packed copies; they agree at every
+// the fp32 weights rounded to the format (fp32: unchanged) and decode reads the packed copies; they agree at every
 // position (a prefill of 5, then one token at a time), tied head or not, for a model trained in fp32
 // or in bf16 (whose bf16 GEMMs packing turns off). The packed model stays close to the fp32 one, and a
 // token reads (4 − bytes per weight) fewer bytes for each packed weight it uses.
 TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
   for (int variant = 0; variant < 3; ++variant) {
     const bool tied = variant == 1, bf16_model = variant == 2;
-    for (WeightFormat f : {WeightFormat::bf16, WeightFormat::q8_0}) {
+    for (WeightFormat f : {WeightFormat::fp32, WeightFormat::bf16, WeightFormat::q8_0}) {
       SCOPED_TRACE(std::string(name_of(f)) + (tied ? " tied" : " untied") + (bf16_model ? ", bf16 model" : ""));
       ModelConfig c = tiny(tied, "topk_softmax");
       if (bf16_model) c.moe.precision = Precision::bf16;
@@ -418,8 +418,12 @@ TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
         diff = std::max(diff, static_cast<double>(std::fabs(full[i] - ref[i])));
         mag = std::max(mag, static_cast<double>(std::fabs(ref[i])));
       }
-      EXPECT_GT(diff, 0.0) << "packing changed nothing";
-      EXPECT_LT(diff, (f == WeightFormat::bf16 ? 0.01 : 0.03) * mag);
+      if (f == WeightFormat::fp32 && !bf16_model) {
+        EXPECT_EQ(diff, 0.0) << "packing in fp32 changed the weights";
+      } else {  // a bf16 model packed in fp32 runs its GEMMs in fp32 now
+        EXPECT_GT(diff, 0.0) << "packing changed nothing";
+        EXPECT_LT(diff, (f == WeightFormat::q8_0 ? 0.03 : 0.01) * mag);
+      }
       model.reset_cache();
       const float* z = model.decode(tok.data(), 5);
       for (int pos = 4; pos < L; ++pos) {

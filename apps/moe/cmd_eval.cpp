@@ -33,7 +33,7 @@ void add_eval(CLI::App& app) {
   cmd->callback([] {
     apply_threads(threads);
     LoadedRun run = load_run(ckpt, allow_nonfinite);
-    run.model->pack_weights(weights);
+    if (weights != WeightFormat::fp32) run.model->pack_weights(weights);  // fp32: the model as it is
     const RunConfig& c = run.cfg;
     if (!ids.empty()) {
       const IdsScore s = score_ids(*run.model, read_token_ids(ids, c.model.vocab_size));

@@ -154,7 +154,18 @@ float PackedMatrix::dot(int r, const float* x) const {
 }
 
 void PackedMatrix::matmul(const float* x, int M, float* y, int ldy, bool accumulate) const {
+  matmul(x, M, {Part{rows_, y, ldy}}, accumulate);
+}
+
+void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> parts, bool accumulate) const {
   MOE_CHECK(!empty(), "packed weights: matmul before pack");
+  constexpr size_t kMaxParts = 4;
+  MOE_CHECK(parts.size() >= 1 && parts.size() <= kMaxParts, "packed weights: 1 to 4 parts");
+  // Part i holds rows [start[i], start[i + 1]) of W.
+  int start[kMaxParts + 1] = {0};
+  const Part* part = parts.begin();
+  for (size_t i = 0; i < parts.size(); ++i) start[i + 1] = start[i] + part[i].rows;
+  MOE_CHECK(start[parts.size()] == rows_, "packed weights: the parts' rows do not add up to the matrix's");
   if (M <= 0) return;
   const int K = cols_;
   if (M <= kDotRows) {
@@ -162,28 +173,48 @@ void PackedMatrix::matmul(const float* x, int M, float* y, int ldy, bool accumul
     const size_t chunks = (static_cast<size_t>(rows_) + kRowChunk - 1) / kRowChunk;
     parallel_for(chunks, [&](size_t c) {
       const int r1 = std::min(rows_, static_cast<int>(c + 1) * kRowChunk);
-      for (int r = static_cast<int>(c) * kRowChunk; r < r1; ++r)
+      size_t i = 0;
+      for (int r = static_cast<int>(c) * kRowChunk; r < r1; ++r) {
+        while (r >= start[i + 1]) ++i;
         for (int m = 0; m < M; ++m) {
           const float v = dot(r, x + static_cast<size_t>(m) * K);
-          float& out = y[static_cast<size_t>(m) * ldy + r];
+          float& out = part[i].y[static_cast<size_t>(m) * part[i].ldy + (r - start[i])];
           out = accumulate ? out + v : v;
         }
+      }
     }, 2);
     return;
   }
   const size_t panels = (static_cast<size_t>(rows_) + kPanel - 1) / kPanel;
   parallel_for(panels, [&](size_t p) {
     thread_local std::vector<float> w;
-    const int r0 = static_cast<int>(p) * kPanel, n = std::min(kPanel, rows_ - r0);
-    w.resize(static_cast<size_t>(n) * K);
-    unpack(r0, n, w.data());
-    sgemm(false, true, M, n, K, 1.f, x, K, w.data(), K, accumulate ? 1.f : 0.f, y + r0, ldy);
+    const int r0 = static_cast<int>(p) * kPanel, r1 = std::min(rows_, r0 + kPanel);
+    w.resize(static_cast<size_t>(r1 - r0) * K);
+    unpack(r0, r1 - r0, w.data());
+    for (size_t i = 0; i < parts.size(); ++i) {  // the panel's rows in each part it overlaps
+      const int a = std::max(r0, start[i]), b = std::min(r1, start[i + 1]);
+      if (a >= b) continue;
+      sgemm(false, true, M, b - a, K, 1.f, x, K, w.data() + static_cast<size_t>(a - r0) * K, K, accumulate ? 1.f : 0.f,
+            part[i].y + (a - start[i]), part[i].ldy);
+    }
   }, 2);
 }
 
 void pack_and_round(float* W, int rows, int cols, WeightFormat f, PackedMatrix& p) {
   p.pack(W, rows, cols, f);
   p.unpack(0, rows, W);
+}
+
+void pack_and_round(std::initializer_list<std::pair<float*, int>> stacked, int cols, WeightFormat f, PackedMatrix& p) {
+  std::vector<float> all;
+  for (const auto& [w, rows] : stacked) all.insert(all.end(), w, w + static_cast<size_t>(rows) * cols);
+  const int rows = static_cast<int>(all.size() / static_cast<size_t>(cols));
+  pack_and_round(all.data(), rows, cols, f, p);
+  size_t o = 0;
+  for (const auto& [w, n] : stacked) {
+    std::copy(all.begin() + static_cast<long>(o), all.begin() + static_cast<long>(o + static_cast<size_t>(n) * cols), w);
+    o += static_cast<size_t>(n) * cols;
+  }
 }
 
 }  // namespace moe

@@ -10,6 +10,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "core/bf16.h"
@@ -43,6 +45,15 @@ class PackedMatrix {
   // y (M, rows) = x (M, cols)·Wᵀ, or y += that when accumulate; ldy is y's row stride. Every element of
   // y is computed by one thread in a fixed order: the result does not depend on the thread count.
   void matmul(const float* x, int M, float* y, int ldy, bool accumulate = false) const;
+  // The same for a matrix of stacked ones (W1 over W3, W_q over W_k over W_v), the columns of the
+  // product going to one output per part: part i gets `rows` columns into y (row stride ldy). One pass
+  // (one parallel region) instead of one per matrix; the parts' rows add up to rows().
+  struct Part {
+    int rows;
+    float* y;
+    int ldy;
+  };
+  void matmul(const float* x, int M, std::initializer_list<Part> parts, bool accumulate = false) const;
 
  private:
   WeightFormat fmt_ = WeightFormat::fp32;
@@ -58,5 +69,7 @@ class PackedMatrix {
 // is then the packed one, so that batched evaluation (plain fp32 GEMMs) and decoding from the packed
 // copy compute the same function up to summation order.
 void pack_and_round(float* W, int rows, int cols, WeightFormat f, PackedMatrix& p);
+// The same for matrices stacked in that order (each (rows_i, cols)) into one packed matrix.
+void pack_and_round(std::initializer_list<std::pair<float*, int>> stacked, int cols, WeightFormat f, PackedMatrix& p);
 
 }  // namespace moe

@@ -297,8 +297,7 @@ const float* TransformerLM::decode(const int32_t* tokens, int n) {
 }
 
 void TransformerLM::pack_weights(WeightFormat f) {
-  if (f == WeightFormat::fp32) return;
-  MOE_CHECK(packed_ == WeightFormat::fp32, "model: weights are packed once");
+  MOE_CHECK(head_packed_.empty(), "model: weights are packed once");
   for (Block& b : blocks) {
     b.attn.pack(f);
     b.ffn->pack_weights(f);

@@ -91,10 +91,12 @@ class TransformerLM {
   // projections and FFN weight matrices and the LM head packed in format f, and the fp32 weights rounded
   // to what the packed copies hold, so that forward_logits (fp32 GEMMs over the rounded weights) and
   // decode (the packed copies) run the same model. Embedding rows, norms, routers and PEER's tables stay
-  // fp32; a tied head rounds the embedding table it shares. fp32 packs nothing. For inference only: the
-  // packed copies do not follow training.
+  // fp32; a tied head rounds the embedding table it shares. fp32 packs a copy: decoding then reads
+  // stacked matrices (W_q over W_k over W_v, W1 over W3) with its own dot products rather than one BLAS
+  // matrix-vector product per matrix, for the memory of a second copy of the matrices. For inference
+  // only: the packed copies do not follow training.
   void pack_weights(WeightFormat f);
-  WeightFormat weight_format() const { return packed_; }
+  WeightFormat weight_format() const { return packed_; }  // fp32 also when not packed
   int cache_len() const { return caches_.empty() ? 0 : caches_[0].len; }
   void zero_grad();
   std::vector<Param> params();               // dense parameters (AdamW)
@@ -155,7 +157,7 @@ class TransformerLM {
   // replicated: every rank runs these same tokens (forward_logits of a distributed model).
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step, bool replicated);
   // The head's (and attention's) GEMMs: bf16 for a bf16 model, unless its weights are packed.
-  bool bf16_gemms() const { return cfg.precision() == Precision::bf16 && packed_ == WeightFormat::fp32; }
+  bool bf16_gemms() const { return cfg.precision() == Precision::bf16 && head_packed_.empty(); }
   void collect_block_params(size_t l, std::vector<Param>& out);
 };
 

@@ -219,9 +219,13 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
   b.resize({rows, h});
   act.resize({rows, h});
   if (packed()) {
+    // W1 and W3 in one pass (which 0 writes A and B: B's rows sit at the same offset of b as A's of a).
     forward_pass(x, act.data(), offsets, y, [&](int which, int e, int n, const float* in, float* out) {
-      const PackedMatrix& w = (which == 0 ? p1 : which == 1 ? p3 : p2)[static_cast<size_t>(e)];
-      w.matmul(in, n, out, w.rows());
+      const size_t ex = static_cast<size_t>(e);
+      if (which == 0)
+        p13[ex].matmul(in, n, {{h, out, h}, {h, b.data() + (out - a.data()), h}});
+      else if (which == 2)
+        p2[ex].matmul(in, n, out, d);
     });
     return;
   }
@@ -229,20 +233,18 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
 }
 
 void ExpertBank::pack(WeightFormat f) {
-  p1.resize(static_cast<size_t>(E));
-  p3.resize(static_cast<size_t>(E));
+  p13.resize(static_cast<size_t>(E));
   p2.resize(static_cast<size_t>(E));
   const size_t we = static_cast<size_t>(h) * d;
   for (int e = 0; e < E; ++e) {
-    pack_and_round(w1.data() + e * we, h, d, f, p1[static_cast<size_t>(e)]);
-    pack_and_round(w3.data() + e * we, h, d, f, p3[static_cast<size_t>(e)]);
+    pack_and_round({{w1.data() + e * we, h}, {w3.data() + e * we, h}}, d, f, p13[static_cast<size_t>(e)]);
     pack_and_round(w2.data() + e * we, d, h, f, p2[static_cast<size_t>(e)]);
   }
   bf16 = false;
 }
 
 size_t ExpertBank::packed_bytes_per_expert() const {
-  return p1.empty() ? 0 : p1[0].bytes() + p3[0].bytes() + p2[0].bytes();
+  return p2.empty() ? 0 : p13[0].bytes() + p2[0].bytes();
 }
 
 void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y) {

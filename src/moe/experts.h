@@ -54,13 +54,13 @@ struct ExpertBank {
   // the fp32 weights rounded to what they hold; forward() then reads the packed copies with fp32
   // activations (bf16 mode off). Not for training: the packed copies do not follow the weights.
   void pack(WeightFormat f);
-  bool packed() const { return !p1.empty(); }
+  bool packed() const { return !p2.empty(); }
   size_t packed_bytes_per_expert() const;  // W1, W3 and W2 of one expert as packed
 
  private:
   // Few large experts: each GEMM runs on all threads. Many: one expert per thread, BLAS serial.
   bool parallel_over_experts(const std::vector<int64_t>& offsets) const;
-  std::vector<PackedMatrix> p1, p3, p2;  // per expert, when packed
+  std::vector<PackedMatrix> p13, p2;  // per expert, when packed: W1 over W3, and W2
   // The grouped SwiGLU; mul(which, e, n, in, out) is the product of n rows of `in` with expert e's
   // W1 (which 0), W3 (1) or W2 (2).
   template <class In, class Out, class Mul>

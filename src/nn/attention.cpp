@@ -90,9 +90,7 @@ void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, 
   float* qp = norm ? qpre.data() : qo;
   float* kp = norm ? kpre.data() : ko;
   if (how == Gemms::packed) {
-    pq_.matmul(x, n, qp, qd);
-    pk_.matmul(x, n, kp, kvd);
-    pv_.matmul(x, n, vo, kvd);
+    pqkv_.matmul(x, n, {{qd, qp, qd}, {kvd, kp, kvd}, {kvd, vo, kvd}});
   } else if (how == Gemms::bf16) {
     to_bf16(x, xb_, static_cast<size_t>(n) * d);
     lq_.forward(xb_.data(), n, d, wq.data(), qd, qp);
@@ -337,7 +335,7 @@ void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len,
   Tensor qn({n, qd}), qpre, kpre;
   float* kn = cache.k.data() + static_cast<size_t>(p0) * kvd;
   float* vn = cache.v.data() + static_cast<size_t>(p0) * kvd;
-  project(x, n, qn.data(), kn, vn, qpre, kpre, pq_.empty() ? Gemms::fp32 : Gemms::packed);
+  project(x, n, qn.data(), kn, vn, qpre, kpre, pqkv_.empty() ? Gemms::fp32 : Gemms::packed);
   rope_apply(qn.data(), n, H, hd, qd, cos_, sin_, false, n, p0);
   rope_apply(kn, n, KV, hd, kvd, cos_, sin_, false, n, p0);
   cache.len = p0 + n;
@@ -376,13 +374,11 @@ void Attention::shift_cache(Cache& cache, int keep, int discard) {
 
 void Attention::pack(WeightFormat f) {
   const int d = cfg.hidden_size, qd = cfg.num_attention_heads * cfg.hd(), kvd = cfg.kv_heads() * cfg.hd();
-  pack_and_round(wq.data(), qd, d, f, pq_);
-  pack_and_round(wk.data(), kvd, d, f, pk_);
-  pack_and_round(wv.data(), kvd, d, f, pv_);
+  pack_and_round({{wq.data(), qd}, {wk.data(), kvd}, {wv.data(), kvd}}, d, f, pqkv_);
   pack_and_round(wo.data(), d, qd, f, po_);
   cfg.bf16 = false;
 }
 
-size_t Attention::packed_bytes() const { return pq_.bytes() + pk_.bytes() + pv_.bytes() + po_.bytes(); }
+size_t Attention::packed_bytes() const { return pqkv_.bytes() + po_.bytes(); }
 
 }  // namespace moe

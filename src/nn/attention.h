@@ -101,7 +101,7 @@ struct Attention {
   // bf16 mode: the projections, and the bf16 copies of their inputs and output gradients.
   Bf16Linear lq_, lk_, lv_, lo_;
   bf16_vector xb_, ob_, dyb_, dqb_, dkb_, dvb_;
-  PackedMatrix pq_, pk_, pv_, po_;  // pack()
+  PackedMatrix pqkv_, po_;  // pack(): W_q over W_k over W_v, and W_o
   // cos and sin of at least L positions; with cap, grown by doubling up to cap (generation one token at a time).
   void rope_tables(int L, int cap = 0);
   // q, k, v of n rows of x into the given buffers, biases and QK-norm applied, not yet rotated;

@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""Decoding a trained model from each weight format (`moe generate --weights fp32 | bf16 | q8_0`):
+tokens/s, the memory-bandwidth bound measured in the same run and the share of it reached, and the
+perplexity each format costs (`moe eval --weights`). The formats run alternately, ROUNDS times each,
+greedy, from the same prompt; a median per format. With --shift it also times generation past the
+context with the rolled KV cache against prefilling half the window again (`--context-shift`).
+
+  /usr/bin/python3 bench/compare_decode.py --ckpt runs/default [--tokens 1000] [--rounds 5] [--threads 2] [--shift]
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FORMATS = ["fp32", "bf16", "q8_0"]
+
+
+def cpu_name():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def generate(a, extra):
+    r = subprocess.run([a.moe, "generate", "--ckpt", a.ckpt, "--prompt", a.prompt, "--temperature", "0", "--max-tokens",
+                        str(a.tokens), "--threads", str(a.threads), "--timing"] + extra, check=True, capture_output=True, text=True)
+    t = {}
+    m = re.search(r"prefill (\d+) tokens in ([\d.]+) ms .*decode (\d+) tokens in ([\d.]+) ms \(([\d.]+) tokens/s\)", r.stderr)
+    t["prefill_tokens"], t["prefill_ms"], t["decode_ms"], t["rate"] = int(m.group(1)), float(m.group(2)), float(m.group(4)), float(m.group(5))
+    m = re.search(r"bandwidth bound ([\d.]+) tokens/s = ([\d.]+) GB/s .* / ([\d.]+) MB a token .*decode at ([\d.]+)", r.stderr)
+    t["bound"], t["gbps"], t["mb"], t["share"] = (float(m.group(i)) for i in range(1, 5))
+    m = re.search(r"(\d+) context shifts \(rolled caches\) in ([\d.]+) ms", r.stderr)
+    t["shifts"], t["shift_ms"] = (int(m.group(1)), float(m.group(2))) if m else (0, 0.0)
+    return t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--moe", default=os.path.join(ROOT, "build", "bin", "moe"))
+    ap.add_argument("--prompt", default="And God said")
+    ap.add_argument("--tokens", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shift", action="store_true", help="also time --context-shift roll against reprefill")
+    a = ap.parse_args()
+    runs = {f: [] for f in FORMATS}
+    for _ in range(a.rounds):
+        for f in FORMATS:
+            runs[f].append(generate(a, ["--weights", f]))
+    ppl = {}
+    for f in FORMATS:
+        r = subprocess.run([a.moe, "eval", "--ckpt", a.ckpt, "--weights", f, "--json", "--threads", str(a.threads)],
+                           check=True, capture_output=True, text=True)
+        ppl[f] = json.loads(r.stdout)
+    print(f"CPU: {cpu_name()}, kernel {platform.release()}, {a.threads} threads; {a.ckpt}; greedy, {a.tokens} tokens "
+          f"after \"{a.prompt}\"; median of {a.rounds} alternating runs (min-max)\n")
+    print("| weights | MB a token | decode tokens/s | bound tokens/s (GB/s) | share of bound | val loss | perplexity | Δ perplexity |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    base = ppl["fp32"]["perplexity"]
+    for f in FORMATS:
+        r = runs[f]
+        med = lambda k: statistics.median(x[k] for x in r)  # noqa: E731
+        lo, hi = min(x["rate"] for x in r), max(x["rate"] for x in r)
+        p = ppl[f]["perplexity"]
+        print(f"| {f} | {med('mb'):.2f} | {med('rate'):.0f} ({lo:.0f}-{hi:.0f}) | {med('bound'):.0f} ({med('gbps'):.1f}) | "
+              f"{med('share'):.2f} | {ppl[f]['val_loss']:.5f} | {p:.4f} | {p - base:+.4f} ({(p / base - 1) * 100:+.3f}%) |")
+    if a.shift:
+        print("\nGeneration past the context (fp32 weights): the rolled cache against a new prefill of half the window\n")
+        print("| context shift | decode tokens/s | shifts | ms in shifts | prefill tokens | ms in prefills | tokens/s overall |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        sh = {m: [] for m in ["roll", "reprefill"]}
+        for _ in range(a.rounds):
+            for m in sh:
+                sh[m].append(generate(a, ["--context-shift", m]))
+        for m, r in sh.items():
+            med = lambda k: statistics.median(x[k] for x in r)  # noqa: E731
+            overall = statistics.median(a.tokens / ((x["prefill_ms"] + x["decode_ms"]) / 1e3) for x in r)
+            print(f"| {m} | {med('rate'):.0f} | {med('shifts'):.0f} | {med('shift_ms'):.1f} | {med('prefill_tokens'):.0f} | "
+                  f"{med('prefill_ms'):.1f} | {overall:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
