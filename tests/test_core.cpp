@@ -288,6 +288,49 @@ TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
   }
 }
 
+// Stacked matrices (W_q over W_k over W_v) packed as one and multiplied into one output per matrix
+// give what each matrix packed alone gives: bit for bit on the dot-product path, to rounding on the
+// panel path (a panel's rows may straddle two matrices); pack_and_round writes each one's rounding back.
+TEST(Packed, StackedMatricesIntoParts) {
+  const int K = 64, R[3] = {30, 25, 15};
+  for (WeightFormat f : {WeightFormat::fp32, WeightFormat::bf16, WeightFormat::q8_0}) {
+    SCOPED_TRACE(name_of(f));
+    std::vector<float> W[3], Wr[3];
+    PackedMatrix alone[3], stacked;
+    for (int i = 0; i < 3; ++i) {
+      W[i].resize(static_cast<size_t>(R[i]) * K);
+      fill_normal(W[i].data(), W[i].size(), 8, static_cast<uint64_t>(i), 0.f, 1.f);
+      Wr[i] = W[i];
+      alone[i].pack(W[i].data(), R[i], K, f);
+    }
+    pack_and_round({{Wr[0].data(), R[0]}, {Wr[1].data(), R[1]}, {Wr[2].data(), R[2]}}, K, f, stacked);
+    ASSERT_EQ(stacked.rows(), 70);
+    for (int i = 0; i < 3; ++i) {
+      std::vector<float> held(W[i].size());
+      alone[i].unpack(0, R[i], held.data());
+      ASSERT_EQ(Wr[i], held) << "matrix " << i << " rounded back";
+    }
+    for (int M : {1, 40}) {
+      std::vector<float> x(static_cast<size_t>(M) * K);
+      fill_normal(x.data(), x.size(), 8, 9, 0.f, 1.f);
+      std::vector<float> y[3], ref[3];
+      for (int i = 0; i < 3; ++i) {
+        y[i].assign(static_cast<size_t>(M) * R[i], 0.f);
+        ref[i] = y[i];
+        alone[i].matmul(x.data(), M, ref[i].data(), R[i]);
+      }
+      stacked.matmul(x.data(), M, {{R[0], y[0].data(), R[0]}, {R[1], y[1].data(), R[1]}, {R[2], y[2].data(), R[2]}});
+      for (int i = 0; i < 3; ++i)
+        for (size_t j = 0; j < y[i].size(); ++j) {
+          if (M == 1) {
+            ASSERT_EQ(y[i][j], ref[i][j]) << "matrix " << i << " element " << j;
+          }
+          ASSERT_NEAR(y[i][j], ref[i][j], 1e-5f * (1.f + std::fabs(ref[i][j]))) << "M=" << M << " matrix " << i << " element " << j;
+        }
+    }
+  }
+}
+
 TEST(Packed, Q8_0NeedsRowsOfWholeBlocks) {
   std::vector<float> W(4 * 40, 1.f);
   PackedMatrix p;

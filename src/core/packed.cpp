@@ -22,7 +22,11 @@ double bytes_per_weight(WeightFormat f) {
   return 4.0;
 }
 
-void PackedMatrix::pack(const float* W, int rows, int cols, WeightFormat f) {
+void PackedMatrix::pack(const float* W, int rows, int cols, WeightFormat f) { pack({{W, rows}}, cols, f); }
+
+void PackedMatrix::pack(const std::vector<std::pair<const float*, int>>& stacked, int cols, WeightFormat f) {
+  int rows = 0;
+  for (const auto& part : stacked) rows += part.second;
   MOE_CHECK(rows > 0 && cols > 0, "packed weights: an empty matrix");
   if (f == WeightFormat::q8_0 && cols % kQ8Block != 0)
     throw Error("weights q8_0: a weight matrix has rows of " + std::to_string(cols) +
@@ -34,27 +38,46 @@ void PackedMatrix::pack(const float* W, int rows, int cols, WeightFormat f) {
   b16_.clear();
   q_.clear();
   qd_.clear();
+  if (f == WeightFormat::fp32) {
+    f32_.assign(stacked.begin(), stacked.end());
+    return;
+  }
   const size_t n = static_cast<size_t>(rows) * cols;
-  switch (f) {
-    case WeightFormat::fp32: f32_.assign(W, W + n); break;
-    case WeightFormat::bf16: to_bf16(W, b16_, n); break;
-    case WeightFormat::q8_0: {
-      q_.resize(n);
-      qd_.resize(n / kQ8Block);
-      parallel_for(n / kQ8Block, [&](size_t b) { qd_[b] = quantize_q8_0_block(W + b * kQ8Block, q_.data() + b * kQ8Block); }, 256);
-      break;
-    }
+  std::vector<float> one;  // the stacked matrices contiguous
+  const float* W = stacked.front().first;
+  if (stacked.size() > 1) {
+    one.reserve(n);
+    for (const auto& [w, r] : stacked) one.insert(one.end(), w, w + static_cast<size_t>(r) * cols);
+    W = one.data();
+  }
+  if (f == WeightFormat::bf16) {
+    to_bf16(W, b16_, n);
+  } else {
+    q_.resize(n);
+    qd_.resize(n / kQ8Block);
+    parallel_for(n / kQ8Block, [&](size_t b) { qd_[b] = quantize_q8_0_block(W + b * kQ8Block, q_.data() + b * kQ8Block); }, 256);
   }
 }
 
+const float* PackedMatrix::f32_row(int r) const {
+  for (const auto& [w, rows] : f32_) {
+    if (r < rows) return w + static_cast<size_t>(r) * cols_;
+    r -= rows;
+  }
+  return nullptr;
+}
+
 size_t PackedMatrix::bytes() const {
-  return f32_.size() * sizeof(float) + b16_.size() * sizeof(bf16_t) + q_.size() + qd_.size() * sizeof(uint16_t);
+  const size_t f32 = fmt_ == WeightFormat::fp32 ? static_cast<size_t>(rows_) * cols_ * sizeof(float) : 0;
+  return f32 + b16_.size() * sizeof(bf16_t) + q_.size() + qd_.size() * sizeof(uint16_t);
 }
 
 void PackedMatrix::unpack(int r0, int n, float* out) const {
   const size_t lo = static_cast<size_t>(r0) * cols_, len = static_cast<size_t>(n) * cols_;
   switch (fmt_) {
-    case WeightFormat::fp32: std::copy(f32_.begin() + static_cast<long>(lo), f32_.begin() + static_cast<long>(lo + len), out); break;
+    case WeightFormat::fp32:
+      for (int r = 0; r < n; ++r) std::copy_n(f32_row(r0 + r), cols_, out + static_cast<size_t>(r) * cols_);
+      break;
     case WeightFormat::bf16:
       for (size_t i = 0; i < len; ++i) out[i] = bf16_to_float(b16_[lo + i]);
       break;
@@ -146,7 +169,7 @@ constexpr int kPanel = 64;      // rows of W unpacked per sgemm in the panel pat
 float PackedMatrix::dot(int r, const float* x) const {
   const size_t o = static_cast<size_t>(r) * cols_;
   switch (fmt_) {
-    case WeightFormat::fp32: return dot_fp32(f32_.data() + o, x, cols_);
+    case WeightFormat::fp32: return dot_fp32(f32_row(r), x, cols_);
     case WeightFormat::bf16: return dot_bf16(b16_.data() + o, x, cols_);
     case WeightFormat::q8_0: return dot_q8_0(q_.data() + o, qd_.data() + o / kQ8Block, x, cols_);
   }
@@ -200,20 +223,15 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
   }, 2);
 }
 
-void pack_and_round(float* W, int rows, int cols, WeightFormat f, PackedMatrix& p) {
-  p.pack(W, rows, cols, f);
-  p.unpack(0, rows, W);
-}
+void pack_and_round(float* W, int rows, int cols, WeightFormat f, PackedMatrix& p) { pack_and_round({{W, rows}}, cols, f, p); }
 
-void pack_and_round(std::initializer_list<std::pair<float*, int>> stacked, int cols, WeightFormat f, PackedMatrix& p) {
-  std::vector<float> all;
-  for (const auto& [w, rows] : stacked) all.insert(all.end(), w, w + static_cast<size_t>(rows) * cols);
-  const int rows = static_cast<int>(all.size() / static_cast<size_t>(cols));
-  pack_and_round(all.data(), rows, cols, f, p);
-  size_t o = 0;
-  for (const auto& [w, n] : stacked) {
-    std::copy(all.begin() + static_cast<long>(o), all.begin() + static_cast<long>(o + static_cast<size_t>(n) * cols), w);
-    o += static_cast<size_t>(n) * cols;
+void pack_and_round(const std::vector<std::pair<float*, int>>& stacked, int cols, WeightFormat f, PackedMatrix& p) {
+  p.pack(std::vector<std::pair<const float*, int>>(stacked.begin(), stacked.end()), cols, f);
+  if (f == WeightFormat::fp32) return;  // read in place
+  int r0 = 0;
+  for (const auto& [w, rows] : stacked) {
+    p.unpack(r0, rows, w);
+    r0 += rows;
   }
 }
 

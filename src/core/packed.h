@@ -32,9 +32,11 @@ double bytes_per_weight(WeightFormat f);
 
 class PackedMatrix {
  public:
-  // Packs W (rows, cols), row-major. Q8_0 needs cols to be a multiple of 32 (moe::Error otherwise);
-  // fp32 keeps a copy.
+  // Packs W (rows, cols), row-major. Q8_0 needs cols to be a multiple of 32 (moe::Error otherwise).
+  // fp32 copies nothing: it reads W itself, which must stay in place and unchanged while it is used.
   void pack(const float* W, int rows, int cols, WeightFormat f);
+  // Matrices stacked in this order (each (rows_i, cols)) as one: W1 over W3, W_q over W_k over W_v.
+  void pack(const std::vector<std::pair<const float*, int>>& stacked, int cols, WeightFormat f);
   bool empty() const { return rows_ == 0; }
   WeightFormat format() const { return fmt_; }
   int rows() const { return rows_; }
@@ -58,18 +60,19 @@ class PackedMatrix {
  private:
   WeightFormat fmt_ = WeightFormat::fp32;
   int rows_ = 0, cols_ = 0;
-  std::vector<float> f32_;      // fp32: (rows, cols)
+  std::vector<std::pair<const float*, int>> f32_;  // fp32: the stacked matrices read in place, and their rows
   bf16_vector b16_;             // bf16: (rows, cols)
   std::vector<int8_t> q_;       // q8_0: (rows, cols) quantized values
   std::vector<uint16_t> qd_;    // q8_0: (rows, cols / 32) fp16 scales
   float dot(int r, const float* x) const;  // row r · x
+  const float* f32_row(int r) const;
 };
 
 // Packs W (rows, cols) into p and writes back into W the values the packed copy holds: the fp32 model
 // is then the packed one, so that batched evaluation (plain fp32 GEMMs) and decoding from the packed
-// copy compute the same function up to summation order.
+// copy compute the same function up to summation order. (fp32 reads W in place: nothing to write.)
 void pack_and_round(float* W, int rows, int cols, WeightFormat f, PackedMatrix& p);
 // The same for matrices stacked in that order (each (rows_i, cols)) into one packed matrix.
-void pack_and_round(std::initializer_list<std::pair<float*, int>> stacked, int cols, WeightFormat f, PackedMatrix& p);
+void pack_and_round(const std::vector<std::pair<float*, int>>& stacked, int cols, WeightFormat f, PackedMatrix& p);
 
 }  // namespace moe
