@@ -3,9 +3,11 @@
 tokens/s, the memory-bandwidth bound measured in the same run and the share of it reached, and the
 perplexity each format costs (`moe eval --weights`). The formats run alternately, ROUNDS times each,
 greedy, from the same prompt; a median per format. With --shift it also times generation past the
-context with the rolled KV cache against prefilling half the window again (`--context-shift`).
+context with the rolled KV cache against prefilling half the window again (`--context-shift`), and with
+--batch the tokens/s of B prompts decoded together (`--prompts`) for each B and format.
 
   /usr/bin/python3 bench/compare_decode.py --ckpt runs/default [--tokens 1000] [--rounds 5] [--threads 2] [--shift]
+                                           [--batch 1,2,4,8,16]
 """
 import argparse
 import json
@@ -14,6 +16,7 @@ import platform
 import re
 import statistics
 import subprocess
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ["fp32", "bf16", "q8_0"]
@@ -26,8 +29,8 @@ def cpu_name():
     return platform.processor()
 
 
-def generate(a, extra):
-    r = subprocess.run([a.moe, "generate", "--ckpt", a.ckpt, "--prompt", a.prompt, "--temperature", "0", "--max-tokens",
+def generate(a, extra, prompt=None):
+    r = subprocess.run([a.moe, "generate", "--ckpt", a.ckpt] + (prompt or ["--prompt", a.prompt]) + ["--temperature", "0", "--max-tokens",
                         str(a.tokens), "--threads", str(a.threads), "--timing"] + extra, check=True, capture_output=True, text=True)
     t = {}
     m = re.search(r"prefill (\d+) tokens in ([\d.]+) ms .*decode (\d+) tokens in ([\d.]+) ms \(([\d.]+) tokens/s\)", r.stderr)
@@ -48,6 +51,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shift", action="store_true", help="also time --context-shift roll against reprefill")
+    ap.add_argument("--batch", default="", help="comma-separated batch sizes for batched decoding (--prompts)")
+    ap.add_argument("--batch-tokens", type=int, default=100, help="tokens per prompt in the batched runs")
     a = ap.parse_args()
     runs = {f: [] for f in FORMATS}
     for _ in range(a.rounds):
@@ -83,6 +88,35 @@ def main():
             overall = statistics.median(a.tokens / ((x["prefill_ms"] + x["decode_ms"]) / 1e3) for x in r)
             print(f"| {m} | {med('rate'):.0f} | {med('shifts'):.0f} | {med('shift_ms'):.1f} | {med('prefill_tokens'):.0f} | "
                   f"{med('prefill_ms'):.1f} | {overall:.0f} |")
+    if a.batch:
+        batched(a)
+
+
+def batched(a):
+    sizes = [int(b) for b in a.batch.split(",")]
+    lines = ["And God said", "In the beginning", "The LORD is my shepherd", "Blessed are", "And it came to pass",
+             "Now the serpent", "Thus saith the LORD", "Hear, O Israel"]
+    res = {(b, f): [] for b in sizes for f in FORMATS}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens = a.tokens
+        a.tokens = a.batch_tokens
+        for _ in range(a.rounds):
+            for b in sizes:
+                path = os.path.join(tmp, f"p{b}.txt")
+                open(path, "w").write("\n".join(lines[i % len(lines)] for i in range(b)) + "\n")
+                for f in FORMATS:
+                    res[(b, f)].append(generate(a, ["--weights", f], ["--prompts", path])["rate"])
+        a.tokens = tokens
+    print(f"\nBatched decoding (`--prompts`, {a.batch_tokens} tokens each): tokens/s of all sequences together, median of "
+          f"{a.rounds}; in brackets the gain over one sequence\n")
+    print("| sequences | " + " | ".join(FORMATS) + " |")
+    print("| --- |" + " --- |" * len(FORMATS))
+    for b in sizes:
+        cells = []
+        for f in FORMATS:
+            m, m1 = statistics.median(res[(b, f)]), statistics.median(res[(sizes[0], f)])
+            cells.append(f"{m:.0f} ({m / m1:.2f}x)")
+        print(f"| {b} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ TEST(Packed, Q8_0BlockAsLlamaCppQuantizes) {
 }
 
 // A product with a packed matrix equals the double-precision product with the values it holds (its
-// unpack), for each format, for the dot-product path (1–4 rows) and the panel path (more), with and
+// unpack), for each format, for the dot-product path (1–8 rows, each as alone) and the panel path (more), with and
 // without accumulation, for row lengths with a vector tail (bf16, fp32); and it is the same bit for
 // bit on 1 and 2 threads. The values held are the weights rounded: bf16 within 2^-8 relative, Q8_0
 // within half a step of max|w|/127 plus the rounding of that scale to fp16 (2^-11 relative, times 127).
@@ -258,7 +258,7 @@ TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
           ASSERT_LE(err, bound);
         }
       }
-      for (int M : {1, 3, 4, 5, 40}) {
+      for (int M : {1, 3, 4, 5, 8, 9, 40}) {
         std::vector<float> x(static_cast<size_t>(M) * K), y0(static_cast<size_t>(M) * (N + 3), 0.25f);
         fill_normal(x.data(), x.size(), 7, 2 + static_cast<uint64_t>(M), 0.f, 1.f);
         for (bool acc : {false, true}) {
@@ -281,6 +281,11 @@ TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
               ASSERT_NEAR(y[static_cast<size_t>(m) * (N + 3) + r], ref, 1e-6 * mag + 1e-6) << "M=" << M << " row " << r;
             }
             for (int r = N; r < N + 3; ++r) ASSERT_EQ(y[static_cast<size_t>(m) * (N + 3) + r], 0.25f) << "past the rows";
+            if (M <= 8 && !acc) {  // up to 8 rows: each row's numbers are those of the row alone, bit for bit
+              std::vector<float> alone(static_cast<size_t>(N));
+              p.matmul(x.data() + static_cast<size_t>(m) * K, 1, alone.data(), N);
+              for (int r = 0; r < N; ++r) ASSERT_EQ(y[static_cast<size_t>(m) * (N + 3) + r], alone[static_cast<size_t>(r)]) << "M=" << M;
+            }
           }
         }
       }

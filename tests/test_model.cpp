@@ -487,6 +487,101 @@ TEST(Generate, ContextShiftRollsOrPrefillsAgain) {
   }
 }
 
+// Batched decoding: three sequences' prompts (lengths 5, 2, 7) prefilled in one pass, then one pass
+// per step with a token of each; every sequence's logits equal those of decoding it alone, packed
+// weights or not (the passes read each matrix once for all the rows).
+TEST(Model, BatchedDecodingMatchesEachSequenceAlone) {
+  for (bool packed : {false, true}) {
+    SCOPED_TRACE(packed ? "packed q8_0" : "fp32");
+    ModelConfig c = tiny(false, "topk_softmax");
+    c.vocab_size = 40;
+    c.hidden_size = 64;
+    c.intermediate_size = 96;
+    c.moe.moe_intermediate_size = 32;
+    c.max_position_embeddings = 16;
+    TransformerLM model(c);
+    if (packed) model.pack_weights(WeightFormat::q8_0);
+    const int lens[3] = {5, 2, 7}, steps = 6;
+    std::vector<std::vector<int32_t>> tok(3);
+    for (int s = 0; s < 3; ++s) tok[static_cast<size_t>(s)] = tokens_for(lens[s] + steps, c.vocab_size, 20 + static_cast<uint64_t>(s));
+    // Alone: each sequence's logits after its prompt and after each of the following tokens.
+    std::vector<std::vector<std::vector<float>>> alone(3);
+    for (int s = 0; s < 3; ++s) {
+      const std::vector<int32_t>& t = tok[static_cast<size_t>(s)];
+      model.reset_cache();
+      const float* z = model.decode(t.data(), lens[s]);
+      alone[static_cast<size_t>(s)].emplace_back(z, z + c.vocab_size);
+      for (int i = 0; i < steps; ++i) {
+        z = model.decode(&t[static_cast<size_t>(lens[s] + i)], 1);
+        alone[static_cast<size_t>(s)].emplace_back(z, z + c.vocab_size);
+      }
+    }
+    model.reset_cache(3);
+    std::vector<int32_t> feed;
+    for (int s = 0; s < 3; ++s) feed.insert(feed.end(), tok[static_cast<size_t>(s)].begin(), tok[static_cast<size_t>(s)].begin() + lens[s]);
+    const Tensor* z = &model.decode(feed.data(), {{0, lens[0]}, {1, lens[1]}, {2, lens[2]}});
+    Tensor ordered({3, c.vocab_size});  // a step's logits in sequence order
+    for (int i = 0; i <= steps; ++i) {
+      ASSERT_EQ(z->dim(0), 3);
+      for (int s = 0; s < 3; ++s)
+        for (int v = 0; v < c.vocab_size; ++v)
+          ASSERT_NEAR((*z)[static_cast<size_t>(s) * c.vocab_size + v], alone[static_cast<size_t>(s)][static_cast<size_t>(i)][static_cast<size_t>(v)], 1e-4)
+              << "sequence " << s << " step " << i;
+      if (i == steps) break;
+      // The next token of each, sequences in another order (2, 0, 1).
+      feed = {tok[2][static_cast<size_t>(lens[2] + i)], tok[0][static_cast<size_t>(lens[0] + i)], tok[1][static_cast<size_t>(lens[1] + i)]};
+      const Tensor& zz = model.decode(feed.data(), {{2, 1}, {0, 1}, {1, 1}});
+      for (int r = 0; r < 3; ++r) {
+        const int s = r == 0 ? 2 : r - 1;
+        std::copy(zz.data() + static_cast<size_t>(r) * c.vocab_size, zz.data() + static_cast<size_t>(r + 1) * c.vocab_size,
+                  ordered.data() + static_cast<size_t>(s) * c.vocab_size);
+      }
+      z = &ordered;
+    }
+    for (int s = 0; s < 3; ++s) EXPECT_EQ(model.cache_len(s), lens[s] + steps);
+  }
+}
+
+// Batched generation gives every prompt what generating it alone gives, greedy and sampled, through
+// context shifts of either kind (a window of 8, 20 tokens); a sequence that meets the stop token ends
+// there while the others go on.
+TEST(Generate, BatchedPromptsContinueAsAlone) {
+  ModelConfig c = tiny(false, "topk_softmax");
+  c.max_position_embeddings = 8;
+  TransformerLM model(c);
+  const std::vector<std::vector<int32_t>> prompts = {tokens_for(3, c.vocab_size, 30), tokens_for(1, c.vocab_size, 31),
+                                                     tokens_for(5, c.vocab_size, 32)};
+  for (ContextShift shift : {ContextShift::roll, ContextShift::reprefill}) {
+    for (float temperature : {0.f, 0.8f}) {
+      SCOPED_TRACE(std::string(name_of(shift)) + " temperature " + std::to_string(temperature));
+      SampleOptions o;
+      o.max_tokens = 20;
+      o.temperature = temperature;
+      o.shift = shift;
+      GenerateTimings tm;
+      const std::vector<std::vector<int32_t>> together = generate(model, prompts, o, {}, &tm);
+      ASSERT_EQ(together.size(), 3u);
+      for (size_t s = 0; s < 3; ++s) EXPECT_EQ(together[s], generate(model, prompts[s], o)) << "prompt " << s;
+      if (shift == ContextShift::roll) {  // the prompts' 9 tokens in one prefill, then 19 fed to each sequence
+        EXPECT_EQ(tm.prefill_tokens, 9);
+        EXPECT_EQ(tm.decode_tokens, 3 * 19);
+        EXPECT_GT(tm.shifts, 3 * 2);
+      } else {
+        EXPECT_GT(tm.prefill_tokens, 9 + 3 * 4);
+      }
+      // Stop at sequence 1's fourth token: it ends there, the others run to 20.
+      o.stop_token = together[1][3];
+      const std::vector<std::vector<int32_t>> stopped = generate(model, prompts, o);
+      const auto first = std::find(together[1].begin(), together[1].end(), o.stop_token);
+      EXPECT_EQ(stopped[1], std::vector<int32_t>(together[1].begin(), first + 1));
+      for (size_t s : {0u, 2u}) {
+        const auto at = std::find(together[s].begin(), together[s].end(), o.stop_token);
+        EXPECT_EQ(stopped[s], std::vector<int32_t>(together[s].begin(), at == together[s].end() ? at : at + 1));
+      }
+    }
+  }
+}
+
 // A model built to be loaded draws no random weights (the load overwrites them all): every matrix
 // is zero until then, while the same model built to train has them drawn; norms start at 1 either way.
 TEST(Model, BuiltForLoadingDrawsNoWeights) {

@@ -2,6 +2,7 @@
 // model, optionally showing the experts each generated token went to.
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,8 +20,30 @@
 
 namespace moe::cli {
 
+namespace {
+
+// --timing: prefill and decode rates, and decoding against its memory-bandwidth bound measured now.
+void print_timing(const GenerateTimings& tm, const TransformerLM& model, int sequences) {
+  const double decode_rate = tm.decode_tokens / std::max(tm.decode_s, 1e-9);
+  std::fprintf(stderr, "timing: prefill %d tokens in %.2f ms (%.1f tokens/s), decode %d tokens in %.2f ms (%.1f tokens/s)%s\n",
+               tm.prefill_tokens, tm.prefill_s * 1e3, tm.prefill_tokens / std::max(tm.prefill_s, 1e-9), tm.decode_tokens,
+               tm.decode_s * 1e3, decode_rate, sequences > 1 ? (", " + std::to_string(sequences) + " sequences").c_str() : "");
+  if (tm.shifts > 0)
+    std::fprintf(stderr, "timing: %d context shifts (rolled caches) in %.2f ms, counted in the decode\n", tm.shifts, tm.shift_s * 1e3);
+  if (tm.decode_tokens > 0 && tm.decode_bytes > 0.0) {
+    const double gbps = measure_read_gbps(), mb = tm.decode_bytes / tm.decode_tokens / 1e6;
+    const double bound = gbps * 1e3 / mb;
+    std::fprintf(stderr, "timing: bandwidth bound %.1f tokens/s = %.1f GB/s read (measured now, %d threads) / %.2f MB a "
+                 "token (active weights, matrices in %s, %sand KV cache); decode at %.2f of it\n", bound, gbps, num_threads(),
+                 mb, name_of(model.weight_format()), sequences > 1 ? "read once per step for all sequences, " : "",
+                 decode_rate / bound);
+  }
+}
+
+}  // namespace
+
 void add_generate(CLI::App& app) {
-  static std::string ckpt, prompt, prompt_ids, system_prompt;
+  static std::string ckpt, prompt, prompt_ids, prompts_file, system_prompt;
   static SampleOptions so;
   static bool show_experts = false, allow_nonfinite = false, timing = false, chat = false;
   static int threads = 0;
@@ -29,9 +52,13 @@ void add_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Continue a prompt with a trained model");
   cmd->add_option("--ckpt", ckpt, "Checkpoint folder")->required();
   auto* text = cmd->add_option("--prompt", prompt, "Text to continue");
-  cmd->add_option("--prompt-ids", prompt_ids, "Token ids to continue instead (the first line of the file); the generated "
-                                              "ids are printed as a line \"ids: ...\"")
+  auto* ids_opt = cmd->add_option("--prompt-ids", prompt_ids, "Token ids to continue instead, one prompt per line (several: "
+                                              "decoded together); the generated ids are printed as a line \"ids: ...\" per prompt")
       ->excludes(text);
+  cmd->add_option("--prompts", prompts_file, "A file of prompts, one per line, continued together (batched decoding: each "
+                                             "weight read once per step for all of them); each printed as \"[i] text\"")
+      ->excludes(text)
+      ->excludes(ids_opt);
   cmd->add_option("--max-tokens", so.max_tokens, "Tokens to generate")->check(CLI::PositiveNumber);
   cmd->add_option("--temperature", so.temperature, "Sampling temperature (0: greedy)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-k", so.top_k, "Keep the k most likely tokens (0: all)")->check(CLI::NonNegativeNumber);
@@ -57,7 +84,7 @@ void add_generate(CLI::App& app) {
   add_allow_nonfinite(cmd, allow_nonfinite);
   cmd->callback([] {
     apply_threads(threads);
-    if (prompt.empty() && prompt_ids.empty()) throw CLI::RequiredError("--prompt or --prompt-ids");
+    if (prompt.empty() && prompt_ids.empty() && prompts_file.empty()) throw CLI::RequiredError("--prompt, --prompts or --prompt-ids");
     LoadedRun run = load_run(ckpt, allow_nonfinite);
     const bool bf16_model = run.cfg.model.precision() == Precision::bf16;
     run.model->pack_weights(weights_opt->count() > 0 ? weights : bf16_model ? WeightFormat::bf16 : WeightFormat::fp32);
@@ -65,6 +92,36 @@ void add_generate(CLI::App& app) {
     const std::unique_ptr<TextTokenizer> tok = open_run_tokenizer(ckpt);
     const bool has_tok = tok != nullptr;
     if (!has_tok && prompt_ids.empty()) fail(ckpt + " has no tokenizer (tokenizer.model or hf/tokenizer.json); give --prompt-ids FILE");
+    std::vector<std::vector<int32_t>> starts;
+    if (!prompts_file.empty()) {
+      if (chat) fail("--chat takes one --prompt, not --prompts");
+      std::ifstream in(prompts_file);
+      if (!in) fail("--prompts: cannot read " + prompts_file);
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty()) starts.push_back(tok->encode(line));
+      if (starts.empty()) fail(prompts_file + " holds no prompt: write one per line");
+    } else if (!prompt_ids.empty() && !chat) {
+      starts = read_token_ids(prompt_ids, run.cfg.model.vocab_size);
+    }
+    if (starts.size() > 1 || !prompts_file.empty()) {
+      if (show_experts) fail("--show-experts follows one prompt; give --prompt or a --prompt-ids file of one line");
+      GenerateTimings tm;
+      const std::vector<std::vector<int32_t>> outs = generate(*run.model, starts, so, {}, &tm);
+      for (size_t i = 0; i < outs.size(); ++i) {
+        if (has_tok && prompt_ids.empty()) {
+          std::vector<int32_t> all = starts[i];
+          all.insert(all.end(), outs[i].begin(), outs[i].end());
+          const std::string t = "[" + std::to_string(i) + "] " + tok->decode(all) + "\n";
+          std::fwrite(t.data(), 1, t.size(), stdout);
+        } else {
+          std::string ids;
+          for (int32_t id : outs[i]) ids += (ids.empty() ? "" : " ") + std::to_string(id);
+          std::printf("ids: %s\n", ids.c_str());
+        }
+      }
+      if (timing) print_timing(tm, *run.model, static_cast<int>(outs.size()));
+      return;
+    }
     std::vector<int32_t> start;
     if (chat) {
       const std::optional<ChatFormat> f = read_chat_format(ckpt);
@@ -76,7 +133,7 @@ void add_generate(CLI::App& app) {
       start = encode_chat(*tok, render_chat_template(f->tmpl, messages, true, f->bos_token, f->eos_token), *f);
       so.stop_token = f->eos_token.empty() ? -1 : tok->id_of(f->eos_token);
     } else {
-      start = prompt_ids.empty() ? tok->encode(prompt) : read_token_ids(prompt_ids, run.cfg.model.vocab_size).front();
+      start = prompt_ids.empty() ? tok->encode(prompt) : starts.front();
       if (has_tok) {
         const std::string t = prompt_ids.empty() ? prompt : tok->decode(start);
         std::fwrite(t.data(), 1, t.size(), stdout);
@@ -106,22 +163,7 @@ void add_generate(CLI::App& app) {
       routes.push_back(line);
     }, &tm);
     std::printf("\n");
-    if (timing) {
-      const double decode_rate = tm.decode_tokens / std::max(tm.decode_s, 1e-9);
-      std::fprintf(stderr, "timing: prefill %d tokens in %.2f ms (%.1f tokens/s), decode %d tokens in %.2f ms (%.1f tokens/s)\n",
-                   tm.prefill_tokens, tm.prefill_s * 1e3, tm.prefill_tokens / std::max(tm.prefill_s, 1e-9), tm.decode_tokens,
-                   tm.decode_s * 1e3, decode_rate);
-      if (tm.shifts > 0)
-        std::fprintf(stderr, "timing: %d context shifts (rolled caches) in %.2f ms, counted in the decode\n", tm.shifts,
-                     tm.shift_s * 1e3);
-      if (tm.decode_tokens > 0) {  // the memory-bandwidth bound, measured now
-        const double gbps = measure_read_gbps(), mb = tm.decode_bytes / tm.decode_tokens / 1e6;
-        const double bound = gbps * 1e3 / mb;
-        std::fprintf(stderr, "timing: bandwidth bound %.1f tokens/s = %.1f GB/s read (measured now, %d threads) / %.2f MB a "
-                     "token (active weights, matrices in %s, and KV cache); decode at %.2f of it\n", bound, gbps, num_threads(),
-                     mb, name_of(run.model->weight_format()), decode_rate / bound);
-      }
-    }
+    if (timing) print_timing(tm, *run.model, 1);
     if (!prompt_ids.empty()) std::printf("ids: %s\n", out_ids.c_str());
     for (const std::string& r : routes) std::printf("%s\n", r.c_str());
   });

@@ -92,38 +92,18 @@ void PackedMatrix::unpack(int r0, int n, float* out) const {
 
 namespace {
 
-float dot_fp32(const float* w, const float* x, int K) {
-  int i = 0;
-  float s = 0.f;
+// Dot products of one packed row of W with R rows of x (row stride ldx) at once: each widened chunk of
+// the row serves all R. Every output sees the same operations in the same order whatever R is, so a
+// sequence decoded in a batch gets the same numbers as decoded alone.
 #if defined(__AVX512F__)
-  __m512 acc = _mm512_setzero_ps();
-  for (; i + 16 <= K; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), acc);
-  s = _mm512_reduce_add_ps(acc);
-#endif
-  for (; i < K; ++i) s += w[i] * x[i];
-  return s;
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+inline __m512 widen_bf16(const bf16_t* p) {  // a bf16 value is the top half of an fp32 one
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
-
-float dot_bf16(const bf16_t* w, const float* x, int K) {
-  int i = 0;
-  float s = 0.f;
-#if defined(__AVX512F__)
-  // A bf16 value is the top half of an fp32 one: widen 16 of them by a shift.
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  auto widen = [](const bf16_t* p) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  };
-  for (; i + 32 <= K; i += 32) {
-    acc0 = _mm512_fmadd_ps(widen(w + i), _mm512_loadu_ps(x + i), acc0);
-    acc1 = _mm512_fmadd_ps(widen(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
-  }
-  for (; i + 16 <= K; i += 16) acc0 = _mm512_fmadd_ps(widen(w + i), _mm512_loadu_ps(x + i), acc0);
-  s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-#endif
-  for (; i < K; ++i) s += bf16_to_float(w[i]) * x[i];
-  return s;
+inline __m512 widen_i8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
+#endif
 
 // A Q8_0 scale in fp32 (one instruction with F16C).
 inline float scale_of(uint16_t h) {
@@ -134,46 +114,96 @@ inline float scale_of(uint16_t h) {
 #endif
 }
 
-// Σ_b d_b · Σ_i q_{b,i}·x_{b,i} over the K / 32 blocks of one row.
-float dot_q8_0(const int8_t* q, const uint16_t* d, const float* x, int K) {
+// fp32 and bf16 rows: Σ_i w_i·x_i, 16 lanes at a time, then the scalar tail.
+template <int R, class W, class Widen, class Scalar>
+void dots_plain(const W* w, const float* x, size_t ldx, int K, float* out, Widen widen, Scalar scalar) {
+  int i = 0;
+  float s[R];
+#if defined(__AVX512F__)
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (; i + 16 <= K; i += 16) {
+    const __m512 wv = widen(w + i);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + r * ldx + i), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) s[r] = hsum(acc[r]);
+#else
+  (void)widen;
+  for (int r = 0; r < R; ++r) s[r] = 0.f;
+#endif
+  for (; i < K; ++i)  // fma spelled out: the same rounding however the compiler vectorises over r
+    for (int r = 0; r < R; ++r) s[r] = std::fma(scalar(w[i]), x[r * ldx + i], s[r]);
+  for (int r = 0; r < R; ++r) out[r] = s[r];
+}
+
+// Q8_0 rows: Σ_b d_b · Σ_i q_{b,i}·x_{b,i} over the K / 32 blocks.
+template <int R>
+void dots_q8_0(const int8_t* q, const uint16_t* d, const float* x, size_t ldx, int K, float* out) {
   const int nb = K / kQ8Block;
 #if defined(__AVX512F__)
-  __m512 acc = _mm512_setzero_ps();
-  auto widen = [](const int8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  };
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (int b = 0; b < nb; ++b) {
-    const int8_t* qb = q + b * 32;
-    const float* xb = x + b * 32;
-    const __m512 s = _mm512_fmadd_ps(widen(qb + 16), _mm512_loadu_ps(xb + 16), _mm512_mul_ps(widen(qb), _mm512_loadu_ps(xb)));
-    acc = _mm512_fmadd_ps(s, _mm512_set1_ps(scale_of(d[b])), acc);
+    const __m512 w0 = widen_i8(q + b * 32), w1 = widen_i8(q + b * 32 + 16), db = _mm512_set1_ps(scale_of(d[b]));
+    for (int r = 0; r < R; ++r) {
+      const float* xb = x + r * ldx + b * 32;
+      const __m512 t = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
+      acc[r] = _mm512_fmadd_ps(t, db, acc[r]);
+    }
   }
-  return _mm512_reduce_add_ps(acc);
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 #else
-  float s = 0.f;
-  for (int b = 0; b < nb; ++b) {
-    float t = 0.f;
-    for (int i = 0; i < 32; ++i) t += static_cast<float>(q[b * 32 + i]) * x[b * 32 + i];
-    s += scale_of(d[b]) * t;
+  for (int r = 0; r < R; ++r) {
+    float s = 0.f;
+    for (int b = 0; b < nb; ++b) {
+      float t = 0.f;
+      for (int i = 0; i < 32; ++i) t = std::fma(static_cast<float>(q[b * 32 + i]), x[r * ldx + b * 32 + i], t);
+      s = std::fma(scale_of(d[b]), t, s);
+    }
+    out[r] = s;
   }
-  return s;
 #endif
 }
 
-constexpr int kDotRows = 4;     // up to this many rows of x: dot products from the packed rows
+constexpr int kDotRows = 8;     // up to this many rows of x: dot products from the packed rows
 constexpr int kRowChunk = 16;   // rows of W per task of the dot-product path
 constexpr int kPanel = 64;      // rows of W unpacked per sgemm in the panel path
 
 }  // namespace
 
-float PackedMatrix::dot(int r, const float* x) const {
-  const size_t o = static_cast<size_t>(r) * cols_;
+template <int R>
+void PackedMatrix::dots(int r, const float* x, float* out) const {
+  const size_t o = static_cast<size_t>(r) * cols_, ldx = static_cast<size_t>(cols_);
   switch (fmt_) {
-    case WeightFormat::fp32: return dot_fp32(f32_row(r), x, cols_);
-    case WeightFormat::bf16: return dot_bf16(b16_.data() + o, x, cols_);
-    case WeightFormat::q8_0: return dot_q8_0(q_.data() + o, qd_.data() + o / kQ8Block, x, cols_);
+    case WeightFormat::fp32:
+#if defined(__AVX512F__)
+      dots_plain<R>(f32_row(r), x, ldx, cols_, out, [](const float* p) { return _mm512_loadu_ps(p); }, [](float v) { return v; });
+#else
+      dots_plain<R>(f32_row(r), x, ldx, cols_, out, nullptr, [](float v) { return v; });
+#endif
+      return;
+    case WeightFormat::bf16:
+#if defined(__AVX512F__)
+      dots_plain<R>(b16_.data() + o, x, ldx, cols_, out, widen_bf16, bf16_to_float);
+#else
+      dots_plain<R>(b16_.data() + o, x, ldx, cols_, out, nullptr, bf16_to_float);
+#endif
+      return;
+    case WeightFormat::q8_0: dots_q8_0<R>(q_.data() + o, qd_.data() + o / kQ8Block, x, ldx, cols_, out); return;
   }
-  return 0.f;
+}
+
+void PackedMatrix::dots(int r, const float* x, int M, float* out) const {
+  switch (M) {
+    case 1: dots<1>(r, x, out); break;
+    case 2: dots<2>(r, x, out); break;
+    case 3: dots<3>(r, x, out); break;
+    case 4: dots<4>(r, x, out); break;
+    case 5: dots<5>(r, x, out); break;
+    case 6: dots<6>(r, x, out); break;
+    case 7: dots<7>(r, x, out); break;
+    default: dots<8>(r, x, out); break;
+  }
 }
 
 void PackedMatrix::matmul(const float* x, int M, float* y, int ldy, bool accumulate) const {
@@ -192,20 +222,34 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
   if (M <= 0) return;
   const int K = cols_;
   if (M <= kDotRows) {
-    // Each row of W is read once, for every row of x, while it sits in L1.
+    // Each row of W is read once, for every row of x at once.
     const size_t chunks = (static_cast<size_t>(rows_) + kRowChunk - 1) / kRowChunk;
     parallel_for(chunks, [&](size_t c) {
       const int r1 = std::min(rows_, static_cast<int>(c + 1) * kRowChunk);
       size_t i = 0;
+      float v[kDotRows];
       for (int r = static_cast<int>(c) * kRowChunk; r < r1; ++r) {
         while (r >= start[i + 1]) ++i;
+        dots(r, x, M, v);
         for (int m = 0; m < M; ++m) {
-          const float v = dot(r, x + static_cast<size_t>(m) * K);
           float& out = part[i].y[static_cast<size_t>(m) * part[i].ldy + (r - start[i])];
-          out = accumulate ? out + v : v;
+          out = accumulate ? out + v[m] : v[m];
         }
       }
     }, 2);
+    return;
+  }
+  if (fmt_ == WeightFormat::fp32) {  // nothing to unpack: sgemm on each matrix's rows in each part
+    int v0 = 0;
+    for (const auto& [w, vrows] : f32_) {
+      for (size_t i = 0; i < parts.size(); ++i) {
+        const int a = std::max(v0, start[i]), b = std::min(v0 + vrows, start[i + 1]);
+        if (a < b)
+          sgemm(false, true, M, b - a, K, 1.f, x, K, w + static_cast<size_t>(a - v0) * K, K, accumulate ? 1.f : 0.f,
+                part[i].y + (a - start[i]), part[i].ldy);
+      }
+      v0 += vrows;
+    }
     return;
   }
   const size_t panels = (static_cast<size_t>(rows_) + kPanel - 1) / kPanel;

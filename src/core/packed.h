@@ -64,7 +64,10 @@ class PackedMatrix {
   bf16_vector b16_;             // bf16: (rows, cols)
   std::vector<int8_t> q_;       // q8_0: (rows, cols) quantized values
   std::vector<uint16_t> qd_;    // q8_0: (rows, cols / 32) fp16 scales
-  float dot(int r, const float* x) const;  // row r · x
+  // Row r of W against the M ≤ 8 rows of x (row stride cols): out[m] = W_r · x_m.
+  void dots(int r, const float* x, int M, float* out) const;
+  template <int R>
+  void dots(int r, const float* x, float* out) const;
   const float* f32_row(int r) const;
 };
 

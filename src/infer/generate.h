@@ -1,5 +1,6 @@
 // generate.h — text generation with a trained model: a prefill of the prompt into the KV caches, then
-// one token at a time, sampled with temperature, top-k and top-p (greedy at temperature 0).
+// one token at a time, sampled with temperature, top-k and top-p (greedy at temperature 0); several
+// prompts batched together.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -45,5 +46,16 @@ struct GenerateTimings {
 std::vector<int32_t> generate(TransformerLM& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
                               const std::function<void(int32_t, const BlockExperts&)>& on_token = {},
                               GenerateTimings* timings = nullptr);
+
+// Continues several prompts together (batched decoding): the prompts' prefills in one pass, then one
+// pass per step over every sequence still going, each weight matrix read once for all of them. Each
+// prompt gets what generating it alone gives (the same random draws per step), to the rounding of the
+// batched products; a sequence stops at its own stop token. on_token(sequence, id, experts) as above.
+// In timings, decode_bytes counts the weights once per pass (a lower bound when the sequences' tokens
+// use different experts) and each sequence's keys and values.
+std::vector<std::vector<int32_t>> generate(TransformerLM& model, const std::vector<std::vector<int32_t>>& prompts,
+                                           const SampleOptions& o,
+                                           const std::function<void(int, int32_t, const BlockExperts&)>& on_token = {},
+                                           GenerateTimings* timings = nullptr);
 
 }  // namespace moe

@@ -259,41 +259,62 @@ const Tensor& TransformerLM::forward_logits(const int32_t* tokens, int B, int L)
   return logits;
 }
 
-void TransformerLM::reset_cache() {
-  caches_.assign(blocks.size(), Attention::Cache{});
+void TransformerLM::reset_cache(int sequences) {
+  MOE_CHECK(sequences >= 1, "model: decoding needs at least one sequence");
+  caches_.assign(static_cast<size_t>(sequences), std::vector<Attention::Cache>(blocks.size()));
 }
 
-void TransformerLM::shift_cache(int keep, int discard) {
-  for (size_t l = 0; l < blocks.size(); ++l) blocks[l].attn.shift_cache(caches_[l], keep, discard);
+int TransformerLM::cache_len(int seq) const {
+  return static_cast<size_t>(seq) < caches_.size() && !blocks.empty() ? caches_[static_cast<size_t>(seq)][0].len : 0;
 }
 
-const float* TransformerLM::decode(const int32_t* tokens, int n) {
-  if (caches_.size() != blocks.size()) reset_cache();
-  const int d = cfg.hidden_size, V = cfg.vocab_size, maxL = cfg.context();
+void TransformerLM::shift_cache(int keep, int discard, int seq) {
+  for (size_t l = 0; l < blocks.size(); ++l) blocks[l].attn.shift_cache(caches_.at(static_cast<size_t>(seq))[l], keep, discard);
+}
+
+const float* TransformerLM::decode(const int32_t* tokens, int n, int seq) {
+  if (caches_.empty()) reset_cache();
+  return decode(tokens, {{seq, n}}).data();
+}
+
+const Tensor& TransformerLM::decode(const int32_t* tokens, const std::vector<DecodeSegment>& segments) {
+  const int d = cfg.hidden_size, V = cfg.vocab_size, maxL = cfg.context(), S = static_cast<int>(segments.size());
   const float rm = cfg.residual_multiplier;
+  int n = 0;
+  for (const DecodeSegment& s : segments) {
+    MOE_CHECK(s.seq >= 0 && static_cast<size_t>(s.seq) < caches_.size(), "model: decode of a sequence without a cache (reset_cache)");
+    n += s.n;
+  }
   Tensor x({n, d}), h({n, d}), f({n, d});
   embed.forward(tokens, n, x.data());
   scale_in_place(x, cfg.embedding_multiplier);
+  std::vector<Attention::Segment> at(segments.size());
   for (size_t l = 0; l < blocks.size(); ++l) {
     Block& b = blocks[l];
+    for (size_t j = 0; j < segments.size(); ++j) at[j] = {&caches_[static_cast<size_t>(segments[j].seq)][l], segments[j].n};
     b.attn_norm.forward(x.data(), n, h.data());
-    b.attn.forward_cached(h.data(), n, caches_[l], maxL, f.data());
+    b.attn.forward_cached(h.data(), at, maxL, f.data());
     for (size_t i = 0; i < x.numel(); ++i) x[i] += rm * f[i];
     b.ffn_norm.forward(x.data(), n, h.data());
     b.ffn->forward(h.data(), n, f.data(), {false, 0, n, tokens, true});
     for (size_t i = 0; i < x.numel(); ++i) x[i] += rm * f[i];
   }
-  h_final.resize({1, d});
-  final_norm.forward(x.data() + static_cast<size_t>(n - 1) * d, 1, h_final.data());
-  logits.resize({1, V});
+  // The logits of each segment's last token.
+  h_final.resize({S, d});
+  int end = 0;
+  for (int j = 0; j < S; ++j) {
+    end += segments[static_cast<size_t>(j)].n;
+    final_norm.forward(x.data() + static_cast<size_t>(end - 1) * d, 1, h_final.data() + static_cast<size_t>(j) * d);
+  }
+  logits.resize({S, V});
   const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
   if (head_packed_.empty()) {
-    sgemm(false, true, 1, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
+    sgemm(false, true, S, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
   } else {
-    head_packed_.matmul(h_final.data(), 1, logits.data(), V);
+    head_packed_.matmul(h_final.data(), S, logits.data(), V);
     scale_in_place(logits, 1.f / cfg.logits_scaling);
   }
-  return logits.data();
+  return logits;
 }
 
 void TransformerLM::pack_weights(WeightFormat f) {

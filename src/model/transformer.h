@@ -81,12 +81,22 @@ class TransformerLM {
   // same tokens on every rank and gives every rank the logits of one process; only its experts'
   // rows travel (evaluation during expert-parallel training).
   const Tensor& forward_logits(const int32_t* tokens, int B, int L);
-  // Incremental inference on one sequence: feeds n new tokens through the blocks with each block's KV
-  // cache and returns the logits (V) of the last one. reset_cache() starts a new sequence.
-  const float* decode(const int32_t* tokens, int n);
-  void reset_cache();
-  // Context shift of every block's cache (Attention::shift_cache): positions [keep, keep + discard) go.
-  void shift_cache(int keep, int discard);
+  // Incremental inference with KV caches: reset_cache(S) starts S empty sequences; decode feeds n new
+  // tokens of sequence `seq` through the blocks and returns the logits (V) of the last one.
+  void reset_cache(int sequences = 1);
+  const float* decode(const int32_t* tokens, int n, int seq = 0);
+  // Several sequences in one pass (batched decoding, or the prompts' prefills together): segment j feeds
+  // its n tokens (tokens holds them segment after segment) to sequence seq; returns the logits
+  // (segments, V) of each segment's last token. Each weight matrix is read once for all the rows.
+  struct DecodeSegment {
+    int seq;
+    int n;
+  };
+  const Tensor& decode(const int32_t* tokens, const std::vector<DecodeSegment>& segments);
+  int cache_len(int seq = 0) const;
+  // Context shift of every block's cache of sequence seq (Attention::shift_cache): positions [keep,
+  // keep + discard) go.
+  void shift_cache(int keep, int discard, int seq = 0);
   // Generation and evaluation from packed weights (core/packed.h, `--weights`): every block's attention
   // projections and FFN weight matrices and the LM head packed in format f, and the fp32 weights rounded
   // to what the packed copies hold, so that forward_logits (fp32 GEMMs over the rounded weights) and
@@ -97,7 +107,6 @@ class TransformerLM {
   // only: the packed copies do not follow training.
   void pack_weights(WeightFormat f);
   WeightFormat weight_format() const { return packed_; }  // fp32 also when not packed
-  int cache_len() const { return caches_.empty() ? 0 : caches_[0].len; }
   void zero_grad();
   std::vector<Param> params();               // dense parameters (AdamW)
   std::vector<Param> block_params(size_t l);  // those of block l (a subset of params())
@@ -151,7 +160,7 @@ class TransformerLM {
   Tensor reward_;  // (T) per-token reward −CE for routers trained by reward
   const float* teacher_ = nullptr;  // (T, V) of set_teacher
   float distill_weight_ = 0.f;
-  std::vector<Attention::Cache> caches_;  // one per block
+  std::vector<std::vector<Attention::Cache>> caches_;  // per sequence, one per block
   ModelStats stats_;
   Comm* comm_ = nullptr;
   // replicated: every rank runs these same tokens (forward_logits of a distributed model).

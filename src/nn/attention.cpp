@@ -318,40 +318,64 @@ void Attention::backward(const float* dy, float* dx) {
 }
 
 void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len, float* y) {
+  forward_cached(x, {{&cache, n}}, max_len, y);
+}
+
+void Attention::forward_cached(const float* x, const std::vector<Segment>& segments, int max_len, float* y) {
   const int d = cfg.hidden_size, H = cfg.num_attention_heads, KV = cfg.kv_heads(), hd = cfg.hd();
-  const int qd = H * hd, kvd = KV * hd, group = H / KV, p0 = cache.len;
-  MOE_CHECK(p0 + n <= max_len, "attention: the KV cache holds " + std::to_string(max_len) + " positions");
-  // The cache grows with the sequence (doubling, up to max_len), so that a model with a context of
-  // tens of thousands of positions does not hold them all from its first token.
-  if (cache.k.numel() < static_cast<size_t>(p0 + n) * kvd) {
-    const int rows = std::min(max_len, std::max(p0 + n, 2 * (cache.k.empty() ? 64 : static_cast<int>(cache.k.dim(0)))));
-    for (Tensor* t : {&cache.k, &cache.v}) {
-      Tensor grown({rows, kvd});
-      if (p0 > 0) std::memcpy(grown.data(), t->data(), sizeof(float) * static_cast<size_t>(p0) * kvd);
-      *t = std::move(grown);
+  const int qd = H * hd, kvd = KV * hd, group = H / KV;
+  std::vector<int> row0(segments.size() + 1, 0);  // segment j's rows are [row0[j], row0[j + 1])
+  int longest = 0;
+  for (size_t j = 0; j < segments.size(); ++j) {
+    const Segment& s = segments[j];
+    MOE_CHECK(s.n > 0, "attention: a segment without rows");
+    row0[j + 1] = row0[j] + s.n;
+    const int p0 = s.cache->len;
+    MOE_CHECK(p0 + s.n <= max_len, "attention: the KV cache holds " + std::to_string(max_len) + " positions");
+    longest = std::max(longest, p0 + s.n);
+    // The cache grows with the sequence (doubling, up to max_len), so that a model with a context of
+    // tens of thousands of positions does not hold them all from its first token.
+    if (s.cache->k.numel() < static_cast<size_t>(p0 + s.n) * kvd) {
+      const int rows = std::min(max_len, std::max(p0 + s.n, 2 * (s.cache->k.empty() ? 64 : static_cast<int>(s.cache->k.dim(0)))));
+      for (Tensor* t : {&s.cache->k, &s.cache->v}) {
+        Tensor grown({rows, kvd});
+        if (p0 > 0) std::memcpy(grown.data(), t->data(), sizeof(float) * static_cast<size_t>(p0) * kvd);
+        *t = std::move(grown);
+      }
     }
   }
-  rope_tables(p0 + n, max_len);
-  Tensor qn({n, qd}), qpre, kpre;
-  float* kn = cache.k.data() + static_cast<size_t>(p0) * kvd;
-  float* vn = cache.v.data() + static_cast<size_t>(p0) * kvd;
-  project(x, n, qn.data(), kn, vn, qpre, kpre, pqkv_.empty() ? Gemms::fp32 : Gemms::packed);
-  rope_apply(qn.data(), n, H, hd, qd, cos_, sin_, false, n, p0);
-  rope_apply(kn, n, KV, hd, kvd, cos_, sin_, false, n, p0);
-  cache.len = p0 + n;
-  const int ctx = cache.len;
+  const int n = row0.back();
+  rope_tables(longest, max_len);
+  // One projection of every segment's rows; each segment's keys and values then go to its cache.
+  Tensor qn({n, qd}), kn({n, kvd}), vn({n, kvd}), qpre, kpre;
+  project(x, n, qn.data(), kn.data(), vn.data(), qpre, kpre, pqkv_.empty() ? Gemms::fp32 : Gemms::packed);
+  for (size_t j = 0; j < segments.size(); ++j) {
+    Cache& c = *segments[j].cache;
+    const size_t r = static_cast<size_t>(row0[j]) * kvd, len = static_cast<size_t>(segments[j].n) * kvd;
+    rope_apply(qn.data() + static_cast<size_t>(row0[j]) * qd, segments[j].n, H, hd, qd, cos_, sin_, false, segments[j].n, c.len);
+    rope_apply(kn.data() + r, segments[j].n, KV, hd, kvd, cos_, sin_, false, segments[j].n, c.len);
+    std::memcpy(c.k.data() + static_cast<size_t>(c.len) * kvd, kn.data() + r, sizeof(float) * len);
+    std::memcpy(c.v.data() + static_cast<size_t>(c.len) * kvd, vn.data() + r, sizeof(float) * len);
+    c.len += segments[j].n;
+  }
   const float scale = cfg.scale();
   Tensor on({n, qd});
-  parallel_for_dynamic(static_cast<size_t>(H), [&](size_t hh) {
-    const int h = static_cast<int>(hh), g = h / group;
-    std::vector<float> P(static_cast<size_t>(n) * ctx);
-    sgemm(false, true, n, ctx, hd, scale, qn.data() + h * hd, qd, cache.k.data() + g * hd, kvd, 0.f, P.data(), ctx);
-    for (int i = 0; i < n; ++i) {  // new token i sits at position p0 + i
+  // Every (segment, head) pair: the segment's new rows against its cache, causally among themselves.
+  parallel_for_dynamic(segments.size() * static_cast<size_t>(H), [&](size_t task) {
+    const size_t j = task / static_cast<size_t>(H);
+    const int h = static_cast<int>(task % static_cast<size_t>(H)), g = h / group;
+    const Cache& c = *segments[j].cache;
+    const int m = segments[j].n, ctx = c.len, p0 = ctx - m;
+    const float* qh = qn.data() + static_cast<size_t>(row0[j]) * qd + h * hd;
+    std::vector<float> P(static_cast<size_t>(m) * ctx);
+    sgemm(false, true, m, ctx, hd, scale, qh, qd, c.k.data() + g * hd, kvd, 0.f, P.data(), ctx);
+    for (int i = 0; i < m; ++i) {  // new token i sits at position p0 + i
       float* row = P.data() + static_cast<size_t>(i) * ctx;
       softmax(row, row, p0 + i + 1);
-      for (int j = p0 + i + 1; j < ctx; ++j) row[j] = 0.f;
+      std::fill(row + p0 + i + 1, row + ctx, 0.f);
     }
-    sgemm(false, false, n, hd, ctx, 1.f, P.data(), ctx, cache.v.data() + g * hd, kvd, 0.f, on.data() + h * hd, qd);
+    sgemm(false, false, m, hd, ctx, 1.f, P.data(), ctx, c.v.data() + g * hd, kvd, 0.f,
+          on.data() + static_cast<size_t>(row0[j]) * qd + h * hd, qd);
   });
   if (po_.empty())
     sgemm(false, true, n, d, qd, 1.f, on.data(), qd, wo.data(), qd, 0.f, y, d);
@@ -365,11 +389,12 @@ void Attention::shift_cache(Cache& cache, int keep, int discard) {
   for (Tensor* t : {&cache.k, &cache.v})
     std::memmove(t->data() + static_cast<size_t>(keep) * kvd, t->data() + static_cast<size_t>(keep + discard) * kvd,
                  sizeof(float) * static_cast<size_t>(moved) * kvd);
+  cache.len -= discard;
+  if (moved == 0) return;
   rope_tables(discard + 1);
   // Every moved row back by `discard` positions: the inverse rotation of position `discard`.
   rope_apply(cache.k.data() + static_cast<size_t>(keep) * kvd, moved, cfg.kv_heads(), cfg.hd(), kvd, cos_, sin_, true, 1,
              discard);
-  cache.len -= discard;
 }
 
 void Attention::pack(WeightFormat f) {

@@ -15,6 +15,7 @@
 
 #include "core/bf16.h"
 #include "core/packed.h"
+#include <vector>
 #include "core/enum_names.h"
 #include "core/tensor.h"
 #include "nn/rmsnorm.h"
@@ -78,6 +79,13 @@ struct Attention {
   // Inference on one sequence with a KV cache: n new tokens x (n, d) at positions cache.len ...
   // attend to the cached positions and to each other (causally); appends their keys and values.
   void forward_cached(const float* x, int n, Cache& cache, int max_len, float* y);
+  // Several sequences at once (batched decoding): x holds each segment's n new rows in turn, each
+  // segment with its own cache; one projection for all the rows, attention per segment.
+  struct Segment {
+    Cache* cache;
+    int n;
+  };
+  void forward_cached(const float* x, const std::vector<Segment>& segments, int max_len, float* y);
   // A rolling cache (context shift): drops positions [keep, keep + discard) of the cache; the later ones
   // move down by `discard`, their keys rotated back by as many positions. RoPE makes a score depend on
   // the difference of positions only, so each key then sits at its new position exactly; what changes
