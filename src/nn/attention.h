@@ -12,11 +12,11 @@
 // The batch is B sequences of L tokens, stored (B·L, ·) row-major.
 #pragma once
 #include <array>
+#include <vector>
 
 #include "core/bf16.h"
-#include "core/packed.h"
-#include <vector>
 #include "core/enum_names.h"
+#include "core/packed.h"
 #include "core/tensor.h"
 #include "nn/rmsnorm.h"
 
