@@ -52,6 +52,29 @@ std::vector<int32_t> tokens_for(int n, int V, uint64_t stream) {
   return t;
 }
 
+// Prefills the first `prefill` tokens of tok into a fresh cache, then feeds the rest one at a time:
+// the logits after each equal the full forward's row at that position (within 1e-4).
+void expect_decode_matches(TransformerLM& model, const std::vector<int32_t>& tok, int prefill, const Tensor& full) {
+  const int V = model.cfg.vocab_size, L = static_cast<int>(tok.size());
+  model.reset_cache();
+  const float* z = model.decode(tok.data(), prefill);
+  for (int pos = prefill - 1; pos < L; ++pos) {
+    if (pos >= prefill) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
+    for (int v = 0; v < V; ++v) ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * V + v], 1e-4) << "position " << pos;
+  }
+}
+
+// tiny() with every row length a multiple of 32 (Q8_0's block), a context of 16.
+ModelConfig tiny_packable(bool tied) {
+  ModelConfig c = tiny(tied, "topk_softmax");
+  c.vocab_size = 40;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.moe.moe_intermediate_size = 32;
+  c.max_position_embeddings = 16;
+  return c;
+}
+
 struct ModelCase {
   const char* name;
   bool tied;
@@ -251,13 +274,7 @@ TEST(PeerModel, KvCacheDecodingMatchesFullForwardAndAccounting) {
   const int L = 10;
   std::vector<int32_t> tok = tokens_for(L, c.vocab_size, 5);
   const Tensor full = model.forward_logits(tok.data(), 1, L);
-  model.reset_cache();
-  const float* z = model.decode(tok.data(), 4);
-  for (int pos = 3; pos < L; ++pos) {
-    if (pos > 3) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
-    for (int v = 0; v < c.vocab_size; ++v)
-      ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * c.vocab_size + v], 1e-4) << "position " << pos;
-  }
+  ASSERT_NO_FATAL_FAILURE(expect_decode_matches(model, tok, 4, full));
   int64_t listed = 0;
   for (const Param& p : model.params()) listed += static_cast<int64_t>(p.value->numel());
   for (const SparseParam& p : model.sparse_params()) listed += static_cast<int64_t>(p.value->numel());
@@ -355,13 +372,7 @@ TEST(Model, KvCacheDecodingMatchesFullForward) {
   std::vector<int32_t> tok = tokens_for(L, c.vocab_size, 5);
   const Tensor full = model.forward_logits(tok.data(), 1, L);
   // Prefill 5 tokens, then one at a time: each step's logits equal the full forward's row.
-  model.reset_cache();
-  const float* z = model.decode(tok.data(), 5);
-  for (int pos = 4; pos < L; ++pos) {
-    if (pos > 4) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
-    for (int v = 0; v < c.vocab_size; ++v)
-      ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * c.vocab_size + v], 1e-4) << "position " << pos;
-  }
+  ASSERT_NO_FATAL_FAILURE(expect_decode_matches(model, tok, 5, full));
   EXPECT_EQ(model.cache_len(), L);
 }
 
@@ -377,13 +388,7 @@ TEST(Model, KvCacheGrowsToALongContext) {
   const int L = 190;
   std::vector<int32_t> tok = tokens_for(L, c.vocab_size, 6);
   const Tensor full = model.forward_logits(tok.data(), 1, L);
-  model.reset_cache();
-  const float* z = model.decode(tok.data(), 3);
-  for (int pos = 2; pos < L; ++pos) {
-    if (pos > 2) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
-    for (int v = 0; v < c.vocab_size; ++v)
-      ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * c.vocab_size + v], 1e-4) << "position " << pos;
-  }
+  ASSERT_NO_FATAL_FAILURE(expect_decode_matches(model, tok, 3, full));
   EXPECT_EQ(model.cache_len(), L);
 }
 
@@ -397,13 +402,8 @@ TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
     const bool tied = variant == 1, bf16_model = variant == 2;
     for (WeightFormat f : {WeightFormat::fp32, WeightFormat::bf16, WeightFormat::q8_0}) {
       SCOPED_TRACE(std::string(name_of(f)) + (tied ? " tied" : " untied") + (bf16_model ? ", bf16 model" : ""));
-      ModelConfig c = tiny(tied, "topk_softmax");
+      ModelConfig c = tiny_packable(tied);
       if (bf16_model) c.moe.precision = Precision::bf16;
-      c.vocab_size = 40;
-      c.hidden_size = 64;
-      c.intermediate_size = 96;
-      c.moe.moe_intermediate_size = 32;
-      c.max_position_embeddings = 16;
       c.initializer_range = 0.1f;
       TransformerLM model(c);
       const int L = 12;
@@ -424,13 +424,7 @@ TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
         EXPECT_GT(diff, 0.0) << "packing changed nothing";
         EXPECT_LT(diff, (f == WeightFormat::q8_0 ? 0.03 : 0.01) * mag);
       }
-      model.reset_cache();
-      const float* z = model.decode(tok.data(), 5);
-      for (int pos = 4; pos < L; ++pos) {
-        if (pos > 4) z = model.decode(&tok[static_cast<size_t>(pos)], 1);
-        for (int v = 0; v < c.vocab_size; ++v)
-          ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * c.vocab_size + v], 1e-4) << "position " << pos;
-      }
+      ASSERT_NO_FATAL_FAILURE(expect_decode_matches(model, tok, 5, full));
       // Packed and read by one token: every block's four projections, the dense FFN, the k routed and
       // the shared expert of the MoE block, and the head.
       double packed = static_cast<double>(c.vocab_size) * c.hidden_size;
@@ -493,12 +487,7 @@ TEST(Generate, ContextShiftRollsOrPrefillsAgain) {
 TEST(Model, BatchedDecodingMatchesEachSequenceAlone) {
   for (bool packed : {false, true}) {
     SCOPED_TRACE(packed ? "packed q8_0" : "fp32");
-    ModelConfig c = tiny(false, "topk_softmax");
-    c.vocab_size = 40;
-    c.hidden_size = 64;
-    c.intermediate_size = 96;
-    c.moe.moe_intermediate_size = 32;
-    c.max_position_embeddings = 16;
+    const ModelConfig c = tiny_packable(false);
     TransformerLM model(c);
     if (packed) model.pack_weights(WeightFormat::q8_0);
     const int lens[3] = {5, 2, 7}, steps = 6;

@@ -71,8 +71,8 @@ void add_generate(CLI::App& app) {
   weights_opt = add_enum_option(cmd, "--weights", weights,
                                 "The weight matrices packed for decoding: bf16 halves the bytes a token reads, q8_0 "
                                 "(llama.cpp's Q8_0: int8 in blocks of 32 with an fp16 scale) nearly quarters them; "
-                                "activations stay fp32. fp32 packs a copy of the matrices (stacked for fewer passes: "
-                                "faster, for twice their memory). A model trained in bf16 decodes from bf16 unless told");
+                                "activations stay fp32. fp32 reads the model's own matrices, stacked for fewer passes. "
+                                "A model trained in bf16 decodes from bf16 unless told");
   add_enum_option(cmd, "--context-shift", so.shift,
                   "When the context is full: roll the KV cache (drop the older half after --keep, re-rotate the keys) "
                   "or prefill again from the most recent half of the tokens");

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
 
 #include "core/error.h"
@@ -21,6 +20,19 @@ double bytes_per_weight(WeightFormat f) {
   }
   return 4.0;
 }
+
+namespace {
+
+// A Q8_0 scale in fp32 (one instruction with F16C).
+inline float scale_of(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return half_to_float(h);
+#endif
+}
+
+}  // namespace
 
 void PackedMatrix::pack(const float* W, int rows, int cols, WeightFormat f) { pack({{W, rows}}, cols, f); }
 
@@ -83,7 +95,7 @@ void PackedMatrix::unpack(int r0, int n, float* out) const {
       break;
     case WeightFormat::q8_0:
       for (size_t b = 0; b < len / kQ8Block; ++b) {
-        const float d = half_to_float(qd_[lo / kQ8Block + b]);
+        const float d = scale_of(qd_[lo / kQ8Block + b]);
         for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = static_cast<float>(q_[lo + b * kQ8Block + i]) * d;
       }
       break;
@@ -104,15 +116,6 @@ inline __m512 widen_i8(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 #endif
-
-// A Q8_0 scale in fp32 (one instruction with F16C).
-inline float scale_of(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  return half_to_float(h);
-#endif
-}
 
 // fp32 and bf16 rows: Σ_i w_i·x_i, 16 lanes at a time, then the scalar tail.
 template <int R, class W, class Widen, class Scalar>

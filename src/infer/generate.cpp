@@ -75,7 +75,7 @@ std::vector<std::vector<int32_t>> generate(TransformerLM& model, const std::vect
     z = &model.decode(feed.data(), segs);
     const double sec = ms_since(t0) / 1e3;
     (prefill ? tm.prefill_s : tm.decode_s) += sec;
-    for (const auto& g : segs) (g.n > 1 || prefill ? tm.prefill_tokens : tm.decode_tokens) += g.n;
+    (prefill ? tm.prefill_tokens : tm.decode_tokens) += static_cast<int>(feed.size());
   };
   // Prefill every prompt (its last maxL − 1 tokens) in one pass.
   model.reset_cache(P);

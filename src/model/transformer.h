@@ -101,10 +101,10 @@ class TransformerLM {
   // projections and FFN weight matrices and the LM head packed in format f, and the fp32 weights rounded
   // to what the packed copies hold, so that forward_logits (fp32 GEMMs over the rounded weights) and
   // decode (the packed copies) run the same model. Embedding rows, norms, routers and PEER's tables stay
-  // fp32; a tied head rounds the embedding table it shares. fp32 packs a copy: decoding then reads
-  // stacked matrices (W_q over W_k over W_v, W1 over W3) with its own dot products rather than one BLAS
-  // matrix-vector product per matrix, for the memory of a second copy of the matrices. For inference
-  // only: the packed copies do not follow training.
+  // fp32; a tied head rounds the embedding table it shares. fp32 copies nothing: decoding reads the
+  // model's own matrices, stacked (W_q over W_k over W_v, W1 over W3), with its own dot products
+  // rather than one BLAS matrix-vector product per matrix. For inference only: the packed copies do not
+  // follow training.
   void pack_weights(WeightFormat f);
   WeightFormat weight_format() const { return packed_; }  // fp32 also when not packed
   void zero_grad();
