@@ -30,28 +30,58 @@ TEST(Bf16, RoundsToNearestEven) {
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(v[i], float_to_bf16(x[i])) << i;
 }
 
-TEST(Bf16, GemmMatchesReferenceForEveryTranspose) {
+// Dense and strided (each matrix a column block of a wider one, as [dA | dB] is), every transpose,
+// beta 0 and 1, fp32 and bf16 output: the double-precision product of the same bf16 inputs.
+TEST(Bf16, GemmMatchesReferenceForEveryTransposeAndStride) {
   const int M = 33, N = 47, K = 70;
-  std::vector<float> A(M * K), B(K * N);
-  fill_normal(A.data(), A.size(), 2, 1, 0.f, 1.f);
-  fill_normal(B.data(), B.size(), 2, 2, 0.f, 1.f);
-  std::vector<bf16_t> Ab(A.size()), Bb(B.size());
-  to_bf16(A.data(), Ab.data(), A.size());
-  to_bf16(B.data(), Bb.data(), B.size());
-  for (int ta = 0; ta < 2; ++ta)
-    for (int tb = 0; tb < 2; ++tb)
-      for (float beta : {0.f, 1.f}) {
-        std::vector<float> C(M * N, 0.5f);
-        gemm_bf16(ta, tb, M, N, K, Ab.data(), ta ? M : K, Bb.data(), tb ? K : N, beta, C.data(), N);
-        for (int i = 0; i < M; ++i)
-          for (int j = 0; j < N; ++j) {
-            double s = beta * 0.5;
-            for (int l = 0; l < K; ++l)
-              s += static_cast<double>(bf16_to_float(ta ? Ab[l * M + i] : Ab[i * K + l])) *
-                   bf16_to_float(tb ? Bb[j * K + l] : Bb[l * N + j]);
-            ASSERT_NEAR(C[i * N + j], s, 1e-4 * (1 + std::fabs(s))) << ta << tb << beta << " at " << i << "," << j;
+  for (int pad : {0, 5}) {
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        const int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
+        const int lda = ca + pad, ldb = cb + 2 * pad, ldc = N + 3 * pad;
+        std::vector<float> A(static_cast<size_t>(ra) * lda), B(static_cast<size_t>(rb) * ldb);
+        fill_normal(A.data(), A.size(), 2, 1, 0.f, 1.f);
+        fill_normal(B.data(), B.size(), 2, 2, 0.f, 1.f);
+        std::vector<bf16_t> Ab(A.size()), Bb(B.size());
+        to_bf16(A.data(), Ab.data(), A.size());
+        to_bf16(B.data(), Bb.data(), B.size());
+        auto a = [&](int i, int l) { return bf16_to_float(ta ? Ab[l * lda + i] : Ab[i * lda + l]); };
+        auto bm = [&](int l, int j) { return bf16_to_float(tb ? Bb[j * ldb + l] : Bb[l * ldb + j]); };
+        for (float beta : {0.f, 1.f}) {
+          std::vector<float> C(static_cast<size_t>(M) * ldc, 0.5f);
+          gemm_bf16(ta, tb, M, N, K, Ab.data(), lda, Bb.data(), ldb, beta, C.data(), ldc);
+          std::vector<bf16_t> Cb(static_cast<size_t>(M) * ldc, float_to_bf16(7.f));
+          if (beta == 0.f) gemm_bf16_out(ta, tb, M, N, K, Ab.data(), lda, Bb.data(), ldb, Cb.data(), ldc);
+          for (int i = 0; i < M; ++i) {
+            for (int j = 0; j < N; ++j) {
+              double s = beta * 0.5;
+              for (int l = 0; l < K; ++l) s += static_cast<double>(a(i, l)) * bm(l, j);
+              const auto where = ::testing::Message() << "ta " << ta << " tb " << tb << " beta " << beta << " pad "
+                                                      << pad << " at " << i << "," << j;
+              ASSERT_NEAR(C[i * ldc + j], s, 1e-4 * (1 + std::fabs(s))) << where;
+              if (beta == 0.f) {
+                ASSERT_NEAR(bf16_to_float(Cb[i * ldc + j]), s, 8e-3 * (1 + std::fabs(s))) << where;
+              }
+            }
+            for (int j = N; j < ldc; ++j) {  // the padding between rows is left alone
+              ASSERT_EQ(C[i * ldc + j], 0.5f);
+              ASSERT_EQ(Cb[i * ldc + j], float_to_bf16(7.f));
+            }
           }
+        }
       }
+  }
+}
+
+TEST(Bf16, AddScaledWidensExactly) {
+  std::vector<float> x(77), y(77), want(77);
+  fill_normal(x.data(), x.size(), 4, 1, 0.f, 3.f);
+  fill_normal(y.data(), y.size(), 4, 2, 0.f, 3.f);
+  std::vector<bf16_t> xb(x.size());
+  to_bf16(x.data(), xb.data(), x.size());
+  for (size_t i = 0; i < x.size(); ++i) want[i] = std::fma(0.75f, bf16_to_float(xb[i]), y[i]);
+  add_scaled_bf16(0.75f, xb.data(), y.data(), y.size());  // 16 at a time, then a scalar tail of 13
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], want[i]) << i;
 }
 
 // ‖a − b‖ / ‖b‖ over n values.

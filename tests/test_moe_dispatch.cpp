@@ -1,7 +1,11 @@
 // The dispatch plan on hand-made routings: exact rows, kept pairs and dropped counts for the
-// dropless default and both drop policies.
+// dropless default and both drop policies; the gather, combine and scatter over such a plan.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <vector>
+
+#include "core/bf16.h"
 #include "moe/dispatch.h"
 
 namespace moe {
@@ -80,6 +84,47 @@ TEST(DispatchPlan, GatherCopiesTokenRows) {
   dispatch_gather(p, x.data(), d, buf.data());
   for (int64_t row = 0; row < p.rows(); ++row)
     for (int j = 0; j < d; ++j) EXPECT_EQ(buf[row * d + j], x[p.row_token[row] * d + j]);
+}
+
+// Combine (gated, over a base with its scale) and scatter (plain sums) of fp32 and bf16 rows, with a
+// capacity that drops pairs: each token's kept rows, summed in its choice order, as a loop would.
+TEST(DispatchPlan, CombineAndScatterSumTheKeptRows) {
+  const Routing r = hand_made();
+  DispatchPlan p = make_dispatch_plan(r, 3, 1.f, DropPolicy::position);  // capacity 4: expert 0 drops 2
+  ASSERT_EQ(p.dropped, 2);
+  const int d = 40;  // two 16-wide steps and a tail of 8
+  std::vector<float> rows(static_cast<size_t>(p.rows()) * d), base(6 * d), scale(6);
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = std::sin(static_cast<float>(i)) * 3.f;
+  for (size_t i = 0; i < base.size(); ++i) base[i] = std::cos(static_cast<float>(i));
+  for (int t = 0; t < 6; ++t) scale[t] = 0.5f + 0.1f * static_cast<float>(t);
+  std::vector<bf16_t> rows_b(rows.size());
+  to_bf16(rows.data(), rows_b.data(), rows.size());
+  for (bool bf16 : {false, true}) {
+    auto row = [&](int32_t rw, int j) {
+      const size_t i = static_cast<size_t>(rw) * d + j;
+      return bf16 ? bf16_to_float(rows_b[i]) : rows[i];
+    };
+    std::vector<float> y(6 * d), dx(6 * d, 9.f);
+    if (bf16) {
+      dispatch_combine(p, r, rows_b.data(), d, y.data(), base.data(), scale.data());
+      dispatch_scatter(p, rows_b.data(), d, dx.data());
+    } else {
+      dispatch_combine(p, r, rows.data(), d, y.data(), base.data(), scale.data());
+      dispatch_scatter(p, rows.data(), d, dx.data());
+    }
+    for (int t = 0; t < 6; ++t)
+      for (int j = 0; j < d; ++j) {
+        float want_y = scale[t] * base[t * d + j], want_dx = 0.f;
+        for (int i = 0; i < 2; ++i) {
+          const int32_t rw = p.pair_row[t * 2 + i];
+          if (rw < 0) continue;
+          want_y = std::fma(r.gate[t * 2 + i], row(rw, j), want_y);
+          want_dx += row(rw, j);
+        }
+        EXPECT_NEAR(y[t * d + j], want_y, 1e-6f * (1.f + std::fabs(want_y))) << bf16 << " token " << t << " col " << j;
+        EXPECT_EQ(dx[t * d + j], want_dx) << bf16 << " token " << t << " col " << j;
+      }
+  }
 }
 
 }  // namespace

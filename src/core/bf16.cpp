@@ -3,7 +3,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
+#include <map>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
@@ -33,6 +35,19 @@ void to_bf16(const float* src, bf16_t* dst, size_t n) {
   }
 #endif
   for (; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
+void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n) {
+  size_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 vg = _mm512_set1_ps(g);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))), 16));
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(vg, v, _mm512_loadu_ps(y + i)));
+  }
+#endif
+  for (; i < n; ++i) y[i] = std::fma(g, bf16_to_float(x[i]), y[i]);
 }
 
 void to_bf16(const float* src, bf16_vector& dst, size_t n) {
@@ -71,58 +86,92 @@ namespace {
 using dnnl::memory;
 constexpr memory::dim RT = DNNL_RUNTIME_DIM_VAL;
 
+// The strides of op(X) (rows × cols) for X stored row-major with row stride ld, transposed or not.
+memory::dims strides_of(bool trans, int ld) {
+  return trans ? memory::dims{1, ld} : memory::dims{ld, 1};
+}
+
 struct Bf16Gemm {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::matmul prims[2][2][2];  // [trans_a][trans_b][beta != 0], fp32 output
-  dnnl::matmul prims_bf16[2][2];  // [trans_a][trans_b], bf16 output
   std::string impl;
   // False where this oneDNN has no bf16 matmul for the CPU (seen on CPUs without AVX-512): the
   // GEMMs then widen the bf16 inputs to fp32 (exactly) and run sgemm, the same arithmetic (exact
   // products, fp32 accumulation) at the fp32 rate.
   bool onednn = true;
 
-  // Runtime sizes with fixed layouts (runtime strides would select oneDNN's reference kernel).
-  static memory::desc desc(memory::data_type dt, bool trans) {
-    return memory::desc({RT, RT}, dt, trans ? memory::format_tag::ba : memory::format_tag::ab);
-  }
+  // One primitive per layout: transposes, accumulation, output type and the row strides, with the
+  // sizes left to run time. A runtime stride would select oneDNN's reference kernel, so each stride
+  // that is not the dense one (a column block of a wider matrix) gets its own primitive, made on
+  // first use; a layer has a handful. Key 0 for a stride means dense.
+  struct Key {
+    bool ta, tb, acc, bf16_out;
+    int lda, ldb, ldc;
+    auto operator<=>(const Key&) const = default;
+  };
+  std::map<Key, dnnl::matmul> prims;
+  std::mutex mutex;
 
   Bf16Gemm() {
     try {
-      make_primitives();
+      for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb) {
+          for (int acc = 0; acc < 2; ++acc) primitive({ta != 0, tb != 0, acc != 0, false, 0, 0, 0});
+          primitive({ta != 0, tb != 0, false, true, 0, 0, 0});
+        }
     } catch (const dnnl::error&) {
       onednn = false;
       impl = "sgemm on bf16 inputs widened to fp32 (oneDNN has no bf16 matmul for this CPU)";
     }
   }
 
-  void make_primitives() {
-    for (int ta = 0; ta < 2; ++ta)
-      for (int tb = 0; tb < 2; ++tb)
-        for (int acc = 0; acc < 2; ++acc) {
-          dnnl::primitive_attr attr;
-          if (acc) {
-            dnnl::post_ops po;
-            po.append_sum(1.f);
-            attr.set_post_ops(po);
-          }
-          dnnl::matmul::desc md(desc(memory::data_type::bf16, ta), desc(memory::data_type::bf16, tb),
-                                desc(memory::data_type::f32, false));
-          dnnl::matmul::primitive_desc pd(md, attr, engine);
-          impl = pd.impl_info_str();
-          prims[ta][tb][acc] = dnnl::matmul(pd);
-        }
-    for (int ta = 0; ta < 2; ++ta)
-      for (int tb = 0; tb < 2; ++tb) {
-        dnnl::matmul::desc md(desc(memory::data_type::bf16, ta), desc(memory::data_type::bf16, tb),
-                              desc(memory::data_type::bf16, false));
-        prims_bf16[ta][tb] = dnnl::matmul(dnnl::matmul::primitive_desc(md, engine));
-      }
+  static memory::desc desc(memory::data_type dt, bool trans, int ld) {
+    if (ld == 0) return memory::desc({RT, RT}, dt, trans ? memory::format_tag::ba : memory::format_tag::ab);
+    return memory::desc({RT, RT}, dt, strides_of(trans, ld));
+  }
+
+  const dnnl::matmul& primitive(const Key& key) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = prims.find(key);
+    if (it != prims.end()) return it->second;
+    dnnl::primitive_attr attr;
+    if (key.acc) {
+      dnnl::post_ops po;
+      po.append_sum(1.f);
+      attr.set_post_ops(po);
+    }
+    const auto out = key.bf16_out ? memory::data_type::bf16 : memory::data_type::f32;
+    dnnl::matmul::desc md(desc(memory::data_type::bf16, key.ta, key.lda), desc(memory::data_type::bf16, key.tb, key.ldb),
+                          desc(out, false, key.ldc));
+    dnnl::matmul::primitive_desc pd(md, attr, engine);
+    if (!key.bf16_out && key.lda == 0 && key.ldb == 0 && key.ldc == 0) impl = pd.impl_info_str();
+    return prims.emplace(key, dnnl::matmul(pd)).first->second;
+  }
+
+  // C = op(A)·op(B) (+ C when acc), C in fp32 or bf16 (`c_bf16`).
+  void run(bool ta, bool tb, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B, int ldb, bool acc,
+           void* C, bool c_bf16, int ldc) {
+    const Key key{ta, tb, acc, c_bf16, lda == (ta ? M : K) ? 0 : lda, ldb == (tb ? K : N) ? 0 : ldb,
+                  ldc == N ? 0 : ldc};
+    const dnnl::matmul& prim = primitive(key);
+    thread_local dnnl::stream stream(engine);
+    const memory::dim m = M, n = N, k = K;
+    memory::desc a({m, k}, memory::data_type::bf16, strides_of(ta, lda));
+    memory::desc b({k, n}, memory::data_type::bf16, strides_of(tb, ldb));
+    memory::desc c({m, n}, c_bf16 ? memory::data_type::bf16 : memory::data_type::f32, strides_of(false, ldc));
+    memory am(a, engine, const_cast<bf16_t*>(A)), bm(b, engine, const_cast<bf16_t*>(B)), cm(c, engine, C);
+    prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    stream.wait();
   }
 };
 
 Bf16Gemm& instance() {
   static Bf16Gemm g;
   return g;
+}
+
+void check_strides(const char* what, bool ta, bool tb, int M, int N, int K, int lda, int ldb, int ldc) {
+  MOE_CHECK(lda >= (ta ? M : K) && ldb >= (tb ? K : N) && ldc >= N,
+            std::string(what) + ": row strides lda, ldb, ldc must be at least the stored row lengths");
 }
 
 }  // namespace
@@ -141,23 +190,24 @@ GemmRate measure_gemm_bf16(int n, int samples) {
 }
 
 // The fallback of both GEMMs: C = op(A)·op(B) + beta·C in fp32 from the widened inputs.
-static void gemm_bf16_widened(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, const bf16_t* B,
-                              float beta, float* C) {
+static void gemm_bf16_widened(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda,
+                              const bf16_t* B, int ldb, float beta, float* C, int ldc) {
   thread_local std::vector<float> a, b;
-  const size_t na = static_cast<size_t>(M) * K, nb = static_cast<size_t>(K) * N;
-  a.resize(na);
-  b.resize(nb);
-  for (size_t i = 0; i < na; ++i) a[i] = bf16_to_float(A[i]);
-  for (size_t i = 0; i < nb; ++i) b[i] = bf16_to_float(B[i]);
-  sgemm(trans_a, trans_b, M, N, K, 1.f, a.data(), trans_a ? M : K, b.data(), trans_b ? K : N, beta, C, N);
+  const int ra = trans_a ? K : M, ca = trans_a ? M : K, rb = trans_b ? N : K, cb = trans_b ? K : N;
+  a.resize(static_cast<size_t>(ra) * ca);
+  b.resize(static_cast<size_t>(rb) * cb);
+  for (int i = 0; i < ra; ++i)
+    for (int j = 0; j < ca; ++j) a[static_cast<size_t>(i) * ca + j] = bf16_to_float(A[static_cast<size_t>(i) * lda + j]);
+  for (int i = 0; i < rb; ++i)
+    for (int j = 0; j < cb; ++j) b[static_cast<size_t>(i) * cb + j] = bf16_to_float(B[static_cast<size_t>(i) * ldb + j]);
+  sgemm(trans_a, trans_b, M, N, K, 1.f, a.data(), ca, b.data(), cb, beta, C, ldc);
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
                int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
   MOE_CHECK(beta == 0.f || beta == 1.f, "gemm_bf16: beta must be 0 or 1");
-  MOE_CHECK(lda == (trans_a ? M : K) && ldb == (trans_b ? K : N) && ldc == N,
-            "gemm_bf16: matrices must be stored densely (lda, ldb, ldc equal to their row lengths)");
+  check_strides("gemm_bf16", trans_a, trans_b, M, N, K, lda, ldb, ldc);
   Bf16Gemm& g = instance();
   if (K == 0) {
     if (beta == 0.f)
@@ -166,44 +216,26 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A,
     return;
   }
   if (!g.onednn) {
-    gemm_bf16_widened(trans_a, trans_b, M, N, K, A, B, beta, C);
+    gemm_bf16_widened(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  thread_local dnnl::stream stream(g.engine);
-  const memory::dim m = M, n = N, k = K;
-  using tag = memory::format_tag;
-  memory::desc a({m, k}, memory::data_type::bf16, trans_a ? tag::ba : tag::ab);
-  memory::desc b({k, n}, memory::data_type::bf16, trans_b ? tag::ba : tag::ab);
-  memory::desc c({m, n}, memory::data_type::f32, tag::ab);
-  memory am(a, g.engine, const_cast<bf16_t*>(A)), bm(b, g.engine, const_cast<bf16_t*>(B)), cm(c, g.engine, C);
-  g.prims[trans_a][trans_b][beta != 0.f].execute(
-      stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-  stream.wait();
+  g.run(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta != 0.f, C, false, ldc);
 }
 
 void gemm_bf16_out(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
                    int ldb, bf16_t* C, int ldc) {
   if (M == 0 || N == 0) return;
   MOE_CHECK(K > 0, "gemm_bf16_out: K must be positive");
-  MOE_CHECK(lda == (trans_a ? M : K) && ldb == (trans_b ? K : N) && ldc == N,
-            "gemm_bf16_out: matrices must be stored densely (lda, ldb, ldc equal to their row lengths)");
+  check_strides("gemm_bf16_out", trans_a, trans_b, M, N, K, lda, ldb, ldc);
   Bf16Gemm& g = instance();
   if (!g.onednn) {
     thread_local std::vector<float> c;
     c.resize(static_cast<size_t>(M) * N);
-    gemm_bf16_widened(trans_a, trans_b, M, N, K, A, B, 0.f, c.data());
-    to_bf16(c.data(), C, c.size());
+    gemm_bf16_widened(trans_a, trans_b, M, N, K, A, lda, B, ldb, 0.f, c.data(), N);
+    for (int i = 0; i < M; ++i) to_bf16(c.data() + static_cast<size_t>(i) * N, C + static_cast<size_t>(i) * ldc, static_cast<size_t>(N));
     return;
   }
-  thread_local dnnl::stream stream(g.engine);
-  using tag = memory::format_tag;
-  const memory::dim m = M, n = N, k = K;
-  memory::desc a({m, k}, memory::data_type::bf16, trans_a ? tag::ba : tag::ab);
-  memory::desc b({k, n}, memory::data_type::bf16, trans_b ? tag::ba : tag::ab);
-  memory::desc c({m, n}, memory::data_type::bf16, tag::ab);
-  memory am(a, g.engine, const_cast<bf16_t*>(A)), bm(b, g.engine, const_cast<bf16_t*>(B)), cm(c, g.engine, C);
-  g.prims_bf16[trans_a][trans_b].execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-  stream.wait();
+  g.run(trans_a, trans_b, M, N, K, A, lda, B, ldb, false, C, true, ldc);
 }
 
 }  // namespace moe

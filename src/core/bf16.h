@@ -4,8 +4,8 @@
 // instructions where the CPU has them (about twice the fp32 FLOP rate) and falls back to its own
 // kernels elsewhere; where this oneDNN has no bf16 matmul for the CPU at all (seen without AVX-512),
 // the inputs are widened to fp32 and sgemm runs: the same exact products and fp32 accumulation, at the
-// fp32 rate (bf16_gemm_impl() says which). Shapes are runtime arguments: one primitive per (transposes, beta) serves every
-// expert size, so nothing is compiled per step.
+// fp32 rate (bf16_gemm_impl() says which). Shapes are runtime arguments: one primitive per layout
+// (transposes, beta, output type, strides) serves every expert size, so nothing is compiled per step.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -61,9 +61,12 @@ inline float bf16_to_float(bf16_t v) {
   return f;
 }
 bf16_t float_to_bf16(float f);
+// y += g·x for n bf16 values x and fp32 y (a gather's or combine's row).
+void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n);
 
 // C[M,N] = op(A)·op(B) + beta·C with A, B in bf16 and C in fp32; row-major with row strides lda, ldb,
-// ldc that must equal the stored row lengths (dense matrices); beta is 0 or 1. Threads: all OpenMP threads outside a parallel region, one inside.
+// ldc of at least the stored row lengths (a wider stride: a column block of a wider matrix, such as
+// one half of [dA dB]); beta is 0 or 1. Threads: all OpenMP threads outside a parallel region, one inside.
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B,
                int ldb, float beta, float* C, int ldc);
 

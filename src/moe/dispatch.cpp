@@ -111,11 +111,14 @@ void dispatch_gather(const DispatchPlan& p, const float* x, int d, bf16_t* buf) 
   }, 512);
 }
 
-template <class Y>
-static void combine(const DispatchPlan& p, const Routing& r, const Y* Ybuf, int d, float* y, const float* base,
-                    const float* base_scale) {
-  const int k = r.k;
-  parallel_for(static_cast<size_t>(r.T), [&](size_t t) {
+// y_t = a_t·base_t + Σ_i g_{t,i}·X[pair_row(t,i)] (gate null: g = 1; base null: y_t starts at 0), token
+// by token: one task per token, no atomics. The k rows of a token lie in k different experts' blocks,
+// so the next one is prefetched while this one is summed.
+template <class X>
+static void sum_rows(const DispatchPlan& p, const float* gate, const X* Xbuf, int d, float* y, const float* base,
+                     const float* base_scale) {
+  const int k = p.k;
+  parallel_for(static_cast<size_t>(p.T), [&](size_t t) {
     float* yt = y + t * d;
     if (base) {
       const float s = base_scale ? base_scale[t] : 1.f;
@@ -124,15 +127,19 @@ static void combine(const DispatchPlan& p, const Routing& r, const Y* Ybuf, int 
     } else {
       std::memset(yt, 0, sizeof(float) * d);
     }
+    const int32_t* rows = p.pair_row.data() + t * k;
     for (int i = 0; i < k; ++i) {
-      const int32_t row = p.pair_row[t * k + i];
-      if (row < 0) continue;
-      const float g = r.gate[t * k + i];
-      const Y* yr = Ybuf + static_cast<size_t>(row) * d;
-      if constexpr (std::is_same_v<Y, bf16_t>) {
-        for (int j = 0; j < d; ++j) yt[j] += g * bf16_to_float(yr[j]);
+      if (rows[i] < 0) continue;
+      if (i + 1 < k && rows[i + 1] >= 0) {
+        const X* next = Xbuf + static_cast<size_t>(rows[i + 1]) * d;
+        for (int j = 0; j < d; j += 64 / static_cast<int>(sizeof(X))) __builtin_prefetch(next + j);
+      }
+      const float g = gate ? gate[t * k + i] : 1.f;
+      const X* xr = Xbuf + static_cast<size_t>(rows[i]) * d;
+      if constexpr (std::is_same_v<X, bf16_t>) {
+        add_scaled_bf16(g, xr, yt, static_cast<size_t>(d));
       } else {
-        for (int j = 0; j < d; ++j) yt[j] += g * yr[j];
+        for (int j = 0; j < d; ++j) yt[j] += g * xr[j];
       }
     }
   }, 64);
@@ -140,31 +147,17 @@ static void combine(const DispatchPlan& p, const Routing& r, const Y* Ybuf, int 
 
 void dispatch_combine(const DispatchPlan& p, const Routing& r, const float* Y, int d, float* y, const float* base,
                       const float* base_scale) {
-  combine(p, r, Y, d, y, base, base_scale);
+  sum_rows(p, r.gate.data(), Y, d, y, base, base_scale);
 }
-
 void dispatch_combine(const DispatchPlan& p, const Routing& r, const bf16_t* Y, int d, float* y, const float* base,
                       const float* base_scale) {
-  combine(p, r, Y, d, y, base, base_scale);
+  sum_rows(p, r.gate.data(), Y, d, y, base, base_scale);
 }
-
 void dispatch_scatter(const DispatchPlan& p, const float* dX, int d, float* dx) {
-  const int k = p.k;
-  parallel_for(static_cast<size_t>(p.T), [&](size_t t) {
-    float* dxt = dx + t * d;
-    std::memset(dxt, 0, sizeof(float) * d);
-    for (int i = 0; i < k; ++i) {
-      const int32_t row = p.pair_row[t * k + i];
-      if (row < 0) continue;
-      const float* src = dX + static_cast<size_t>(row) * d;
-      // The rows of a token lie in k different experts' blocks: start loading the next one early.
-      if (i + 1 < k && p.pair_row[t * k + i + 1] >= 0) {
-        const float* next = dX + static_cast<size_t>(p.pair_row[t * k + i + 1]) * d;
-        for (int j = 0; j < d; j += 16) __builtin_prefetch(next + j);
-      }
-      for (int j = 0; j < d; ++j) dxt[j] += src[j];
-    }
-  }, 64);
+  sum_rows(p, nullptr, dX, d, dx, nullptr, nullptr);
+}
+void dispatch_scatter(const DispatchPlan& p, const bf16_t* dX, int d, float* dx) {
+  sum_rows(p, nullptr, dX, d, dx, nullptr, nullptr);
 }
 
 void pairs_to_rows(const DispatchPlan& p, const float* per_pair, float* per_row) {

@@ -59,8 +59,10 @@ void dispatch_combine(const DispatchPlan& p, const Routing& r, const float* Y, i
                       const float* base = nullptr, const float* base_scale = nullptr);
 void dispatch_combine(const DispatchPlan& p, const Routing& r, const bf16_t* Y, int d, float* y,
                       const float* base = nullptr, const float* base_scale = nullptr);
-// dx (T, d): dx_t = Σ_i dX[pair_row(t,i)] over the kept pairs (dX (rows, d)); dx is overwritten.
+// dx (T, d): dx_t = Σ_i dX[pair_row(t,i)] over the kept pairs (dX (rows, d) in fp32 or bf16, summed in
+// fp32); dx is overwritten.
 void dispatch_scatter(const DispatchPlan& p, const float* dX, int d, float* dx);
+void dispatch_scatter(const DispatchPlan& p, const bf16_t* dX, int d, float* dx);
 // Per-pair values (T·k, e.g. the gates) to per-row values (rows), and back (pairs without a row get 0).
 void pairs_to_rows(const DispatchPlan& p, const float* per_pair, float* per_row);
 void rows_to_pairs(const DispatchPlan& p, const float* per_row, float* per_pair);

@@ -4,6 +4,7 @@
 #include <numeric>
 #include <type_traits>
 
+#include "core/error.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
@@ -119,16 +120,19 @@ void rows_apply(bool inside_parallel, int n, F&& fn) {
   }, 1);
 }
 
-// One multiply of the expert pass, C = op(A)·op(B) (+ C when beta = 1), all matrices dense: sgemm for
-// fp32 inputs, the oneDNN bf16 matmul for bf16 inputs (fp32 or bf16 output).
-void mm(bool ta, bool tb, int M, int N, int K, const float* A, const float* B, float beta, float* C) {
-  sgemm(ta, tb, M, N, K, 1.f, A, ta ? M : K, B, tb ? K : N, beta, C, N);
+// One multiply of the expert pass, C = op(A)·op(B) (+ C when beta = 1) with row strides lda, ldb, ldc:
+// sgemm for fp32 inputs, the oneDNN bf16 matmul for bf16 inputs (fp32 or bf16 output).
+void mm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta, float* C,
+        int ldc) {
+  sgemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
 }
-void mm(bool ta, bool tb, int M, int N, int K, const bf16_t* A, const bf16_t* B, float beta, float* C) {
-  gemm_bf16(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, beta, C, N);
+void mm(bool ta, bool tb, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B, int ldb, float beta,
+        float* C, int ldc) {
+  gemm_bf16(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
-void mm(bool ta, bool tb, int M, int N, int K, const bf16_t* A, const bf16_t* B, float, bf16_t* C) {
-  gemm_bf16_out(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, C, N);
+void mm(bool ta, bool tb, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B, int ldb, float, bf16_t* C,
+        int ldc) {
+  gemm_bf16_out(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 void swiglu_into(const float* a, const float* b, float* h, size_t n) { swiglu(a, b, h, n); }
@@ -137,72 +141,104 @@ void swiglu_into(const float* a, const float* b, bf16_t* h, size_t n) { swiglu_t
 }  // namespace
 
 // The grouped SwiGLU over the expert-contiguous buffer, for In = float (fp32) or bf16_t (mixed):
-// x (rows, d) in In; A, B (rows, h) in fp32; H (rows, h) in In; y (rows, d) in Out.
-template <class In, class Out, class Mul>
-void ExpertBank::forward_pass(const In* x, In* hbuf, const std::vector<int64_t>& offsets, Out* y, Mul&& mul) {
+// x (rows, d) in In; [A | B] (rows, 2h) in fp32; H (rows, h) in In; y (rows, d) in Out.
+template <class In, class Out, class Mul13, class Mul2>
+void ExpertBank::forward_pass(const In* x, In* hbuf, const std::vector<int64_t>& offsets, Out* y, Mul13&& mul13,
+                              Mul2&& mul2) {
   const bool par = parallel_over_experts(offsets);
   for_each_expert(par, offsets, E, [&](int e) {
     const int64_t r0 = offsets[e];
     const int n = static_cast<int>(offsets[e + 1] - r0);
     if (n == 0) return;
-    float* ae = a.data() + r0 * h;
-    float* be = b.data() + r0 * h;
+    float* abe = ab.data() + r0 * 2 * h;
     In* he = hbuf + r0 * h;
-    mul(0, e, n, x + r0 * d, ae);
-    mul(1, e, n, x + r0 * d, be);
+    mul13(e, n, x + r0 * d, abe);
     rows_apply(par, n, [&](int i0, int i1) {
-      const size_t o = static_cast<size_t>(i0) * h, len = static_cast<size_t>(i1 - i0) * h;
-      swiglu_into(ae + o, be + o, he + o, len);
+      for (int i = i0; i < i1; ++i) {
+        const float* abr = abe + static_cast<size_t>(i) * 2 * h;
+        swiglu_into(abr, abr + h, he + static_cast<size_t>(i) * h, static_cast<size_t>(h));
+      }
     });
-    mul(2, e, n, he, y + r0 * d);
+    mul2(e, n, he, y + r0 * d);
   });
 }
 
-// The products of forward_pass with the weights w1p, w3p, w2p stored in In.
+// The products of forward_pass with weights stored in In: W1_e and W3_e at w1p, w3p + e·w13_stride
+// (stacked, [W1_e; W3_e], when w13_stride = 2hd and w3p = w1p + hd: one GEMM), W2_e at w2p + e·hd.
 template <class In>
-static auto dense_mul(const In* w1p, const In* w3p, const In* w2p, int h, int d) {
-  return [=](int which, int e, int n, const In* in, auto* out) {
-    const size_t we = static_cast<size_t>(e) * h * d;
-    if (which == 2)
-      mm(false, true, n, d, h, in, w2p + we, 0.f, out);
-    else
-      mm(false, true, n, h, d, in, (which == 0 ? w1p : w3p) + we, 0.f, out);
+static auto dense_mul13(const In* w1p, const In* w3p, size_t w13_stride, int h, int d) {
+  return [=](int e, int n, const In* in, float* out) {
+    const size_t we = static_cast<size_t>(e) * w13_stride;
+    if (w13_stride == 2 * static_cast<size_t>(h) * d && w3p == w1p + static_cast<size_t>(h) * d) {
+      mm(false, true, n, 2 * h, d, in, d, w1p + we, d, 0.f, out, 2 * h);
+    } else {
+      mm(false, true, n, h, d, in, d, w1p + we, d, 0.f, out, 2 * h);
+      mm(false, true, n, h, d, in, d, w3p + we, d, 0.f, out + h, 2 * h);
+    }
+  };
+}
+template <class In>
+static auto dense_mul2(const In* w2p, int h, int d) {
+  return [=](int e, int n, const In* in, auto* out) {
+    mm(false, true, n, d, h, in, h, w2p + static_cast<size_t>(e) * h * d, h, 0.f, out, d);
   };
 }
 
 // Backward of the gated pass (see experts.h), for In = float or bf16_t: dz (rows, d) and the weights
-// in In; h_fp32 is H in fp32 when kept (fp32 mode) or null (recomputed from A, B); dA, dB and g·H are
-// written into da_out, db_out, gh_out (in place of A, B, H in fp32 mode).
-template <class In>
-void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const In* w3p, const In* w2p,
-                               const float* h_fp32, In* da_out, In* db_out, In* gh_out,
-                               const std::vector<int64_t>& offsets, const float* gate, float* dx, float* dgate) {
+// in In (W1, W3 as in dense_mul13); h_fp32 is H in fp32 when kept (fp32 mode) or null (recomputed from
+// A, B); [dA | dB] and g·H are written into dab_out (rows, 2h) and gh_out (in place of [A | B] and H in
+// fp32 mode); dX (rows, d) into dx in Out (bf16 only with stacked W1, W3: one GEMM, one rounding).
+template <class In, class Out>
+void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const In* w3p, size_t w13_stride,
+                               const In* w2p, const float* h_fp32, In* dab_out, In* gh_out,
+                               const std::vector<int64_t>& offsets, const float* gate, Out* dx, float* dgate) {
+  const size_t hd = static_cast<size_t>(h) * d;
+  const bool stacked = w13_stride == 2 * hd && w3p == w1p + hd;
+  MOE_CHECK((stacked || std::is_same_v<Out, float>), "experts: a bf16 dX needs W1 and W3 stacked");
   dh.resize({offsets[static_cast<size_t>(E)], h});
   const bool par = parallel_over_experts(offsets);
+  const int h2 = 2 * h;
   for_each_expert(par, offsets, E, [&](int e) {
     const int64_t r0 = offsets[e];
     const int n = static_cast<int>(offsets[e + 1] - r0);
     if (n == 0) return;
-    const size_t we = static_cast<size_t>(e) * h * d, o0 = static_cast<size_t>(r0) * h;
+    const size_t we = static_cast<size_t>(e) * hd, w13 = static_cast<size_t>(e) * w13_stride;
+    const size_t o0 = static_cast<size_t>(r0) * h, o20 = 2 * o0;
     const In* xe = x + r0 * d;
     const In* dze = dz + r0 * d;
     float* dhe = dh.data() + o0;
     // dH = dZ·W2 (ungated); per row: dg = h·dH, then dA, dB and g·h.
-    mm(false, false, n, h, d, dze, w2p + we, 0.f, dhe);
+    mm(false, false, n, h, d, dze, d, w2p + we, h, 0.f, dhe, h);
     rows_apply(par, n, [&](int i0, int i1) {
       for (int i = i0; i < i1; ++i) {
-        const size_t o = o0 + static_cast<size_t>(i) * h;
+        const size_t o = o0 + static_cast<size_t>(i) * h, o2 = 2 * o;
         const float g = gate ? gate[r0 + i] : 1.f;
-        const float dg = gated_swiglu_backward(a.data() + o, b.data() + o, h_fp32 ? h_fp32 + o : nullptr,
-                                               dh.data() + o, g, h, da_out + o, db_out + o, gh_out + o);
+        const float dg = gated_swiglu_backward(ab.data() + o2, ab.data() + o2 + h, h_fp32 ? h_fp32 + o : nullptr,
+                                               dh.data() + o, g, h, dab_out + o2, dab_out + o2 + h, gh_out + o);
         if (dgate) dgate[r0 + i] = dg;
       }
     });
-    mm(true, false, d, h, n, dze, gh_out + o0, 1.f, dw2.data() + we);
-    mm(true, false, h, d, n, da_out + o0, xe, 1.f, dw1.data() + we);
-    mm(true, false, h, d, n, db_out + o0, xe, 1.f, dw3.data() + we);
-    mm(false, false, n, d, h, da_out + o0, w1p + we, 0.f, dx + r0 * d);
-    mm(false, false, n, d, h, db_out + o0, w3p + we, 1.f, dx + r0 * d);
+    mm(true, false, d, h, n, dze, d, gh_out + o0, h, 1.f, dw2.data() + we, h);
+    // [dW1_e; dW3_e] += [dA dB]ᵀ·X in one GEMM, which reads X once (at fine granularity X is the
+    // largest input), through a scratch: dW1 and dW3 are separate tensors.
+    thread_local std::vector<float> dw13;
+    dw13.resize(2 * hd);
+    float* sum = dw13.data();  // this thread's scratch (inside rows_apply, other threads read it)
+    mm(true, false, h2, d, n, dab_out + o20, h2, xe, d, 0.f, sum, d);
+    rows_apply(par, h2, [&](int i0, int i1) {
+      for (int i = i0; i < i1; ++i) {
+        float* dst = (i < h ? dw1.data() + we + static_cast<size_t>(i) * d : dw3.data() + we + static_cast<size_t>(i - h) * d);
+        const float* src = sum + static_cast<size_t>(i) * d;
+        for (int j = 0; j < d; ++j) dst[j] += src[j];
+      }
+    });
+    Out* dxe = dx + r0 * d;
+    if (stacked) {  // dX = [dA dB]·[W1_e; W3_e]
+      mm(false, false, n, d, h2, dab_out + o20, h2, w1p + w13, d, 0.f, dxe, d);
+    } else if constexpr (std::is_same_v<Out, float>) {
+      mm(false, false, n, d, h, dab_out + o20, h2, w1p + w13, d, 0.f, dxe, d);
+      mm(false, false, n, d, h, dab_out + o20 + h, h2, w3p + w13, d, 1.f, dxe, d);
+    }
   });
 }
 
@@ -215,21 +251,17 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
     parallel_for(static_cast<size_t>(rows) * d, [&](size_t i) { y[i] = bf16_to_float(yb[i]); });
     return;
   }
-  a.resize({rows, h});
-  b.resize({rows, h});
+  ab.resize({rows, 2 * h});
   act.resize({rows, h});
-  if (packed()) {
-    // W1 and W3 in one pass (which 0 writes A and B: B's rows sit at the same offset of b as A's of a).
-    forward_pass(x, act.data(), offsets, y, [&](int which, int e, int n, const float* in, float* out) {
-      const size_t ex = static_cast<size_t>(e);
-      if (which == 0)
-        p13[ex].matmul(in, n, {{h, out, h}, {h, b.data() + (out - a.data()), h}});
-      else if (which == 2)
-        p2[ex].matmul(in, n, out, d);
-    });
+  if (packed()) {  // W1 over W3 in one pass: [a | b] row by row
+    forward_pass(
+        x, act.data(), offsets, y,
+        [&](int e, int n, const float* in, float* out) { p13[static_cast<size_t>(e)].matmul(in, n, out, 2 * h); },
+        [&](int e, int n, const float* in, float* out) { p2[static_cast<size_t>(e)].matmul(in, n, out, d); });
     return;
   }
-  forward_pass(x, act.data(), offsets, y, dense_mul(w1.data(), w3.data(), w2.data(), h, d));
+  forward_pass(x, act.data(), offsets, y, dense_mul13(w1.data(), w3.data(), static_cast<size_t>(h) * d, h, d),
+               dense_mul2(w2.data(), h, d));
 }
 
 void ExpertBank::pack(WeightFormat f) {
@@ -249,32 +281,39 @@ size_t ExpertBank::packed_bytes_per_expert() const {
 
 void ExpertBank::forward_bf16(const std::vector<int64_t>& offsets, bf16_t* y) {
   const int64_t rows = offsets[static_cast<size_t>(E)];
-  a.resize({rows, h});
-  b.resize({rows, h});
-  to_bf16(w1.data(), w1b, w1.numel());
-  to_bf16(w3.data(), w3b, w3.numel());
+  ab.resize({rows, 2 * h});
+  // [W1_e; W3_e] stacked per expert, then W2.
+  const size_t hd = static_cast<size_t>(h) * d;
+  w13b.resize(2 * w1.numel());
+  parallel_for(static_cast<size_t>(2 * E), [&](size_t i) {
+    const size_t e = i / 2;
+    to_bf16((i % 2 ? w3 : w1).data() + e * hd, w13b.data() + (2 * e + i % 2) * hd, hd);
+  }, 1);
   to_bf16(w2.data(), w2b, w2.numel());
   hb.resize(static_cast<size_t>(rows) * h);
-  forward_pass(xb.data(), hb.data(), offsets, y, dense_mul(w1b.data(), w3b.data(), w2b.data(), h, d));
+  forward_pass(xb.data(), hb.data(), offsets, y, dense_mul13(w13b.data(), w13b.data() + hd, 2 * hd, h, d),
+               dense_mul2(w2b.data(), h, d));
 }
 
 void ExpertBank::backward(const float* x, const float* dz, const std::vector<int64_t>& offsets, const float* gate,
                           float* dx, float* dgate) {
   if (bf16) {
-    to_bf16(dz, dyb, static_cast<size_t>(offsets[static_cast<size_t>(E)]) * d);
-    backward_bf16(offsets, gate, dx, dgate);
+    const size_t n = static_cast<size_t>(offsets[static_cast<size_t>(E)]) * d;
+    to_bf16(dz, dyb, n);
+    backward_bf16(offsets, gate, dgate);
+    parallel_for(n, [&](size_t i) { dx[i] = bf16_to_float(dxb[i]); });
     return;
   }
-  backward_pass(x, dz, w1.data(), w3.data(), w2.data(), act.data(), a.data(), b.data(), act.data(), offsets, gate,
-                dx, dgate);
+  backward_pass(x, dz, w1.data(), w3.data(), static_cast<size_t>(h) * d, w2.data(), act.data(), ab.data(), act.data(),
+                offsets, gate, dx, dgate);
 }
 
-void ExpertBank::backward_bf16(const std::vector<int64_t>& offsets, const float* gate, float* dx, float* dgate) {
-  const size_t n = static_cast<size_t>(offsets[static_cast<size_t>(E)]) * h;
-  dab.resize(n);
-  dbb.resize(n);
-  backward_pass(xb.data(), dyb.data(), w1b.data(), w3b.data(), w2b.data(), nullptr, dab.data(), dbb.data(),
-                hb.data(), offsets, gate, dx, dgate);
+void ExpertBank::backward_bf16(const std::vector<int64_t>& offsets, const float* gate, float* dgate) {
+  const size_t rows = static_cast<size_t>(offsets[static_cast<size_t>(E)]), hd = static_cast<size_t>(h) * d;
+  dab.resize(rows * 2 * h);
+  dxb.resize(rows * d);
+  backward_pass(xb.data(), dyb.data(), w13b.data(), w13b.data() + hd, 2 * hd, w2b.data(), nullptr, dab.data(),
+                hb.data(), offsets, gate, dxb.data(), dgate);
 }
 
 }  // namespace moe

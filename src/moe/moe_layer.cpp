@@ -312,24 +312,32 @@ void MoeLayer::backward(const float* dy, float* dx) {
     timings_.exchange_bwd += ms_since(t0);
   }
 
-  // Experts backward; dX lands in ybuf (Y is no longer needed).
+  // Experts backward; dX lands in ybuf (fp32; Y is no longer needed) or the experts' dxb (bf16).
   t0 = clock_type::now();
-  ybuf_.resize({got, d});
   const float* gate = ep ? gate_in_.data() : row_gate_.data();
   Tensor& dgate_rows = ep ? dgate_in_ : row_dgate_;  // the gate gradients of the experts' rows
   dgate_rows.resize({got});
-  if (bf16)
-    experts.backward_bf16(offsets, gate, ybuf_.data(), dgate_rows.data());
-  else
+  if (bf16) {
+    experts.backward_bf16(offsets, gate, dgate_rows.data());
+  } else {
+    ybuf_.resize({got, d});
     experts.backward(xbuf_.data(), dybuf_.data(), offsets, gate, ybuf_.data(), dgate_rows.data());
+  }
   timings_.experts_bwd = ms_since(t0);
-  const float* dX = ybuf_.data();  // (rows, d) in plan order
+  const float* dX = ybuf_.data();              // (rows, d) in plan order
+  const bf16_t* dXb = experts.dxb.data();      // the same in bf16 mode
   if (ep) {
     t0 = clock_type::now();
-    yloc_.resize({rows, d});
-    xchg_.back(ybuf_.data(), d, yloc_.data());
+    if (bf16) {
+      yloc_b_.resize(static_cast<size_t>(rows) * d);
+      xchg_.back(experts.dxb.data(), d, yloc_b_.data());
+      dXb = yloc_b_.data();
+    } else {
+      yloc_.resize({rows, d});
+      xchg_.back(ybuf_.data(), d, yloc_.data());
+      dX = yloc_.data();
+    }
     xchg_.back(dgate_in_.data(), 1, row_dgate_.data());
-    dX = yloc_.data();
     timings_.exchange_bwd += ms_since(t0);
   }
 
@@ -338,7 +346,10 @@ void MoeLayer::backward(const float* dy, float* dx) {
   dgate_.resize({T, k});
   float* dgate = dgate_.data();
   rows_to_pairs(plan_, row_dgate_.data(), dgate);
-  dispatch_scatter(plan_, dX, d, dx);
+  if (bf16)
+    dispatch_scatter(plan_, dXb, d, dx);
+  else
+    dispatch_scatter(plan_, dX, d, dx);
   timings_.scatter_bwd = ms_since(t0);
 
   // Shared experts (and the Qwen2-MoE gate).

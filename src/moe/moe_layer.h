@@ -121,8 +121,8 @@ class MoeLayer : public Ffn {
   Tensor jitter_, xr_buf_;     // (T, d)
   Routing routing_;
   DispatchPlan plan_;
-  Tensor xbuf_, ybuf_, dybuf_;  // (rows, d): gathered x, expert outputs, gathered dy; in bf16 mode
-  bf16_vector ybuf_bf16_;      // (rows, d) expert outputs in bf16 mode (ybuf_ then holds dX only); the experts' own bf16 buffers replace xbuf_, dybuf_
+  Tensor xbuf_, ybuf_, dybuf_;  // (rows, d) fp32 mode: gathered x, expert outputs (then dX), gathered dy
+  bf16_vector ybuf_bf16_;      // (rows, d) expert outputs in bf16 mode; the experts' own bf16 buffers hold x, dy and dX
   Tensor shared_out_, sgate_;  // (T, d) shared experts' output, (T) σ(x·w_sg)
   // Backward scratch, kept between steps so that large buffers are not page-faulted in every step.
   Tensor dgate_;               // (T, k)
@@ -134,7 +134,7 @@ class MoeLayer : public Ffn {
   // coming back: x (or dy) sent, y (or dx) received. xbuf_, ybuf_, dybuf_ and the experts' bf16
   // buffers then hold the rows this rank's experts compute, expert-major.
   ExpertExchange xchg_;
-  Tensor xsend_, yloc_;        // (rows of the plan, d) fp32 mode; yloc_ also dx in backward (both modes)
+  Tensor xsend_, yloc_;        // (rows of the plan, d) fp32 mode; yloc_ also dX in backward
   bf16_vector xsend_b_, yloc_b_;  // the same in bf16 mode
   Tensor gate_in_, dgate_in_;  // (rows received) gates of the experts' rows, and their gradients
   Comm* batch_comm_ = nullptr;    // the ranks whose tokens form this forward's batch (null: this rank's alone)
