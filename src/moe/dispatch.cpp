@@ -113,7 +113,8 @@ void dispatch_gather(const DispatchPlan& p, const float* x, int d, bf16_t* buf) 
 
 // y_t = a_t·base_t + Σ_i g_{t,i}·X[pair_row(t,i)] (gate null: g = 1; base null: y_t starts at 0), token
 // by token: one task per token, no atomics. The k rows of a token lie in k different experts' blocks,
-// so the next one is prefetched while this one is summed.
+// so the rows kAhead pairs on are prefetched while this one is summed.
+constexpr int kAhead = 2;  // pairs ahead (the next token's first rows while this one's last are summed)
 template <class X>
 static void sum_rows(const DispatchPlan& p, const float* gate, const X* Xbuf, int d, float* y, const float* base,
                      const float* base_scale) {
@@ -128,10 +129,12 @@ static void sum_rows(const DispatchPlan& p, const float* gate, const X* Xbuf, in
       std::memset(yt, 0, sizeof(float) * d);
     }
     const int32_t* rows = p.pair_row.data() + t * k;
+    const size_t pairs = static_cast<size_t>(p.T) * k;
     for (int i = 0; i < k; ++i) {
       if (rows[i] < 0) continue;
-      if (i + 1 < k && rows[i + 1] >= 0) {
-        const X* next = Xbuf + static_cast<size_t>(rows[i + 1]) * d;
+      const size_t ahead = t * k + i + kAhead;
+      if (ahead < pairs && p.pair_row[ahead] >= 0) {
+        const X* next = Xbuf + static_cast<size_t>(p.pair_row[ahead]) * d;
         for (int j = 0; j < d; j += 64 / static_cast<int>(sizeof(X))) __builtin_prefetch(next + j);
       }
       const float g = gate ? gate[t * k + i] : 1.f;
