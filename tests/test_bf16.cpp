@@ -31,10 +31,15 @@ TEST(Bf16, RoundsToNearestEven) {
 }
 
 // Dense and strided (each matrix a column block of a wider one, as [dA | dB] is), every transpose,
-// beta 0 and 1, fp32 and bf16 output: the double-precision product of the same bf16 inputs.
+// beta 0 and 1, fp32 and bf16 output, kernels for runtime sizes and per shape: the double-precision
+// product of the same bf16 inputs.
 TEST(Bf16, GemmMatchesReferenceForEveryTransposeAndStride) {
   const int M = 33, N = 47, K = 70;
+  const Bf16Kernels was = bf16_kernels();
+  for (Bf16Kernels mode : {Bf16Kernels::runtime, Bf16Kernels::per_shape})
   for (int pad : {0, 5}) {
+    set_bf16_kernels(mode);
+    SCOPED_TRACE(name_of(mode));
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb) {
         const int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
@@ -71,6 +76,7 @@ TEST(Bf16, GemmMatchesReferenceForEveryTransposeAndStride) {
         }
       }
   }
+  set_bf16_kernels(was);
 }
 
 TEST(Bf16, AddScaledWidensExactly) {

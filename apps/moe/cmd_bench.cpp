@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "apps/moe/commands.h"
+#include "core/bf16.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
@@ -59,12 +60,26 @@ nlohmann::json phases_json(const std::vector<MoeTimings>& v) {
 }
 
 // fp32 and bf16 peaks, each the best and the median of `samples` timed multiplications, with the
-// kernel that ran: a single sample swings with whatever else the machine runs.
+// kernel that ran: a single sample swings with whatever else the machine runs. bf16 in both ways of
+// getting oneDNN's kernels (core/bf16.h), the one in use first.
 void run_gemm(int threads, int samples, bool json) {
   apply_threads(threads);
   const int n = 1024;
-  const GemmRate f32 = measure_sgemm(n, samples), b16 = measure_gemm_bf16(n, samples);
-  const std::string f32_kernel = "OpenBLAS " + blas_core_name(), b16_kernel = std::string("oneDNN ") + bf16_gemm_impl();
+  const GemmRate f32 = measure_sgemm(n, samples);
+  const std::string f32_kernel = "OpenBLAS " + blas_core_name();
+  const Bf16Kernels used = bf16_kernels(), other = used == Bf16Kernels::runtime ? Bf16Kernels::per_shape : Bf16Kernels::runtime;
+  struct Bf16Run {
+    Bf16Kernels mode;
+    GemmRate rate;
+    std::string kernel;
+  };
+  std::vector<Bf16Run> b16;
+  for (Bf16Kernels m : {used, other}) {
+    set_bf16_kernels(m);
+    const GemmRate r = measure_gemm_bf16(n, samples);
+    b16.push_back({m, r, std::string("oneDNN ") + bf16_gemm_impl()});
+  }
+  set_bf16_kernels(used);
   if (json) {
     auto rate = [](const GemmRate& g, const std::string& kernel) {
       return nlohmann::json{{"best_gflops", g.best}, {"median_gflops", g.median}, {"kernel", kernel}};
@@ -72,12 +87,16 @@ void run_gemm(int threads, int samples, bool json) {
     nlohmann::json j = {{"bench", "gemm"},          {"n", n},
                         {"samples", samples},       {"threads", num_threads()},
                         {"gflops", f32.best},       {"blas_core", blas_core_name()},
-                        {"fp32", rate(f32, f32_kernel)}, {"bf16", rate(b16, b16_kernel)}};
+                        {"fp32", rate(f32, f32_kernel)}, {"bf16", rate(b16[0].rate, b16[0].kernel)},
+                        {"bf16_kernels", name_of(used)}};
+    for (const Bf16Run& r : b16) j[std::string("bf16_") + name_of(r.mode)] = rate(r.rate, r.kernel);
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%d^3 on %d threads, %d samples after a warm-up (best / median GFLOP/s):\n", n, num_threads(), samples);
     std::printf("  fp32 %7.1f / %7.1f  %s\n", f32.best, f32.median, f32_kernel.c_str());
-    std::printf("  bf16 %7.1f / %7.1f  %s\n", b16.best, b16.median, b16_kernel.c_str());
+    for (const Bf16Run& r : b16)
+      std::printf("  bf16 %7.1f / %7.1f  %s (%s kernels%s)\n", r.rate.best, r.rate.median, r.kernel.c_str(),
+                  name_of(r.mode), r.mode == used ? ", in use" : "");
   }
 }
 

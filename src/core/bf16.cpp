@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include <map>
 #include <mutex>
@@ -93,46 +94,58 @@ memory::dims strides_of(bool trans, int ld) {
 
 struct Bf16Gemm {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  std::string impl;
+  std::string runtime_impl, shape_impl;  // the kernel of the runtime primitive, of the latest square per-shape one
+  std::string fallback;                   // set when oneDNN has no bf16 matmul here
+  Bf16Kernels mode = Bf16Kernels::runtime;
   // False where this oneDNN has no bf16 matmul for the CPU (seen on CPUs without AVX-512): the
   // GEMMs then widen the bf16 inputs to fp32 (exactly) and run sgemm, the same arithmetic (exact
   // products, fp32 accumulation) at the fp32 rate.
   bool onednn = true;
 
-  // One primitive per layout: transposes, accumulation, output type and the row strides, with the
-  // sizes left to run time. A runtime stride would select oneDNN's reference kernel, so each stride
-  // that is not the dense one (a column block of a wider matrix) gets its own primitive, made on
-  // first use; a layer has a handful. Key 0 for a stride means dense.
+  // Runtime shapes: one primitive per layout (transposes, accumulation, output type, row strides)
+  // with the sizes left to run time. A runtime stride would select oneDNN's reference kernel, so each
+  // stride that is not the dense one (a column block of a wider matrix) gets its own primitive, made
+  // on first use; a layer has a handful. Key 0 for a stride means dense; m, n, k are 0.
+  // Per shape: the sizes are part of the key as well.
   struct Key {
     bool ta, tb, acc, bf16_out;
     int lda, ldb, ldc;
+    int m, n, k;
     auto operator<=>(const Key&) const = default;
   };
   std::map<Key, dnnl::matmul> prims;
   std::mutex mutex;
+  static constexpr size_t kMaxPrimitives = 4096;  // per-shape mode: forget them all past this many
 
   Bf16Gemm() {
+    mode = default_bf16_kernels();
     try {
       for (int ta = 0; ta < 2; ++ta)
         for (int tb = 0; tb < 2; ++tb) {
-          for (int acc = 0; acc < 2; ++acc) primitive({ta != 0, tb != 0, acc != 0, false, 0, 0, 0});
-          primitive({ta != 0, tb != 0, false, true, 0, 0, 0});
+          for (int acc = 0; acc < 2; ++acc) primitive({ta != 0, tb != 0, acc != 0, false, 0, 0, 0, 0, 0, 0});
+          primitive({ta != 0, tb != 0, false, true, 0, 0, 0, 0, 0, 0});
         }
     } catch (const dnnl::error&) {
       onednn = false;
-      impl = "sgemm on bf16 inputs widened to fp32 (oneDNN has no bf16 matmul for this CPU)";
+      fallback = "sgemm on bf16 inputs widened to fp32 (oneDNN has no bf16 matmul for this CPU)";
     }
   }
 
-  static memory::desc desc(memory::data_type dt, bool trans, int ld) {
-    if (ld == 0) return memory::desc({RT, RT}, dt, trans ? memory::format_tag::ba : memory::format_tag::ab);
-    return memory::desc({RT, RT}, dt, strides_of(trans, ld));
+  // op(X) (rows × cols) in type dt stored with row stride ld (0: dense); rows and cols 0: runtime sizes.
+  static memory::desc desc(memory::data_type dt, bool trans, int ld, int rows, int cols) {
+    if (rows == 0) {
+      if (ld == 0) return memory::desc({RT, RT}, dt, trans ? memory::format_tag::ba : memory::format_tag::ab);
+      return memory::desc({RT, RT}, dt, strides_of(trans, ld));
+    }
+    if (ld == 0) ld = trans ? rows : cols;
+    return memory::desc({rows, cols}, dt, strides_of(trans, ld));
   }
 
-  const dnnl::matmul& primitive(const Key& key) {
+  dnnl::matmul primitive(const Key& key) {
     std::lock_guard<std::mutex> lock(mutex);
     auto it = prims.find(key);
     if (it != prims.end()) return it->second;
+    if (prims.size() >= kMaxPrimitives) prims.clear();
     dnnl::primitive_attr attr;
     if (key.acc) {
       dnnl::post_ops po;
@@ -140,19 +153,28 @@ struct Bf16Gemm {
       attr.set_post_ops(po);
     }
     const auto out = key.bf16_out ? memory::data_type::bf16 : memory::data_type::f32;
-    dnnl::matmul::desc md(desc(memory::data_type::bf16, key.ta, key.lda), desc(memory::data_type::bf16, key.tb, key.ldb),
-                          desc(out, false, key.ldc));
+    dnnl::matmul::desc md(desc(memory::data_type::bf16, key.ta, key.lda, key.m, key.k),
+                          desc(memory::data_type::bf16, key.tb, key.ldb, key.k, key.n),
+                          desc(out, false, key.ldc, key.m, key.n));
     dnnl::matmul::primitive_desc pd(md, attr, engine);
-    if (!key.bf16_out && key.lda == 0 && key.ldb == 0 && key.ldc == 0) impl = pd.impl_info_str();
+    const bool runtime_dense = key.m == 0 && key.lda == 0 && key.ldb == 0 && key.ldc == 0;
+    // The kernels reported: the runtime one, and the latest square per-shape one (a peak measurement's).
+    if (!key.bf16_out && runtime_dense && !key.acc && !key.ta && key.tb) runtime_impl = pd.impl_info_str();
+    if (!key.bf16_out && key.m > 0 && key.m == key.n && key.n == key.k) shape_impl = pd.impl_info_str();
     return prims.emplace(key, dnnl::matmul(pd)).first->second;
   }
 
   // C = op(A)·op(B) (+ C when acc), C in fp32 or bf16 (`c_bf16`).
   void run(bool ta, bool tb, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B, int ldb, bool acc,
            void* C, bool c_bf16, int ldc) {
-    const Key key{ta, tb, acc, c_bf16, lda == (ta ? M : K) ? 0 : lda, ldb == (tb ? K : N) ? 0 : ldb,
-                  ldc == N ? 0 : ldc};
-    const dnnl::matmul& prim = primitive(key);
+    Key key{ta, tb, acc, c_bf16, lda == (ta ? M : K) ? 0 : lda, ldb == (tb ? K : N) ? 0 : ldb, ldc == N ? 0 : ldc,
+            0, 0, 0};
+    if (mode == Bf16Kernels::per_shape) {
+      key.m = M;
+      key.n = N;
+      key.k = K;
+    }
+    const dnnl::matmul prim = primitive(key);
     thread_local dnnl::stream stream(engine);
     const memory::dim m = M, n = N, k = K;
     memory::desc a({m, k}, memory::data_type::bf16, strides_of(ta, lda));
@@ -176,7 +198,35 @@ void check_strides(const char* what, bool ta, bool tb, int M, int N, int K, int 
 
 }  // namespace
 
-const char* bf16_gemm_impl() { return instance().impl.c_str(); }
+const char* bf16_gemm_impl() {
+  Bf16Gemm& g = instance();
+  std::lock_guard<std::mutex> lock(g.mutex);
+  thread_local std::string copy;
+  copy = !g.onednn ? g.fallback : g.mode == Bf16Kernels::runtime ? g.runtime_impl : g.shape_impl;
+  return copy.c_str();
+}
+
+Bf16Kernels default_bf16_kernels() {
+  if (const char* env = std::getenv("MOE_BF16_KERNELS")) {
+    const std::string v = env;
+    if (v == "runtime") return Bf16Kernels::runtime;
+    if (v == "per_shape") return Bf16Kernels::per_shape;
+    fail_job("MOE_BF16_KERNELS = \"" + v + "\": use \"runtime\" or \"per_shape\" (or unset it for the CPU's default)");
+  }
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("amx-bf16")) return Bf16Kernels::per_shape;
+#endif
+  return Bf16Kernels::runtime;
+}
+
+Bf16Kernels bf16_kernels() { return instance().mode; }
+
+void set_bf16_kernels(Bf16Kernels k) {
+  Bf16Gemm& g = instance();
+  std::lock_guard<std::mutex> lock(g.mutex);
+  g.mode = k;
+}
 
 GemmRate measure_gemm_bf16(int n, int samples) {
   const size_t nn = static_cast<size_t>(n) * static_cast<size_t>(n);

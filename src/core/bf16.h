@@ -91,7 +91,25 @@ struct Bf16Linear {
                 bool accumulate_dx = false) const;
 };
 
-// The oneDNN implementation that runs a bf16 matmul (e.g. "gemm:jit"), for reports.
+// How the bf16 GEMMs get their oneDNN kernels:
+//   runtime    one primitive per layout with the sizes given at run time: oneDNN's gemm:jit, nothing
+//              compiled per shape, every expert size served by the same primitive
+//   per_shape  one primitive per (layout, M, N, K), made on first use (a fraction of a millisecond) and
+//              cached: oneDNN then picks its brgemm kernels, which use the AMX tiles where the CPU has
+//              them (gemm:jit does not); the default on CPUs with AMX-BF16
+// MOE_BF16_KERNELS=runtime|per_shape overrides the default.
+enum class Bf16Kernels { runtime, per_shape };
+template <>
+struct EnumNames<Bf16Kernels> {
+  static constexpr const char* what = "bf16 kernels";
+  static constexpr std::array<const char*, 2> names = {"runtime", "per_shape"};
+};
+Bf16Kernels default_bf16_kernels();  // MOE_BF16_KERNELS, else per_shape with AMX-BF16, else runtime
+Bf16Kernels bf16_kernels();
+void set_bf16_kernels(Bf16Kernels k);
+
+// The oneDNN implementation that runs a 1024³-like bf16 matmul in the current mode (e.g. "gemm:jit",
+// "brg:avx512_core_amx_bf16"; per_shape: of the latest square one), for reports.
 const char* bf16_gemm_impl();
 // gemm_bf16 (A·Bᵀ, fp32 output) of n×n×n timed as measure_sgemm times sgemm (core/gemm.h).
 GemmRate measure_gemm_bf16(int n = 1024, int samples = 10);
