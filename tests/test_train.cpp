@@ -325,7 +325,8 @@ nlohmann::json cli_json(const std::string& args) {
 }
 
 // `moe bench gemm --json` reports, for fp32 and bf16, the best and the median of its samples (best >=
-// median by definition) and the kernel that ran.
+// median by definition) and the kernel that ran; bf16 both with runtime-size and per-shape kernels,
+// "bf16" being the way in use.
 // `moe train --profile`: every metrics line has the step's phases, which with "untimed" add up to the
 // step; the phases cover the layers' forward and backward and the optimizer, the GEMM phases carry
 // their FLOPs (the table at the end shows GFLOP/s), and the run is the same as one without a profile.
@@ -426,7 +427,7 @@ TEST(Cli, GenerateTimingReportsTheBandwidthBound) {
 TEST(Cli, BenchGemmReportsBestMedianAndKernels) {
   const nlohmann::json b = cli_json("bench gemm --samples 3 --threads 1 --json");
   EXPECT_EQ(b["samples"].get<int>(), 3);
-  for (const char* p : {"fp32", "bf16"}) {
+  for (const char* p : {"fp32", "bf16", "bf16_runtime", "bf16_per_shape"}) {
     SCOPED_TRACE(p);
     const double best = b[p]["best_gflops"].get<double>(), median = b[p]["median_gflops"].get<double>();
     EXPECT_GT(median, 0.0);
@@ -434,6 +435,8 @@ TEST(Cli, BenchGemmReportsBestMedianAndKernels) {
     EXPECT_FALSE(b[p]["kernel"].get<std::string>().empty());
   }
   EXPECT_EQ(b["gflops"].get<double>(), b["fp32"]["best_gflops"].get<double>());
+  const std::string in_use = "bf16_" + b["bf16_kernels"].get<std::string>();
+  EXPECT_EQ(b["bf16"]["best_gflops"].get<double>(), b[in_use]["best_gflops"].get<double>());
 }
 
 // `moe bench peer --json` times a PEER layer and splits the time into phases; `moe inspect --routing`
