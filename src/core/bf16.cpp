@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -43,9 +44,7 @@ void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n) {
 #if defined(__AVX512F__)
   const __m512 vg = _mm512_set1_ps(g);
   for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))), 16));
-    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(vg, v, _mm512_loadu_ps(y + i)));
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(vg, widen_bf16x16(x + i), _mm512_loadu_ps(y + i)));
   }
 #endif
   for (; i < n; ++i) y[i] = std::fma(g, bf16_to_float(x[i]), y[i]);
@@ -96,7 +95,7 @@ struct Bf16Gemm {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   std::string runtime_impl, shape_impl;  // the kernel of the runtime primitive, of the latest square per-shape one
   std::string fallback;                   // set when oneDNN has no bf16 matmul here
-  Bf16Kernels mode = Bf16Kernels::runtime;
+  std::atomic<Bf16Kernels> mode{Bf16Kernels::runtime};
   // False where this oneDNN has no bf16 matmul for the CPU (seen on CPUs without AVX-512): the
   // GEMMs then widen the bf16 inputs to fp32 (exactly) and run sgemm, the same arithmetic (exact
   // products, fp32 accumulation) at the fp32 rate.
@@ -224,7 +223,6 @@ Bf16Kernels bf16_kernels() { return instance().mode; }
 
 void set_bf16_kernels(Bf16Kernels k) {
   Bf16Gemm& g = instance();
-  std::lock_guard<std::mutex> lock(g.mutex);
   g.mode = k;
 }
 

@@ -4,9 +4,12 @@
 // instructions where the CPU has them (about twice the fp32 FLOP rate) and falls back to its own
 // kernels elsewhere; where this oneDNN has no bf16 matmul for the CPU at all (seen without AVX-512),
 // the inputs are widened to fp32 and sgemm runs: the same exact products and fp32 accumulation, at the
-// fp32 rate (bf16_gemm_impl() says which). Shapes are runtime arguments: one primitive per layout
-// (transposes, beta, output type, strides) serves every expert size, so nothing is compiled per step.
+// fp32 rate (bf16_gemm_impl() says which). By default shapes are runtime arguments: one primitive per
+// layout (transposes, beta, output type, strides) serves every expert size, so nothing is compiled per
+// step; on CPUs with AMX, primitives per shape (Bf16Kernels below).
 #pragma once
+#include <immintrin.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -61,6 +64,15 @@ inline float bf16_to_float(bf16_t v) {
   return f;
 }
 bf16_t float_to_bf16(float f);
+#if defined(__AVX512F__)
+// 16 bf16 values widened to fp32 (a bf16 value is the top half of an fp32 one). The zero-masked
+// intrinsics compile to the same two instructions as the plain ones and keep GCC 12 from reporting
+// the plain ones' placeholder operand as uninitialised (GCC bug 105593).
+inline __m512 widen_bf16x16(const bf16_t* p) {
+  const __m512i w = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, w, 16));
+}
+#endif
 // y += g·x for n bf16 values x and fp32 y (a gather's or combine's row).
 void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n);
 
