@@ -1,6 +1,9 @@
 #include "core/bf16.h"
 
 #include <immintrin.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -213,8 +216,10 @@ Bf16Kernels default_bf16_kernels() {
     fail_job("MOE_BF16_KERNELS = \"" + v + "\": use \"runtime\" or \"per_shape\" (or unset it for the CPU's default)");
   }
 #if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("amx-bf16")) return Bf16Kernels::per_shape;
+  // AMX-BF16: CPUID leaf 7 (sub-leaf 0), EDX bit 22 (read directly: clang 14 knows no "amx-bf16" for
+  // __builtin_cpu_supports).
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22) & 1u) return Bf16Kernels::per_shape;
 #endif
   return Bf16Kernels::runtime;
 }
