@@ -62,6 +62,10 @@ void to_bf16(const float* src, bf16_vector& dst, size_t n) {
   }, 2);
 }
 
+void from_bf16(const bf16_t* src, float* dst, size_t n) {
+  parallel_for(n, [&](size_t i) { dst[i] = bf16_to_float(src[i]); });
+}
+
 void Bf16Linear::forward(const bf16_t* xb, int T, int K, const float* W, int N, float* y, bool accumulate) {
   to_bf16(W, wb, static_cast<size_t>(N) * K);
   gemm_bf16(false, true, T, N, K, xb, K, wb.data(), K, accumulate ? 1.f : 0.f, y, N);

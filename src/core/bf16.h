@@ -89,6 +89,8 @@ void gemm_bf16_out(bool trans_a, bool trans_b, int M, int N, int K, const bf16_t
 // dst = bf16(src) for n values, resized to n, converted on all threads in blocks (serial inside a
 // parallel region).
 void to_bf16(const float* src, bf16_vector& dst, size_t n);
+// dst = fp32(src) for n values (exact), on all threads (serial inside a parallel region).
+void from_bf16(const bf16_t* src, float* dst, size_t n);
 
 // A linear map y = x·Wᵀ (x (T, K), W (N, K), y (T, N)) in mixed precision, and its backward: the GEMM
 // inputs in bf16, accumulation, outputs, weights and gradients in fp32. The forward makes W's bf16 copy

@@ -163,13 +163,21 @@ void ExpertBank::forward_pass(const In* x, In* hbuf, const std::vector<int64_t>&
   });
 }
 
+// W1_e and W3_e of every expert at w1p + e·w13_stride and w3p + e·w13_stride are stacked, [W1_e; W3_e]
+// (2h, d): one matrix for the [a | b] and dX GEMMs.
+template <class In>
+static bool w13_stacked(const In* w1p, const In* w3p, size_t w13_stride, int h, int d) {
+  const size_t hd = static_cast<size_t>(h) * d;
+  return w13_stride == 2 * hd && w3p == w1p + hd;
+}
+
 // The products of forward_pass with weights stored in In: W1_e and W3_e at w1p, w3p + e·w13_stride
 // (stacked, [W1_e; W3_e], when w13_stride = 2hd and w3p = w1p + hd: one GEMM), W2_e at w2p + e·hd.
 template <class In>
 static auto dense_mul13(const In* w1p, const In* w3p, size_t w13_stride, int h, int d) {
   return [=](int e, int n, const In* in, float* out) {
     const size_t we = static_cast<size_t>(e) * w13_stride;
-    if (w13_stride == 2 * static_cast<size_t>(h) * d && w3p == w1p + static_cast<size_t>(h) * d) {
+    if (w13_stacked(w1p, w3p, w13_stride, h, d)) {
       mm(false, true, n, 2 * h, d, in, d, w1p + we, d, 0.f, out, 2 * h);
     } else {
       mm(false, true, n, h, d, in, d, w1p + we, d, 0.f, out, 2 * h);
@@ -193,7 +201,7 @@ void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const I
                                const In* w2p, const float* h_fp32, In* dab_out, In* gh_out,
                                const std::vector<int64_t>& offsets, const float* gate, Out* dx, float* dgate) {
   const size_t hd = static_cast<size_t>(h) * d;
-  const bool stacked = w13_stride == 2 * hd && w3p == w1p + hd;
+  const bool stacked = w13_stacked(w1p, w3p, w13_stride, h, d);
   MOE_CHECK((stacked || std::is_same_v<Out, float>), "experts: a bf16 dX needs W1 and W3 stacked");
   dh.resize({offsets[static_cast<size_t>(E)], h});
   const bool par = parallel_over_experts(offsets);
@@ -248,7 +256,7 @@ void ExpertBank::forward(const float* x, const std::vector<int64_t>& offsets, fl
     to_bf16(x, xb, static_cast<size_t>(rows) * d);
     yb.resize(static_cast<size_t>(rows) * d);
     forward_bf16(offsets, yb.data());
-    parallel_for(static_cast<size_t>(rows) * d, [&](size_t i) { y[i] = bf16_to_float(yb[i]); });
+    from_bf16(yb.data(), y, static_cast<size_t>(rows) * d);
     return;
   }
   ab.resize({rows, 2 * h});
@@ -301,7 +309,7 @@ void ExpertBank::backward(const float* x, const float* dz, const std::vector<int
     const size_t n = static_cast<size_t>(offsets[static_cast<size_t>(E)]) * d;
     to_bf16(dz, dyb, n);
     backward_bf16(offsets, gate, dgate);
-    parallel_for(n, [&](size_t i) { dx[i] = bf16_to_float(dxb[i]); });
+    from_bf16(dxb.data(), dx, n);
     return;
   }
   backward_pass(x, dz, w1.data(), w3.data(), static_cast<size_t>(h) * d, w2.data(), act.data(), ab.data(), act.data(),
