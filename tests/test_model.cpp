@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -80,7 +81,7 @@ struct ModelCase {
   bool tied;
   const char* router;
   bool hf_features = false;  // q/k/v biases, QK-norm, GraniteMoE's multipliers (what imported models use)
-  int L = 6;                 // sequence length: above 32, attention computes its causal blocks apart
+  int L = 6;                 // sequence length: above 24, attention computes its causal blocks apart
 };
 
 ModelConfig case_config(const ModelCase& mc) {
@@ -410,6 +411,8 @@ TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
       const std::vector<int32_t> tok = tokens_for(L, c.vocab_size, 8);
       const Tensor ref = model.forward_logits(tok.data(), 1, L);
       const double fp32_bytes = model.decode_bytes(L);
+      std::vector<Tensor> before;
+      for (const Param& p : model.params()) before.push_back(*p.value);
       model.pack_weights(f);
       EXPECT_EQ(model.weight_format(), f);
       const Tensor full = model.forward_logits(tok.data(), 1, L);
@@ -419,7 +422,13 @@ TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
         mag = std::max(mag, static_cast<double>(std::fabs(ref[i])));
       }
       if (f == WeightFormat::fp32 && !bf16_model) {
-        EXPECT_EQ(diff, 0.0) << "packing in fp32 changed the weights";
+        const std::vector<Param> after = model.params();
+        for (size_t i = 0; i < after.size(); ++i)
+          EXPECT_EQ(std::memcmp(after[i].value->data(), before[i].data(), sizeof(float) * before[i].numel()), 0)
+              << "packing in fp32 changed " << after[i].name;
+        // Experts given at most 8 rows read packed weights by dot products (core/packed.h), which sum
+        // in another order than sgemm: the logits agree to fp32 rounding, not bit for bit.
+        EXPECT_LT(diff, 1e-6 * mag) << "packing in fp32 changed the logits";
       } else {  // a bf16 model packed in fp32 runs its GEMMs in fp32 now
         EXPECT_GT(diff, 0.0) << "packing changed nothing";
         EXPECT_LT(diff, (f == WeightFormat::q8_0 ? 0.03 : 0.01) * mag);
