@@ -13,6 +13,7 @@
 #include "core/half.h"
 #include "core/packed.h"
 #include "core/safetensors.h"
+#include "core/small_gemm.h"
 #include "core/vmath.h"
 
 namespace moe {
@@ -100,6 +101,53 @@ TEST(Gemm, MatchesNaiveProductForEveryTranspose) {
           for (int i = 0; i < M * N; ++i) ASSERT_NEAR(C[i], Cref[i], 1e-4) << "M=" << M << " " << ta << tb << " beta " << beta << " at " << i;
         }
   }
+}
+
+// small_gemm against a double-precision product: every register tile (1–6 rows by 1–4 vectors, the
+// last one partial), A read as stored and transposed, writing and accumulating; C's entries outside
+// the product stay untouched.
+TEST(SmallGemm, MatchesNaiveProductForEveryTileAndLayout) {
+  for (int m : {1, 5, 6, 13}) {
+    for (int n : {1, 16, 17, 40, 64, 130}) {
+      for (int k : {1, 7, 64}) {
+        const int ldc = n + 3;
+        std::vector<float> A(static_cast<size_t>(m) * k), B(static_cast<size_t>(k) * (n + 2)), C(static_cast<size_t>(m) * ldc);
+        fill_normal(A.data(), A.size(), 7, 1, 0.f, 1.f);
+        fill_normal(B.data(), B.size(), 7, 2, 0.f, 1.f);
+        for (int trans = 0; trans < 2; ++trans)
+          for (bool acc : {false, true}) {
+            const float alpha = 0.625f, old = 0.5f;
+            std::fill(C.begin(), C.end(), old);
+            // A (m, k) row-major, or the transpose of a (k, m) matrix: the same values in another place.
+            std::vector<float> At(A.size());
+            for (int i = 0; i < m; ++i)
+              for (int p = 0; p < k; ++p) At[static_cast<size_t>(p) * m + i] = A[static_cast<size_t>(i) * k + p];
+            if (trans)
+              small_gemm(m, n, k, alpha, At.data(), 1, m, B.data(), n + 2, C.data(), ldc, acc);
+            else
+              small_gemm(m, n, k, alpha, A.data(), k, 1, B.data(), n + 2, C.data(), ldc, acc);
+            for (int i = 0; i < m; ++i)
+              for (int j = 0; j < ldc; ++j) {
+                const float got = C[static_cast<size_t>(i) * ldc + j];
+                if (j >= n) {
+                  ASSERT_EQ(got, old) << "wrote past column " << n;
+                  continue;
+                }
+                double s = 0.0;
+                for (int p = 0; p < k; ++p) s += static_cast<double>(A[static_cast<size_t>(i) * k + p]) * B[static_cast<size_t>(p) * (n + 2) + j];
+                ASSERT_NEAR(got, alpha * s + (acc ? old : 0.0), 1e-5 * (1.0 + std::sqrt(k)))
+                    << "m=" << m << " n=" << n << " k=" << k << " trans " << trans << " acc " << acc << " at " << i << "," << j;
+              }
+          }
+      }
+    }
+  }
+  std::vector<float> src(5 * 19), dst(19 * 7, -1.f);
+  fill_normal(src.data(), src.size(), 7, 3, 0.f, 1.f);
+  transpose_block(src.data(), 19, 5, 19, dst.data(), 7);
+  for (int r = 0; r < 5; ++r)
+    for (int c = 0; c < 19; ++c) ASSERT_EQ(dst[c * 7 + r], src[r * 19 + c]);
+  for (int c = 0; c < 19; ++c) ASSERT_EQ(dst[c * 7 + 5], -1.f) << "wrote past row 5";
 }
 
 TEST(Gemm, FastKernelsSelectedByDefault) {

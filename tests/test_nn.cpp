@@ -13,6 +13,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "nn/attention.h"
+#include "nn/attention_core.h"
 #include "nn/cross_entropy.h"
 #include "nn/embedding.h"
 #include "nn/rmsnorm.h"
@@ -191,6 +192,77 @@ INSTANTIATE_TEST_SUITE_P(Heads, AttentionTest,
                                            AttnCase{"olmoe_full_norm", 4, 4, false, QkNorm::full},
                                            AttnCase{"granite_scale", 4, 2, true, QkNorm::none, 0.2f}),
                          [](const ::testing::TestParamInfo<AttnCase>& pi) { return std::string(pi.param.name); });
+
+// The fused causal attention of one (sequence, head) against a double-precision reference: o and the
+// rows' normalisers, and the backward's dq, dk, dv for two query heads sharing their keys and values (dk, dv accumulate),
+// at lengths inside one causal block, on its edges and across several, head widths under, between
+// and at whole AVX-512 vectors, and heads side by side in their rows (the row strides of a batch).
+TEST(AttentionCore, MatchesTheUnfusedProductInDouble) {
+  for (int L : {1, 5, kCausalBlock, kCausalBlock + 1, 40, 128}) {
+    for (int hd : {2, 24, 64}) {
+      SCOPED_TRACE("L=" + std::to_string(L) + " hd=" + std::to_string(hd));
+      const int ldq = 2 * hd + 3, ldkv = hd + 1;  // two query heads over one key/value head
+      const float scale = 0.7f / std::sqrt(static_cast<float>(hd));
+      std::vector<float> q(static_cast<size_t>(L) * ldq), k(static_cast<size_t>(L) * ldkv), v(k.size()), dout(q.size());
+      fill_normal(q.data(), q.size(), 8, 1, 0.f, 1.f);
+      fill_normal(k.data(), k.size(), 8, 2, 0.f, 1.f);
+      fill_normal(v.data(), v.size(), 8, 3, 0.f, 1.f);
+      fill_normal(dout.data(), dout.size(), 8, 4, 0.f, 1.f);
+      std::vector<float> lse(static_cast<size_t>(2) * L), o(q.size(), 0.f), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
+      for (int h = 0; h < 2; ++h)
+        causal_attention_forward(L, hd, scale, q.data() + h * hd, ldq, k.data(), v.data(), ldkv, o.data() + h * hd, lse.data() + h * L);
+      for (int h = 0; h < 2; ++h)
+        causal_attention_backward(L, hd, scale, q.data() + h * hd, ldq, k.data(), v.data(), ldkv, lse.data() + h * L,
+                                  dout.data() + h * hd, dq.data() + h * hd, dk.data(), dv.data());
+      std::vector<double> rdk(static_cast<size_t>(L) * hd, 0.0), rdv(rdk.size(), 0.0);
+      for (int h = 0; h < 2; ++h) {
+        auto Q = [&](int i, int c) { return static_cast<double>(q[static_cast<size_t>(i) * ldq + h * hd + c]); };
+        auto K = [&](int j, int c) { return static_cast<double>(k[static_cast<size_t>(j) * ldkv + c]); };
+        auto V = [&](int j, int c) { return static_cast<double>(v[static_cast<size_t>(j) * ldkv + c]); };
+        auto DO = [&](int i, int c) { return static_cast<double>(dout[static_cast<size_t>(i) * ldq + h * hd + c]); };
+        for (int i = 0; i < L; ++i) {
+          std::vector<double> p(static_cast<size_t>(i) + 1), dp(p.size());
+          double mx = -1e300, sum = 0.0;
+          for (int j = 0; j <= i; ++j) {
+            double s = 0.0;
+            for (int c = 0; c < hd; ++c) s += Q(i, c) * K(j, c);
+            p[j] = scale * s;
+            mx = std::max(mx, p[j]);
+          }
+          for (int j = 0; j <= i; ++j) sum += p[j] = std::exp(p[j] - mx);
+          ASSERT_NEAR(lse[static_cast<size_t>(h) * L + i], mx + std::log(sum), 1e-5 * (1.0 + std::fabs(mx))) << "lse[" << i << "]";
+          double pdp = 0.0;
+          for (int j = 0; j <= i; ++j) {
+            p[j] /= sum;
+            double s = 0.0;
+            for (int c = 0; c < hd; ++c) s += DO(i, c) * V(j, c);
+            dp[j] = s;
+            pdp += p[j] * s;
+          }
+          for (int c = 0; c < hd; ++c) {
+            double oc = 0.0, dqc = 0.0;
+            for (int j = 0; j <= i; ++j) {
+              const double ds = p[j] * (dp[j] - pdp);
+              oc += p[j] * V(j, c);
+              dqc += scale * ds * K(j, c);
+              rdk[static_cast<size_t>(j) * hd + c] += scale * ds * Q(i, c);
+              rdv[static_cast<size_t>(j) * hd + c] += p[j] * DO(i, c);
+            }
+            ASSERT_NEAR(o[static_cast<size_t>(i) * ldq + h * hd + c], oc, 1e-4) << "o[" << i << "," << c << "]";
+            ASSERT_NEAR(dq[static_cast<size_t>(i) * ldq + h * hd + c], dqc, 1e-4) << "dq[" << i << "," << c << "]";
+          }
+        }
+      }
+      for (int j = 0; j < L; ++j) {
+        for (int c = 0; c < hd; ++c) {
+          ASSERT_NEAR(dk[static_cast<size_t>(j) * ldkv + c], rdk[static_cast<size_t>(j) * hd + c], 2e-4) << "dk[" << j << "," << c << "]";
+          ASSERT_NEAR(dv[static_cast<size_t>(j) * ldkv + c], rdv[static_cast<size_t>(j) * hd + c], 2e-4) << "dv[" << j << "," << c << "]";
+        }
+        ASSERT_EQ(dk[static_cast<size_t>(j) * ldkv + hd], 0.f) << "wrote past the head";
+      }
+    }
+  }
+}
 
 // A rolled cache (context shift): after shift_cache(keep, discard) the cache holds the first `keep`
 // positions and the last ones moved down, each key rotated to its new position: exactly what a fresh

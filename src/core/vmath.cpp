@@ -28,7 +28,7 @@ static float max_of(const float* x, int n) {
   return m;
 }
 
-void softmax(const float* in, float* out, int n) {
+void softmax(const float* in, float* out, int n, float* lse) {
   const float m = max_of(in, n);
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -39,6 +39,7 @@ void softmax(const float* in, float* out, int n) {
   const float inv = 1.0f / s;
 #pragma omp simd
   for (int i = 0; i < n; ++i) out[i] *= inv;
+  if (lse) *lse = m + std::log(s);
 }
 
 float logsumexp(const float* x, int n) {

@@ -54,8 +54,9 @@ inline void axpy(float a, const float* x, float* y, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// Row softmax of n values, in place safe (out may equal in).
-void softmax(const float* in, float* out, int n);
+// Row softmax of n values, in place safe (out may equal in); with lse, *lse = log Σ exp(in) (from the
+// same max and sum).
+void softmax(const float* in, float* out, int n, float* lse = nullptr);
 float logsumexp(const float* x, int n);
 // Given p = softmax(s) and dp, ds = p ⊙ (dp − Σ p·dp). ds may alias dp.
 void softmax_backward(const float* p, const float* dp, float* ds, int n);

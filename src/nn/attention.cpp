@@ -13,12 +13,9 @@
 #include "core/profile.h"
 #include "core/rng.h"
 #include "core/vmath.h"
+#include "nn/attention_core.h"
 
 namespace moe {
-
-// Rows of a causal block: the scores of rows [r0, r0 + kCausalBlock) are computed against keys up to the
-// block's end only, which skips all but (1 + 1/n)/2 of the square for n blocks.
-constexpr int kCausalBlock = 32;
 
 void AttentionConfig::validate() const {
   const ConfigCheck check("attention");
@@ -161,12 +158,7 @@ void rope_apply(float* x, int n, int heads, int hd, int stride, const Tensor& co
 }
 
 double Attention::core_flops(int B, int L) const {
-  double pairs = 0.0;  // query-key pairs computed: each causal block's rows against the keys up to its end
-  for (int r0 = 0; r0 < L; r0 += kCausalBlock) {
-    const int r1 = std::min(L, r0 + kCausalBlock);
-    pairs += static_cast<double>(r1 - r0) * r1;
-  }
-  return 4.0 * B * cfg.num_attention_heads * pairs * cfg.hd();  // Q·Kᵀ and P·V
+  return 4.0 * B * cfg.num_attention_heads * causal_pairs(L) * cfg.hd();  // Q·Kᵀ and P·V
 }
 
 void Attention::forward(const float* x, int B, int L, float* y) {
@@ -179,7 +171,7 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   k.resize({T, kvd});
   v.resize({T, kvd});
   o.resize({T, qd});
-  att.resize({B, H, L, L});
+  lse.resize({B, H, L});
   const double Td = static_cast<double>(T) * d;
   {
     PhaseTimer pt("fwd: attention q, k, v", 2.0 * Td * (qd + 2 * kvd));
@@ -193,26 +185,13 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   }
   const float scale = cfg.scale();
   PhaseTimer core("fwd: attention scores", core_flops(B, L));
-  // One (sequence, head) per task; BLAS runs serially inside the parallel region.
+  // One (sequence, head) per task.
   parallel_for_dynamic(static_cast<size_t>(B) * H, [&](size_t bh) {
     const int b = static_cast<int>(bh) / H, h = static_cast<int>(bh) % H, g = h / group;
-    const float* qb = q.data() + static_cast<size_t>(b) * L * qd + h * hd;
-    const float* kb = k.data() + static_cast<size_t>(b) * L * kvd + g * hd;
-    const float* vb = v.data() + static_cast<size_t>(b) * L * kvd + g * hd;
-    float* P = att.data() + bh * L * L;
-    float* ob = o.data() + static_cast<size_t>(b) * L * qd + h * hd;
-    // Causal: the rows of block [r0, r1) see keys [0, r1) only, so each block's products stop there.
-    for (int r0 = 0; r0 < L; r0 += kCausalBlock) {
-      const int r1 = std::min(L, r0 + kCausalBlock), n = r1 - r0;
-      float* Pb = P + static_cast<size_t>(r0) * L;
-      sgemm(false, true, n, r1, hd, scale, qb + static_cast<size_t>(r0) * qd, qd, kb, kvd, 0.f, Pb, L);
-      for (int i = r0; i < r1; ++i) {
-        float* row = P + static_cast<size_t>(i) * L;
-        softmax(row, row, i + 1);
-        std::fill(row + i + 1, row + L, 0.f);
-      }
-      sgemm(false, false, n, hd, r1, 1.f, Pb, L, vb, kvd, 0.f, ob + static_cast<size_t>(r0) * qd, qd);
-    }
+    const size_t qo = static_cast<size_t>(b) * L * qd + static_cast<size_t>(h) * hd;
+    const size_t kvo = static_cast<size_t>(b) * L * kvd + static_cast<size_t>(g) * hd;
+    causal_attention_forward(L, hd, scale, q.data() + qo, qd, k.data() + kvo, v.data() + kvo, kvd, o.data() + qo,
+                             lse.data() + bh * L);
   });
   core.stop();
   PhaseTimer pt("fwd: attention out", 2.0 * Td * qd);
@@ -246,39 +225,16 @@ void Attention::backward(const float* dy, float* dx) {
     sgemm(false, false, T, qd, d, 1.f, dy, d, wo.data(), qd, 0.f, do_.data(), qd);
   }
   out.stop();
-  PhaseTimer core("bwd: attention scores", 2.0 * core_flops(B, L));
+  PhaseTimer core("bwd: attention scores", 2.5 * core_flops(B, L));
   // One (sequence, kv head) per task: the q heads of a group accumulate into the same dk, dv.
   parallel_for_dynamic(static_cast<size_t>(B) * KV, [&](size_t bg) {
     const int b = static_cast<int>(bg) / KV, g = static_cast<int>(bg) % KV;
-    thread_local std::vector<float> dP;
-    dP.resize(static_cast<size_t>(L) * L);
-    const float* kb = k.data() + static_cast<size_t>(b) * L * kvd + g * hd;
-    const float* vb = v.data() + static_cast<size_t>(b) * L * kvd + g * hd;
-    float* dkb = dk_.data() + static_cast<size_t>(b) * L * kvd + g * hd;
-    float* dvb = dv_.data() + static_cast<size_t>(b) * L * kvd + g * hd;
+    const size_t kvo = static_cast<size_t>(b) * L * kvd + static_cast<size_t>(g) * hd;
     for (int h = g * group; h < (g + 1) * group; ++h) {
-      const float* P = att.data() + (static_cast<size_t>(b) * H + h) * L * L;
-      const float* dob = do_.data() + static_cast<size_t>(b) * L * qd + h * hd;
-      const float* qb = q.data() + static_cast<size_t>(b) * L * qd + h * hd;
-      float* dqb = dq_.data() + static_cast<size_t>(b) * L * qd + h * hd;
-      // Block [r0, r1) of query rows against keys [0, r1): the forward's causal blocks.
-      for (int r0 = 0; r0 < L; r0 += kCausalBlock) {
-        const int r1 = std::min(L, r0 + kCausalBlock), n = r1 - r0;
-        const float* Pb = P + static_cast<size_t>(r0) * L;
-        const float* dob_r = dob + static_cast<size_t>(r0) * qd;
-        float* dPb = dP.data() + static_cast<size_t>(r0) * L;
-        sgemm(false, true, n, r1, hd, 1.f, dob_r, qd, vb, kvd, 0.f, dPb, L);
-        sgemm(true, false, r1, hd, n, 1.f, Pb, L, dob_r, qd, 1.f, dvb, kvd);
-        for (int i = r0; i < r1; ++i) {  // dS = P ⊙ (dP − Σ_j P·dP) · scale, causal part only
-          const float* p = P + static_cast<size_t>(i) * L;
-          float* ds = dP.data() + static_cast<size_t>(i) * L;
-          softmax_backward(p, ds, ds, i + 1);
-          for (int j = 0; j <= i; ++j) ds[j] *= scale;
-          std::fill(ds + i + 1, ds + r1, 0.f);
-        }
-        sgemm(false, false, n, hd, r1, 1.f, dPb, L, kb, kvd, 0.f, dqb + static_cast<size_t>(r0) * qd, qd);
-        sgemm(true, false, r1, hd, n, 1.f, dPb, L, qb + static_cast<size_t>(r0) * qd, qd, 1.f, dkb, kvd);
-      }
+      const size_t qo = static_cast<size_t>(b) * L * qd + static_cast<size_t>(h) * hd;
+      causal_attention_backward(L, hd, scale, q.data() + qo, qd, k.data() + kvo, v.data() + kvo, kvd,
+                                lse.data() + (static_cast<size_t>(b) * H + h) * L, do_.data() + qo, dq_.data() + qo,
+                                dk_.data() + kvo, dv_.data() + kvo);
     }
   });
   core.stop();

@@ -63,7 +63,7 @@ struct Attention {
   // Activations of the last forward.
   Tensor q, k, v;  // (T, H·hd), (T, KV·hd), (T, KV·hd); q and k after RoPE
   Tensor q_pre, k_pre;  // q and k before QK-norm (with qk_norm)
-  Tensor att;      // (B, H, L, L) attention probabilities (zero above the diagonal)
+  Tensor lse;      // (B, H, L) each query row's log Σ exp of its scaled scores (nn/attention_core.h)
   Tensor o;        // (T, H·hd) per-head outputs, concatenated
 
   // Keys and values of the positions seen so far, for generation one token at a time.
@@ -97,7 +97,8 @@ struct Attention {
   void pack(WeightFormat f);
   size_t packed_bytes() const;  // the four packed matrices (0 when not packed)
   // The FLOPs of the scores and their products with the values in one forward, as computed: causal
-  // blocks of rows against the keys up to each block's end (a little more than the causal half).
+  // blocks of rows against the keys up to each block's end (a little more than the causal half). The
+  // backward computes 2.5 times as many (the scores again, then four products).
   double core_flops(int B, int L) const;
 
  private:
