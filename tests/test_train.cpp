@@ -439,6 +439,21 @@ TEST(Cli, BenchGemmReportsBestMedianAndKernels) {
   EXPECT_EQ(b["bf16"]["best_gflops"].get<double>(), b[in_use]["best_gflops"].get<double>());
 }
 
+// `moe bench attention --json` times one attention block (grouped-query here) and its fused core,
+// the core's FLOPs against the fp32 peak measured in the same run.
+TEST(Cli, BenchAttention) {
+  const nlohmann::json b = cli_json("bench attention --batch 2 --seq-len 40 --d-model 32 --heads 4 --kv-heads 2 --reps 2 --json");
+  EXPECT_EQ(b["bench"], "attention");
+  EXPECT_EQ(b["head_dim"].get<int>(), 8);
+  EXPECT_EQ(b["kv_heads"].get<int>(), 2);
+  EXPECT_GT(b["ms"].get<double>(), 0.0);
+  EXPECT_GT(b["core_fwd_ms"].get<double>(), 0.0);
+  EXPECT_GT(b["core_bwd_ms"].get<double>(), 0.0);
+  EXPECT_LT(b["core_fwd_ms"].get<double>() + b["core_bwd_ms"].get<double>(), b["ms"].get<double>());
+  EXPECT_GT(b["core_gflops"].get<double>(), 0.0);
+  EXPECT_GT(b["peak_gflops"].get<double>(), 0.0);
+}
+
 // `moe bench peer --json` times a PEER layer and splits the time into phases; `moe inspect --routing`
 // of a PEER checkpoint reports its expert usage and unevenness on held-out text.
 TEST(Cli, BenchPeerAndInspectPeerRouting) {

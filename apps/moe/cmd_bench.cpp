@@ -1,6 +1,7 @@
-// cmd_bench.cpp — `moe bench gemm`, `moe bench moe-layer` and `moe bench peer`: timings against the
-// machine's measured sgemm peak, taken in the same run. The layer benchmarks build the layer they
-// measure, so they name it (MoeLayer, PeerLayer) and read its own phase timings.
+// cmd_bench.cpp — `moe bench gemm`, `moe bench moe-layer`, `moe bench attention` and `moe bench peer`:
+// timings against the machine's measured GEMM peak, taken in the same run. The layer benchmarks build
+// the layer they measure, so they name it (MoeLayer, Attention, PeerLayer) and read its own phase
+// timings.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,10 +13,12 @@
 #include "core/bf16.h"
 #include "core/gemm.h"
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "core/timer.h"
 #include "apps/moe/common.h"
 #include "moe/moe_layer.h"
+#include "nn/attention.h"
 #include "peer/peer_layer.h"
 
 namespace moe::cli {
@@ -26,6 +29,13 @@ struct LayerArgs {
   RouterKind router = RouterKind::topk_softmax;
   Precision precision = Precision::fp32;
   float capacity_factor = 0.f;
+  int reps = 7, warmup = 2, threads = 0;
+  bool json = false;
+};
+
+struct AttentionArgs {
+  int batch = 16, seq_len = 128, d_model = 256, heads = 4, kv_heads = 0, head_dim = 0;
+  Precision precision = Precision::fp32;
   int reps = 7, warmup = 2, threads = 0;
   bool json = false;
 };
@@ -172,6 +182,59 @@ void run_layer(const LayerArgs& a) {
               median(router), median(dispatch), median(combine), median(experts), median(shared), 100.0 * overhead / ms);
 }
 
+// One causal self-attention block (the default model's shape), forward and backward: the whole module
+// and its fused core (scores, softmax, products with the values: nn/attention_core.h), the core's
+// GFLOP/s against the fp32 peak (the core is fp32 in either precision), from the module's own phases.
+void run_attention(const AttentionArgs& a) {
+  apply_threads(a.threads);
+  AttentionConfig c;
+  c.hidden_size = a.d_model;
+  c.num_attention_heads = a.heads;
+  c.num_key_value_heads = a.kv_heads;
+  c.head_dim = a.head_dim;
+  c.bf16 = a.precision == Precision::bf16;
+  Attention attn(c, 7, 0, 0.02f);
+  const int B = a.batch, L = a.seq_len, T = B * L, d = a.d_model;
+  Tensor x({T, d}), y({T, d}), dy({T, d}), dx({T, d});
+  fill_normal(x.data(), x.numel(), 7, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 7, 2, 0.f, 1.f);
+  const double peak = measure_sgemm_gflops(1024, 10);
+  PhaseTimes sink;
+  set_profile_sink(&sink);
+  std::vector<double> total, core_fwd, core_bwd;
+  for (int r = 0; r < a.warmup + a.reps; ++r) {
+    sink.clear();
+    auto t0 = std::chrono::steady_clock::now();
+    attn.forward(x.data(), B, L, y.data());
+    attn.backward(dy.data(), dx.data());
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (r < a.warmup) continue;
+    total.push_back(ms);
+    for (const PhaseTime& p : sink.phases()) {
+      if (p.name == "fwd: attention scores") core_fwd.push_back(p.ms);
+      if (p.name == "bwd: attention scores") core_bwd.push_back(p.ms);
+    }
+  }
+  set_profile_sink(nullptr);
+  const double ms = median(total), fwd = median(core_fwd), bwd = median(core_bwd);
+  const double flops = attn.core_flops(B, L);  // forward; the backward does 2.5 times as many
+  const double gflops = 3.5 * flops / ((fwd + bwd) * 1e-3) / 1e9;
+  nlohmann::json j = {{"bench", "attention"}, {"batch", B}, {"seq_len", L}, {"d_model", d}, {"heads", a.heads},
+                      {"kv_heads", c.kv_heads()}, {"head_dim", c.hd()}, {"precision", name_of(a.precision)},
+                      {"threads", num_threads()}, {"ms", ms}, {"core_fwd_ms", fwd}, {"core_bwd_ms", bwd},
+                      {"core_gflops", gflops}, {"peak_gflops", peak}, {"peak_kernel", "OpenBLAS " + blas_core_name()},
+                      {"core_efficiency", gflops / peak}};
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("attention B=%d L=%d d=%d heads %d (kv %d) of width %d, projections %s, %d threads\n", B, L, d, a.heads,
+              c.kv_heads(), c.hd(), name_of(a.precision), num_threads());
+  std::printf("  forward+backward median %.2f ms; core (scores, softmax, values) %.2f + %.2f ms, %.1f GFLOP/s, "
+              "%.2f of the fp32 peak %.1f (OpenBLAS %s)\n",
+              ms, fwd, bwd, gflops, gflops / peak, peak, blas_core_name().c_str());
+}
+
 void run_peer(const PeerArgs& a) {
   apply_threads(a.threads);
   PeerConfig c;
@@ -271,6 +334,20 @@ void add_bench(CLI::App& app) {
   add_threads(layer, la.threads);
   layer->add_flag("--json", la.json, "Print one JSON line");
   layer->callback([] { run_layer(la); });
+  static AttentionArgs aa;
+  auto* att = bench->add_subcommand("attention", "Forward+backward of one causal self-attention block; its fused core's GFLOP/s");
+  att->add_option("--batch", aa.batch, "Sequences B")->check(CLI::PositiveNumber);
+  att->add_option("--seq-len", aa.seq_len, "Positions L per sequence")->check(CLI::PositiveNumber);
+  att->add_option("--d-model", aa.d_model, "Model width d")->check(CLI::PositiveNumber);
+  att->add_option("--heads", aa.heads, "Query heads H")->check(CLI::PositiveNumber);
+  att->add_option("--kv-heads", aa.kv_heads, "Key/value heads (0: H; must divide H)")->check(CLI::NonNegativeNumber);
+  att->add_option("--head-dim", aa.head_dim, "Head width (0: d / H)")->check(CLI::NonNegativeNumber);
+  add_enum_option(att, "--precision", aa.precision, "The projections' GEMMs (bf16: bf16 inputs, fp32 accumulation); the core is fp32");
+  att->add_option("--reps", aa.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
+  att->add_option("--warmup", aa.warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
+  add_threads(att, aa.threads);
+  att->add_flag("--json", aa.json, "Print one JSON line");
+  att->callback([] { run_attention(aa); });
   static PeerArgs pa;
   auto* peer = bench->add_subcommand("peer", "Forward+backward of one PEER layer (training mode): time, share in retrieval, phases");
   peer->add_option("--n-keys", pa.n_keys, "Sub-keys per half; N = n_keys² experts")->check(CLI::PositiveNumber);
