@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -142,12 +143,17 @@ TEST(SmallGemm, MatchesNaiveProductForEveryTileAndLayout) {
       }
     }
   }
-  std::vector<float> src(5 * 19), dst(19 * 7, -1.f);
-  fill_normal(src.data(), src.size(), 7, 3, 0.f, 1.f);
-  transpose_block(src.data(), 19, 5, 19, dst.data(), 7);
-  for (int r = 0; r < 5; ++r)
-    for (int c = 0; c < 19; ++c) ASSERT_EQ(dst[c * 7 + r], src[r * 19 + c]);
-  for (int c = 0; c < 19; ++c) ASSERT_EQ(dst[c * 7 + 5], -1.f) << "wrote past row 5";
+  // Transposes: whole 16 × 16 blocks (in registers) and the ragged edges, with row strides.
+  for (auto [rows, cols] : {std::pair{5, 19}, std::pair{16, 16}, std::pair{40, 37}, std::pair{64, 128}}) {
+    const int lds = cols + 3, ldd = rows + 2;
+    std::vector<float> src(static_cast<size_t>(rows) * lds), dst(static_cast<size_t>(cols) * ldd, -1.f);
+    fill_normal(src.data(), src.size(), 7, 3, 0.f, 1.f);
+    transpose_block(src.data(), lds, rows, cols, dst.data(), ldd);
+    for (int c = 0; c < cols; ++c) {
+      for (int r = 0; r < rows; ++r) ASSERT_EQ(dst[c * ldd + r], src[r * lds + c]) << rows << "x" << cols << " at " << r << "," << c;
+      for (int r = rows; r < ldd; ++r) ASSERT_EQ(dst[c * ldd + r], -1.f) << "wrote past row " << rows;
+    }
+  }
 }
 
 TEST(Gemm, FastKernelsSelectedByDefault) {
