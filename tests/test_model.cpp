@@ -17,6 +17,7 @@
 #include "model/dense_ffn.h"
 #include "model/transformer.h"
 #include "moe/moe_layer.h"
+#include "nn/attention_core.h"
 #include "nn/cross_entropy.h"
 #include "peer/peer_layer.h"
 #include "train/adamw.h"
@@ -374,6 +375,31 @@ TEST(Model, KvCacheDecodingMatchesFullForward) {
   const Tensor full = model.forward_logits(tok.data(), 1, L);
   // Prefill 5 tokens, then one at a time: each step's logits equal the full forward's row.
   ASSERT_NO_FATAL_FAILURE(expect_decode_matches(model, tok, 5, full));
+  EXPECT_EQ(model.cache_len(), L);
+}
+
+// Prompts of a causal block or more go through attention's fused core (nn/attention_core.h), with
+// positions already cached before them: a prefill of 30 tokens, a second one of 40 after them, then
+// one token at a time, each step's logits equal to the full forward's row.
+TEST(Model, LongPrefillsMatchFullForward) {
+  ModelConfig c = tiny(false, "topk_softmax");
+  c.max_position_embeddings = 96;
+  TransformerLM model(c);
+  const int L = 90, V = c.vocab_size;
+  std::vector<int32_t> tok = tokens_for(L, V, 6);
+  const Tensor full = model.forward_logits(tok.data(), 1, L);
+  model.reset_cache();
+  int pos = 0;
+  for (int n : {30, 40}) {
+    static_assert(30 >= kCausalBlock, "the prefills must reach the fused core");
+    const float* z = model.decode(&tok[static_cast<size_t>(pos)], n);
+    pos += n;
+    for (int v = 0; v < V; ++v) ASSERT_NEAR(z[v], full[static_cast<size_t>(pos - 1) * V + v], 1e-4) << "prefill to " << pos;
+  }
+  for (; pos < L; ++pos) {
+    const float* z = model.decode(&tok[static_cast<size_t>(pos)], 1);
+    for (int v = 0; v < V; ++v) ASSERT_NEAR(z[v], full[static_cast<size_t>(pos) * V + v], 1e-4) << "position " << pos;
+  }
   EXPECT_EQ(model.cache_len(), L);
 }
 

@@ -210,7 +210,7 @@ TEST(AttentionCore, MatchesTheUnfusedProductInDouble) {
       fill_normal(dout.data(), dout.size(), 8, 4, 0.f, 1.f);
       std::vector<float> lse(static_cast<size_t>(2) * L), o(q.size(), 0.f), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
       for (int h = 0; h < 2; ++h)
-        causal_attention_forward(L, hd, scale, q.data() + h * hd, ldq, k.data(), v.data(), ldkv, o.data() + h * hd, lse.data() + h * L);
+        causal_attention_forward(L, 0, hd, scale, q.data() + h * hd, ldq, k.data(), v.data(), ldkv, o.data() + h * hd, lse.data() + h * L);
       for (int h = 0; h < 2; ++h)
         causal_attention_backward(L, hd, scale, q.data() + h * hd, ldq, k.data(), v.data(), ldkv, lse.data() + h * L,
                                   dout.data() + h * hd, dq.data() + h * hd, dk.data(), dv.data());

@@ -190,7 +190,7 @@ void Attention::forward(const float* x, int B, int L, float* y) {
     const int b = static_cast<int>(bh) / H, h = static_cast<int>(bh) % H, g = h / group;
     const size_t qo = static_cast<size_t>(b) * L * qd + static_cast<size_t>(h) * hd;
     const size_t kvo = static_cast<size_t>(b) * L * kvd + static_cast<size_t>(g) * hd;
-    causal_attention_forward(L, hd, scale, q.data() + qo, qd, k.data() + kvo, v.data() + kvo, kvd, o.data() + qo,
+    causal_attention_forward(L, 0, hd, scale, q.data() + qo, qd, k.data() + kvo, v.data() + kvo, kvd, o.data() + qo,
                              lse.data() + bh * L);
   });
   core.stop();
@@ -317,12 +317,20 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
   const float scale = cfg.scale();
   Tensor on({n, qd});
   // Every (segment, head) pair: the segment's new rows against its cache, causally among themselves.
+  // A prompt's rows (a block or more) go through the fused core, which holds a block of probabilities
+  // at a time, not all m × ctx of them; a few rows (decoding) through BLAS, whose matrix-vector
+  // product reads each cached key once where the core would first transpose the cache.
   parallel_for_dynamic(segments.size() * static_cast<size_t>(H), [&](size_t task) {
     const size_t j = task / static_cast<size_t>(H);
     const int h = static_cast<int>(task % static_cast<size_t>(H)), g = h / group;
     const Cache& c = *segments[j].cache;
     const int m = segments[j].n, ctx = c.len, p0 = ctx - m;
     const float* qh = qn.data() + static_cast<size_t>(row0[j]) * qd + h * hd;
+    if (m >= kCausalBlock) {
+      causal_attention_forward(m, p0, hd, scale, qh, qd, c.k.data() + g * hd, c.v.data() + g * hd, kvd,
+                               on.data() + static_cast<size_t>(row0[j]) * qd + h * hd, nullptr);
+      return;
+    }
     std::vector<float> P(static_cast<size_t>(m) * ctx);
     sgemm(false, true, m, ctx, hd, scale, qh, qd, c.k.data() + g * hd, kvd, 0.f, P.data(), ctx);
     for (int i = 0; i < m; ++i) {  // new token i sits at position p0 + i

@@ -19,44 +19,46 @@ double causal_pairs(int L) {
 
 namespace {
 
-// The calling thread's scratch: k (and v) transposed to (hd, L), so that the scores' products read a
-// row of L keys per step of the head dimension, and a block's (kCausalBlock, L) probabilities and
-// their gradients.
+// The calling thread's scratch for N keys: k (and v) transposed to (hd, N), so that the scores'
+// products read a row of keys per step of the head dimension, and a block's (kCausalBlock, N)
+// probabilities and their gradients.
 struct Scratch {
   std::vector<float> kt, vt, p, dp;
-  void size(int L, int hd) {
-    kt.resize(static_cast<size_t>(hd) * L);
-    vt.resize(static_cast<size_t>(hd) * L);
-    p.resize(static_cast<size_t>(kCausalBlock) * L);
-    dp.resize(static_cast<size_t>(kCausalBlock) * L);
+  void size(int N, int hd) {
+    kt.resize(static_cast<size_t>(hd) * N);
+    vt.resize(static_cast<size_t>(hd) * N);
+    p.resize(static_cast<size_t>(kCausalBlock) * N);
+    dp.resize(static_cast<size_t>(kCausalBlock) * N);
   }
 };
-Scratch& scratch(int L, int hd) {
+Scratch& scratch(int N, int hd) {
   thread_local Scratch s;
-  s.size(L, hd);
+  s.size(N, hd);
   return s;
 }
 
-// The scaled scores of query rows [r0, r1) against keys [0, r1) into p (row stride L).
-void scores(int L, int hd, float scale, const float* q, std::ptrdiff_t ldq, const float* kt, int r0, int r1, float* p) {
-  small_gemm(r1 - r0, r1, hd, scale, q + r0 * ldq, ldq, 1, kt, L, p, L, false);
+// The scaled scores of query rows [r0, r1) against the first `keys` keys into p; kt and p have row
+// stride N.
+void scores(int N, int hd, float scale, const float* q, std::ptrdiff_t ldq, const float* kt, int r0, int r1, int keys, float* p) {
+  small_gemm(r1 - r0, keys, hd, scale, q + r0 * ldq, ldq, 1, kt, N, p, N, false);
 }
 
 }  // namespace
 
-void causal_attention_forward(int L, int hd, float scale, const float* q, std::ptrdiff_t ldq, const float* k,
+void causal_attention_forward(int m, int past, int hd, float scale, const float* q, std::ptrdiff_t ldq, const float* k,
                               const float* v, std::ptrdiff_t ldkv, float* o, float* lse) {
-  Scratch& s = scratch(L, hd);
-  transpose_block(k, ldkv, L, hd, s.kt.data(), L);
-  for (int r0 = 0; r0 < L; r0 += kCausalBlock) {
-    const int r1 = std::min(L, r0 + kCausalBlock), n = r1 - r0;
-    scores(L, hd, scale, q, ldq, s.kt.data(), r0, r1, s.p.data());
-    for (int i = r0; i < r1; ++i) {
-      float* row = s.p.data() + static_cast<std::ptrdiff_t>(i - r0) * L;
-      softmax(row, row, i + 1, lse + i);
-      std::fill(row + i + 1, row + r1, 0.f);
+  const int N = past + m;  // keys
+  Scratch& s = scratch(N, hd);
+  transpose_block(k, ldkv, N, hd, s.kt.data(), N);
+  for (int r0 = 0; r0 < m; r0 += kCausalBlock) {
+    const int r1 = std::min(m, r0 + kCausalBlock), n = r1 - r0, keys = past + r1;
+    scores(N, hd, scale, q, ldq, s.kt.data(), r0, r1, keys, s.p.data());
+    for (int i = r0; i < r1; ++i) {  // query row i sits at position past + i
+      float* row = s.p.data() + static_cast<std::ptrdiff_t>(i - r0) * N;
+      softmax(row, row, past + i + 1, lse ? lse + i : nullptr);
+      std::fill(row + past + i + 1, row + keys, 0.f);
     }
-    small_gemm(n, hd, r1, 1.f, s.p.data(), L, 1, v, ldkv, o + r0 * ldq, ldq, false);
+    small_gemm(n, hd, keys, 1.f, s.p.data(), N, 1, v, ldkv, o + r0 * ldq, ldq, false);
   }
 }
 
@@ -71,7 +73,7 @@ void causal_attention_backward(int L, int hd, float scale, const float* q, std::
   for (int r0 = 0; r0 < L; r0 += kCausalBlock) {
     const int r1 = std::min(L, r0 + kCausalBlock), n = r1 - r0;
     // P of the block again: exp(scaled score − the row's normaliser), zero above the diagonal.
-    scores(L, hd, scale, q, ldq, s.kt.data(), r0, r1, P);
+    scores(L, hd, scale, q, ldq, s.kt.data(), r0, r1, r1, P);
     for (int i = r0; i < r1; ++i) {
       float* row = P + static_cast<std::ptrdiff_t>(i - r0) * L;
       const float z = lse[i];

@@ -24,7 +24,10 @@ constexpr int kCausalBlock = 24;
 // forward, 10·hd backward: the scores again, then four products).
 double causal_pairs(int L);
 
-void causal_attention_forward(int L, int hd, float scale, const float* q, std::ptrdiff_t ldq, const float* k,
+// m query rows at positions past … past + m − 1 against the keys and values of positions
+// 0 … past + m − 1 (training: past = 0, m = L; a prompt's prefill after `past` cached positions).
+// lse (m) may be null: inference keeps no normalisers.
+void causal_attention_forward(int m, int past, int hd, float scale, const float* q, std::ptrdiff_t ldq, const float* k,
                               const float* v, std::ptrdiff_t ldkv, float* o, float* lse);
 
 // dq is overwritten, dk and dv accumulate (the query heads of a group share their keys and values).
