@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <utility>
 #include <vector>
@@ -15,6 +18,7 @@
 #include "core/packed.h"
 #include "core/safetensors.h"
 #include "core/small_gemm.h"
+#include "core/storage.h"
 #include "core/vmath.h"
 
 namespace moe {
@@ -162,6 +166,25 @@ TEST(Gemm, FastKernelsSelectedByDefault) {
   if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512 on this CPU";
   std::string core = blas_core_name();
   EXPECT_TRUE(core == "SkylakeX" || core == "Cooperlake" || core == "Sapphire Rapids") << "OpenBLAS runs " << core;
+}
+
+// Storage is 64-byte aligned, and from 2 MiB on aligned to 2 MiB (where transparent huge pages can
+// back it); every byte asked for is writable.
+TEST(Storage, AlignedAndHugeFromTwoMiB) {
+  for (size_t bytes : {size_t{4}, size_t{100}, size_t{1} << 20, (size_t{2} << 20) - 4, size_t{2} << 20, (size_t{5} << 20) + 12}) {
+    auto* p = static_cast<unsigned char*>(aligned_storage(bytes));
+    const auto at = reinterpret_cast<std::uintptr_t>(p);
+    EXPECT_EQ(at % 64, 0u) << bytes;
+    if (bytes >= (size_t{2} << 20)) {
+      EXPECT_EQ(at % (size_t{2} << 20), 0u) << bytes;
+    }
+    std::memset(p, 0xAB, bytes);
+    EXPECT_EQ(p[bytes - 1], 0xAB);
+    std::free(p);
+  }
+  Tensor t({1024, 1024});  // 4 MiB through the same storage, zeroed
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t.data()) % (size_t{2} << 20), 0u);
+  EXPECT_EQ(t[t.numel() - 1], 0.f);
 }
 
 TEST(Tensor, ShapeCheckNamesTheTensor) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/enum_names.h"
+#include "core/storage.h"
 #include "core/gemm.h"
 
 namespace moe {
@@ -41,8 +42,7 @@ struct aligned_allocator {
   template <class U>
   aligned_allocator(const aligned_allocator<U>&) noexcept {}
   T* allocate(size_t n) {
-    void* p = std::aligned_alloc(64, ((n * sizeof(T) + 63) / 64) * 64);
-    if (!p) throw std::bad_alloc();
+    void* p = aligned_storage(n * sizeof(T));
     return static_cast<T*>(p);
   }
   void deallocate(T* p, size_t) noexcept { std::free(p); }

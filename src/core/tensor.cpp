@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 
 #include "core/error.h"
+#include "core/storage.h"
 
 namespace moe {
 
@@ -56,11 +57,11 @@ void Tensor::resize(std::vector<int64_t> shape) {
     if (bytes >= kMapAt && fresh_pages_scopes > 0) {
       void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (m == MAP_FAILED) throw std::bad_alloc();
+      ::madvise(m, bytes, MADV_HUGEPAGE);  // as core/storage.h's: huge pages where the kernel gives them
       data_ = std::unique_ptr<float[], Free>(static_cast<float*>(m), Free{bytes});
       fresh_ = true;
     } else {
-      auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (!p) throw std::bad_alloc();
+      auto* p = static_cast<float*>(aligned_storage(bytes));
       data_ = std::unique_ptr<float[], Free>(p, Free{0});
     }
     capacity_ = n;

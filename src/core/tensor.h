@@ -57,7 +57,7 @@ class Tensor {
   struct Free {
     Free() noexcept : mapped_bytes(0) {}
     explicit Free(size_t bytes) noexcept : mapped_bytes(bytes) {}
-    size_t mapped_bytes;  // 0: from aligned_alloc; else the length of an anonymous mapping
+    size_t mapped_bytes;  // 0: from aligned_storage (core/storage.h); else the length of an anonymous mapping
     void operator()(float* p) const;
   };
   bool fresh_ = false;  // the storage is a new mapping, all zero and untouched (resize, read by the constructor)
