@@ -1,5 +1,6 @@
 #include "core/storage.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -8,13 +9,17 @@
 namespace moe {
 
 void* aligned_storage(size_t bytes) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  const bool huge = bytes >= kHuge;
-  const size_t align = huge ? kHuge : 64;
-  bytes = (bytes + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, bytes);
+  bytes = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
   if (!p) throw std::bad_alloc();
-  if (huge) ::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without it (THP off) the pages stay 4 KiB
+  // The whole 2 MiB pages inside the buffer, for transparent huge pages. The buffer itself keeps the
+  // allocator's placement: aligned to 2 MiB, every large buffer would start at the same offset of its
+  // huge page, so that two buffers streamed side by side (logits and their gradient) would fall into
+  // the same cache sets. Advice only: with THP off the pages stay 4 KiB.
+  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t first = (at + kHuge - 1) & ~(kHuge - 1), end = (at + bytes) & ~(kHuge - 1);
+  if (end > first) ::madvise(reinterpret_cast<void*>(first), end - first, MADV_HUGEPAGE);
   return p;
 }
 
