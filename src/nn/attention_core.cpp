@@ -19,21 +19,20 @@ double causal_pairs(int L) {
 
 namespace {
 
-// The calling thread's scratch for N keys: k (and v) transposed to (hd, N), so that the scores'
-// products read a row of keys per step of the head dimension, and a block's (kCausalBlock, N)
-// probabilities and their gradients.
+// The calling thread's scratch for N keys: k (and, backward, v) transposed to (hd, N), so that the
+// scores' products read a row of keys per step of the head dimension, and a block's (kCausalBlock, N)
+// probabilities (and, backward, their gradients).
 struct Scratch {
   std::vector<float> kt, vt, p, dp;
-  void size(int N, int hd) {
-    kt.resize(static_cast<size_t>(hd) * N);
-    vt.resize(static_cast<size_t>(hd) * N);
-    p.resize(static_cast<size_t>(kCausalBlock) * N);
-    dp.resize(static_cast<size_t>(kCausalBlock) * N);
-  }
 };
-Scratch& scratch(int N, int hd) {
+Scratch& scratch(int N, int hd, bool backward) {
   thread_local Scratch s;
-  s.size(N, hd);
+  s.kt.resize(static_cast<size_t>(hd) * N);
+  s.p.resize(static_cast<size_t>(kCausalBlock) * N);
+  if (backward) {
+    s.vt.resize(static_cast<size_t>(hd) * N);
+    s.dp.resize(static_cast<size_t>(kCausalBlock) * N);
+  }
   return s;
 }
 
@@ -48,7 +47,7 @@ void scores(int N, int hd, float scale, const float* q, std::ptrdiff_t ldq, cons
 void causal_attention_forward(int m, int past, int hd, float scale, const float* q, std::ptrdiff_t ldq, const float* k,
                               const float* v, std::ptrdiff_t ldkv, float* o, float* lse) {
   const int N = past + m;  // keys
-  Scratch& s = scratch(N, hd);
+  Scratch& s = scratch(N, hd, false);
   transpose_block(k, ldkv, N, hd, s.kt.data(), N);
   for (int r0 = 0; r0 < m; r0 += kCausalBlock) {
     const int r1 = std::min(m, r0 + kCausalBlock), n = r1 - r0, keys = past + r1;
@@ -65,7 +64,7 @@ void causal_attention_forward(int m, int past, int hd, float scale, const float*
 void causal_attention_backward(int L, int hd, float scale, const float* q, std::ptrdiff_t ldq, const float* k,
                                const float* v, std::ptrdiff_t ldkv, const float* lse, const float* dout, float* dq,
                                float* dk, float* dv) {
-  Scratch& s = scratch(L, hd);
+  Scratch& s = scratch(L, hd, true);
   transpose_block(k, ldkv, L, hd, s.kt.data(), L);
   transpose_block(v, ldkv, L, hd, s.vt.data(), L);
   float* P = s.p.data();
