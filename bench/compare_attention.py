@@ -10,15 +10,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_json(cmd, env):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1])
+from compare_moe_layer import ROOT, run_json
 
 
 def main():
@@ -37,17 +31,15 @@ def main():
     ap.add_argument("--moe", default=os.path.join(ROOT, "build", "bin", "moe"))
     a = ap.parse_args()
     shape = ["--batch", str(a.batch), "--seq-len", str(a.seq_len), "--d-model", str(a.d_model),
-             "--heads", str(a.heads), "--kv-heads", str(a.kv_heads), "--threads", str(a.threads),
-             "--precision", a.precision]
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+             "--heads", str(a.heads), "--kv-heads", str(a.kv_heads), "--precision", a.precision]
     pt = a.peer_threads or a.threads
-    peer_shape = [x if i == 0 or shape[i - 1] != "--threads" else str(pt) for i, x in enumerate(shape)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     peer_env = dict(os.environ, OMP_NUM_THREADS=str(pt))
     ours, peer = [], []
     for _ in range(a.rounds):
-        ours.append(run_json([a.moe, "bench", "attention", *shape, "--json"], env))
-        peer.append(run_json([sys.executable, os.path.join(ROOT, "bench", "peers", "torch_attention.py"), *peer_shape],
-                             peer_env))
+        ours.append(run_json([a.moe, "bench", "attention", *shape, "--threads", str(a.threads), "--json"], env))
+        peer.append(run_json([sys.executable, os.path.join(ROOT, "bench", "peers", "torch_attention.py"), *shape,
+                              "--threads", str(pt)], peer_env))
     med = lambda runs, key: statistics.median(r[key] for r in runs)
     ms, core = med(ours, "ms"), med(ours, "core_fwd_ms") + med(ours, "core_bwd_ms")
     pms, pcore = med(peer, "ms"), med(peer, "core_ms")

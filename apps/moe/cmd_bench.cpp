@@ -301,6 +301,14 @@ void run_peer(const PeerArgs& a) {
               rows_u, state_gib);
 }
 
+// The options every layer benchmark takes: timed and untimed repetitions, threads, JSON output.
+void add_repetitions(CLI::App* cmd, int& reps, int& warmup, int& threads, bool& json) {
+  cmd->add_option("--reps", reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
+  add_threads(cmd, threads);
+  cmd->add_flag("--json", json, "Print one JSON line");
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
@@ -329,10 +337,7 @@ void add_bench(CLI::App& app) {
   add_enum_option(layer, "--precision", la.precision, "Expert GEMM arithmetic (bf16: bf16 inputs, fp32 accumulation)");
   layer->add_option("--shared", la.shared, "Shared experts S")->check(CLI::NonNegativeNumber);
   layer->add_option("--capacity-factor", la.capacity_factor, "Capacity factor (<= 0: dropless)");
-  layer->add_option("--reps", la.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
-  layer->add_option("--warmup", la.warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
-  add_threads(layer, la.threads);
-  layer->add_flag("--json", la.json, "Print one JSON line");
+  add_repetitions(layer, la.reps, la.warmup, la.threads, la.json);
   layer->callback([] { run_layer(la); });
   static AttentionArgs aa;
   auto* att = bench->add_subcommand("attention", "Forward+backward of one causal self-attention block; its fused core's GFLOP/s");
@@ -343,10 +348,7 @@ void add_bench(CLI::App& app) {
   att->add_option("--kv-heads", aa.kv_heads, "Key/value heads (0: H; must divide H)")->check(CLI::NonNegativeNumber);
   att->add_option("--head-dim", aa.head_dim, "Head width (0: d / H)")->check(CLI::NonNegativeNumber);
   add_enum_option(att, "--precision", aa.precision, "The projections' GEMMs (bf16: bf16 inputs, fp32 accumulation); the core is fp32");
-  att->add_option("--reps", aa.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
-  att->add_option("--warmup", aa.warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
-  add_threads(att, aa.threads);
-  att->add_flag("--json", aa.json, "Print one JSON line");
+  add_repetitions(att, aa.reps, aa.warmup, aa.threads, aa.json);
   att->callback([] { run_attention(aa); });
   static PeerArgs pa;
   auto* peer = bench->add_subcommand("peer", "Forward+backward of one PEER layer (training mode): time, share in retrieval, phases");
@@ -359,10 +361,7 @@ void add_bench(CLI::App& app) {
   peer->add_flag("--no-bn", pa.no_bn, "No BatchNorm on the queries");
   add_enum_option(peer, "--score", pa.score, "Gate over a head's k scores");
   add_enum_option(peer, "--activation", pa.activation, "Expert activation");
-  peer->add_option("--reps", pa.reps, "Timed repetitions (median reported)")->check(CLI::PositiveNumber);
-  peer->add_option("--warmup", pa.warmup, "Untimed repetitions first")->check(CLI::NonNegativeNumber);
-  add_threads(peer, pa.threads);
-  peer->add_flag("--json", pa.json, "Print one JSON line");
+  add_repetitions(peer, pa.reps, pa.warmup, pa.threads, pa.json);
   peer->callback([] { run_peer(pa); });
 }
 
