@@ -276,7 +276,7 @@ TEST(Attention, RolledCacheHoldsTheNewPositions) {
   c.head_dim = 8;
   c.qk_norm = QkNorm::head;
   Attention attn(c, 3, 11, 0.3f);
-  const int n = 16, d = c.hidden_size, kvd = 2 * 8, keep = 2, discard = 7, left = n - discard;
+  const int n = 16, d = c.hidden_size, keep = 2, discard = 7, left = n - discard;
   Tensor x({n + 1, d}), y({n, d});
   fill_normal(x.data(), x.numel(), 4, 1, 0.f, 1.f);
   Attention::Cache rolled, fresh;
@@ -290,10 +290,11 @@ TEST(Attention, RolledCacheHoldsTheNewPositions) {
   }
   Tensor ys({left, d});
   attn.forward_cached(xs.data(), left, fresh, n + 1, ys.data());
-  for (int i = 0; i < left * kvd; ++i) {
-    ASSERT_NEAR(rolled.k[static_cast<size_t>(i)], fresh.k[static_cast<size_t>(i)], 1e-5f) << "key " << i;
-    ASSERT_EQ(rolled.v[static_cast<size_t>(i)], fresh.v[static_cast<size_t>(i)]) << "value " << i;
-  }
+  for (int g = 0; g < c.kv_heads(); ++g)
+    for (int i = 0; i < left * c.hd(); ++i) {
+      ASSERT_NEAR(rolled.keys(g)[i], fresh.keys(g)[i], 1e-5f) << "head " << g << ", key " << i;
+      ASSERT_EQ(rolled.values(g)[i], fresh.values(g)[i]) << "head " << g << ", value " << i;
+    }
   Tensor y1({1, d}), y2({1, d});
   attn.forward_cached(xs.data() + static_cast<size_t>(left) * d, 1, rolled, n + 1, y1.data());
   attn.forward_cached(xs.data() + static_cast<size_t>(left) * d, 1, fresh, n + 1, y2.data());

@@ -291,11 +291,14 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
     longest = std::max(longest, p0 + s.n);
     // The cache grows with the sequence (doubling, up to max_len), so that a model with a context of
     // tens of thousands of positions does not hold them all from its first token.
-    if (s.cache->k.numel() < static_cast<size_t>(p0 + s.n) * kvd) {
-      const int rows = std::min(max_len, std::max(p0 + s.n, 2 * (s.cache->k.empty() ? 64 : static_cast<int>(s.cache->k.dim(0)))));
-      for (Tensor* t : {&s.cache->k, &s.cache->v}) {
-        Tensor grown({rows, kvd});
-        if (p0 > 0) std::memcpy(grown.data(), t->data(), sizeof(float) * static_cast<size_t>(p0) * kvd);
+    Cache& c = *s.cache;
+    if (c.capacity() < p0 + s.n) {
+      const int cap = std::min(max_len, std::max(p0 + s.n, c.k.empty() ? 64 : 2 * c.capacity()));
+      for (Tensor* t : {&c.k, &c.v}) {
+        Tensor grown({KV, cap, hd});
+        for (int g = 0; g < KV && p0 > 0; ++g)
+          std::memcpy(grown.data() + static_cast<size_t>(g) * cap * hd, t->data() + static_cast<size_t>(g) * t->dim(1) * hd,
+                      sizeof(float) * static_cast<size_t>(p0) * hd);
         *t = std::move(grown);
       }
     }
@@ -307,11 +310,15 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
   project(x, n, qn.data(), kn.data(), vn.data(), qpre, kpre, pqkv_.empty() ? Gemms::fp32 : Gemms::packed);
   for (size_t j = 0; j < segments.size(); ++j) {
     Cache& c = *segments[j].cache;
-    const size_t r = static_cast<size_t>(row0[j]) * kvd, len = static_cast<size_t>(segments[j].n) * kvd;
+    const size_t r = static_cast<size_t>(row0[j]) * kvd;
     rope_apply(qn.data() + static_cast<size_t>(row0[j]) * qd, segments[j].n, H, hd, qd, cos_, sin_, false, segments[j].n, c.len);
     rope_apply(kn.data() + r, segments[j].n, KV, hd, kvd, cos_, sin_, false, segments[j].n, c.len);
-    std::memcpy(c.k.data() + static_cast<size_t>(c.len) * kvd, kn.data() + r, sizeof(float) * len);
-    std::memcpy(c.v.data() + static_cast<size_t>(c.len) * kvd, vn.data() + r, sizeof(float) * len);
+    for (int i = 0; i < segments[j].n; ++i)
+      for (int g = 0; g < KV; ++g) {
+        const size_t from = r + static_cast<size_t>(i) * kvd + static_cast<size_t>(g) * hd, to = static_cast<size_t>(c.len + i) * hd;
+        std::memcpy(c.keys(g) + to, kn.data() + from, sizeof(float) * hd);
+        std::memcpy(c.values(g) + to, vn.data() + from, sizeof(float) * hd);
+      }
     c.len += segments[j].n;
   }
   const float scale = cfg.scale();
@@ -319,27 +326,28 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
   // Every (segment, head) pair: the segment's new rows against its cache, causally among themselves.
   // A prompt's rows (a block or more) go through the fused core, which holds a block of probabilities
   // at a time, not all m × ctx of them; a few rows (decoding) through BLAS, whose matrix-vector
-  // product reads each cached key once where the core would first transpose the cache.
+  // product reads each cached key once where the core would first transpose the cache. (The query
+  // heads of a key-value group each read the group's cache: taking them as the rows of one product
+  // measured slower, as BLAS then packs the keys and a group's heads no longer run in parallel.)
   parallel_for_dynamic(segments.size() * static_cast<size_t>(H), [&](size_t task) {
     const size_t j = task / static_cast<size_t>(H);
     const int h = static_cast<int>(task % static_cast<size_t>(H)), g = h / group;
     const Cache& c = *segments[j].cache;
     const int m = segments[j].n, ctx = c.len, p0 = ctx - m;
     const float* qh = qn.data() + static_cast<size_t>(row0[j]) * qd + h * hd;
+    float* oh = on.data() + static_cast<size_t>(row0[j]) * qd + h * hd;
     if (m >= kCausalBlock) {
-      causal_attention_forward(m, p0, hd, scale, qh, qd, c.k.data() + g * hd, c.v.data() + g * hd, kvd,
-                               on.data() + static_cast<size_t>(row0[j]) * qd + h * hd, nullptr);
+      causal_attention_forward(m, p0, hd, scale, qh, qd, c.keys(g), c.values(g), hd, oh, nullptr);
       return;
     }
     std::vector<float> P(static_cast<size_t>(m) * ctx);
-    sgemm(false, true, m, ctx, hd, scale, qh, qd, c.k.data() + g * hd, kvd, 0.f, P.data(), ctx);
+    sgemm(false, true, m, ctx, hd, scale, qh, qd, c.keys(g), hd, 0.f, P.data(), ctx);
     for (int i = 0; i < m; ++i) {  // new token i sits at position p0 + i
       float* row = P.data() + static_cast<size_t>(i) * ctx;
       softmax(row, row, p0 + i + 1);
       std::fill(row + p0 + i + 1, row + ctx, 0.f);
     }
-    sgemm(false, false, m, hd, ctx, 1.f, P.data(), ctx, c.v.data() + g * hd, kvd, 0.f,
-          on.data() + static_cast<size_t>(row0[j]) * qd + h * hd, qd);
+    sgemm(false, false, m, hd, ctx, 1.f, P.data(), ctx, c.values(g), hd, 0.f, oh, qd);
   });
   if (po_.empty())
     sgemm(false, true, n, d, qd, 1.f, on.data(), qd, wo.data(), qd, 0.f, y, d);
@@ -349,16 +357,17 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
 
 void Attention::shift_cache(Cache& cache, int keep, int discard) {
   MOE_CHECK(keep >= 0 && discard > 0 && keep + discard <= cache.len, "attention: a cache shift beyond the cached positions");
-  const int kvd = cfg.kv_heads() * cfg.hd(), moved = cache.len - keep - discard;
-  for (Tensor* t : {&cache.k, &cache.v})
-    std::memmove(t->data() + static_cast<size_t>(keep) * kvd, t->data() + static_cast<size_t>(keep + discard) * kvd,
-                 sizeof(float) * static_cast<size_t>(moved) * kvd);
+  const int hd = cfg.hd(), moved = cache.len - keep - discard;
   cache.len -= discard;
   if (moved == 0) return;
   rope_tables(discard + 1);
-  // Every moved row back by `discard` positions: the inverse rotation of position `discard`.
-  rope_apply(cache.k.data() + static_cast<size_t>(keep) * kvd, moved, cfg.kv_heads(), cfg.hd(), kvd, cos_, sin_, true, 1,
-             discard);
+  for (int g = 0; g < cfg.kv_heads(); ++g) {
+    for (float* head : {cache.keys(g), cache.values(g)})
+      std::memmove(head + static_cast<size_t>(keep) * hd, head + static_cast<size_t>(keep + discard) * hd,
+                   sizeof(float) * static_cast<size_t>(moved) * hd);
+    // Every moved key back by `discard` positions: the inverse rotation of position `discard`.
+    rope_apply(cache.keys(g) + static_cast<size_t>(keep) * hd, moved, 1, hd, hd, cos_, sin_, true, 1, discard);
+  }
 }
 
 void Attention::pack(WeightFormat f) {

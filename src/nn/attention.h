@@ -67,9 +67,17 @@ struct Attention {
   Tensor o;        // (T, H·hd) per-head outputs, concatenated
 
   // Keys and values of the positions seen so far, for generation one token at a time.
+  // Each key-value head's positions lie contiguous, (KV, capacity, hd): decoding reads one head's keys
+  // and values as two dense (len, hd) matrices, not hd of every KV·hd values of each position.
   struct Cache {
-    Tensor k, v;   // (max_len, KV·hd) after RoPE
+    Tensor k, v;   // (KV, capacity, hd), keys after RoPE
     int len = 0;   // positions filled
+    int capacity() const { return k.empty() ? 0 : static_cast<int>(k.dim(1)); }
+    // Head g's first position: a (capacity, hd) row-major matrix.
+    float* keys(int g) { return k.data() + static_cast<size_t>(g) * k.dim(1) * k.dim(2); }
+    float* values(int g) { return v.data() + static_cast<size_t>(g) * v.dim(1) * v.dim(2); }
+    const float* keys(int g) const { return k.data() + static_cast<size_t>(g) * k.dim(1) * k.dim(2); }
+    const float* values(int g) const { return v.data() + static_cast<size_t>(g) * v.dim(1) * v.dim(2); }
   };
 
   Attention() = default;
