@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
@@ -265,9 +266,10 @@ TEST(AttentionCore, MatchesTheUnfusedProductInDouble) {
 }
 
 // A rolled cache (context shift): after shift_cache(keep, discard) the cache holds the first `keep`
-// positions and the last ones moved down, each key rotated to its new position: exactly what a fresh
-// cache of those rows of x would hold (keys to rounding, values bit for bit), with QK-norm and GQA.
-// Then decoding goes on from it as from the fresh cache.
+// positions and the last ones moved down, each key rotated to its new position: what a fresh cache of
+// those rows of x would hold (to fp32 rounding; in a bf16 cache the keys to one bf16 rounding, as they
+// are rotated in fp32 and rounded again), with QK-norm and GQA. Then decoding goes on
+// from it as from the fresh cache.
 TEST(Attention, RolledCacheHoldsTheNewPositions) {
   AttentionConfig c;
   c.hidden_size = 16;
@@ -275,30 +277,102 @@ TEST(Attention, RolledCacheHoldsTheNewPositions) {
   c.num_key_value_heads = 2;
   c.head_dim = 8;
   c.qk_norm = QkNorm::head;
-  Attention attn(c, 3, 11, 0.3f);
-  const int n = 16, d = c.hidden_size, keep = 2, discard = 7, left = n - discard;
-  Tensor x({n + 1, d}), y({n, d});
-  fill_normal(x.data(), x.numel(), 4, 1, 0.f, 1.f);
-  Attention::Cache rolled, fresh;
-  attn.forward_cached(x.data(), n, rolled, n + 1, y.data());
-  attn.shift_cache(rolled, keep, discard);
-  ASSERT_EQ(rolled.len, left);
-  Tensor xs({left + 1, d});  // rows 0..keep-1 and keep+discard..n-1 of x, then the next token
-  for (int r = 0; r < left + 1; ++r) {
-    const int from = r < keep ? r : r + discard;
-    std::copy(x.data() + static_cast<size_t>(from) * d, x.data() + static_cast<size_t>(from + 1) * d, xs.data() + static_cast<size_t>(r) * d);
-  }
-  Tensor ys({left, d});
-  attn.forward_cached(xs.data(), left, fresh, n + 1, ys.data());
-  for (int g = 0; g < c.kv_heads(); ++g)
-    for (int i = 0; i < left * c.hd(); ++i) {
-      ASSERT_NEAR(rolled.keys(g)[i], fresh.keys(g)[i], 1e-5f) << "head " << g << ", key " << i;
-      ASSERT_EQ(rolled.values(g)[i], fresh.values(g)[i]) << "head " << g << ", value " << i;
+  for (Precision kv : {Precision::fp32, Precision::bf16}) {
+    SCOPED_TRACE(std::string("KV cache ") + name_of(kv));
+    const bool bf = kv == Precision::bf16;
+    Attention attn(c, 3, 11, 0.3f);
+    attn.set_kv_cache(kv);
+    const int n = 16, d = c.hidden_size, keep = 2, discard = 7, left = n - discard;
+    Tensor x({n + 1, d}), y({n, d});
+    fill_normal(x.data(), x.numel(), 4, 1, 0.f, 1.f);
+    Attention::Cache rolled, fresh;
+    attn.forward_cached(x.data(), n, rolled, n + 1, y.data());
+    attn.shift_cache(rolled, keep, discard);
+    ASSERT_EQ(rolled.len, left);
+    Tensor xs({left + 1, d});  // rows 0..keep-1 and keep+discard..n-1 of x, then the next token
+    for (int r = 0; r < left + 1; ++r) {
+      const int from = r < keep ? r : r + discard;
+      std::copy(x.data() + static_cast<size_t>(from) * d, x.data() + static_cast<size_t>(from + 1) * d, xs.data() + static_cast<size_t>(r) * d);
     }
-  Tensor y1({1, d}), y2({1, d});
-  attn.forward_cached(xs.data() + static_cast<size_t>(left) * d, 1, rolled, n + 1, y1.data());
-  attn.forward_cached(xs.data() + static_cast<size_t>(left) * d, 1, fresh, n + 1, y2.data());
-  for (int j = 0; j < d; ++j) EXPECT_NEAR(y1[static_cast<size_t>(j)], y2[static_cast<size_t>(j)], 1e-5f);
+    Tensor ys({left, d});
+    attn.forward_cached(xs.data(), left, fresh, n + 1, ys.data());
+    ASSERT_EQ(bf ? rolled.kb.size() : rolled.k.numel(), static_cast<size_t>(c.kv_heads()) * rolled.cap * c.hd());
+    ASSERT_EQ(bf ? rolled.k.numel() : rolled.kb.size(), 0u) << "a cache holds one format";
+    auto key = [&](const Attention::Cache& a, size_t i) { return bf ? bf16_to_float(a.kb[i]) : a.k[i]; };
+    auto value = [&](const Attention::Cache& a, size_t i) { return bf ? bf16_to_float(a.vb[i]) : a.v[i]; };
+    for (int g = 0; g < c.kv_heads(); ++g)
+      for (int i = 0; i < left * c.hd(); ++i) {
+        const size_t r = rolled.at(g, 0) + static_cast<size_t>(i), f = fresh.at(g, 0) + static_cast<size_t>(i);
+        // A rotation mixes each pair of a key: its rounding error is relative to the key's largest entry.
+        float key_mag = 0.f;
+        for (int j = 0; j < c.hd(); ++j) key_mag = std::max(key_mag, std::fabs(key(fresh, f - f % c.hd() + j)));
+        ASSERT_NEAR(key(rolled, r), key(fresh, f), bf ? std::ldexp(key_mag, -7) : 1e-5f) << "head " << g << ", key " << i;
+        const float v = value(fresh, f);  // the projections of 16 rows and of 9: BLAS's kernels may differ in the last bit
+        ASSERT_NEAR(value(rolled, r), v, bf ? 1e-6f + std::ldexp(std::fabs(v), -7) : 1e-6f * (1.f + std::fabs(v)))
+            << "head " << g << ", value " << i;
+      }
+    Tensor y1({1, d}), y2({1, d});
+    attn.forward_cached(xs.data() + static_cast<size_t>(left) * d, 1, rolled, n + 1, y1.data());
+    attn.forward_cached(xs.data() + static_cast<size_t>(left) * d, 1, fresh, n + 1, y2.data());
+    for (int j = 0; j < d; ++j) {
+      const float want = y2[static_cast<size_t>(j)];
+      EXPECT_NEAR(y1[static_cast<size_t>(j)], want, bf ? std::ldexp(1.f + std::fabs(want), -7) : 1e-5f) << "output " << j;
+    }
+  }
+}
+
+// A bf16 KV cache decodes the model whose keys and values are rounded to bf16: forward (which then
+// rounds k and v) and forward_cached agree to fp32 rounding, for decoding one token at a time (the dot
+// products over bf16 keys) and for prompts of a causal block or more (the fused core over the widened
+// cache), after positions already cached; GQA, biases and QK-norm on. The rounding moves the output,
+// by about bf16's precision. A cache filled in one format refuses tokens in the other.
+TEST(Attention, Bf16KvCacheDecodesAsTheRoundedForward) {
+  AttentionConfig c;
+  c.hidden_size = 32;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  c.bias = true;
+  c.qk_norm = QkNorm::head;
+  const int n = 70, d = c.hidden_size;
+  Tensor x({n, d});
+  fill_normal(x.data(), x.numel(), 6, 1, 0.f, 1.f);
+  Attention attn(c, 5, 11, 0.3f);
+  for (Tensor* b : {&attn.bq, &attn.bk, &attn.bv}) fill_normal(b->data(), b->numel(), 6, 2, 0.f, 0.3f);
+  Tensor exact({n, d}), rounded({n, d});
+  attn.forward(x.data(), 1, n, exact.data());
+  attn.set_kv_cache(Precision::bf16);
+  attn.forward(x.data(), 1, n, rounded.data());
+  double moved = 0.0, mag = 0.0;
+  for (size_t i = 0; i < exact.numel(); ++i) {
+    moved = std::max(moved, static_cast<double>(std::fabs(rounded[i] - exact[i])));
+    mag = std::max(mag, static_cast<double>(std::fabs(exact[i])));
+  }
+  EXPECT_GT(moved, 0.0) << "the bf16 cache's rounding changed nothing";
+  EXPECT_LT(moved, 0.02 * mag);
+  Attention::Cache cache;
+  Tensor y({n, d});
+  int pos = 0;
+  for (int m : {3, 1, 1, 30, 1, 3, kCausalBlock + 5, 1, 1}) {  // a block or more: the fused core
+    attn.forward_cached(x.data() + static_cast<size_t>(pos) * d, m, cache, n, y.data() + static_cast<size_t>(pos) * d);
+    pos += m;
+  }
+  ASSERT_EQ(pos, n);
+  for (size_t i = 0; i < y.numel(); ++i)
+    ASSERT_NEAR(y[i], rounded[i], 1e-5 * (1.0 + mag)) << "row " << i / static_cast<size_t>(d);
+  EXPECT_EQ(cache.kb.size(), static_cast<size_t>(c.kv_heads()) * cache.cap * c.hd());
+  attn.set_kv_cache(Precision::fp32);
+  try {
+    attn.forward_cached(x.data(), 1, cache, n + 1, y.data());
+    FAIL() << "an fp32 token into a filled bf16 cache";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("set_kv_cache"), std::string::npos) << e.what();
+  }
+  Attention::Cache empty_after = cache;
+  empty_after.len = 0;  // an emptied cache starts over in the new format
+  attn.forward_cached(x.data(), 2, empty_after, n, y.data());
+  EXPECT_TRUE(empty_after.kb.empty());
+  EXPECT_EQ(empty_after.len, 2);
 }
 
 TEST(Attention, BadConfigNamesTheField) {

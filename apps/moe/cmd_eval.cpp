@@ -17,6 +17,7 @@ void add_eval(CLI::App& app) {
   static int windows = 256, threads = 0;
   static bool json = false, allow_nonfinite = false;
   static WeightFormat weights = WeightFormat::fp32;
+  static Precision kv_cache = Precision::fp32;
   auto* cmd = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint");
   cmd->add_option("--ckpt", ckpt, "Checkpoint folder (train.out of a run)")->required();
   cmd->add_option("--corpus", corpus, "Corpus to evaluate on: " + corpus_choices() + " (default: the one it trained on)");
@@ -28,17 +29,22 @@ void add_eval(CLI::App& app) {
   add_enum_option(cmd, "--weights", weights,
                   "Evaluate with the weight matrices rounded to this format (what `moe generate --weights` decodes "
                   "from): the perplexity cost of bf16 or q8_0. fp32: as trained (a bf16 model's GEMMs stay bf16)");
+  add_enum_option(cmd, "--kv-cache", kv_cache,
+                  "Evaluate with every block's keys and values rounded as this KV cache would hold them (what "
+                  "`moe generate --kv-cache` decodes with): the perplexity cost of a bf16 cache");
   add_threads(cmd, threads);
   add_allow_nonfinite(cmd, allow_nonfinite);
   cmd->callback([] {
     apply_threads(threads);
     LoadedRun run = load_run(ckpt, allow_nonfinite);
     if (weights != WeightFormat::fp32) run.model->pack_weights(weights);  // fp32: the model as it is
+    run.model->set_kv_cache(kv_cache);
     const RunConfig& c = run.cfg;
     if (!ids.empty()) {
       const IdsScore s = score_ids(*run.model, read_token_ids(ids, c.model.vocab_size));
       if (json) {
-        const nlohmann::json j = {{"ckpt", step_dir(ckpt, run.state.step)}, {"ids", ids}, {"weights", name_of(weights)}, {"sequences", s.sequences},
+        const nlohmann::json j = {{"ckpt", step_dir(ckpt, run.state.step)}, {"ids", ids}, {"weights", name_of(weights)},
+                                  {"kv_cache", name_of(kv_cache)}, {"sequences", s.sequences},
                                   {"predictions", s.predictions}, {"mean_ce", s.mean_ce}, {"perplexity", std::exp(s.mean_ce)}};
         std::printf("%s\n", j.dump().c_str());
         return;
@@ -52,12 +58,15 @@ void add_eval(CLI::App& app) {
     const double loss = evaluate(*run.model, val, c.model.max_position_embeddings, windows, c.train.batch_size);
     if (json) {
       const nlohmann::json j = {{"ckpt", step_dir(ckpt, run.state.step)}, {"step", run.state.step}, {"corpus", name},
-                                {"windows", windows}, {"weights", name_of(weights)}, {"val_loss", loss}, {"perplexity", std::exp(loss)}};
+                                {"windows", windows}, {"weights", name_of(weights)},
+                                {"kv_cache", name_of(kv_cache)}, {"val_loss", loss}, {"perplexity", std::exp(loss)}};
       std::printf("%s\n", j.dump().c_str());
       return;
     }
-    std::printf("%s on %s: validation loss %.4f  perplexity %.2f%s\n", ckpt.c_str(), name.c_str(), loss, std::exp(loss),
-                weights == WeightFormat::fp32 ? "" : (std::string("  (weights ") + name_of(weights) + ")").c_str());
+    std::string how;
+    if (weights != WeightFormat::fp32) how += std::string("  (weights ") + name_of(weights) + ")";
+    if (kv_cache != Precision::fp32) how += std::string("  (KV cache ") + name_of(kv_cache) + ")";
+    std::printf("%s on %s: validation loss %.4f  perplexity %.2f%s\n", ckpt.c_str(), name.c_str(), loss, std::exp(loss), how.c_str());
   });
 }
 

@@ -34,9 +34,9 @@ void print_timing(const GenerateTimings& tm, const TransformerLM& model, int seq
     const double gbps = measure_read_gbps(), mb = tm.decode_bytes / tm.decode_tokens / 1e6;
     const double bound = gbps * 1e3 / mb;
     std::fprintf(stderr, "timing: bandwidth bound %.1f tokens/s = %.1f GB/s read (measured now, %d threads) / %.2f MB a "
-                 "token (active weights, matrices in %s, %sand KV cache); decode at %.2f of it\n", bound, gbps, num_threads(),
-                 mb, name_of(model.weight_format()), sequences > 1 ? "read once per step for all sequences, " : "",
-                 decode_rate / bound);
+                 "token (active weights, matrices in %s, %sand KV cache in %s); decode at %.2f of it\n", bound, gbps,
+                 num_threads(), mb, name_of(model.weight_format()), sequences > 1 ? "read once per step for all sequences, " : "",
+                 name_of(model.kv_cache()), decode_rate / bound);
   }
 }
 
@@ -48,6 +48,7 @@ void add_generate(CLI::App& app) {
   static bool show_experts = false, allow_nonfinite = false, timing = false, chat = false;
   static int threads = 0;
   static WeightFormat weights = WeightFormat::fp32;
+  static Precision kv_cache = Precision::fp32;
   static CLI::Option* weights_opt = nullptr;
   auto* cmd = app.add_subcommand("generate", "Continue a prompt with a trained model");
   cmd->add_option("--ckpt", ckpt, "Checkpoint folder")->required();
@@ -73,6 +74,9 @@ void add_generate(CLI::App& app) {
                                 "(llama.cpp's Q8_0: int8 in blocks of 32 with an fp16 scale) nearly quarters them; "
                                 "activations stay fp32. fp32 reads the model's own matrices, stacked for fewer passes. "
                                 "A model trained in bf16 decodes from bf16 unless told");
+  add_enum_option(cmd, "--kv-cache", kv_cache,
+                  "The KV cache's storage: bf16 halves the bytes a token reads from it (what dominates at long "
+                  "context); `moe eval --kv-cache bf16` gives its perplexity cost");
   add_enum_option(cmd, "--context-shift", so.shift,
                   "When the context is full: roll the KV cache (drop the older half after --keep, re-rotate the keys) "
                   "or prefill again from the most recent half of the tokens");
@@ -88,6 +92,7 @@ void add_generate(CLI::App& app) {
     LoadedRun run = load_run(ckpt, allow_nonfinite);
     const bool bf16_model = run.cfg.model.precision() == Precision::bf16;
     run.model->pack_weights(weights_opt->count() > 0 ? weights : bf16_model ? WeightFormat::bf16 : WeightFormat::fp32);
+    run.model->set_kv_cache(kv_cache);
     // Its sentencepiece tokenizer.model, or an imported model's byte-level BPE (hf/tokenizer.json).
     const std::unique_ptr<TextTokenizer> tok = open_run_tokenizer(ckpt);
     const bool has_tok = tok != nullptr;

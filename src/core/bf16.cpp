@@ -53,6 +53,29 @@ void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n) {
   for (; i < n; ++i) y[i] = std::fma(g, bf16_to_float(x[i]), y[i]);
 }
 
+float dot_bf16(const float* x, const bf16_t* w, size_t n) {
+  size_t i = 0;
+  float s = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), widen_bf16x16(w + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), widen_bf16x16(w + i + 16), acc1);
+  }
+  if (i + 16 <= n) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), widen_bf16x16(w + i), acc0);
+    i += 16;
+  }
+  s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#endif
+  for (; i < n; ++i) s = std::fma(x[i], bf16_to_float(w[i]), s);
+  return s;
+}
+
+void round_to_bf16(float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = bf16_to_float(float_to_bf16(x[i]));
+}
+
 void to_bf16(const float* src, bf16_vector& dst, size_t n) {
   dst.resize(n);
   const size_t block = 1 << 14;

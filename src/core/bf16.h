@@ -75,6 +75,10 @@ inline __m512 widen_bf16x16(const bf16_t* p) {
 #endif
 // y += g·x for n bf16 values x and fp32 y (a gather's or combine's row).
 void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n);
+// Σ x_i·w_i for n fp32 values x and bf16 values w, accumulated in fp32.
+float dot_bf16(const float* x, const bf16_t* w, size_t n);
+// x_i ← the fp32 value of bf16(x_i) for n values: what a bf16 copy of x holds.
+void round_to_bf16(float* x, size_t n);
 
 // C[M,N] = op(A)·op(B) + beta·C with A, B in bf16 and C in fp32; row-major with row strides lda, ldb,
 // ldc of at least the stored row lengths (a wider stride: a column block of a wider matrix, such as

@@ -317,6 +317,11 @@ const Tensor& TransformerLM::decode(const int32_t* tokens, const std::vector<Dec
   return logits;
 }
 
+void TransformerLM::set_kv_cache(Precision p) {
+  for (Block& b : blocks) b.attn.set_kv_cache(p);
+  caches_.clear();
+}
+
 void TransformerLM::pack_weights(WeightFormat f) {
   MOE_CHECK(head_packed_.empty(), "model: weights are packed once");
   for (Block& b : blocks) {
@@ -414,7 +419,8 @@ double TransformerLM::decode_bytes(int context) const {
     packed_bytes += static_cast<double>(attn) + b.ffn->packed_active_bytes();
     packed += b.ffn->packed_active_params();
   }
-  return sizeof(float) * (static_cast<double>(weights - packed) + kv) + packed_bytes;
+  const double kv_bytes = kv * (kv_cache() == Precision::bf16 ? sizeof(bf16_t) : sizeof(float));
+  return sizeof(float) * static_cast<double>(weights - packed) + kv_bytes + packed_bytes;
 }
 
 double TransformerLM::flops_per_token() const {

@@ -107,6 +107,11 @@ class TransformerLM {
   // follow training.
   void pack_weights(WeightFormat f);
   WeightFormat weight_format() const { return packed_; }  // fp32 also when not packed
+  // The KV caches' storage for generation and evaluation (Attention::set_kv_cache): fp32, or bf16 (half
+  // the bytes a token reads at long context; forward_logits then rounds every block's keys and values
+  // as the cache would). Drops the caches; for inference only.
+  void set_kv_cache(Precision p);
+  Precision kv_cache() const { return blocks.empty() ? Precision::fp32 : blocks.front().attn.kv_cache(); }
   void zero_grad();
   std::vector<Param> params();               // dense parameters (AdamW)
   std::vector<Param> block_params(size_t l);  // those of block l (a subset of params())
@@ -138,7 +143,7 @@ class TransformerLM {
   // The bytes decoding one token reads at least, with `context` positions in the KV cache after it:
   // every active weight outside the token embedding (attention, norms, the router and the experts one
   // token uses, the LM head: all of it) plus the embedding's one row, and each block's cached keys and
-  // values. The memory-bandwidth bound of decoding is the read bandwidth divided by this.
+  // values (2 bytes each in a bf16 KV cache). The memory-bandwidth bound of decoding is the read bandwidth divided by this.
   double decode_bytes(int context) const;
   int64_t num_embedding_params() const;  // token embedding (+ the untied LM head)
   // Training FLOPs per token, forward + backward (docs/MECHANISMS.md §7, Krajewski Eq. 10): c_f = 6 per

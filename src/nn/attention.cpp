@@ -183,6 +183,10 @@ void Attention::forward(const float* x, int B, int L, float* y) {
     rope_apply(q.data(), T, H, hd, qd, cos_, sin_, false, L);
     rope_apply(k.data(), T, KV, hd, kvd, cos_, sin_, false, L);
   }
+  if (kv_ == Precision::bf16) {  // the keys and values a bf16 KV cache would hold
+    round_to_bf16(k.data(), k.numel());
+    round_to_bf16(v.data(), v.numel());
+  }
   const float scale = cfg.scale();
   PhaseTimer core("fwd: attention scores", core_flops(B, L));
   // One (sequence, head) per task.
@@ -273,6 +277,21 @@ void Attention::backward(const float* dy, float* dx) {
   sgemm(false, false, T, d, kvd, 1.f, dv_.data(), kvd, wv.data(), d, 1.f, dx, d);
 }
 
+// Each of KV heads' first `filled` positions of hd values from a buffer of old_cap positions a head
+// to one of cap positions a head.
+template <class T>
+static void copy_heads(const T* from, T* to, int KV, int old_cap, int cap, int hd, int filled) {
+  for (int g = 0; g < KV && filled > 0; ++g)
+    std::memcpy(to + static_cast<size_t>(g) * cap * hd, from + static_cast<size_t>(g) * old_cap * hd,
+                sizeof(T) * static_cast<size_t>(filled) * hd);
+}
+
+static bf16_vector regrown(const bf16_vector& b, int KV, int old_cap, int cap, int hd, int filled) {
+  bf16_vector grown(static_cast<size_t>(KV) * cap * hd);
+  copy_heads(b.data(), grown.data(), KV, old_cap, cap, hd, filled);
+  return grown;
+}
+
 void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len, float* y) {
   forward_cached(x, {{&cache, n}}, max_len, y);
 }
@@ -280,6 +299,7 @@ void Attention::forward_cached(const float* x, int n, Cache& cache, int max_len,
 void Attention::forward_cached(const float* x, const std::vector<Segment>& segments, int max_len, float* y) {
   const int d = cfg.hidden_size, H = cfg.num_attention_heads, KV = cfg.kv_heads(), hd = cfg.hd();
   const int qd = H * hd, kvd = KV * hd, group = H / KV;
+  const bool bf = kv_ == Precision::bf16;
   std::vector<int> row0(segments.size() + 1, 0);  // segment j's rows are [row0[j], row0[j + 1])
   int longest = 0;
   for (size_t j = 0; j < segments.size(); ++j) {
@@ -292,15 +312,25 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
     // The cache grows with the sequence (doubling, up to max_len), so that a model with a context of
     // tens of thousands of positions does not hold them all from its first token.
     Cache& c = *s.cache;
-    if (c.capacity() < p0 + s.n) {
-      const int cap = std::min(max_len, std::max(p0 + s.n, c.k.empty() ? 64 : 2 * c.capacity()));
-      for (Tensor* t : {&c.k, &c.v}) {
-        Tensor grown({KV, cap, hd});
-        for (int g = 0; g < KV && p0 > 0; ++g)
-          std::memcpy(grown.data() + static_cast<size_t>(g) * cap * hd, t->data() + static_cast<size_t>(g) * t->dim(1) * hd,
-                      sizeof(float) * static_cast<size_t>(p0) * hd);
-        *t = std::move(grown);
+    const bool stored_other = c.cap > 0 && (bf ? c.kb.empty() : c.k.empty());
+    if (stored_other) {  // an empty cache of the other format: start over in this one
+      MOE_CHECK(p0 == 0, "attention: the KV cache's format changed while it holds positions; call set_kv_cache before "
+                         "the first token, or reset the cache");
+      c = Cache{};
+    }
+    if (c.cap < p0 + s.n) {
+      const int cap = std::min(max_len, std::max(p0 + s.n, c.cap == 0 ? 64 : 2 * c.cap));
+      if (bf) {
+        for (bf16_vector* b : {&c.kb, &c.vb}) *b = regrown(*b, KV, c.cap, cap, hd, p0);
+      } else {
+        for (Tensor* t : {&c.k, &c.v}) {
+          Tensor grown({KV, cap, hd});
+          copy_heads(t->data(), grown.data(), KV, c.cap, cap, hd, p0);
+          *t = std::move(grown);
+        }
       }
+      c.cap = cap;
+      c.hd = hd;
     }
   }
   const int n = row0.back();
@@ -315,9 +345,14 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
     rope_apply(kn.data() + r, segments[j].n, KV, hd, kvd, cos_, sin_, false, segments[j].n, c.len);
     for (int i = 0; i < segments[j].n; ++i)
       for (int g = 0; g < KV; ++g) {
-        const size_t from = r + static_cast<size_t>(i) * kvd + static_cast<size_t>(g) * hd, to = static_cast<size_t>(c.len + i) * hd;
-        std::memcpy(c.keys(g) + to, kn.data() + from, sizeof(float) * hd);
-        std::memcpy(c.values(g) + to, vn.data() + from, sizeof(float) * hd);
+        const size_t from = r + static_cast<size_t>(i) * kvd + static_cast<size_t>(g) * hd, to = c.at(g, c.len + i);
+        if (bf) {
+          to_bf16(kn.data() + from, c.kb.data() + to, static_cast<size_t>(hd));
+          to_bf16(vn.data() + from, c.vb.data() + to, static_cast<size_t>(hd));
+        } else {
+          std::memcpy(c.k.data() + to, kn.data() + from, sizeof(float) * hd);
+          std::memcpy(c.v.data() + to, vn.data() + from, sizeof(float) * hd);
+        }
       }
     c.len += segments[j].n;
   }
@@ -337,17 +372,38 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
     const float* qh = qn.data() + static_cast<size_t>(row0[j]) * qd + h * hd;
     float* oh = on.data() + static_cast<size_t>(row0[j]) * qd + h * hd;
     if (m >= kCausalBlock) {
-      causal_attention_forward(m, p0, hd, scale, qh, qd, c.keys(g), c.values(g), hd, oh, nullptr);
+      if (!bf) {
+        causal_attention_forward(m, p0, hd, scale, qh, qd, c.k.data() + c.at(g, 0), c.v.data() + c.at(g, 0), hd, oh, nullptr);
+        return;
+      }
+      // A prompt against a bf16 cache: the head's keys and values widened once, then the fp32 core.
+      std::vector<float> kw(static_cast<size_t>(ctx) * hd), vw(kw.size());
+      from_bf16(c.kb.data() + c.at(g, 0), kw.data(), kw.size());
+      from_bf16(c.vb.data() + c.at(g, 0), vw.data(), vw.size());
+      causal_attention_forward(m, p0, hd, scale, qh, qd, kw.data(), vw.data(), hd, oh, nullptr);
       return;
     }
     std::vector<float> P(static_cast<size_t>(m) * ctx);
-    sgemm(false, true, m, ctx, hd, scale, qh, qd, c.keys(g), hd, 0.f, P.data(), ctx);
+    if (bf) {  // each key and value read once per row, widened in registers: half the bytes of fp32
+      for (int i = 0; i < m; ++i) {
+        const int keys = p0 + i + 1;
+        const float* qi = qh + static_cast<size_t>(i) * qd;
+        float* row = P.data() + static_cast<size_t>(i) * ctx;
+        float* oi = oh + static_cast<size_t>(i) * qd;
+        for (int t = 0; t < keys; ++t) row[t] = scale * dot_bf16(qi, c.kb.data() + c.at(g, t), static_cast<size_t>(hd));
+        softmax(row, row, keys);
+        std::fill(oi, oi + hd, 0.f);
+        for (int t = 0; t < keys; ++t) add_scaled_bf16(row[t], c.vb.data() + c.at(g, t), oi, static_cast<size_t>(hd));
+      }
+      return;
+    }
+    sgemm(false, true, m, ctx, hd, scale, qh, qd, c.k.data() + c.at(g, 0), hd, 0.f, P.data(), ctx);
     for (int i = 0; i < m; ++i) {  // new token i sits at position p0 + i
       float* row = P.data() + static_cast<size_t>(i) * ctx;
       softmax(row, row, p0 + i + 1);
       std::fill(row + p0 + i + 1, row + ctx, 0.f);
     }
-    sgemm(false, false, m, hd, ctx, 1.f, P.data(), ctx, c.values(g), hd, 0.f, oh, qd);
+    sgemm(false, false, m, hd, ctx, 1.f, P.data(), ctx, c.v.data() + c.at(g, 0), hd, 0.f, oh, qd);
   });
   if (po_.empty())
     sgemm(false, true, n, d, qd, 1.f, on.data(), qd, wo.data(), qd, 0.f, y, d);
@@ -361,12 +417,21 @@ void Attention::shift_cache(Cache& cache, int keep, int discard) {
   cache.len -= discard;
   if (moved == 0) return;
   rope_tables(discard + 1);
+  const size_t from = static_cast<size_t>(keep + discard) * hd, to = static_cast<size_t>(keep) * hd,
+               count = static_cast<size_t>(moved) * hd;
+  std::vector<float> widened(cache.kb.empty() ? 0 : count);
   for (int g = 0; g < cfg.kv_heads(); ++g) {
-    for (float* head : {cache.keys(g), cache.values(g)})
-      std::memmove(head + static_cast<size_t>(keep) * hd, head + static_cast<size_t>(keep + discard) * hd,
-                   sizeof(float) * static_cast<size_t>(moved) * hd);
+    const size_t head = cache.at(g, 0);
     // Every moved key back by `discard` positions: the inverse rotation of position `discard`.
-    rope_apply(cache.keys(g) + static_cast<size_t>(keep) * hd, moved, 1, hd, hd, cos_, sin_, true, 1, discard);
+    if (cache.kb.empty()) {
+      for (float* b : {cache.k.data() + head, cache.v.data() + head}) std::memmove(b + to, b + from, sizeof(float) * count);
+      rope_apply(cache.k.data() + head + to, moved, 1, hd, hd, cos_, sin_, true, 1, discard);
+    } else {  // in fp32, then rounded back: the keys move by at most one bf16 rounding
+      for (bf16_t* b : {cache.kb.data() + head, cache.vb.data() + head}) std::memmove(b + to, b + from, sizeof(bf16_t) * count);
+      from_bf16(cache.kb.data() + head + to, widened.data(), count);
+      rope_apply(widened.data(), moved, 1, hd, hd, cos_, sin_, true, 1, discard);
+      to_bf16(widened.data(), cache.kb.data() + head + to, count);
+    }
   }
 }
 

@@ -66,18 +66,16 @@ struct Attention {
   Tensor lse;      // (B, H, L) each query row's log Σ exp of its scaled scores (nn/attention_core.h)
   Tensor o;        // (T, H·hd) per-head outputs, concatenated
 
-  // Keys and values of the positions seen so far, for generation one token at a time.
-  // Each key-value head's positions lie contiguous, (KV, capacity, hd): decoding reads one head's keys
-  // and values as two dense (len, hd) matrices, not hd of every KV·hd values of each position.
+  // Keys and values of the positions seen so far, for generation one token at a time. Each key-value
+  // head's positions lie contiguous, (KV, cap, hd): decoding reads one head's keys and values as two
+  // dense (len, hd) matrices, not hd of every KV·hd values of each position. In fp32 (k, v) or, after
+  // set_kv_cache(Precision::bf16), in bf16 (kb, vb): half the bytes a token reads at long context.
   struct Cache {
-    Tensor k, v;   // (KV, capacity, hd), keys after RoPE
-    int len = 0;   // positions filled
-    int capacity() const { return k.empty() ? 0 : static_cast<int>(k.dim(1)); }
-    // Head g's first position: a (capacity, hd) row-major matrix.
-    float* keys(int g) { return k.data() + static_cast<size_t>(g) * k.dim(1) * k.dim(2); }
-    float* values(int g) { return v.data() + static_cast<size_t>(g) * v.dim(1) * v.dim(2); }
-    const float* keys(int g) const { return k.data() + static_cast<size_t>(g) * k.dim(1) * k.dim(2); }
-    const float* values(int g) const { return v.data() + static_cast<size_t>(g) * v.dim(1) * v.dim(2); }
+    Tensor k, v;         // fp32: (KV, cap, hd), keys after RoPE
+    bf16_vector kb, vb;  // bf16: the same layout
+    int len = 0;         // positions filled
+    int cap = 0, hd = 0; // positions each head has room for; head width
+    size_t at(int g, int pos) const { return (static_cast<size_t>(g) * cap + static_cast<size_t>(pos)) * hd; }
   };
 
   Attention() = default;
@@ -103,6 +101,10 @@ struct Attention {
   // to what they hold; forward_cached reads the packed copies, forward the rounded fp32 weights (bf16
   // mode off). Not for training: the packed copies do not follow the weights.
   void pack(WeightFormat f);
+  // The KV cache's storage from the next cache on (inference, like pack): fp32, or bf16 (keys and values
+  // rounded to bf16; forward then rounds k and v as well, so that evaluation runs the model that decodes).
+  void set_kv_cache(Precision p) { kv_ = p; }
+  Precision kv_cache() const { return kv_; }
   size_t packed_bytes() const;  // the four packed matrices (0 when not packed)
   // The FLOPs of the scores and their products with the values in one forward, as computed: causal
   // blocks of rows against the keys up to each block's end (a little more than the causal half). The
@@ -119,6 +121,7 @@ struct Attention {
   Bf16Linear lq_, lk_, lv_, lo_;
   bf16_vector xb_, ob_, dyb_, dqb_, dkb_, dvb_;
   PackedMatrix pqkv_, po_;  // pack(): W_q over W_k over W_v, and W_o
+  Precision kv_ = Precision::fp32;
   // cos and sin of at least L positions; with cap, grown by doubling up to cap (generation one token at a time).
   void rope_tables(int L, int cap = 0);
   // q, k, v of n rows of x into the given buffers, biases and QK-norm applied, not yet rotated;
