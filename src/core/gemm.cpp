@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
+
+#include <unistd.h>
 
 #include "core/parallel.h"
 #include "core/rng.h"
@@ -16,22 +19,41 @@ extern "C" void openblas_set_num_threads(int);
 namespace moe {
 namespace {
 
-// Runs before any shared library's constructor (entries of the executable's .preinit_array do), so
-// OpenBLAS reads the variable when it picks its kernels. A user's own OPENBLAS_CORETYPE wins.
-void select_blas_kernels() {
-#if defined(__x86_64__)
-  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+// OpenBLAS picks its kernels in its constructor from OPENBLAS_CORETYPE, else from the CPU's model,
+// which Debian's 0.3.21 does not know for every AVX-512 CPU: on a newer Xeon it falls back to its
+// generic Prescott kernels, at a fifth of the speed. So on AVX-512 CPUs the variable is set to
+// SkylakeX (Cooperlake with avx512_bf16) unless the user has set it. Setting it in the process itself
+// is too late or lost: the executable's .preinit_array runs before any shared library's constructor,
+// but glibc then resets the environment to the one the process started with. So this preinit entry
+// starts the program again (the same executable, arguments and environment, plus the variable)
+// before anything else has run; if that fails, the program goes on with OpenBLAS's own choice.
+// Under valgrind it does nothing (its child would run untraced).
+void select_blas_kernels(int /*argc*/, char** argv, char** envp) {
+#if defined(__x86_64__) && defined(__linux__)
+  // The environment from envp: glibc's getenv may not see it yet at this point.
+  if (argv == nullptr || envp == nullptr) return;
+  std::vector<char*> env;
+  for (char** e = envp; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "OPENBLAS_CORETYPE=", 18) == 0) return;
+    if (std::strncmp(*e, "LD_PRELOAD=", 11) == 0 && std::strstr(*e, "vgpreload") != nullptr) return;
+    env.push_back(*e);
+  }
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("avx512f")) return;
-  const char* core = __builtin_cpu_supports("avx512bf16") ? "COOPERLAKE" : "SKYLAKEX";
-  setenv("OPENBLAS_CORETYPE", core, 0);
+  static char core[] = "OPENBLAS_CORETYPE=SKYLAKEX", cooper[] = "OPENBLAS_CORETYPE=COOPERLAKE";
+  env.push_back(__builtin_cpu_supports("avx512bf16") ? cooper : core);
+  env.push_back(nullptr);
+  ::execve("/proc/self/exe", argv, env.data());
+#else
+  (void)argv;
+  (void)envp;
 #endif
 }
 
 }  // namespace
 
 // Referenced from sgemm() so that any program that multiplies matrices links this entry in.
-__attribute__((section(".preinit_array"), used)) void (*const moe_preinit_blas)() = select_blas_kernels;
+__attribute__((section(".preinit_array"), used)) void (*const moe_preinit_blas)(int, char**, char**) = select_blas_kernels;
 
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc) {

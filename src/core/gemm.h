@@ -2,8 +2,9 @@
 //
 // The fast kernels are the default: on an x86-64 CPU with AVX-512, OpenBLAS is told to use its
 // SkylakeX (or, with avx512_bf16, Cooperlake) kernels before the library initialises, unless the user
-// has set OPENBLAS_CORETYPE. Without this Debian's OpenBLAS may pick its Haswell kernels on AVX-512 AMD
-// CPUs and run at about half speed. See gemm.cpp for how (an ELF .preinit_array entry).
+// has set OPENBLAS_CORETYPE. Without this Debian's OpenBLAS picks its Haswell kernels on some AVX-512
+// AMD CPUs (about half speed) and its generic Prescott ones on Xeons newer than it knows (a fifth).
+// See gemm.cpp for how (an ELF .preinit_array entry that starts the program again with the variable).
 #pragma once
 #include <functional>
 #include <string>
