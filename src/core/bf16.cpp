@@ -66,7 +66,7 @@ float dot_bf16(const float* x, const bf16_t* w, size_t n) {
     acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), widen_bf16x16(w + i), acc0);
     i += 16;
   }
-  s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  s = hsum(_mm512_add_ps(acc0, acc1));
 #endif
   for (; i < n; ++i) s = std::fma(x[i], bf16_to_float(w[i]), s);
   return s;

@@ -108,16 +108,6 @@ namespace {
 // the row serves all R. Every output sees the same operations in the same order whatever R is, so a
 // sequence decoded in a batch gets the same numbers as decoded alone.
 #if defined(__AVX512F__)
-// The order of _mm512_reduce_add_ps (halves, quarters, pairs), without its unmasked extract, which
-// GCC 12 reports as reading an uninitialised placeholder (see widen_bf16x16 in core/bf16.h).
-inline float hsum(__m512 v) {
-  const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 1));
-  const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 0));
-  const __m256 s8 = _mm256_add_ps(hi, lo);
-  const __m128 s4 = _mm_add_ps(_mm256_extractf128_ps(s8, 1), _mm256_castps256_ps128(s8));
-  const __m128 s2 = _mm_add_ps(s4, _mm_shuffle_ps(s4, s4, _MM_SHUFFLE(1, 0, 3, 2)));
-  return _mm_cvtss_f32(s2) + _mm_cvtss_f32(_mm_shuffle_ps(s2, s2, _MM_SHUFFLE(1, 1, 1, 1)));
-}
 inline __m512 widen_i8(const int8_t* p) {  // zero-masked forms: see widen_bf16x16 (core/bf16.h)
   return _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
