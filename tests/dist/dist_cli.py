@@ -52,9 +52,10 @@ TINY = ["model.vocab_size=320", "model.hidden_size=32", "model.num_hidden_layers
 # projections and the LM head in bf16 too, the losses stay within 1.1e-4 over 30 steps and the
 # gradient norms within 1e-3, except single steps whose norm is sensitive (2% once); by the last
 # steps a few of the 128 tokens go to other experts, which moves a routing fraction such as
-# consecutive_same by up to 0.06.
+# consecutive_same by up to 0.06, and the router's AdamW first moment (small, and moved by every
+# rerouted token) ends up to 0.11 of its scale apart (a Xeon with OpenBLAS's Cooperlake kernels).
 EXACT = {"loss": 1e-5, "grad_norm": 1e-5, "routing": 1e-5, "weights": 2e-4}
-TOLERANCE = {"bf16": {"loss": 2e-4, "grad_norm": 5e-2, "routing": 0.1, "weights": 0.1}}
+TOLERANCE = {"bf16": {"loss": 2e-4, "grad_norm": 5e-2, "routing": 0.1, "weights": 0.2}}
 VARIANTS = {
     "topk_softmax": [],
     "overlapped_grad_sync": ["train.overlap_grad_sync=true", "model.router_z_loss_coef=0.001"],
