@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -88,6 +89,44 @@ TEST(Bf16, AddScaledWidensExactly) {
   for (size_t i = 0; i < x.size(); ++i) want[i] = std::fma(0.75f, bf16_to_float(xb[i]), y[i]);
   add_scaled_bf16(0.75f, xb.data(), y.data(), y.size());  // 16 at a time, then a scalar tail of 13
   for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], want[i]) << i;
+}
+
+// A query against bf16 keys and values (the bf16 KV cache's kernels): dots_bf16 and sum_rows_bf16
+// equal the products of the widened values in double to fp32 rounding, for every row width they take
+// on the even/odd path (multiples of 32 up to 256, and 1024 for the dots) and for others (the plain
+// widening), with a row stride wider than the row.
+TEST(Bf16, DotsAndRowSumsOfWidenedRows) {
+  for (int k : {8, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 288, 1024}) {
+    SCOPED_TRACE("k = " + std::to_string(k));
+    const int n = 37;
+    const size_t ldw = static_cast<size_t>(k) + 8;
+    std::vector<float> x(static_cast<size_t>(k)), p(n), wf(n * ldw), s(n), y(static_cast<size_t>(k), -1.f);
+    fill_normal(x.data(), x.size(), 5, 1, 0.f, 1.f);
+    fill_normal(p.data(), p.size(), 5, 2, 0.f, 1.f);
+    fill_normal(wf.data(), wf.size(), 5, 3, 0.f, 1.f);
+    std::vector<bf16_t> w(wf.size());
+    to_bf16(wf.data(), w.data(), w.size());
+    dots_bf16(x.data(), w.data(), ldw, n, k, 0.5f, s.data());
+    sum_rows_bf16(p.data(), w.data(), ldw, n, k, y.data());
+    for (int j = 0; j < n; ++j) {
+      double want = 0.0, mag = 0.0;
+      for (int i = 0; i < k; ++i) {
+        const double t = static_cast<double>(x[static_cast<size_t>(i)]) * bf16_to_float(w[j * ldw + static_cast<size_t>(i)]);
+        want += t;
+        mag += std::fabs(t);
+      }
+      ASSERT_NEAR(s[static_cast<size_t>(j)], 0.5 * want, 1e-6 * mag) << "dot " << j;
+    }
+    for (int i = 0; i < k; ++i) {
+      double want = 0.0, mag = 0.0;
+      for (int j = 0; j < n; ++j) {
+        const double t = static_cast<double>(p[static_cast<size_t>(j)]) * bf16_to_float(w[j * ldw + static_cast<size_t>(i)]);
+        want += t;
+        mag += std::fabs(t);
+      }
+      ASSERT_NEAR(y[static_cast<size_t>(i)], want, 1e-6 * mag) << "sum " << i;
+    }
+  }
 }
 
 // ‖a − b‖ / ‖b‖ over n values.

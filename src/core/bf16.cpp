@@ -72,6 +72,82 @@ float dot_bf16(const float* x, const bf16_t* w, size_t n) {
   return s;
 }
 
+#if defined(__AVX512F__)
+namespace {
+
+// 32 bf16 values as two fp32 vectors: the even ones (the low half of each 32-bit lane, shifted up) and
+// the odd ones (the high half, masked). The zero-masked shift: see widen_bf16x16 (core/bf16.h).
+inline __m512 even_bf16(__m512i w) { return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, w, 16)); }
+inline __m512 odd_bf16(__m512i w) { return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)))); }
+
+// sum_rows_bf16 with C chunks of 32 values a row, all 2·C accumulators in registers.
+template <int C>
+void sum_rows_chunks(const float* p, const bf16_t* w, size_t ldw, int n, float* y) {
+  __m512 even[C], odd[C];
+  for (int c = 0; c < C; ++c) even[c] = odd[c] = _mm512_setzero_ps();
+  for (int j = 0; j < n; ++j) {
+    const bf16_t* row = w + static_cast<size_t>(j) * ldw;
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    for (int c = 0; c < C; ++c) {
+      const __m512i v = _mm512_loadu_si512(row + 32 * c);
+      even[c] = _mm512_fmadd_ps(pj, even_bf16(v), even[c]);
+      odd[c] = _mm512_fmadd_ps(pj, odd_bf16(v), odd[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) {  // interleave back: y[32c + 2i] = even[c][i], y[32c + 2i + 1] = odd[c][i]
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    _mm512_storeu_ps(y + 32 * c, _mm512_permutex2var_ps(even[c], lo, odd[c]));
+    _mm512_storeu_ps(y + 32 * c + 16, _mm512_permutex2var_ps(even[c], hi, odd[c]));
+  }
+}
+
+}  // namespace
+#endif
+
+void dots_bf16(const float* x, const bf16_t* w, size_t ldw, int n, int k, float alpha, float* s) {
+#if defined(__AVX512F__)
+  constexpr int kMax = 1024;
+  if (k % 32 == 0 && k <= kMax) {
+    alignas(64) float xe[kMax / 2], xo[kMax / 2];  // x's even and odd values, chunk by chunk
+    for (int i = 0; i < k / 2; ++i) {
+      xe[i] = x[2 * i];
+      xo[i] = x[2 * i + 1];
+    }
+    for (int j = 0; j < n; ++j) {
+      const bf16_t* row = w + static_cast<size_t>(j) * ldw;
+      __m512 acc = _mm512_setzero_ps();
+      for (int i = 0; i < k; i += 32) {
+        const __m512i v = _mm512_loadu_si512(row + i);
+        acc = _mm512_fmadd_ps(_mm512_load_ps(xe + i / 2), even_bf16(v), acc);
+        acc = _mm512_fmadd_ps(_mm512_load_ps(xo + i / 2), odd_bf16(v), acc);
+      }
+      s[j] = alpha * hsum(acc);
+    }
+    return;
+  }
+#endif
+  for (int j = 0; j < n; ++j) s[j] = alpha * dot_bf16(x, w + static_cast<size_t>(j) * ldw, static_cast<size_t>(k));
+}
+
+void sum_rows_bf16(const float* p, const bf16_t* w, size_t ldw, int n, int k, float* y) {
+#if defined(__AVX512F__)
+  switch (k) {  // up to 8 chunks: 16 accumulators
+    case 32: return sum_rows_chunks<1>(p, w, ldw, n, y);
+    case 64: return sum_rows_chunks<2>(p, w, ldw, n, y);
+    case 96: return sum_rows_chunks<3>(p, w, ldw, n, y);
+    case 128: return sum_rows_chunks<4>(p, w, ldw, n, y);
+    case 160: return sum_rows_chunks<5>(p, w, ldw, n, y);
+    case 192: return sum_rows_chunks<6>(p, w, ldw, n, y);
+    case 224: return sum_rows_chunks<7>(p, w, ldw, n, y);
+    case 256: return sum_rows_chunks<8>(p, w, ldw, n, y);
+    default: break;
+  }
+#endif
+  std::fill(y, y + k, 0.f);
+  for (int j = 0; j < n; ++j) add_scaled_bf16(p[j], w + static_cast<size_t>(j) * ldw, y, static_cast<size_t>(k));
+}
+
 void round_to_bf16(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = bf16_to_float(float_to_bf16(x[i]));
 }

@@ -87,6 +87,13 @@ inline float hsum(__m512 v) {
 void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n);
 // Σ x_i·w_i for n fp32 values x and bf16 values w, accumulated in fp32.
 float dot_bf16(const float* x, const bf16_t* w, size_t n);
+// s_j = alpha·Σ_i x_i·w_j,i for n rows w_j of k bf16 values (row stride ldw), accumulated in fp32: one
+// query against a bf16 KV cache's keys. Each 64-byte load of 32 values gives its even and its odd
+// values as fp32 with one shift and one mask (no cross-lane widening), against x split likewise.
+void dots_bf16(const float* x, const bf16_t* w, size_t ldw, int n, int k, float alpha, float* s);
+// y = Σ_j p_j·w_j (k values, overwritten) for n rows w_j of k bf16 values (row stride ldw), accumulated
+// in fp32 registers: a query's output from a bf16 cache's values. The same even/odd widening.
+void sum_rows_bf16(const float* p, const bf16_t* w, size_t ldw, int n, int k, float* y);
 // x_i ← the fp32 value of bf16(x_i) for n values: what a bf16 copy of x holds.
 void round_to_bf16(float* x, size_t n);
 

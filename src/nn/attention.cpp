@@ -387,13 +387,10 @@ void Attention::forward_cached(const float* x, const std::vector<Segment>& segme
     if (bf) {  // each key and value read once per row, widened in registers: half the bytes of fp32
       for (int i = 0; i < m; ++i) {
         const int keys = p0 + i + 1;
-        const float* qi = qh + static_cast<size_t>(i) * qd;
         float* row = P.data() + static_cast<size_t>(i) * ctx;
-        float* oi = oh + static_cast<size_t>(i) * qd;
-        for (int t = 0; t < keys; ++t) row[t] = scale * dot_bf16(qi, c.kb.data() + c.at(g, t), static_cast<size_t>(hd));
+        dots_bf16(qh + static_cast<size_t>(i) * qd, c.kb.data() + c.at(g, 0), hd, keys, hd, scale, row);
         softmax(row, row, keys);
-        std::fill(oi, oi + hd, 0.f);
-        for (int t = 0; t < keys; ++t) add_scaled_bf16(row[t], c.vb.data() + c.at(g, t), oi, static_cast<size_t>(hd));
+        sum_rows_bf16(row, c.vb.data() + c.at(g, 0), hd, keys, hd, oh + static_cast<size_t>(i) * qd);
       }
       return;
     }
