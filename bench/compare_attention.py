@@ -12,7 +12,7 @@ import os
 import statistics
 import sys
 
-from compare_moe_layer import ROOT, run_json
+from compare_moe_layer import ROOT, bench_env, run_json
 
 
 def main():
@@ -33,8 +33,8 @@ def main():
     shape = ["--batch", str(a.batch), "--seq-len", str(a.seq_len), "--d-model", str(a.d_model),
              "--heads", str(a.heads), "--kv-heads", str(a.kv_heads), "--precision", a.precision]
     pt = a.peer_threads or a.threads
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-    peer_env = dict(os.environ, OMP_NUM_THREADS=str(pt))
+    env = bench_env(a.threads)
+    peer_env = bench_env(pt)
     ours, peer = [], []
     for _ in range(a.rounds):
         ours.append(run_json([a.moe, "bench", "attention", *shape, "--threads", str(a.threads), "--json"], env))

@@ -14,6 +14,17 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def bench_env(threads):
+    """The environment both sides run in: OMP_NUM_THREADS, and OpenBLAS's kernels chosen the way moe chooses
+    them (src/core/gemm.cpp: SkylakeX, or Cooperlake with avx512_bf16, on AVX-512 CPUs), so that a PyTorch
+    peer linked to the same OpenBLAS does not run the generic kernels where OpenBLAS does not know the CPU."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    if "OPENBLAS_CORETYPE" not in env and "avx512f" in flags:
+        env["OPENBLAS_CORETYPE"] = "COOPERLAKE" if "avx512_bf16" in flags else "SKYLAKEX"
+    return env
+
+
 def run_json(cmd, env):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -36,7 +47,7 @@ def main():
     shape = ["--tokens", str(a.tokens), "--d-model", str(a.d_model), "--d-ff", str(a.d_ff),
              "--experts", str(a.experts), "--top-k", str(a.top_k), "--granularity", str(a.granularity),
              "--threads", str(a.threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    env = bench_env(a.threads)
     ours = run_json([a.moe, "bench", "moe-layer", *shape, "--precision", a.precision, "--json"], env)
     peer = run_json([sys.executable, os.path.join(ROOT, "bench", "peers", "torch_moe.py"), *shape,
                      "--precision", a.peer_precision], env)

@@ -9,7 +9,7 @@ speed ratio, moe.cpp's share of time in retrieval, and the time per token relati
 import argparse
 import os
 
-from compare_moe_layer import ROOT, run_json
+from compare_moe_layer import ROOT, bench_env, run_json
 
 
 def main():
@@ -24,7 +24,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true", help="moe.cpp only")
     a = ap.parse_args()
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    env = bench_env(a.threads)
     shape = ["--heads", str(a.heads), "--top-k", str(a.top_k), "--d-model", str(a.d_model), "--d-key", str(a.d_key),
              "--tokens", str(a.tokens), "--reps", str(a.reps)]
     print("| N | moe.cpp ms | us/token | × smallest N | retrieval share | PyTorch ms | PyTorch / moe.cpp |")

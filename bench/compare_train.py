@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from compare_moe_layer import ROOT, bench_env
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--peer-precision", choices=["fp32", "bf16"], default="fp32",
                     help="the peer's: bf16 runs its forward under torch.autocast")
     a = ap.parse_args()
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    env = bench_env(a.threads)
 
     def peak():
         r = subprocess.run([a.moe, "bench", "gemm", "--threads", str(a.threads), "--json"], check=True,
