@@ -40,6 +40,12 @@ void select_blas_kernels(int /*argc*/, char** argv, char** envp) {
   }
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("avx512f")) return;
+  // Not when the dynamic loader was run as the program (`ld.so build/bin/moe …`): /proc/self/exe is the loader.
+  char self[4096];
+  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (len <= 0) return;
+  self[len] = '\0';
+  if (std::strstr(self, "/ld-linux") != nullptr) return;
   static char core[] = "OPENBLAS_CORETYPE=SKYLAKEX", cooper[] = "OPENBLAS_CORETYPE=COOPERLAKE";
   env.push_back(__builtin_cpu_supports("avx512bf16") ? cooper : core);
   env.push_back(nullptr);
