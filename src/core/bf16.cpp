@@ -53,7 +53,8 @@ void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n) {
   for (; i < n; ++i) y[i] = std::fma(g, bf16_to_float(x[i]), y[i]);
 }
 
-float dot_bf16(const float* x, const bf16_t* w, size_t n) {
+// Σ x_i·w_i for n fp32 values x and bf16 values w, accumulated in fp32: dots_bf16's rows of other widths.
+static float dot_bf16(const float* x, const bf16_t* w, size_t n) {
   size_t i = 0;
   float s = 0.f;
 #if defined(__AVX512F__)

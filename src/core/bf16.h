@@ -85,8 +85,6 @@ inline float hsum(__m512 v) {
 #endif
 // y += g·x for n bf16 values x and fp32 y (a gather's or combine's row).
 void add_scaled_bf16(float g, const bf16_t* x, float* y, size_t n);
-// Σ x_i·w_i for n fp32 values x and bf16 values w, accumulated in fp32.
-float dot_bf16(const float* x, const bf16_t* w, size_t n);
 // s_j = alpha·Σ_i x_i·w_j,i for n rows w_j of k bf16 values (row stride ldw), accumulated in fp32: one
 // query against a bf16 KV cache's keys. Each 64-byte load of 32 values gives its even and its odd
 // values as fp32 with one shift and one mask (no cross-lane widening), against x split likewise.
