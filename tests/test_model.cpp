@@ -54,6 +54,19 @@ std::vector<int32_t> tokens_for(int n, int V, uint64_t stream) {
   return t;
 }
 
+// How far a rounded model's logits moved: the largest |got − ref| and the largest |ref|.
+struct Moved {
+  double diff = 0.0, mag = 0.0;
+};
+Moved moved_from(const Tensor& got, const Tensor& ref) {
+  Moved m;
+  for (size_t i = 0; i < ref.numel(); ++i) {
+    m.diff = std::max(m.diff, static_cast<double>(std::fabs(got[i] - ref[i])));
+    m.mag = std::max(m.mag, static_cast<double>(std::fabs(ref[i])));
+  }
+  return m;
+}
+
 // Prefills the first `prefill` tokens of tok into a fresh cache, then feeds the rest one at a time:
 // the logits after each equal the full forward's row at that position (within 1e-4).
 void expect_decode_matches(TransformerLM& model, const std::vector<int32_t>& tok, int prefill, const Tensor& full) {
@@ -442,11 +455,7 @@ TEST(Model, PackedWeightsDecodeAsTheRoundedModel) {
       model.pack_weights(f);
       EXPECT_EQ(model.weight_format(), f);
       const Tensor full = model.forward_logits(tok.data(), 1, L);
-      double diff = 0.0, mag = 0.0;
-      for (size_t i = 0; i < ref.numel(); ++i) {
-        diff = std::max(diff, static_cast<double>(std::fabs(full[i] - ref[i])));
-        mag = std::max(mag, static_cast<double>(std::fabs(ref[i])));
-      }
+      const auto [diff, mag] = moved_from(full, ref);
       if (f == WeightFormat::fp32 && !bf16_model) {
         const std::vector<Param> after = model.params();
         for (size_t i = 0; i < after.size(); ++i)
@@ -494,11 +503,7 @@ TEST(Model, Bf16KvCacheDecodesAsTheRoundedModel) {
   EXPECT_EQ(model.cache_len(), 0) << "set_kv_cache drops the caches";
   EXPECT_EQ(model.kv_cache(), Precision::bf16);
   const Tensor full = model.forward_logits(tok.data(), 1, L);
-  double diff = 0.0, mag = 0.0;
-  for (size_t i = 0; i < ref.numel(); ++i) {
-    diff = std::max(diff, static_cast<double>(std::fabs(full[i] - ref[i])));
-    mag = std::max(mag, static_cast<double>(std::fabs(ref[i])));
-  }
+  const auto [diff, mag] = moved_from(full, ref);
   EXPECT_GT(diff, 0.0) << "the bf16 cache's rounding changed nothing";
   EXPECT_LT(diff, 0.01 * mag);
   for (int prefill : {5, kCausalBlock + 2}) {
