@@ -1,5 +1,7 @@
 #include "core/vmath.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 
 namespace moe {
@@ -21,10 +23,32 @@ void swiglu_backward(const float* a, const float* b, const float* dh, float* da,
 
 // The reductions below are vectorised with `omp simd reduction`: the summation order is that of the
 // SIMD lanes, fixed by the code, so results are the same on every run and thread count.
+//
+// The max is exact in any order. GCC 12 leaves the `omp simd reduction(max)` loop scalar (one vmaxss a
+// value, each waiting on the last), which made it the slowest part of a softmax over a vocabulary.
 static float max_of(const float* x, int n) {
   float m = x[0];
-#pragma omp simd reduction(max : m)
-  for (int i = 1; i < n; ++i) m = std::max(m, x[i]);
+  int i = 1;
+#if defined(__AVX512F__)
+  if (n >= 16) {
+    i = 0;  // x[0] again: harmless for a max
+    // max(x, m) lane by lane is std::max(m, x): m unless x is larger (a NaN x leaves m).
+    __m512 m0 = _mm512_set1_ps(m), m1 = m0, m2 = m0, m3 = m0;
+    for (; i + 64 <= n; i += 64) {
+      m0 = _mm512_maskz_max_ps(0xFFFF, _mm512_loadu_ps(x + i), m0);
+      m1 = _mm512_maskz_max_ps(0xFFFF, _mm512_loadu_ps(x + i + 16), m1);
+      m2 = _mm512_maskz_max_ps(0xFFFF, _mm512_loadu_ps(x + i + 32), m2);
+      m3 = _mm512_maskz_max_ps(0xFFFF, _mm512_loadu_ps(x + i + 48), m3);
+    }
+    for (; i + 16 <= n; i += 16) m0 = _mm512_maskz_max_ps(0xFFFF, _mm512_loadu_ps(x + i), m0);
+    alignas(64) float lanes[16];
+    m0 = _mm512_maskz_max_ps(0xFFFF, m0, m1);
+    m2 = _mm512_maskz_max_ps(0xFFFF, m2, m3);
+    _mm512_store_ps(lanes, _mm512_maskz_max_ps(0xFFFF, m0, m2));
+    for (float v : lanes) m = std::max(m, v);
+  }
+#endif
+  for (; i < n; ++i) m = std::max(m, x[i]);
   return m;
 }
 
