@@ -2,7 +2,9 @@
 // product, tensor shape checks, safetensors round trip and corrupt-file errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
@@ -19,6 +21,7 @@
 #include "core/safetensors.h"
 #include "core/small_gemm.h"
 #include "core/storage.h"
+#include "core/topk.h"
 #include "core/vmath.h"
 
 namespace moe {
@@ -84,6 +87,54 @@ TEST(Vmath, SwigluBackwardMatchesFiniteDifferences) {
 
 // Every transpose, with alpha and both betas; M = 1 (one row: the matrix-vector path decoding takes,
 // where C's old values, NaN included, must not leak through beta = 0) as well as a block of rows.
+// The max a softmax subtracts, over every length and position of the largest value (the vectorised
+// max reads 64, then 16, then 1 at a time): a missed max of 200 would overflow exp and give ~88.
+TEST(Vmath, LogsumexpFindsTheMaxAtEveryPosition) {
+  for (int n : {1, 2, 15, 16, 17, 31, 63, 64, 65, 80, 127, 128, 129, 200}) {
+    for (int at = 0; at < n; ++at) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) x[static_cast<size_t>(i)] = static_cast<float>((i * 37) % 11) - 5.f;
+      x[static_cast<size_t>(at)] = 200.f;
+      double sum = 0.0;
+      for (float v : x) sum += std::exp(static_cast<double>(v) - 200.0);
+      ASSERT_NEAR(logsumexp(x.data(), n), 200.0 + std::log(sum), 1e-4) << "n = " << n << ", max at " << at;
+      std::vector<float> p(x.size());
+      softmax(x.data(), p.data(), n);
+      ASSERT_NEAR(p[static_cast<size_t>(at)], 1.0 / sum, 1e-6) << "n = " << n << ", max at " << at;
+    }
+  }
+  // A NaN anywhere gives NaN, first or not.
+  for (int at : {0, 70}) {
+    std::vector<float> x(100, 1.f);
+    x[static_cast<size_t>(at)] = std::nanf("");
+    EXPECT_TRUE(std::isnan(logsumexp(x.data(), 100))) << "NaN at " << at;
+  }
+}
+
+// topk_desc's paths (the bit-by-bit k-th key for up to 128 scores with k a large share, insertion or
+// a partial sort otherwise) against a sort of order_key: ties broken by the lower index, -0 below +0,
+// NaN by its bits.
+TEST(TopK, EveryPathMatchesTheSortedKeys) {
+  for (int n = 1; n <= 140; ++n) {
+    std::vector<float> s(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      const uint64_t r = (static_cast<uint64_t>(i) * 2654435761u + static_cast<uint64_t>(n) * 40503u) % 23;
+      s[static_cast<size_t>(i)] = r == 0 ? -0.f : r == 1 ? std::nanf("") : r == 2 ? -std::nanf("") : static_cast<float>(r % 9) - 4.f;
+    }
+    std::vector<uint64_t> keys(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) keys[static_cast<size_t>(i)] = order_key(s[static_cast<size_t>(i)], static_cast<uint32_t>(i));
+    std::sort(keys.begin(), keys.end(), std::greater<uint64_t>());
+    for (int k : {1, 2, 3, n / 16 + 1, n / 8 + 1, n / 4, n / 2, n - 1, n}) {
+      if (k < 1 || k > n) continue;
+      std::vector<int32_t> idx(static_cast<size_t>(k), -1);
+      topk_desc(s.data(), n, k, idx.data());
+      for (int i = 0; i < k; ++i)
+        ASSERT_EQ(idx[static_cast<size_t>(i)], static_cast<int32_t>(key_index(keys[static_cast<size_t>(i)])))
+            << "n = " << n << ", k = " << k << ", rank " << i;
+    }
+  }
+}
+
 TEST(Gemm, MatchesNaiveProductForEveryTranspose) {
   const int N = 29, K = 41;
   for (int M : {37, 1}) {
