@@ -135,28 +135,74 @@ TEST(TopK, EveryPathMatchesTheSortedKeys) {
   }
 }
 
+// With each library sgemm can run (core/gemm.h), including row strides wider than the rows, and
+// NaN in C with beta = 0 not leaking through.
 TEST(Gemm, MatchesNaiveProductForEveryTranspose) {
-  const int N = 29, K = 41;
-  for (int M : {37, 1}) {
-    std::vector<float> A(M * K), B(K * N), C(M * N), Cref(M * N);
-    fill_normal(A.data(), A.size(), 1, 1, 0.f, 1.f);
-    fill_normal(B.data(), B.size(), 1, 2, 0.f, 1.f);
-    for (int ta = 0; ta < 2; ++ta)
-      for (int tb = 0; tb < 2; ++tb)
-        for (float beta : {0.f, 1.f}) {
-          // A stored as (M,K) or (K,M); B as (K,N) or (N,K).
-          const float old = beta == 0.f ? std::nanf("") : 0.5f, alpha = 0.75f;
-          for (int i = 0; i < M; ++i)
-            for (int j = 0; j < N; ++j) {
-              double s = 0;
-              for (int l = 0; l < K; ++l) s += static_cast<double>(ta ? A[l * M + i] : A[i * K + l]) * (tb ? B[j * K + l] : B[l * N + j]);
-              Cref[i * N + j] = static_cast<float>(alpha * s + (beta == 0.f ? 0.0 : old));
-            }
-          std::fill(C.begin(), C.end(), old);
-          sgemm(ta, tb, M, N, K, alpha, A.data(), ta ? M : K, B.data(), tb ? K : N, beta, C.data(), N);
-          for (int i = 0; i < M * N; ++i) ASSERT_NEAR(C[i], Cref[i], 1e-4) << "M=" << M << " " << ta << tb << " beta " << beta << " at " << i;
+  const Fp32Gemm used = fp32_gemm();
+  for (Fp32Gemm lib : {Fp32Gemm::openblas, Fp32Gemm::onednn}) {
+    set_fp32_gemm(lib);
+    SCOPED_TRACE(fp32_gemm_name());
+    const int N = 29, K = 41;
+    for (int M : {37, 1}) {
+      std::vector<float> A(M * K), B(K * N), C(M * N), Cref(M * N);
+      fill_normal(A.data(), A.size(), 1, 1, 0.f, 1.f);
+      fill_normal(B.data(), B.size(), 1, 2, 0.f, 1.f);
+      for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb)
+          for (float beta : {0.f, 1.f}) {
+            // A stored as (M,K) or (K,M); B as (K,N) or (N,K).
+            const float old = beta == 0.f ? std::nanf("") : 0.5f, alpha = 0.75f;
+            for (int i = 0; i < M; ++i)
+              for (int j = 0; j < N; ++j) {
+                double s = 0;
+                for (int l = 0; l < K; ++l) s += static_cast<double>(ta ? A[l * M + i] : A[i * K + l]) * (tb ? B[j * K + l] : B[l * N + j]);
+                Cref[i * N + j] = static_cast<float>(alpha * s + (beta == 0.f ? 0.0 : old));
+              }
+            std::fill(C.begin(), C.end(), old);
+            sgemm(ta, tb, M, N, K, alpha, A.data(), ta ? M : K, B.data(), tb ? K : N, beta, C.data(), N);
+            for (int i = 0; i < M * N; ++i) ASSERT_NEAR(C[i], Cref[i], 1e-4) << "M=" << M << " " << ta << tb << " beta " << beta << " at " << i;
+          }
+    }
+    // Row strides past the rows: C's padding stays untouched.
+    const int M = 19, lda = K + 3, ldb = N + 5, ldc = N + 7;
+    std::vector<float> A(static_cast<size_t>(M) * lda), B(static_cast<size_t>(K) * ldb), C(static_cast<size_t>(M) * ldc, -7.f);
+    fill_normal(A.data(), A.size(), 1, 3, 0.f, 1.f);
+    fill_normal(B.data(), B.size(), 1, 4, 0.f, 1.f);
+    sgemm(false, false, M, N, K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), ldc);
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < ldc; ++j) {
+        if (j >= N) {
+          ASSERT_EQ(C[static_cast<size_t>(i) * ldc + j], -7.f) << "padding of row " << i << " written";
+          continue;
         }
+        double ref = 0;
+        for (int l = 0; l < K; ++l) ref += static_cast<double>(A[static_cast<size_t>(i) * lda + l]) * B[static_cast<size_t>(l) * ldb + j];
+        ASSERT_NEAR(C[static_cast<size_t>(i) * ldc + j], ref, 1e-4) << "strided, at " << i << ", " << j;
+      }
   }
+  set_fp32_gemm(used);
+}
+
+// The library is the CPU's unless MOE_SGEMM names one; a wrong name is a one-line error naming it.
+TEST(Gemm, LibraryChosenByCpuOrEnvironment) {
+  const char* env = std::getenv("MOE_SGEMM");
+  const std::string saved = env ? env : "";
+  setenv("MOE_SGEMM", "onednn", 1);
+  EXPECT_EQ(default_fp32_gemm(), Fp32Gemm::onednn);
+  setenv("MOE_SGEMM", "openblas", 1);
+  EXPECT_EQ(default_fp32_gemm(), Fp32Gemm::openblas);
+  setenv("MOE_SGEMM", "mkl", 1);
+  try {
+    default_fp32_gemm();
+    ADD_FAILURE() << "MOE_SGEMM=mkl accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("MOE_SGEMM = \"mkl\": use \"openblas\" or \"onednn\""), std::string::npos) << e.what();
+  }
+  unsetenv("MOE_SGEMM");
+  __builtin_cpu_init();
+  EXPECT_EQ(default_fp32_gemm(), __builtin_cpu_is("intel") && __builtin_cpu_supports("avx512f") ? Fp32Gemm::onednn
+                                                                                                 : Fp32Gemm::openblas);
+  if (env) setenv("MOE_SGEMM", saved.c_str(), 1);
 }
 
 // small_gemm against a double-precision product: every register tile (1–6 rows by 1–4 vectors, the

@@ -1,8 +1,10 @@
 #include "core/gemm.h"
 
 #include <cblas.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +12,7 @@
 
 #include <unistd.h>
 
+#include "core/error.h"
 #include "core/parallel.h"
 #include "core/rng.h"
 
@@ -77,8 +80,45 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
       cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, inc_a, beta, C, 1);
     return;
   }
+  if (fp32_gemm() == Fp32Gemm::onednn) {
+    // Row-major, as here. oneDNN runs its own kernels on the OpenMP threads (one inside a parallel
+    // region) and writes C directly where beta = 0; OpenBLAS first zeroes C in a pass of its own.
+    const dnnl_status_t st =
+        dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    MOE_CHECK(st == dnnl_success, "sgemm: oneDNN's dnnl_sgemm failed (status " + std::to_string(st) + ") for " +
+                                      std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
+    return;
+  }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+namespace {
+std::atomic<Fp32Gemm>& fp32_gemm_in_use() {
+  static std::atomic<Fp32Gemm> g{default_fp32_gemm()};
+  return g;
+}
+}  // namespace
+
+Fp32Gemm default_fp32_gemm() {
+  if (const char* env = std::getenv("MOE_SGEMM")) {
+    const std::string v = env;
+    if (v == "openblas") return Fp32Gemm::openblas;
+    if (v == "onednn") return Fp32Gemm::onednn;
+    fail_job("MOE_SGEMM = \"" + v + "\": use \"openblas\" or \"onednn\" (or unset it for the CPU's default)");
+  }
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("intel") && __builtin_cpu_supports("avx512f")) return Fp32Gemm::onednn;
+#endif
+  return Fp32Gemm::openblas;
+}
+
+Fp32Gemm fp32_gemm() { return fp32_gemm_in_use().load(std::memory_order_relaxed); }
+void set_fp32_gemm(Fp32Gemm g) { fp32_gemm_in_use() = g; }
+
+std::string fp32_gemm_name() {
+  return fp32_gemm() == Fp32Gemm::onednn ? std::string("oneDNN sgemm") : "OpenBLAS " + blas_core_name();
 }
 
 std::string blas_core_name() { return openblas_get_corename(); }
@@ -110,7 +150,19 @@ GemmRate measure_sgemm(int n, int samples) {
   return time_gemm([&] { sgemm(false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n); }, n, samples);
 }
 
-double measure_sgemm_gflops(int n, int reps) { return measure_sgemm(n, reps).best; }
+Fp32Peak measure_fp32_peak(int n, int samples) {
+  const Fp32Gemm used = fp32_gemm();
+  Fp32Peak peak;
+  for (Fp32Gemm g : {Fp32Gemm::openblas, Fp32Gemm::onednn}) {
+    set_fp32_gemm(g);
+    const double best = measure_sgemm(n, samples).best;
+    if (best > peak.gflops) peak = {best, fp32_gemm_name()};
+  }
+  set_fp32_gemm(used);
+  return peak;
+}
+
+double measure_sgemm_gflops(int n, int reps) { return measure_fp32_peak(n, reps).gflops; }
 
 double measure_read_gbps(size_t bytes, int reps) {
   const size_t n = bytes / sizeof(float), chunk = size_t{1} << 16, chunks = (n + chunk - 1) / chunk;

@@ -252,10 +252,10 @@ TrainSummary train_model(const RunConfig& given, const TrainOptions& opts) {
   if (P > 1)
     std::printf("train: %d ranks (mpirun -np %d): each holds 1/%d of every MoE layer's experts and %d of the %d sequences "
                 "of a micro-batch; the other parameters on every rank, their gradients summed\n", P, P, P, Bl, B);
-  std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %lld tokens, %s GEMM peak %.0f GFLOP/s\n",
+  std::printf("train: %s, %.2fM parameters (%.2fM active, %.2fM embedding), %.1f MFLOP/token, %d steps of %lld tokens, %s GEMM peak %.0f GFLOP/s, fp32 GEMMs by %s\n",
               t.out.c_str(), static_cast<double>(model.num_params()) / 1e6, static_cast<double>(model.num_active_params()) / 1e6,
               static_cast<double>(model.num_embedding_params()) / 1e6, model.flops_per_token() / 1e6, t.steps,
-              static_cast<long long>(T) * t.grad_accum, bf16 ? "bf16" : "fp32", peak);
+              static_cast<long long>(T) * t.grad_accum, bf16 ? "bf16" : "fp32", peak, fp32_gemm_name().c_str());
   if (n_frozen > 0 || teacher.model) {
     char distilling[64] = "";
     if (teacher.model) std::snprintf(distilling, sizeof distilling, ", distilling with weight %g from ", static_cast<double>(t.distill_weight));
