@@ -14,6 +14,7 @@ void RMSNorm::forward(const float* x, int T, float* y) {
   T_ = T;
   rstd.resize({T});
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* wd = w.data();  // a local pointer: GCC does not vectorise a loop that loads it through w or the closure
     const float* xt = x + t * d;
     float ss = 0.f;
 #pragma omp simd reduction(+ : ss)
@@ -22,7 +23,7 @@ void RMSNorm::forward(const float* x, int T, float* y) {
     rstd[t] = r;
     float* yt = y + t * d;
 #pragma omp simd
-    for (int j = 0; j < d; ++j) yt[j] = xt[j] * r * w[j];
+    for (int j = 0; j < d; ++j) yt[j] = xt[j] * r * wd[j];
   }, 64);
 }
 
@@ -30,16 +31,17 @@ void RMSNorm::backward(const float* dy, float* dx) {
   const int T = T_;
   // dx = r·(dy⊙w − x·r²·mean(dy⊙w⊙x))
   parallel_for(static_cast<size_t>(T), [&](size_t t) {
+    const float* wd = w.data();  // as in forward
     const float* xt = x_ + t * d;
     const float* dyt = dy + t * d;
     const float r = rstd[t];
     float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-    for (int j = 0; j < d; ++j) dot += dyt[j] * w[j] * xt[j];
+    for (int j = 0; j < d; ++j) dot += dyt[j] * wd[j] * xt[j];
     const float c = r * r * dot / static_cast<float>(d);
     float* dxt = dx + t * d;
 #pragma omp simd
-    for (int j = 0; j < d; ++j) dxt[j] = r * (dyt[j] * w[j] - xt[j] * c);
+    for (int j = 0; j < d; ++j) dxt[j] = r * (dyt[j] * wd[j] - xt[j] * c);
   }, 64);
   // dw_j = Σ_t dy·x·r: each task owns a tile of columns and sums tokens in order, so the result does not
   // depend on the thread count; the tile's columns are summed side by side (one row's tile at a time).
