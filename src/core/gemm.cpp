@@ -80,7 +80,10 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
       cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, inc_a, beta, C, 1);
     return;
   }
-  if (fp32_gemm() == Fp32Gemm::onednn) {
+  // A few rows (a short prompt's prefill, a few prompts decoded together) stay on OpenBLAS: oneDNN
+  // compiles its kernels on first use, tens of milliseconds that a short `generate` would pay whole.
+  constexpr int kOneDnnMinRows = 32;
+  if (fp32_gemm() == Fp32Gemm::onednn && M >= kOneDnnMinRows) {
     // Row-major, as here. oneDNN runs its own kernels on the OpenMP threads (one inside a parallel
     // region) and writes C directly where beta = 0; OpenBLAS first zeroes C in a pass of its own.
     const dnnl_status_t st =
