@@ -42,7 +42,7 @@ static int rank_among(const uint32_t* u, int m, int i) {
   return rank;
 }
 
-// Up to 128 scores, k a large share of them: the k-th largest key found bit by bit (32 rounds of
+// 17 to 128 scores, k a large share of them: the k-th largest key found bit by bit (32 rounds of
 // counting the keys at or above a candidate, 16 compares a vector), the k best compressed out in
 // index order (ties at the k-th: the lowest indices), then ranked among themselves. The same result
 // as the keys' sort, with no data-dependent branches but the ties.
@@ -95,7 +95,7 @@ static void topk_small(const float* s, int n, int k, int32_t* idx) {
 
 void topk_desc(const float* s, int n, int k, int32_t* idx) {
 #if defined(__AVX512F__)
-  if (n <= 128 && k * 16 > n) {
+  if (n > 16 && n <= 128 && k * 16 > n) {  // at 16 or fewer the partial sort below is as fast or faster
     topk_small(s, n, k, idx);
     return;
   }
