@@ -111,7 +111,7 @@ TEST(Vmath, LogsumexpFindsTheMaxAtEveryPosition) {
   }
 }
 
-// topk_desc's paths (the bit-by-bit k-th key for up to 128 scores with k a large share, insertion or
+// topk_desc's paths (the bit-by-bit k-th key for 17 to 128 scores with k a large share, insertion or
 // a partial sort otherwise) against a sort of order_key: ties broken by the lower index, -0 below +0,
 // NaN by its bits.
 TEST(TopK, EveryPathMatchesTheSortedKeys) {
