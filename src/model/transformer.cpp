@@ -1,9 +1,12 @@
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "core/gemm.h"
@@ -160,7 +163,14 @@ BlockExperts TransformerLM::experts_of(int t) const {
 }
 
 void TransformerLM::zero_grad() {
-  for (Param& p : params()) p.grad->zero();
+  // In chunks over all the gradients, on every thread: one thread's memset gets about half the
+  // machine's write bandwidth.
+  constexpr size_t kChunk = size_t{1} << 16;
+  std::vector<std::pair<float*, size_t>> chunks;
+  for (Param& p : params())
+    for (size_t at = 0, n = p.grad->numel(); at < n; at += kChunk)
+      chunks.emplace_back(p.grad->data() + at, std::min(kChunk, n - at));
+  parallel_for(chunks.size(), [&](size_t i) { std::memset(chunks[i].first, 0, sizeof(float) * chunks[i].second); }, 2);
   for (SparseParam& p : sparse_params()) p.grad->clear();
 }
 
