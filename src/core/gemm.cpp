@@ -80,10 +80,15 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
       cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, inc_a, beta, C, 1);
     return;
   }
-  // A few rows (a short prompt's prefill, a few prompts decoded together) stay on OpenBLAS: oneDNN
-  // compiles its kernels on first use, tens of milliseconds that a short `generate` would pay whole.
-  constexpr int kOneDnnMinRows = 32;
-  if (fp32_gemm() == Fp32Gemm::onednn && M >= kOneDnnMinRows) {
+  // Under oneDNN two kinds of product stay on OpenBLAS:
+  //  - a few rows (a short prompt's prefill, a few prompts decoded together): oneDNN compiles its
+  //    kernels on first use, tens of milliseconds that a short `generate` would pay whole;
+  //  - Aᵀ·B with 1024 rows or more (the weight gradients of wide layers: the LM head's, the experts'
+  //    [W1; W3] at h = 1024), which OpenBLAS ran faster on the Xeon measured (docs/PERFORMANCE.md).
+  constexpr int kOneDnnMinRows = 32, kOpenBlasTnRows = 1024;
+  const bool onednn = fp32_gemm() == Fp32Gemm::onednn && M >= kOneDnnMinRows &&
+                      !(trans_a && !trans_b && M >= kOpenBlasTnRows);
+  if (onednn) {
     // Row-major, as here. oneDNN runs its own kernels on the OpenMP threads (one inside a parallel
     // region) and writes C directly where beta = 0; OpenBLAS first zeroes C in a pass of its own.
     const dnnl_status_t st =
