@@ -12,6 +12,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <vector>
@@ -313,12 +314,7 @@ const char* bf16_gemm_impl() {
 }
 
 Bf16Kernels default_bf16_kernels() {
-  if (const char* env = std::getenv("MOE_BF16_KERNELS")) {
-    const std::string v = env;
-    if (v == "runtime") return Bf16Kernels::runtime;
-    if (v == "per_shape") return Bf16Kernels::per_shape;
-    fail_job("MOE_BF16_KERNELS = \"" + v + "\": use \"runtime\" or \"per_shape\" (or unset it for the CPU's default)");
-  }
+  if (const std::optional<Bf16Kernels> set = enum_from_env<Bf16Kernels>("MOE_BF16_KERNELS")) return *set;
 #if defined(__x86_64__)
   // AMX-BF16: CPUID leaf 7 (sub-leaf 0), EDX bit 22 (read directly: clang 14 knows no "amx-bf16" for
   // __builtin_cpu_supports).

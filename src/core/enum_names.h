@@ -11,6 +11,7 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -56,6 +57,25 @@ E parse_enum(std::string_view s, const std::string& field) {
   if (const std::optional<E> e = enum_from_name<E>(s)) return *e;
   fail(field + " = \"" + std::string(s) + "\" is not a known " + EnumNames<E>::what + "; use one of " +
        enum_choices<E>(", "));
+}
+
+// The enum that environment variable `var` names, or nullopt when it is unset; any other value is a
+// JobError "<var> = "<s>": use "a" or "b" (or unset it for the CPU's default)". For the switches
+// (MOE_SGEMM, MOE_BF16_KERNELS) that override a choice made by CPU.
+template <NamedEnum E>
+std::optional<E> enum_from_env(const char* var) {
+  const char* env = std::getenv(var);
+  if (env == nullptr) return std::nullopt;
+  if (const std::optional<E> e = enum_from_name<E>(env)) return e;
+  const auto& names = EnumNames<E>::names;
+  std::string msg = std::string(var) + " = \"" + env + "\": use ";
+  for (size_t i = 0; i < names.size(); ++i) {  // appended piece by piece: GCC 12 warns (-Wrestrict) on "\"" + string
+    if (i > 0) msg += i + 1 == names.size() ? " or " : ", ";
+    msg += '"';
+    msg += names[i];
+    msg += '"';
+  }
+  fail_job(msg + " (or unset it for the CPU's default)");
 }
 
 }  // namespace moe

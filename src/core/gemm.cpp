@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include <unistd.h>
@@ -109,12 +110,7 @@ std::atomic<Fp32Gemm>& fp32_gemm_in_use() {
 }  // namespace
 
 Fp32Gemm default_fp32_gemm() {
-  if (const char* env = std::getenv("MOE_SGEMM")) {
-    const std::string v = env;
-    if (v == "openblas") return Fp32Gemm::openblas;
-    if (v == "onednn") return Fp32Gemm::onednn;
-    fail_job("MOE_SGEMM = \"" + v + "\": use \"openblas\" or \"onednn\" (or unset it for the CPU's default)");
-  }
+  if (const std::optional<Fp32Gemm> set = enum_from_env<Fp32Gemm>("MOE_SGEMM")) return *set;
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_is("intel") && __builtin_cpu_supports("avx512f")) return Fp32Gemm::onednn;
