@@ -73,6 +73,49 @@ TEST(Vmath, SoftmaxAndLogsumexp) {
   EXPECT_NEAR(logsumexp(s, 5), lse, 1e-5);
 }
 
+// exp_minus takes every value through the vector exp (the last vector masked): each must equal the
+// scalar exp_approx bit for bit, at every length and across the clamps, NaN staying NaN; nothing past
+// n is written.
+TEST(Vmath, VectorExpEqualsScalarExpBitForBit) {
+  for (int n = 1; n <= 40; ++n) {
+    std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n) + 1, 7.f);
+    for (int i = 0; i < n; ++i) x[static_cast<size_t>(i)] = -95.f + 190.f * static_cast<float>((i * 7919 + n * 104729) % 1000) / 999.f;
+    const float c = n % 3 == 0 ? 0.f : 1.25f;
+    exp_minus(x.data(), c, y.data(), n);
+    for (int i = 0; i < n; ++i) {
+      const float want = exp_approx(x[static_cast<size_t>(i)] - c);
+      ASSERT_EQ(std::memcmp(&want, &y[static_cast<size_t>(i)], sizeof want), 0) << "n = " << n << ", i = " << i << ": " << y[static_cast<size_t>(i)] << " against " << want;
+    }
+    ASSERT_EQ(y[static_cast<size_t>(n)], 7.f) << "written past n = " << n;
+  }
+  for (float v = -100.f; v < 100.f; v += 0.01f) {
+    float got;
+    exp_minus(&v, 0.f, &got, 1);
+    const float want = exp_approx(v);
+    ASSERT_EQ(std::memcmp(&want, &got, sizeof want), 0) << "x = " << v;
+  }
+  const float nan = std::nanf("");
+  float got;
+  exp_minus(&nan, 0.f, &got, 1);
+  EXPECT_TRUE(std::isnan(got));
+}
+
+TEST(Vmath, SoftmaxBackwardAtEveryLength) {
+  for (int n = 1; n <= 40; ++n) {
+    std::vector<float> p(static_cast<size_t>(n)), dp(static_cast<size_t>(n)), ds(static_cast<size_t>(n) + 1, 7.f);
+    for (int i = 0; i < n; ++i) {
+      p[static_cast<size_t>(i)] = static_cast<float>((i * 13 + n) % 17) / 17.f;
+      dp[static_cast<size_t>(i)] = static_cast<float>((i * 5 + 3 * n) % 11) - 5.f;
+    }
+    double dot = 0.0;
+    for (int i = 0; i < n; ++i) dot += static_cast<double>(p[static_cast<size_t>(i)]) * dp[static_cast<size_t>(i)];
+    softmax_backward(p.data(), dp.data(), ds.data(), n);
+    for (int i = 0; i < n; ++i)
+      ASSERT_NEAR(ds[static_cast<size_t>(i)], p[static_cast<size_t>(i)] * (dp[static_cast<size_t>(i)] - dot), 1e-4) << "n = " << n;
+    ASSERT_EQ(ds[static_cast<size_t>(n)], 7.f) << "written past n = " << n;
+  }
+}
+
 TEST(Vmath, SwigluBackwardMatchesFiniteDifferences) {
   const float a[4] = {-3.f, -0.4f, 0.7f, 2.5f}, b[4] = {0.3f, -1.2f, 2.f, 0.9f}, dh[4] = {1.f, -0.5f, 0.25f, 2.f};
   float da[4], db[4];

@@ -19,6 +19,7 @@
 #include "core/enum_names.h"
 #include "core/storage.h"
 #include "core/gemm.h"
+#include "core/simd.h"
 
 namespace moe {
 
@@ -71,16 +72,6 @@ bf16_t float_to_bf16(float f);
 inline __m512 widen_bf16x16(const bf16_t* p) {
   const __m512i w = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, w, 16));
-}
-// The sum of v's 16 lanes in the order of _mm512_reduce_add_ps (halves, quarters, pairs), without its
-// unmasked extract, which GCC 12 reports as reading an uninitialised placeholder (as above).
-inline float hsum(__m512 v) {
-  const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 1));
-  const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 0));
-  const __m256 s8 = _mm256_add_ps(hi, lo);
-  const __m128 s4 = _mm_add_ps(_mm256_extractf128_ps(s8, 1), _mm256_castps256_ps128(s8));
-  const __m128 s2 = _mm_add_ps(s4, _mm_shuffle_ps(s4, s4, _MM_SHUFFLE(1, 0, 3, 2)));
-  return _mm_cvtss_f32(s2) + _mm_cvtss_f32(_mm_shuffle_ps(s2, s2, _MM_SHUFFLE(1, 1, 1, 1)));
 }
 #endif
 // y += g·x for n bf16 values x and fp32 y (a gather's or combine's row).

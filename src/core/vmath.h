@@ -58,6 +58,8 @@ inline void axpy(float a, const float* x, float* y, int n) {
 // same max and sum).
 void softmax(const float* in, float* out, int n, float* lse = nullptr);
 float logsumexp(const float* x, int n);
+// out[i] = exp_approx(in[i] − c) for i < n (in place safe), vectorised without a scalar tail.
+void exp_minus(const float* in, float c, float* out, int n);
 // Given p = softmax(s) and dp, ds = p ⊙ (dp − Σ p·dp). ds may alias dp.
 void softmax_backward(const float* p, const float* dp, float* ds, int n);
 

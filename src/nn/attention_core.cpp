@@ -76,8 +76,7 @@ void causal_attention_backward(int L, int hd, float scale, const float* q, std::
     for (int i = r0; i < r1; ++i) {
       float* row = P + static_cast<std::ptrdiff_t>(i - r0) * L;
       const float z = lse[i];
-#pragma omp simd
-      for (int j = 0; j <= i; ++j) row[j] = exp_approx(row[j] - z);
+      exp_minus(row, z, row, i + 1);
       std::fill(row + i + 1, row + r1, 0.f);
     }
     // dP = do·vᵀ, then dS in its place; zero above the diagonal, where the products below read it.
