@@ -194,6 +194,35 @@ INSTANTIATE_TEST_SUITE_P(Heads, AttentionTest,
                                            AttnCase{"granite_scale", 4, 2, true, QkNorm::none, 0.2f}),
                          [](const ::testing::TestParamInfo<AttnCase>& pi) { return std::string(pi.param.name); });
 
+// A batch of 9 sequences runs the fused core with a task per sequence (all its heads, at up to two
+// threads); one sequence alone runs a task per head. Each sequence's output and input gradient must
+// come out the same either way, with grouped query heads sharing their keys and values (to the
+// rounding of the projections' GEMMs, which may take another library for 30 rows than for 270).
+TEST(Attention, BatchOfSequencesMatchesEachSequenceAlone) {
+  AttentionConfig c;
+  c.hidden_size = 32;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  const int B = 9, L = 30, T = B * L, d = c.hidden_size;
+  Attention attn(c, 3, 64, 0.3f);
+  Tensor x({T, d}), dy({T, d}), y({T, d}), dx({T, d});
+  fill_normal(x.data(), x.numel(), 2, 1, 0.f, 1.f);
+  fill_normal(dy.data(), dy.numel(), 2, 2, 0.f, 1.f);
+  attn.forward(x.data(), B, L, y.data());
+  attn.backward(dy.data(), dx.data());
+  Tensor y1({L, d}), dx1({L, d});
+  for (int b = 0; b < B; ++b) {
+    const size_t o = static_cast<size_t>(b) * L * d;
+    attn.forward(x.data() + o, 1, L, y1.data());
+    attn.backward(dy.data() + o, dx1.data());
+    for (size_t i = 0; i < y1.numel(); ++i) {
+      ASSERT_NEAR(y[o + i], y1[i], 1e-4f * (1.f + std::fabs(y1[i]))) << "sequence " << b << ", y[" << i << "]";
+      ASSERT_NEAR(dx[o + i], dx1[i], 1e-4f * (1.f + std::fabs(dx1[i]))) << "sequence " << b << ", dx[" << i << "]";
+    }
+  }
+}
+
 // The fused causal attention of one (sequence, head) against a double-precision reference: o and the
 // rows' normalisers, and the backward's dq, dk, dv for two query heads sharing their keys and values (dk, dv accumulate),
 // at lengths inside one causal block, on its edges and across several, head widths under, between

@@ -157,6 +157,12 @@ void rope_apply(float* x, int n, int heads, int hd, int stride, const Tensor& co
   }, 64);
 }
 
+// The heads of one sequence a task of the fused core takes: all of them where there are sequences
+// enough to keep every thread busy (four tasks a thread), so that one core reads whole rows of q, k, v
+// (the heads of a row lie side by side, and the hardware prefetches a row's lines together); one
+// otherwise. A head's result does not depend on which task computes it.
+static int heads_per_task(int B, int heads) { return B >= 4 * num_threads() ? heads : 1; }
+
 double Attention::core_flops(int B, int L) const {
   return 4.0 * B * cfg.num_attention_heads * causal_pairs(L) * cfg.hd();  // Q·Kᵀ and P·V
 }
@@ -189,13 +195,15 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   }
   const float scale = cfg.scale();
   PhaseTimer core("fwd: attention scores", core_flops(B, L));
-  // One (sequence, head) per task.
-  parallel_for_dynamic(static_cast<size_t>(B) * H, [&](size_t bh) {
-    const int b = static_cast<int>(bh) / H, h = static_cast<int>(bh) % H, g = h / group;
-    const size_t qo = static_cast<size_t>(b) * L * qd + static_cast<size_t>(h) * hd;
-    const size_t kvo = static_cast<size_t>(b) * L * kvd + static_cast<size_t>(g) * hd;
-    causal_attention_forward(L, 0, hd, scale, q.data() + qo, qd, k.data() + kvo, v.data() + kvo, kvd, o.data() + qo,
-                             lse.data() + bh * L);
+  const int hpt = heads_per_task(B, H);
+  parallel_for_dynamic(static_cast<size_t>(B) * H / hpt, [&](size_t task) {
+    for (size_t bh = task * hpt; bh < (task + 1) * hpt; ++bh) {
+      const int b = static_cast<int>(bh) / H, h = static_cast<int>(bh) % H, g = h / group;
+      const size_t qo = static_cast<size_t>(b) * L * qd + static_cast<size_t>(h) * hd;
+      const size_t kvo = static_cast<size_t>(b) * L * kvd + static_cast<size_t>(g) * hd;
+      causal_attention_forward(L, 0, hd, scale, q.data() + qo, qd, k.data() + kvo, v.data() + kvo, kvd,
+                               o.data() + qo, lse.data() + bh * L);
+    }
   });
   core.stop();
   PhaseTimer pt("fwd: attention out", 2.0 * Td * qd);
@@ -230,15 +238,18 @@ void Attention::backward(const float* dy, float* dx) {
   }
   out.stop();
   PhaseTimer core("bwd: attention scores", 2.5 * core_flops(B, L));
-  // One (sequence, kv head) per task: the q heads of a group accumulate into the same dk, dv.
-  parallel_for_dynamic(static_cast<size_t>(B) * KV, [&](size_t bg) {
-    const int b = static_cast<int>(bg) / KV, g = static_cast<int>(bg) % KV;
-    const size_t kvo = static_cast<size_t>(b) * L * kvd + static_cast<size_t>(g) * hd;
-    for (int h = g * group; h < (g + 1) * group; ++h) {
-      const size_t qo = static_cast<size_t>(b) * L * qd + static_cast<size_t>(h) * hd;
-      causal_attention_backward(L, hd, scale, q.data() + qo, qd, k.data() + kvo, v.data() + kvo, kvd,
-                                lse.data() + (static_cast<size_t>(b) * H + h) * L, do_.data() + qo, dq_.data() + qo,
-                                dk_.data() + kvo, dv_.data() + kvo);
+  // Whole kv-head groups per task: the q heads of a group accumulate into the same dk, dv.
+  const int gpt = heads_per_task(B, KV);
+  parallel_for_dynamic(static_cast<size_t>(B) * KV / gpt, [&](size_t task) {
+    for (size_t bg = task * gpt; bg < (task + 1) * gpt; ++bg) {
+      const int b = static_cast<int>(bg) / KV, g = static_cast<int>(bg) % KV;
+      const size_t kvo = static_cast<size_t>(b) * L * kvd + static_cast<size_t>(g) * hd;
+      for (int h = g * group; h < (g + 1) * group; ++h) {
+        const size_t qo = static_cast<size_t>(b) * L * qd + static_cast<size_t>(h) * hd;
+        causal_attention_backward(L, hd, scale, q.data() + qo, qd, k.data() + kvo, v.data() + kvo, kvd,
+                                  lse.data() + (static_cast<size_t>(b) * H + h) * L, do_.data() + qo, dq_.data() + qo,
+                                  dk_.data() + kvo, dv_.data() + kvo);
+      }
     }
   });
   core.stop();
