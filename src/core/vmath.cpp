@@ -92,10 +92,10 @@ static float exp_minus_sum(const float* in, float c, float* out, int n) {
 
 void exp_minus(const float* in, float c, float* out, int n) { exp_minus_sum(in, c, out, n); }
 
-void softmax(const float* in, float* out, int n, float* lse) {
+void softmax(const float* in, float* out, int n, float* lse, float scale) {
   const float m = max_of(in, n);
   const float s = exp_minus_sum(in, m, out, n);
-  const float inv = 1.0f / s;
+  const float inv = scale / s;
 #pragma omp simd
   for (int i = 0; i < n; ++i) out[i] *= inv;
   if (lse) *lse = m + std::log(s);

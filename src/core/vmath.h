@@ -55,8 +55,8 @@ inline void axpy(float a, const float* x, float* y, int n) {
 }
 
 // Row softmax of n values, in place safe (out may equal in); with lse, *lse = log Σ exp(in) (from the
-// same max and sum).
-void softmax(const float* in, float* out, int n, float* lse = nullptr);
+// same max and sum). With scale, out = scale · softmax(in), in the same pass (cross-entropy's 1/n).
+void softmax(const float* in, float* out, int n, float* lse = nullptr, float scale = 1.f);
 float logsumexp(const float* x, int n);
 // out[i] = exp_approx(in[i] − c) for i < n (in place safe), vectorised without a scalar tail.
 void exp_minus(const float* in, float c, float* out, int n);

@@ -28,13 +28,15 @@ double cross_entropy(const float* logits, const int32_t* targets, int T, int V, 
       if (dz) std::memset(dz, 0, sizeof(float) * V);
       return;
     }
-    const float lse = logsumexp(z, V);
-    loss[t] = lse - z[targets[t]];
-    if (dz) {
-#pragma omp simd
-      for (int v = 0; v < V; ++v) dz[v] = exp_approx(z[v] - lse) * inv_n;
+    const float zt = z[targets[t]];
+    float lse;
+    if (dz) {  // (softmax − onehot)/n: one exp a logit, dz may be z itself
+      softmax(z, dz, V, &lse, inv_n);
       dz[targets[t]] -= inv_n;
+    } else {
+      lse = logsumexp(z, V);
     }
+    loss[t] = lse - zt;
   }, 16);
   double sum = 0.0;
   for (int t = 0; t < T; ++t) sum += loss[static_cast<size_t>(t)];
