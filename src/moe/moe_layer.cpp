@@ -364,10 +364,14 @@ void MoeLayer::backward(const float* dy, float* dx) {
     Tensor& dz = dz_;
     parallel_for(static_cast<size_t>(T), [&](size_t t) {
       const float s = cfg.shared_expert_gate ? sgate_[t] : 1.f;
+      const float* dyt = dy + t * d;
+      const float* so = shared_out_.data() + t * d;
+      float* dyst = dys.data() + t * d;
       float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
       for (int j = 0; j < d; ++j) {
-        dys[t * d + j] = s * dy[t * d + j];
-        dot += dy[t * d + j] * shared_out_[t * d + j];
+        dyst[j] = s * dyt[j];
+        dot += dyt[j] * so[j];
       }
       if (cfg.shared_expert_gate) dz[t] = dot * s * (1.f - s);
     }, 64);
