@@ -113,14 +113,21 @@ void Attention::project(const float* x, int n, float* qo, float* ko, float* vo, 
   k_norm.forward(kp, krows, ko);
 }
 
-// Column sums of g (n, m) added into db (m): a bias's gradient. Each thread owns a range of columns
-// and sums rows in order, so the result does not depend on the thread count.
+// Column sums of g (n, m) added into db (m): a bias's gradient. Each task owns a block of columns
+// and adds the rows in order, a row's block at a time (every column's sum in row order, so the result
+// does not depend on the thread count).
 static void add_column_sums(const float* g, int n, int m, Tensor& db) {
-  parallel_for(static_cast<size_t>(m), [&](size_t j) {
-    float s = 0.f;
-    for (int r = 0; r < n; ++r) s += g[static_cast<size_t>(r) * m + j];
-    db[j] += s;
-  }, 64);
+  constexpr int kBlock = 64;
+  parallel_for(static_cast<size_t>((m + kBlock - 1) / kBlock), [&](size_t blk) {
+    const int j0 = static_cast<int>(blk) * kBlock, w = std::min(kBlock, m - j0);
+    float s[kBlock] = {};
+    for (int r = 0; r < n; ++r) {
+      const float* row = g + static_cast<size_t>(r) * m + j0;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) s[j] += row[j];
+    }
+    for (int j = 0; j < w; ++j) db[static_cast<size_t>(j0 + j)] += s[j];
+  }, 1);
 }
 
 void Attention::rope_tables(int L, int cap) {
