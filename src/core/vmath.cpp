@@ -81,10 +81,15 @@ static float exp_minus_sum(const float* in, float c, float* out, int n) {
 #else
 static float exp_minus_sum(const float* in, float c, float* out, int n) {
   float s = 0.f;
-  for (int i = 0; i < n; ++i) {
-    const float e = exp_approx(in[i] - c);
-    if (out) out[i] = e;
-    s += e;
+  if (out) {
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; ++i) {
+      out[i] = exp_approx(in[i] - c);
+      s += out[i];
+    }
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; ++i) s += exp_approx(in[i] - c);
   }
   return s;
 }
@@ -121,7 +126,9 @@ void softmax_backward(const float* p, const float* dp, float* ds, int n) {
   }
 #else
   float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
   for (int i = 0; i < n; ++i) dot += p[i] * dp[i];
+#pragma omp simd
   for (int i = 0; i < n; ++i) ds[i] = p[i] * (dp[i] - dot);
 #endif
 }
