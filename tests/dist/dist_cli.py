@@ -9,7 +9,9 @@
            in bf16, DeepSeek-V2's device-limited routing with its device loss): every step's loss
            within 1e-5 relative, the global routing metrics (load per expert, CV, dropped pairs,
            entropy, balance losses) equal, and the checkpoints' weights and AdamW moments equal to
-           float rounding; the metrics line's bytes per rank equal the exchange's analytic size.
+           float rounding (bf16: so for its first 3 steps, then within the bounds of two samples of
+           one training, see TOLERANCE); the metrics line's bytes per rank equal the exchange's
+           analytic size.
   p4       P = 4 (one expert per rank) against one process, 10 steps.
   resume   P = 2 saves at step 15 of 30; resumed with P = 2 it ends bit-identical to the run that
            did not stop, resumed with P = 1 it ends as that run does (losses within 1e-5); `moe eval`,
@@ -29,6 +31,7 @@ import pathlib
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,17 +48,21 @@ TINY = ["model.vocab_size=320", "model.hidden_size=32", "model.num_hidden_layers
         "model.num_local_experts=4", "train.batch_size=8", "train.eval_every=10", "train.eval_windows=8",
         "train.warmup_steps=3", "train.steps=30"]
 # The expert-parallel mechanisms, each as model settings on top of TINY. Losses, gradient norms and
-# routing metrics agree within 1e-5 relative. bf16 agrees exactly at step 0, then drifts: its weights
-# are rounded to bf16 at every forward, so the last-bit differences of summing a gradient in another
-# order (two ranks' halves, then the all-reduce) flip some bf16 roundings, each worth 2^-8 of a weight
-# (one process with 1 and with 2 threads, which sum alike, agrees bit for bit). With the attention
-# projections and the LM head in bf16 too, the losses stay within 1.1e-4 over 30 steps and the
-# gradient norms within 1e-3, except single steps whose norm is sensitive (2% once); by the last
-# steps a few of the 128 tokens go to other experts, which moves a routing fraction such as
-# consecutive_same by up to 0.06, and the router's AdamW first moment (small, and moved by every
-# rerouted token) ends up to 0.11 of its scale apart (a Xeon with OpenBLAS's Cooperlake kernels).
-EXACT = {"loss": 1e-5, "grad_norm": 1e-5, "routing": 1e-5, "weights": 2e-4}
-TOLERANCE = {"bf16": {"loss": 2e-4, "grad_norm": 5e-2, "routing": 0.1, "weights": 0.2}}
+# routing metrics agree within 1e-5 relative, weights and AdamW moments within 2e-4 of their scale.
+# bf16 agrees so for its first steps only, and those are where a wrong exchange would show: its
+# weights are rounded to bf16 at every forward, so the last-bit differences of summing a gradient in
+# another order (two ranks' halves, then the all-reduce) flip some bf16 roundings, each worth 2^-8 of
+# a weight (one process with 1 and with 2 threads, which sum alike, agrees bit for bit), and from
+# step 3 or 4 on the two runs are two samples of the same training. What they showed over 30 steps
+# (model.seed and train.seed 1 to 4 on a Xeon with AMX and oneDNN's bf16 kernels, and on a Xeon
+# without it): losses within 2.1e-4 at a step and 4.2e-5 on average, gradient norms within 3% at a
+# step (single sensitive steps) and 3.3e-4 at the median, routing metrics within 0.18 at a step (a
+# few of 128 tokens rerouted) and 0.027 on average, weights within 0.081 of their scale, and AdamW
+# moments within 0.18 (the router's first moment, small and moved by every rerouted token). The
+# bounds below leave 2.5-10x of that.
+EXACT = {"loss": 1e-5, "grad_norm": 1e-5, "routing": 1e-5, "weights": 2e-4, "moments": 2e-4}
+TOLERANCE = {"bf16": {"exact_steps": 3, "loss": 1e-3, "mean_loss": 2e-4, "grad_norm": 0.2, "median_grad_norm": 3e-3,
+                      "routing": 0.4, "mean_routing": 0.08, "weights": 0.2, "moments": 0.5}}
 VARIANTS = {
     "topk_softmax": [],
     "overlapped_grad_sync": ["train.overlap_grad_sync=true", "model.router_z_loss_coef=0.001"],
@@ -110,40 +117,52 @@ def rel(a, b):
 
 
 def same_losses(a, b, what, first=0, tol=EXACT):
+    """Every step's loss, cross-entropy, gradient norm and validation loss; returns the relative
+    differences of the losses and of the gradient norms, a step each."""
     a = [m for m in a if m["step"] >= first]
     b = [m for m in b if m["step"] >= first]
     assert len(a) == len(b) > 0, f"{what}: {len(a)} against {len(b)} steps"
+    losses, norms = [], []
     for x, y in zip(a, b):
         assert x["step"] == y["step"]
         for key in ("loss", "ce", "grad_norm"):
             assert rel(x[key], y[key]) < tol["grad_norm" if key == "grad_norm" else "loss"], f"{what}: step {x['step']} {key} {x[key]!r} against {y[key]!r}"
         if "val_loss" in x:
             assert rel(x["val_loss"], y["val_loss"]) < tol["loss"], f"{what}: step {x['step']} val_loss {x['val_loss']} against {y['val_loss']}"
+        losses.append(rel(x["loss"], y["loss"]))
+        norms.append(rel(x["grad_norm"], y["grad_norm"]))
+    return losses, norms
 
 
 def same_routing(a, b, what, tol=EXACT):
-    """The global routing metrics of every step and layer."""
+    """The global routing metrics of every step and layer; returns the largest difference of each
+    step (relative to the value where it is above 1)."""
+    worst = []
     for x, y in zip(a, b):
+        worst.append(0.0)
         for lx, ly in zip(x["moe"], y["moe"]):
             for key in ("load", "cv", "max_mean", "cv_importance", "dropped", "unrouted", "experts_used", "entropy",
                         "consecutive_same", "aux", "z", "loss_terms"):
                 vx, vy = lx[key], ly[key]
                 for u, v in zip(vx if isinstance(vx, list) else [vx], vy if isinstance(vy, list) else [vy]):
-                    assert abs(u - v) <= tol["routing"] * max(1.0, abs(u)), f"{what}: step {x['step']} layer {lx['layer']} {key} {vx} against {vy}"
+                    d = abs(u - v) / max(1.0, abs(u))
+                    assert d <= tol["routing"], f"{what}: step {x['step']} layer {lx['layer']} {key} {vx} against {vy}"
+                    worst[-1] = max(worst[-1], d)
+    return worst
 
 
-def same_weights(d1, d2, what, tol):
-    """Every tensor of the two checkpoints (model and AdamW moments): same names and shapes, and the
-    largest difference under tol times the tensor's largest magnitude."""
+def same_weights(d1, d2, what, tol=EXACT):
+    """Every tensor of the two checkpoints: same names and shapes, and the largest difference under
+    tol["weights"] (the model) or tol["moments"] (AdamW's) times the tensor's largest magnitude."""
     worst = 0.0
-    for f in ("model.safetensors", "optimizer.safetensors"):
+    for f, bound in (("model.safetensors", tol["weights"]), ("optimizer.safetensors", tol["moments"])):
         A, B = tensors(f"{d1}/{f}"), tensors(f"{d2}/{f}")
         assert A.keys() == B.keys(), f"{what}: {sorted(A.keys() ^ B.keys())}"
         for k in A:
             assert A[k][0] == B[k][0], f"{what}: {k} {A[k][0]} against {B[k][0]}"
             scale = max(max(abs(v) for v in A[k][1]), 1e-30)
             d = max((abs(u - v) for u, v in zip(A[k][1], B[k][1])), default=0.0) / scale
-            assert d <= tol, f"{what}: {f} {k} differs by {d:.3g} of its scale"
+            assert d <= bound, f"{what}: {f} {k} differs by {d:.3g} of its scale"
             worst = max(worst, d)
     return worst
 
@@ -156,9 +175,16 @@ def parity(tmp):
         mpi(2, train_args(tmp, two, sets))
         a, b = metrics(one), metrics(two)
         tol = TOLERANCE.get(name, EXACT)
-        same_losses(a, b, name, tol=tol)
-        same_routing(a, b, name, tol=tol)
-        worst = same_weights(newest(one), newest(two), name, tol["weights"])
+        if tol is not EXACT:  # the steps before the first rounding flips: the same computation
+            same_losses(a[:tol["exact_steps"]], b[:tol["exact_steps"]], name + " (first steps)")
+            same_routing(a[:tol["exact_steps"]], b[:tol["exact_steps"]], name + " (first steps)")
+        losses, norms = same_losses(a, b, name, tol=tol)
+        routing = same_routing(a, b, name, tol=tol)
+        if tol is not EXACT:  # the rest: two samples of the same training
+            assert statistics.mean(losses) <= tol["mean_loss"], f"{name}: losses differ by {statistics.mean(losses):.2g} on average"
+            assert statistics.median(norms) <= tol["median_grad_norm"], f"{name}: gradient norms differ by {statistics.median(norms):.2g} at the median"
+            assert statistics.mean(routing) <= tol["mean_routing"], f"{name}: routing metrics differ by {statistics.mean(routing):.2g} on average"
+        worst = same_weights(newest(one), newest(two), name, tol)
         d = b[-1]["dist"]
         assert d["ranks"] == 2 and d["tokens"] == [64, 64], d
         assert all(x > 0 for x in d["bytes_sent"]) and all(0 <= s < 1 for s in d["comm_share"]), d
@@ -178,7 +204,7 @@ def p4(tmp):
     a, b = metrics(one), metrics(four)
     same_losses(a, b, "P=4")
     same_routing(a, b, "P=4")
-    same_weights(newest(one), newest(four), "P=4", EXACT["weights"])
+    same_weights(newest(one), newest(four), "P=4")
     assert b[-1]["dist"]["ranks"] == 4 and len(b[-1]["moe"][0]["rank_rows"]) == 4
     print("p4: OK")
 
@@ -203,7 +229,7 @@ def resume(tmp):
     run(["train", "--threads", "1", "--resume", "--set", f"train.out={single}", "--set", "train.stop_after=0",
          "--set", "train.expert_parallel=1"])
     same_losses(metrics(single), metrics(straight), "P=2 then P=1", first=15)
-    same_weights(newest(single), newest(straight), "P=2 then P=1", EXACT["weights"])
+    same_weights(newest(single), newest(straight), "P=2 then P=1")
     # eval without MPI reads the job's checkpoint and gets the validation loss the job logged.
     r = run(["eval", "--ckpt", str(straight), "--json", "--windows", "8"])
     val = json.loads(r.stdout)["val_loss"]
