@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -21,6 +22,7 @@
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "core/storage.h"
 
 namespace moe {
 
@@ -220,7 +222,15 @@ struct Bf16Gemm {
     int m, n, k;
     auto operator<=>(const Key&) const = default;
   };
-  std::map<Key, dnnl::matmul> prims;
+  // A primitive and the scratchpad it needs. The scratchpad is the caller's (a buffer per thread):
+  // with oneDNN's own, every primitive shares one buffer (Debian's build does not enable concurrent
+  // execution), and the experts' GEMMs, run side by side on the threads, overwrote each other's packed
+  // tiles in the AMX kernels (brgemm); the runtime-size kernel (gemm:jit) needs none.
+  struct Prim {
+    dnnl::matmul matmul;
+    size_t scratch_bytes;
+  };
+  std::map<Key, Prim> prims;
   std::mutex mutex;
   static constexpr size_t kMaxPrimitives = 4096;  // per-shape mode: forget them all past this many
 
@@ -248,12 +258,13 @@ struct Bf16Gemm {
     return memory::desc({rows, cols}, dt, strides_of(trans, ld));
   }
 
-  dnnl::matmul primitive(const Key& key) {
+  Prim primitive(const Key& key) {
     std::lock_guard<std::mutex> lock(mutex);
     auto it = prims.find(key);
     if (it != prims.end()) return it->second;
     if (prims.size() >= kMaxPrimitives) prims.clear();
     dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     if (key.acc) {
       dnnl::post_ops po;
       po.append_sum(1.f);
@@ -268,7 +279,7 @@ struct Bf16Gemm {
     // The kernels reported: the runtime one, and the latest square per-shape one (a peak measurement's).
     if (!key.bf16_out && runtime_dense && !key.acc && !key.ta && key.tb) runtime_impl = pd.impl_info_str();
     if (!key.bf16_out && key.m > 0 && key.m == key.n && key.n == key.k) shape_impl = pd.impl_info_str();
-    return prims.emplace(key, dnnl::matmul(pd)).first->second;
+    return prims.emplace(key, Prim{dnnl::matmul(pd), pd.scratchpad_desc().get_size()}).first->second;
   }
 
   // C = op(A)·op(B) (+ C when acc), C in fp32 or bf16 (`c_bf16`).
@@ -281,14 +292,23 @@ struct Bf16Gemm {
       key.n = N;
       key.k = K;
     }
-    const dnnl::matmul prim = primitive(key);
+    const Prim prim = primitive(key);
     thread_local dnnl::stream stream(engine);
+    // This thread's scratchpad, 64-byte aligned, grown to the largest a primitive has asked for.
+    thread_local std::unique_ptr<void, decltype(&std::free)> scratch(nullptr, &std::free);
+    thread_local size_t scratch_bytes = 0;
+    if (scratch_bytes < std::max<size_t>(prim.scratch_bytes, 64)) {
+      scratch_bytes = std::max<size_t>(prim.scratch_bytes, 64);
+      scratch.reset(aligned_storage(scratch_bytes));
+    }
     const memory::dim m = M, n = N, k = K;
     memory::desc a({m, k}, memory::data_type::bf16, strides_of(ta, lda));
     memory::desc b({k, n}, memory::data_type::bf16, strides_of(tb, ldb));
     memory::desc c({m, n}, c_bf16 ? memory::data_type::bf16 : memory::data_type::f32, strides_of(false, ldc));
     memory am(a, engine, const_cast<bf16_t*>(A)), bm(b, engine, const_cast<bf16_t*>(B)), cm(c, engine, C);
-    prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    memory sm({{static_cast<memory::dim>(scratch_bytes)}, memory::data_type::u8, memory::format_tag::a}, engine,
+              scratch.get());
+    prim.matmul.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
     stream.wait();
   }
 };
