@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -34,13 +35,15 @@ TEST(Bf16, RoundsToNearestEven) {
 // Dense and strided (each matrix a column block of a wider one, as [dA | dB] is), every transpose,
 // beta 0 and 1, fp32 and bf16 output, kernels for runtime sizes and per shape: the double-precision
 // product of the same bf16 inputs.
+// Sizes past 64 that are not multiples of it: per shape, M and K are cut into a multiple of 64 and a
+// remainder (src/core/bf16.cpp).
 TEST(Bf16, GemmMatchesReferenceForEveryTransposeAndStride) {
-  const int M = 33, N = 47, K = 70;
   const Bf16Kernels was = bf16_kernels();
+  for (auto [M, N, K] : {std::array{33, 47, 70}, std::array{130, 47, 135}, std::array{64, 20, 128}})
   for (Bf16Kernels mode : {Bf16Kernels::runtime, Bf16Kernels::per_shape})
   for (int pad : {0, 5}) {
     set_bf16_kernels(mode);
-    SCOPED_TRACE(name_of(mode));
+    SCOPED_TRACE(std::string(name_of(mode)) + " M " + std::to_string(M) + " K " + std::to_string(K));
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb) {
         const int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
