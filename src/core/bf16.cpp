@@ -284,42 +284,42 @@ struct Bf16Gemm {
 
   // C = op(A)·op(B) (+ C when acc), C in fp32 or bf16 (`c_bf16`).
   //
-  // Per shape, M and K are cut into a multiple of kBlock and a remainder, each its own product (rows
-  // of C are independent; a remainder of K adds into C). An expert's GEMMs change their rows every
+  // Per shape (A·Bᵀ only), M and K are cut into a multiple of kBlock and a remainder, each its own
+  // product (rows of C are independent; a remainder of K adds into C). An expert's GEMMs change their rows every
   // step, and a primitive for each new size took 0.8 ms to make and held 108 KB: 200 of them a step
   // made bf16 training 1.7x slower than the runtime-size kernel (a Xeon with AMX). Cut, each size
   // takes at most M/kBlock + kBlock primitives, made once.
   static constexpr int kBlock = 64;
   void run(bool ta, bool tb, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B, int ldb, bool acc,
            void* C, bool c_bf16, int ldc) {
-    if (mode == Bf16Kernels::per_shape) {
+    const bool shape = mode == Bf16Kernels::per_shape && !ta && tb;
+    if (shape) {
       const size_t c_size = c_bf16 ? sizeof(bf16_t) : sizeof(float);
       if (const int mt = M % kBlock; M > kBlock && mt != 0) {
         const int mb = M - mt;
-        run_one(ta, tb, mb, N, K, A, lda, B, ldb, acc, C, c_bf16, ldc);
-        const bf16_t* At = ta ? A + mb : A + static_cast<size_t>(mb) * lda;  // op(A)'s rows mb…
+        run_one(ta, tb, mb, N, K, A, lda, B, ldb, acc, C, c_bf16, ldc, true);
+        const bf16_t* At = A + static_cast<size_t>(mb) * lda;  // A's rows mb…
         void* Ct = static_cast<char*>(C) + static_cast<size_t>(mb) * ldc * c_size;
-        run(ta, tb, mt, N, K, At, lda, B, ldb, acc, Ct, c_bf16, ldc);
+        run(ta, tb, mt, N, K, At, lda, B, ldb, acc, Ct, c_bf16, ldc);  // its K is cut as well
         return;
       }
       // A remainder of K sums into C: fp32 C only (a bf16 C would be rounded twice).
       if (const int kt = K % kBlock; !c_bf16 && K > kBlock && kt != 0) {
         const int kb = K - kt;
-        run_one(ta, tb, M, N, kb, A, lda, B, ldb, acc, C, c_bf16, ldc);
-        const bf16_t* At = ta ? A + static_cast<size_t>(kb) * lda : A + kb;  // op(A)'s columns kb…
-        const bf16_t* Bt = tb ? B + kb : B + static_cast<size_t>(kb) * ldb;  // op(B)'s rows kb…
-        run_one(ta, tb, M, N, kt, At, lda, Bt, ldb, true, C, c_bf16, ldc);
+        run_one(ta, tb, M, N, kb, A, lda, B, ldb, acc, C, c_bf16, ldc, true);
+        run_one(ta, tb, M, N, kt, A + kb, lda, B + kb, ldb, true, C, c_bf16, ldc, true);  // columns kb… of A, B
         return;
       }
     }
-    run_one(ta, tb, M, N, K, A, lda, B, ldb, acc, C, c_bf16, ldc);
+    run_one(ta, tb, M, N, K, A, lda, B, ldb, acc, C, c_bf16, ldc, shape);
   }
 
+  // One product on one primitive: of its shape (`shape`), else of runtime sizes.
   void run_one(bool ta, bool tb, int M, int N, int K, const bf16_t* A, int lda, const bf16_t* B, int ldb, bool acc,
-               void* C, bool c_bf16, int ldc) {
+               void* C, bool c_bf16, int ldc, bool shape) {
     Key key{ta, tb, acc, c_bf16, lda == (ta ? M : K) ? 0 : lda, ldb == (tb ? K : N) ? 0 : ldb, ldc == N ? 0 : ldc,
             0, 0, 0};
-    if (mode == Bf16Kernels::per_shape) {
+    if (shape) {
       key.m = M;
       key.n = N;
       key.k = K;
