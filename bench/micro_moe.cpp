@@ -4,6 +4,7 @@
 //   build/bin/micro_moe --benchmark_filter=Router
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "core/bf16.h"
@@ -38,6 +39,35 @@ void BM_GemmBf16(benchmark::State& st) {
   st.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_GemmBf16)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The expert layer's bf16 products in each layout (T = 4096, k = 2: about 1000 rows an expert), with
+// either kernel choice (Bf16Kernels, core/bf16.h; per_shape runs A·Bᵀ per shape and the rest as
+// runtime does): arg 0 = layout (0 A·Bᵀ, 1 A·B, 2 Aᵀ·B, 3 Aᵀ·Bᵀ), 1-3 = M, N, K, 4 = per_shape (1) or
+// runtime (0). Alternate the two on a noisy machine: --benchmark_enable_random_interleaving=true
+// --benchmark_repetitions=6.
+void BM_GemmBf16Layout(benchmark::State& st) {
+  const bool ta = st.range(0) >= 2, tb = st.range(0) % 2 == 0;
+  const int M = static_cast<int>(st.range(1)), N = static_cast<int>(st.range(2)), K = static_cast<int>(st.range(3));
+  const Bf16Kernels was = bf16_kernels();
+  set_bf16_kernels(st.range(4) ? Bf16Kernels::per_shape : Bf16Kernels::runtime);
+  std::vector<float> a(static_cast<size_t>(std::max(M, N)) * K), c(static_cast<size_t>(M) * N);
+  fill_uniform(a.data(), a.size(), 1, 1, -1.f, 1.f);
+  std::vector<bf16_t> ab(a.size());
+  to_bf16(a.data(), ab.data(), a.size());
+  const int lda = ta ? M : K, ldb = tb ? K : N;
+  for (auto _ : st) gemm_bf16(ta, tb, M, N, K, ab.data(), lda, ab.data(), ldb, 0.f, c.data(), N);
+  set_bf16_kernels(was);
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * M * N * K * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_GemmBf16Layout)
+    ->ArgsProduct({{0}, {1000}, {2048}, {512}, {0, 1}})   // W1|W3 forward: x·[W1|W3]ᵀ
+    ->ArgsProduct({{1}, {1000}, {512}, {1024}, {0, 1}})   // dH·W2 (an input gradient)
+    ->ArgsProduct({{2}, {512}, {2048}, {1000}, {0, 1}})   // xᵀ·d[A|B] (a weight gradient)
+    ->ArgsProduct({{3}, {512}, {1024}, {1000}, {0, 1}})
+    ->ArgsProduct({{0}, {1000}, {256}, {512}, {0, 1}})    // the same at G = 8 (experts of width 128)
+    ->ArgsProduct({{2}, {512}, {256}, {1000}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 MoeConfig layer_config(int G, RouterKind router) {
   MoeConfig c;
