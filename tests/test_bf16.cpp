@@ -83,6 +83,24 @@ TEST(Bf16, GemmMatchesReferenceForEveryTransposeAndStride) {
   set_bf16_kernels(was);
 }
 
+// The transpose behind the backward's A·Bᵀ products (bf16_transpose_weights): the tiled AVX-512 path
+// (rows a multiple of 32, cols of 8, aligned destination), and element by element for any other shape
+// or an unaligned destination.
+TEST(Bf16, TransposeMatchesElementByElement) {
+  for (auto [rows, cols, offset] : std::vector<std::array<int, 3>>{
+           {32, 8, 0}, {64, 40, 0}, {256, 512, 0}, {96, 24, 1}, {33, 7, 0}, {1, 5, 0}, {70, 130, 0}}) {
+    std::vector<bf16_t> src(static_cast<size_t>(rows) * cols);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<bf16_t>(i * 2654435761u >> 11);
+    bf16_vector dst(src.size() + 1, 0);
+    transpose_bf16(src.data(), rows, cols, dst.data() + offset);
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < cols; ++j)
+        ASSERT_EQ(dst[static_cast<size_t>(offset) + static_cast<size_t>(j) * rows + i],
+                  src[static_cast<size_t>(i) * cols + j])
+            << rows << "x" << cols << " (offset " << offset << ") at " << i << "," << j;
+  }
+}
+
 TEST(Bf16, AddScaledWidensExactly) {
   std::vector<float> x(77), y(77), want(77);
   fill_normal(x.data(), x.size(), 4, 1, 0.f, 3.f);

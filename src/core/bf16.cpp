@@ -175,10 +175,76 @@ void Bf16Linear::forward(const bf16_t* xb, int T, int K, const float* W, int N, 
 }
 
 void Bf16Linear::backward(const bf16_t* dyb, const bf16_t* xb, int T, int K, int N, float* dW, float* dx,
-                          bool accumulate_dx) const {
+                          bool accumulate_dx) {
   gemm_bf16(true, false, N, K, T, dyb, N, xb, K, 1.f, dW, K);
-  if (dx) gemm_bf16(false, false, T, K, N, dyb, N, wb.data(), K, accumulate_dx ? 1.f : 0.f, dx, K);
+  if (!dx) return;
+  const float beta = accumulate_dx ? 1.f : 0.f;
+  if (bf16_transpose_weights()) {
+    wtb.resize(static_cast<size_t>(N) * K);
+    transpose_bf16(wb.data(), N, K, wtb.data());
+    gemm_bf16(false, true, T, K, N, dyb, N, wtb.data(), N, beta, dx, K);
+  } else {
+    gemm_bf16(false, false, T, K, N, dyb, N, wb.data(), K, beta, dx, K);
+  }
 }
+
+#if defined(__AVX512F__)
+// The 8×8 block of 16-bit values at s (row stride ls), transposed: o[r] = column r.
+static inline void transpose8x8(const bf16_t* s, size_t ls, __m128i* o) {
+  __m128i r[8];
+  for (int q = 0; q < 8; ++q) r[q] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + q * ls));
+  __m128i a[8], b[8];
+  for (int q = 0; q < 4; ++q) {
+    a[2 * q] = _mm_unpacklo_epi16(r[2 * q], r[2 * q + 1]);
+    a[2 * q + 1] = _mm_unpackhi_epi16(r[2 * q], r[2 * q + 1]);
+  }
+  for (int q = 0; q < 2; ++q) {
+    b[4 * q] = _mm_unpacklo_epi32(a[4 * q], a[4 * q + 2]);
+    b[4 * q + 1] = _mm_unpackhi_epi32(a[4 * q], a[4 * q + 2]);
+    b[4 * q + 2] = _mm_unpacklo_epi32(a[4 * q + 1], a[4 * q + 3]);
+    b[4 * q + 3] = _mm_unpackhi_epi32(a[4 * q + 1], a[4 * q + 3]);
+  }
+  for (int q = 0; q < 4; ++q) {
+    o[2 * q] = _mm_unpacklo_epi64(b[q], b[q + 4]);
+    o[2 * q + 1] = _mm_unpackhi_epi64(b[q], b[q + 4]);
+  }
+}
+#endif
+
+void transpose_bf16(const bf16_t* src, int rows, int cols, bf16_t* dst) {
+  const size_t R = static_cast<size_t>(rows), C = static_cast<size_t>(cols);
+#if defined(__AVX512F__)
+  if (rows % 32 == 0 && cols % 8 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+    // A band of 32 source rows (in L1 while its columns go by) becomes one 64-byte line in each
+    // of the 8 destination rows of every 8-column step.
+    parallel_for(R / 32, [&](size_t band) {
+      const size_t i = band * 32;
+      for (size_t j = 0; j < C; j += 8) {
+        __m128i q[4][8];
+        for (size_t t = 0; t < 4; ++t) transpose8x8(src + (i + 8 * t) * C + j, C, q[t]);
+        for (size_t r = 0; r < 8; ++r) {
+          __m512i v = _mm512_castsi128_si512(q[0][r]);
+          v = _mm512_inserti32x4(v, q[1][r], 1);
+          v = _mm512_inserti32x4(v, q[2][r], 2);
+          v = _mm512_inserti32x4(v, q[3][r], 3);
+          _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + (j + r) * R + i), v);
+        }
+      }
+    }, 1);
+    _mm_sfence();
+    return;
+  }
+#endif
+  constexpr size_t B = 32;
+  parallel_for((R + B - 1) / B, [&](size_t band) {
+    const size_t i0 = band * B, i1 = std::min(R, i0 + B);
+    for (size_t j0 = 0; j0 < C; j0 += B)
+      for (size_t j = j0; j < std::min(C, j0 + B); ++j)
+        for (size_t i = i0; i < i1; ++i) dst[j * R + i] = src[i * C + j];
+  }, 1);
+}
+
+bool bf16_transpose_weights() { return bf16_kernels() == Bf16Kernels::per_shape; }
 
 void to_bf16_stream(const float* src, bf16_t* dst, size_t n) {
 #if defined(__AVX512BF16__)

@@ -103,17 +103,30 @@ void to_bf16(const float* src, bf16_vector& dst, size_t n);
 // dst = fp32(src) for n values (exact), on all threads (serial inside a parallel region).
 void from_bf16(const bf16_t* src, float* dst, size_t n);
 
+// dst (cols, rows) = srcᵀ for src (rows, cols), both dense row-major, on all threads (serial inside a
+// parallel region). With AVX-512, dst 64-byte aligned, rows a multiple of 32 and cols of 8: 8×8 tiles
+// of 16-bit values, four of them stored as whole 64-byte lines with streaming stores (ordinary stores
+// to rows 2·rows bytes apart run 3× slower); otherwise element by element in 32×32 blocks.
+void transpose_bf16(const bf16_t* src, int rows, int cols, bf16_t* dst);
+
+// Whether the backward's input gradients dy·W (W (N, K) as stored: the A·B layout) run instead as
+// dy·(Wᵀ)ᵀ on a transposed bf16 copy of W: A·Bᵀ, the layout the per-shape kernels serve (Bf16Kernels
+// below). True in per_shape mode, where gemm:jit's A·B ran 1.1-2.6× slower than brgemm's A·Bᵀ on the
+// experts' products (docs/PERFORMANCE.md); the copy costs one transpose per step.
+bool bf16_transpose_weights();
+
 // A linear map y = x·Wᵀ (x (T, K), W (N, K), y (T, N)) in mixed precision, and its backward: the GEMM
 // inputs in bf16, accumulation, outputs, weights and gradients in fp32. The forward makes W's bf16 copy
 // (the weights change at every step) and the backward reuses it; the callers own the bf16 copies of x
 // and dy, so that several maps can share one input's copy.
 struct Bf16Linear {
-  bf16_vector wb;  // W in bf16, made by forward()
+  bf16_vector wb;   // W in bf16, made by forward()
+  bf16_vector wtb;  // Wᵀ in bf16, made by backward() when bf16_transpose_weights()
   // y = xb·Wᵀ (+ y when accumulate).
   void forward(const bf16_t* xb, int T, int K, const float* W, int N, float* y, bool accumulate = false);
   // dW += dybᵀ·xb; dx = dyb·W (+ dx when accumulate_dx); dx may be null (no input gradient wanted).
   void backward(const bf16_t* dyb, const bf16_t* xb, int T, int K, int N, float* dW, float* dx,
-                bool accumulate_dx = false) const;
+                bool accumulate_dx = false);
 };
 
 // How the bf16 GEMMs get their oneDNN kernels:

@@ -196,13 +196,16 @@ static auto dense_mul2(const In* w2p, int h, int d) {
 }
 
 // Backward of the gated pass (see experts.h), for In = float or bf16_t: dz (rows, d) and the weights
-// in In (W1, W3 as in dense_mul13); h_fp32 is H in fp32 when kept (fp32 mode) or null (recomputed from
-// A, B); [dA | dB] and g·H are written into dab_out (rows, 2h) and gh_out (in place of [A | B] and H in
-// fp32 mode); dX (rows, d) into dx in Out (bf16 only with stacked W1, W3: one GEMM, one rounding).
+// in In (W1, W3 as in dense_mul13); w13t and w2t, when not null, hold [W1_e; W3_e]ᵀ (d, 2h) and W2_eᵀ
+// (h, d) at e·w13_stride and e·hd, and dX and dH run on them as A·Bᵀ (bf16_transpose_weights); h_fp32
+// is H in fp32 when kept (fp32 mode) or null (recomputed from A, B); [dA | dB] and g·H are written
+// into dab_out (rows, 2h) and gh_out (in place of [A | B] and H in fp32 mode); dX (rows, d) into dx
+// in Out (bf16 only with stacked W1, W3: one GEMM, one rounding).
 template <class In, class Out>
 void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const In* w3p, size_t w13_stride,
-                               const In* w2p, const float* h_fp32, In* dab_out, In* gh_out,
-                               const std::vector<int64_t>& offsets, const float* gate, Out* dx, float* dgate) {
+                               const In* w2p, const In* w13t, const In* w2t, const float* h_fp32, In* dab_out,
+                               In* gh_out, const std::vector<int64_t>& offsets, const float* gate, Out* dx,
+                               float* dgate) {
   const size_t hd = static_cast<size_t>(h) * d;
   const bool stacked = w13_stacked(w1p, w3p, w13_stride, h, d);
   MOE_CHECK((stacked || std::is_same_v<Out, float>), "experts: a bf16 dX needs W1 and W3 stacked");
@@ -219,7 +222,10 @@ void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const I
     const In* dze = dz + r0 * d;
     float* dhe = dh.data() + o0;
     // dH = dZ·W2 (ungated); per row: dg = h·dH, then dA, dB and g·h.
-    mm(false, false, n, h, d, dze, d, w2p + we, h, 0.f, dhe, h);
+    if (w2t)
+      mm(false, true, n, h, d, dze, d, w2t + we, d, 0.f, dhe, h);
+    else
+      mm(false, false, n, h, d, dze, d, w2p + we, h, 0.f, dhe, h);
     rows_apply(par, n, [&](int i0, int i1) {
       for (int i = i0; i < i1; ++i) {
         const size_t o = o0 + static_cast<size_t>(i) * h, o2 = 2 * o;
@@ -244,7 +250,9 @@ void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const I
       }
     });
     Out* dxe = dx + r0 * d;
-    if (stacked) {  // dX = [dA dB]·[W1_e; W3_e]
+    if (stacked && w13t) {  // dX = [dA dB]·([W1_e; W3_e]ᵀ)ᵀ
+      mm(false, true, n, d, h2, dab_out + o20, h2, w13t + w13, h2, 0.f, dxe, d);
+    } else if (stacked) {  // dX = [dA dB]·[W1_e; W3_e]
       mm(false, false, n, d, h2, dab_out + o20, h2, w1p + w13, d, 0.f, dxe, d);
     } else if constexpr (std::is_same_v<Out, float>) {
       mm(false, false, n, d, h, dab_out + o20, h2, w1p + w13, d, 0.f, dxe, d);
@@ -315,16 +323,28 @@ void ExpertBank::backward(const float* x, const float* dz, const std::vector<int
     from_bf16(dxb.data(), dx, n);
     return;
   }
-  backward_pass(x, dz, w1.data(), w3.data(), static_cast<size_t>(h) * d, w2.data(), act.data(), ab.data(), act.data(),
-                offsets, gate, dx, dgate);
+  const float* none = nullptr;  // no transposed copies in fp32
+  backward_pass(x, dz, w1.data(), w3.data(), static_cast<size_t>(h) * d, w2.data(), none, none, act.data(), ab.data(),
+                act.data(), offsets, gate, dx, dgate);
 }
 
 void ExpertBank::backward_bf16(const std::vector<int64_t>& offsets, const float* gate, float* dgate) {
   const size_t rows = static_cast<size_t>(offsets[static_cast<size_t>(E)]), hd = static_cast<size_t>(h) * d;
   dab.resize(rows * 2 * h);
   dxb.resize(rows * d);
-  backward_pass(xb.data(), dyb.data(), w13b.data(), w13b.data() + hd, 2 * hd, w2b.data(), nullptr, dab.data(),
-                hb.data(), offsets, gate, dxb.data(), dgate);
+  const bf16_t *w13t = nullptr, *w2t = nullptr;
+  if (bf16_transpose_weights()) {
+    w13tb.resize(w13b.size());
+    w2tb.resize(w2b.size());
+    for (int e = 0; e < E; ++e) {
+      transpose_bf16(w13b.data() + 2 * hd * e, 2 * h, d, w13tb.data() + 2 * hd * e);
+      transpose_bf16(w2b.data() + hd * e, d, h, w2tb.data() + hd * e);
+    }
+    w13t = w13tb.data();
+    w2t = w2tb.data();
+  }
+  backward_pass(xb.data(), dyb.data(), w13b.data(), w13b.data() + hd, 2 * hd, w2b.data(), w13t, w2t, nullptr,
+                dab.data(), hb.data(), offsets, gate, dxb.data(), dgate);
 }
 
 }  // namespace moe

@@ -30,6 +30,8 @@ struct ExpertBank {
   bool bf16 = false;
   bf16_vector xb, hb;     // (rows, d), (rows, h): x and silu(a) ⊙ b in bf16
   bf16_vector w13b, w2b;  // (E, 2h, d) [W1_e; W3_e] and (E, d, h) W2 in bf16, made at each forward
+  bf16_vector w13tb, w2tb;  // (E, d, 2h) and (E, h, d): their transposes, made by backward_bf16 when
+                            // bf16_transpose_weights() (dX and dH then run as A·Bᵀ)
   bf16_vector dyb, dab;   // (rows, d), (rows, 2h): backward GEMM inputs dz and [dA | dB]
   bf16_vector yb;         // (rows, d) output of forward() in bf16 mode, before widening
   bf16_vector dxb;        // (rows, d) dX of backward_bf16
@@ -73,8 +75,8 @@ struct ExpertBank {
   void forward_pass(const In* x, In* hbuf, const std::vector<int64_t>& offsets, Out* y, Mul13&& mul13, Mul2&& mul2);
   template <class In, class Out>
   void backward_pass(const In* x, const In* dz, const In* w1p, const In* w3p, size_t w13_stride, const In* w2p,
-                     const float* h_fp32, In* dab_out, In* gh_out, const std::vector<int64_t>& offsets,
-                     const float* gate, Out* dx, float* dgate);
+                     const In* w13t, const In* w2t, const float* h_fp32, In* dab_out, In* gh_out,
+                     const std::vector<int64_t>& offsets, const float* gate, Out* dx, float* dgate);
 };
 
 }  // namespace moe
