@@ -236,19 +236,11 @@ void ExpertBank::backward_pass(const In* x, const In* dz, const In* w1p, const I
       }
     });
     mm(true, false, d, h, n, dze, d, gh_out + o0, h, 1.f, dw2.data() + we, h);
-    // [dW1_e; dW3_e] += [dA dB]ᵀ·X in one GEMM, which reads X once (at fine granularity X is the
-    // largest input), through a scratch: dW1 and dW3 are separate tensors.
-    thread_local std::vector<float> dw13;
-    dw13.resize(2 * hd);
-    float* sum = dw13.data();  // this thread's scratch (inside rows_apply, other threads read it)
-    mm(true, false, h2, d, n, dab_out + o20, h2, xe, d, 0.f, sum, d);
-    rows_apply(par, h2, [&](int i0, int i1) {
-      for (int i = i0; i < i1; ++i) {
-        float* dst = (i < h ? dw1.data() + we + static_cast<size_t>(i) * d : dw3.data() + we + static_cast<size_t>(i - h) * d);
-        const float* src = sum + static_cast<size_t>(i) * d;
-        for (int j = 0; j < d; ++j) dst[j] += src[j];
-      }
-    });
+    // dW1_e += dAᵀ·X and dW3_e += dBᵀ·X, accumulated by the GEMMs themselves, though X is read twice:
+    // faster than one [dA dB]ᵀ·X into a scratch then added to dW1 and dW3 (one thread, T = 4096, bf16:
+    // 3.3 against 4.7 ms at G = 1, 4.4 against 5.2 at G = 8; fp32 the same or faster).
+    mm(true, false, h, d, n, dab_out + o20, h2, xe, d, 1.f, dw1.data() + we, d);
+    mm(true, false, h, d, n, dab_out + o20 + h, h2, xe, d, 1.f, dw3.data() + we, d);
     Out* dxe = dx + r0 * d;
     if (stacked && w13t) {  // dX = [dA dB]·([W1_e; W3_e]ᵀ)ᵀ
       mm(false, true, n, d, h2, dab_out + o20, h2, w13t + w13, h2, 0.f, dxe, d);
