@@ -76,14 +76,27 @@ TEST(DispatchPlan, CapacityFormula) {
   EXPECT_EQ(expert_capacity(-1.f, 10, 2, 3), -1);
 }
 
+// fp32 and bf16 rows, dropless and with dropped pairs, with widths whose rows fill whole 64-byte lines
+// in aligned buffers (token by token, streamed) and widths that do not (row by row).
 TEST(DispatchPlan, GatherCopiesTokenRows) {
-  DispatchPlan p = make_dispatch_plan(hand_made(), 3, 0.f, DropPolicy::position);
-  const int d = 3;
-  std::vector<float> x(6 * d), buf(static_cast<size_t>(p.rows()) * d);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i);
-  dispatch_gather(p, x.data(), d, buf.data());
-  for (int64_t row = 0; row < p.rows(); ++row)
-    for (int j = 0; j < d; ++j) EXPECT_EQ(buf[row * d + j], x[p.row_token[row] * d + j]);
+  for (float cf : {0.f, 1.f}) {
+    DispatchPlan p = make_dispatch_plan(hand_made(), 3, cf, DropPolicy::position);
+    ASSERT_EQ(p.dropped, cf > 0 ? 2 : 0);
+    for (int d : {3, 16, 32, 48}) {
+      std::vector<float> x(6 * static_cast<size_t>(d));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(static_cast<float>(i)) * 5.f;
+      std::vector<float, aligned_allocator<float>> buf(static_cast<size_t>(p.rows()) * d, -1.f);
+      bf16_vector bufb(buf.size(), 0);
+      dispatch_gather(p, x.data(), d, buf.data());
+      dispatch_gather(p, x.data(), d, bufb.data());
+      for (int64_t row = 0; row < p.rows(); ++row)
+        for (int j = 0; j < d; ++j) {
+          const float want = x[static_cast<size_t>(p.row_token[row]) * d + j];
+          ASSERT_EQ(buf[row * d + j], want) << "d " << d << " row " << row;
+          ASSERT_EQ(bufb[row * d + j], float_to_bf16(want)) << "d " << d << " row " << row;
+        }
+    }
+  }
 }
 
 // Combine (gated, over a base with its scale) and scatter (plain sums) of fp32 and bf16 rows, with a

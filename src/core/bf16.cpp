@@ -246,17 +246,6 @@ void transpose_bf16(const bf16_t* src, int rows, int cols, bf16_t* dst) {
 
 bool bf16_transpose_weights() { return bf16_kernels() == Bf16Kernels::per_shape; }
 
-void to_bf16_stream(const float* src, bf16_t* dst, size_t n) {
-#if defined(__AVX512BF16__)
-  for (size_t i = 0; i < n; i += 32) {
-    __m512 lo = _mm512_loadu_ps(src + i), hi = _mm512_loadu_ps(src + i + 16);
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
-  }
-#else
-  to_bf16(src, dst, n);
-#endif
-}
-
 namespace {
 
 using dnnl::memory;

@@ -53,10 +53,6 @@ struct aligned_allocator {
 };
 using bf16_vector = std::vector<bf16_t, aligned_allocator<bf16_t>>;
 
-// dst = bf16(src) for n values with streaming stores (dst 64-byte aligned, n a multiple of 32);
-// for buffers far larger than the caches that are read back much later.
-void to_bf16_stream(const float* src, bf16_t* dst, size_t n);
-
 // Round-to-nearest-even fp32 → bf16 of n values (NaN stays NaN).
 void to_bf16(const float* src, bf16_t* dst, size_t n);
 inline float bf16_to_float(bf16_t v) {

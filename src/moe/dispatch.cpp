@@ -79,19 +79,41 @@ DispatchPlan make_dispatch_plan(const Routing& r, int E, int64_t capacity, const
   return p;
 }
 
+#if defined(__AVX512F__)
+// Token by token: x_t is read (and, for bf16, rounded) once and its d values streamed to each of the
+// token's k buffer rows. Row by row, x_t would be read k times from wherever it sits (x is larger
+// than L2 at T = 4096) and rounded k times. Streaming stores: the buffer is much larger than the
+// caches and is read back by the expert GEMMs much later, so each destination line skips its
+// read-for-ownership. Needs 64-byte rows in a 64-byte aligned buffer; false otherwise (nothing done).
+template <class T>
+static bool gather_by_token(const DispatchPlan& p, const float* x, int d, T* buf) {
+  const size_t row_bytes = sizeof(T) * static_cast<size_t>(d);
+  if (row_bytes % 64 != 0 || reinterpret_cast<uintptr_t>(buf) % 64 != 0) return false;
+  const int k = p.k;
+  parallel_for(static_cast<size_t>(p.T), [&](size_t t) {
+    const char* src = reinterpret_cast<const char*>(x + t * d);
+    if constexpr (std::is_same_v<T, bf16_t>) {
+      thread_local bf16_vector rounded;
+      rounded.resize(static_cast<size_t>(d));
+      to_bf16(x + t * d, rounded.data(), static_cast<size_t>(d));
+      src = reinterpret_cast<const char*>(rounded.data());
+    }
+    for (int i = 0; i < k; ++i) {
+      const int32_t row = p.pair_row[t * k + i];
+      if (row < 0) continue;
+      char* dst = reinterpret_cast<char*>(buf + static_cast<size_t>(row) * d);
+      for (size_t j = 0; j < row_bytes; j += 64)
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + j), _mm512_loadu_si512(src + j));
+    }
+  }, 64);
+  _mm_sfence();
+  return true;
+}
+#endif
+
 void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf) {
 #if defined(__AVX512F__)
-  // The buffer is much larger than the caches and is read back by the expert GEMMs much later:
-  // streaming stores skip the read-for-ownership of every destination line.
-  if (d % 16 == 0 && reinterpret_cast<uintptr_t>(buf) % 64 == 0) {
-    parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
-      const float* src = x + static_cast<size_t>(p.row_token[row]) * d;
-      float* dst = buf + row * d;
-      for (int j = 0; j < d; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
-    }, 512);
-    _mm_sfence();
-    return;
-  }
+  if (gather_by_token(p, x, d, buf)) return;
 #endif
   parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
     std::memcpy(buf + row * d, x + static_cast<size_t>(p.row_token[row]) * d, sizeof(float) * d);
@@ -99,13 +121,9 @@ void dispatch_gather(const DispatchPlan& p, const float* x, int d, float* buf) {
 }
 
 void dispatch_gather(const DispatchPlan& p, const float* x, int d, bf16_t* buf) {
-  if (d % 32 == 0 && reinterpret_cast<uintptr_t>(buf) % 64 == 0) {  // see the fp32 gather
-    parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
-      to_bf16_stream(x + static_cast<size_t>(p.row_token[row]) * d, buf + row * d, static_cast<size_t>(d));
-    }, 512);
-    _mm_sfence();
-    return;
-  }
+#if defined(__AVX512F__)
+  if (gather_by_token(p, x, d, buf)) return;
+#endif
   parallel_for(static_cast<size_t>(p.rows()), [&](size_t row) {
     to_bf16(x + static_cast<size_t>(p.row_token[row]) * d, buf + row * d, static_cast<size_t>(d));
   }, 512);
