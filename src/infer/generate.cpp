@@ -18,8 +18,15 @@ int32_t sample(const float* z, int V, const SampleOptions& o, int step, std::vec
   for (int v = 0; v < V; ++v) p[static_cast<size_t>(v)] = z[v] / o.temperature;
   softmax(p.data(), p.data(), V);
   std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+  // Most probable first, ties by token id: a strict total order, so the top k come out the same
+  // whether the whole vocabulary is sorted or only its top k (a full sort of 4096 probabilities took
+  // a quarter of a decode step).
+  auto before = [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
   int keep = o.top_k > 0 ? std::min(o.top_k, V) : V;
+  if (keep < V)
+    std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), before);
+  else
+    std::sort(idx.begin(), idx.end(), before);
   double cum = 0.0;
   for (int i = 0; i < keep; ++i) {
     cum += p[static_cast<size_t>(idx[static_cast<size_t>(i)])];
