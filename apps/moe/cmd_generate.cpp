@@ -2,6 +2,7 @@
 // model, optionally showing the experts each generated token went to.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -38,6 +39,18 @@ void print_timing(const GenerateTimings& tm, const TransformerLM& model, int seq
                  num_threads(), mb, name_of(model.weight_format()), sequences > 1 ? "read once per step for all sequences, " : "",
                  name_of(model.kv_cache()), decode_rate / bound);
   }
+}
+
+// oneDNN's sgemm (the default on Intel CPUs with AVX-512) compiles its kernels at its first call:
+// 63 ms on the AMX Xeon of docs/PERFORMANCE.md, seven times a 60-token prompt's whole prefill on
+// OpenBLAS (9 ms). A generate's GEMMs are its prefills (decoding runs the packed matrix-vector
+// products), so unless MOE_SGEMM chooses, they run on OpenBLAS while the prompts' prefill is under
+// 30 GFLOP, about the work at which oneDNN's faster kernels (1.5× on that machine) repay the compile.
+void choose_sgemm_for_prefill(const TransformerLM& model, const std::vector<std::vector<int32_t>>& prompts) {
+  if (std::getenv("MOE_SGEMM") != nullptr || fp32_gemm() != Fp32Gemm::onednn) return;
+  double tokens = 0.0;
+  for (const auto& p : prompts) tokens += static_cast<double>(std::min<size_t>(p.size(), static_cast<size_t>(model.cfg.context())));
+  if (2.0 * static_cast<double>(model.num_active_params()) * tokens < 30e9) set_fp32_gemm(Fp32Gemm::openblas);
 }
 
 }  // namespace
@@ -111,6 +124,7 @@ void add_generate(CLI::App& app) {
     if (starts.size() > 1 || !prompts_file.empty()) {
       if (show_experts) fail("--show-experts follows one prompt; give --prompt or a --prompt-ids file of one line");
       GenerateTimings tm;
+      choose_sgemm_for_prefill(*run.model, starts);
       const std::vector<std::vector<int32_t>> outs = generate(*run.model, starts, so, {}, &tm);
       for (size_t i = 0; i < outs.size(); ++i) {
         if (has_tok && prompt_ids.empty()) {
@@ -148,6 +162,7 @@ void add_generate(CLI::App& app) {
     std::vector<std::string> routes;
     std::string out_ids;
     GenerateTimings tm;
+    choose_sgemm_for_prefill(*run.model, {start});
     generate(*run.model, start, so, [&](int32_t id, const BlockExperts& experts) {
       out_ids += (out_ids.empty() ? "" : " ") + std::to_string(id);
       if (has_tok) {  // written whole: a byte token may be NUL
