@@ -19,7 +19,8 @@ namespace moe {
 // differently, so a run keeps one: MOE_SGEMM=openblas|onednn, else the CPU's default: oneDNN on
 // Intel CPUs with AVX-512 (measured faster there, docs/PERFORMANCE.md), OpenBLAS elsewhere. With
 // oneDNN, products of fewer than 32 rows (oneDNN's first call compiles its kernels) and Aᵀ·B products
-// of 1024 rows or more (faster on OpenBLAS) still run on OpenBLAS.
+// of 1024 rows or more (faster on OpenBLAS) still run on OpenBLAS; `moe generate` sets OpenBLAS for
+// prefills too small to repay oneDNN's compile (apps/moe/cmd_generate.cpp).
 enum class Fp32Gemm { openblas, onednn };
 template <>
 struct EnumNames<Fp32Gemm> {
