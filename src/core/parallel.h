@@ -3,6 +3,7 @@
 #pragma once
 #include <omp.h>
 
+#include <algorithm>
 #include <cstddef>
 
 namespace moe {
@@ -20,6 +21,18 @@ void parallel_for(size_t n, F&& fn, size_t grain = 1024) {
   const long long nn = static_cast<long long>(n);
 #pragma omp parallel for schedule(static)
   for (long long i = 0; i < nn; ++i) fn(static_cast<size_t>(i));
+}
+
+// for i in [0, n): fn(i) in chunks of `chunk` consecutive iterations, each chunk one `omp simd` loop
+// (iteration i may touch element i only), the chunks split statically over the threads; serial when
+// there is one chunk. For passes over whole buffers: residual adds, the optimizer's update.
+template <class F>
+void parallel_for_simd(size_t n, size_t chunk, F&& fn) {
+  parallel_for((n + chunk - 1) / chunk, [&](size_t c) {
+    const size_t lo = c * chunk, hi = std::min(n, lo + chunk);
+#pragma omp simd
+    for (size_t i = lo; i < hi; ++i) fn(i);
+  }, 2);
 }
 
 // for i in [0, n): fn(i), handed out dynamically (uneven work, e.g. one expert per iteration).

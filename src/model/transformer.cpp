@@ -22,21 +22,12 @@ namespace moe {
 
 namespace {
 
-// fn(i) for i in [0, n) in chunks on all threads: the passes over a whole (T, d) activation, which
-// a single thread would take 0.2-0.3 ms to make.
-template <class F>
-void elementwise(size_t n, F&& fn) {
-  constexpr size_t kChunk = 1 << 14;
-  parallel_for((n + kChunk - 1) / kChunk, [&](size_t c) {
-    const size_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
-#pragma omp simd
-    for (size_t i = lo; i < hi; ++i) fn(i);
-  }, 1);
-}
+// The passes over a whole (T, d) activation, on all threads (one would take 0.2-0.3 ms a pass).
+constexpr size_t kPassChunk = 1 << 14;
 
 // out = a + s·b over n values (out may alias a or b): the residual stream's adds.
 void add_scaled_into(float* out, const float* a, float s, const float* b, size_t n) {
-  elementwise(n, [=](size_t i) { out[i] = a[i] + s * b[i]; });
+  parallel_for_simd(n, kPassChunk, [=](size_t i) { out[i] = a[i] + s * b[i]; });
 }
 
 std::unique_ptr<Ffn> make_ffn(const ModelConfig& c, int layer) {
@@ -54,7 +45,7 @@ std::unique_ptr<Ffn> make_ffn(const ModelConfig& c, int layer) {
 void scale_in_place(Tensor& t, float s) {
   if (s == 1.f) return;
   float* p = t.data();
-  elementwise(t.numel(), [=](size_t i) { p[i] *= s; });
+  parallel_for_simd(t.numel(), kPassChunk, [=](size_t i) { p[i] *= s; });
 }
 
 }  // namespace
@@ -390,7 +381,7 @@ void TransformerLM::backward(const std::function<void(size_t)>& block_done) {
     dr_.resize({T, d});
     float* dr = dr_.data();
     const float* dx = dx_.data();
-    elementwise(dx_.numel(), [=](size_t i) { dr[i] = rm * dx[i]; });
+    parallel_for_simd(dx_.numel(), kPassChunk, [=](size_t i) { dr[i] = rm * dx[i]; });
     return dr_.data();
   };
   for (size_t li = blocks.size(); li-- > 0;) {

@@ -155,17 +155,11 @@ void AdamW::step(float lr, float grad_scale) {
     const float decay = w.ndim() >= 2 ? lr * cfg_.weight_decay : 0.f;  // no decay on norms and vectors
     const std::vector<uint8_t>& frozen = frozen_[pi];
     if (frozen.empty()) {  // in chunks, each a loop the compiler vectorises (the pointers do not alias)
-      constexpr size_t kChunk = 4096;
-      const size_t n = w.numel();
       float* __restrict wp = w.data();
       float* __restrict mp = m.data();
       float* __restrict vp = v.data();
       const float* __restrict gp = g.data();
-      parallel_for((n + kChunk - 1) / kChunk, [&](size_t c) {
-        const size_t end = std::min(n, (c + 1) * kChunk);
-#pragma omp simd
-        for (size_t i = c * kChunk; i < end; ++i) adam(wp[i], mp[i], vp[i], gp[i], decay);
-      }, 2);
+      parallel_for_simd(w.numel(), 4096, [&](size_t i) { adam(wp[i], mp[i], vp[i], gp[i], decay); });
       continue;
     }
     const size_t width = static_cast<size_t>(rows_of(w).second);
