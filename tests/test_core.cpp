@@ -446,14 +446,50 @@ TEST(Packed, Q8_0BlockAsLlamaCppQuantizes) {
   for (int i = 0; i < kQ8Block; ++i) EXPECT_EQ(q[i], 0);
 }
 
+// Activations rounded for a Q8_0 product: the largest magnitude to ±127 and the rest to the nearest
+// step, ties to even, bit for bit as the scalar definition; a block of zeros gives zeros and scale 0.
+TEST(Packed, ActivationBlocksRoundToTheNearestStep) {
+  std::vector<float> x(kQ8Block);
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    fill_normal(x.data(), x.size(), 12, seed, 0.f, seed % 2 ? 1e-3f : 3.f);
+    if (seed == 7) x[5] = -40.f;  // a negative maximum
+    if (seed == 8) {              // exact ties: 0.5 and 1.5 steps round to 0 and 2
+      x.assign(kQ8Block, 0.f);
+      x[0] = 127.f;
+      x[1] = 0.5f;
+      x[2] = 1.5f;
+      x[3] = -2.5f;
+    }
+    int8_t q[kQ8Block];
+    const float d = quantize_activation_block(x.data(), q);
+    float amax = 0.f;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    ASSERT_EQ(d, amax / 127.f) << seed;
+    const float id = 127.f / amax;
+    for (int i = 0; i < kQ8Block; ++i) ASSERT_EQ(q[i], static_cast<int8_t>(std::nearbyint(x[static_cast<size_t>(i)] * id))) << seed << " " << i;
+    if (seed == 8) {
+      EXPECT_EQ(q[0], 127);
+      EXPECT_EQ(q[1], 0);
+      EXPECT_EQ(q[2], 2);
+      EXPECT_EQ(q[3], -2);
+    }
+  }
+  std::fill(x.begin(), x.end(), 0.f);
+  int8_t q[kQ8Block];
+  EXPECT_EQ(quantize_activation_block(x.data(), q), 0.f);
+  for (int i = 0; i < kQ8Block; ++i) EXPECT_EQ(q[i], 0);
+}
+
 // A product with a packed matrix equals the double-precision product with the values it holds (its
 // unpack), for each format, for the dot-product path (1–8 rows, each as alone) and the panel path (more), with and
-// without accumulation, for row lengths with a vector tail (bf16, fp32); and it is the same bit for
-// bit on 1 and 2 threads. The values held are the weights rounded: bf16 within 2^-8 relative, Q8_0
-// within half a step of max|w|/127 plus the rounding of that scale to fp16 (2^-11 relative, times 127).
+// without accumulation, for row lengths with a vector tail (bf16, fp32) and with 3 and 10 Q8_0 blocks
+// (scales loaded 8 at a time); and it is the same bit for bit on 1 and 2 threads. The values held are
+// the weights rounded: bf16 within 2^-8 relative, Q8_0 within half a step of max|w|/127 plus the
+// rounding of that scale to fp16 (2^-11 relative, times 127). Q8_0 multiplies x rounded by
+// quantize_activation_block: the reference does too.
 TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
   for (WeightFormat f : {WeightFormat::fp32, WeightFormat::bf16, WeightFormat::q8_0}) {
-    for (int K : {96, 100}) {
+    for (int K : {96, 100, 320}) {
       if (f == WeightFormat::q8_0 && K % kQ8Block != 0) continue;
       SCOPED_TRACE(std::string(name_of(f)) + " K=" + std::to_string(K));
       const int N = 70;
@@ -477,6 +513,13 @@ TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
       for (int M : {1, 3, 4, 5, 8, 9, 40}) {
         std::vector<float> x(static_cast<size_t>(M) * K), y0(static_cast<size_t>(M) * (N + 3), 0.25f);
         fill_normal(x.data(), x.size(), 7, 2 + static_cast<uint64_t>(M), 0.f, 1.f);
+        std::vector<float> xr = x;  // what the product multiplies
+        if (f == WeightFormat::q8_0)
+          for (size_t b = 0; b < x.size() / kQ8Block; ++b) {
+            int8_t q[kQ8Block];
+            const float d = quantize_activation_block(x.data() + b * kQ8Block, q);
+            for (int i = 0; i < kQ8Block; ++i) xr[b * kQ8Block + i] = static_cast<float>(q[i]) * d;
+          }
         for (bool acc : {false, true}) {
           std::vector<float> y = y0;
           set_num_threads(2);
@@ -490,7 +533,7 @@ TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
             for (int r = 0; r < N; ++r) {
               double ref = acc ? 0.25 : 0.0, mag = 0.0;
               for (int i = 0; i < K; ++i) {
-                const double t = static_cast<double>(held[static_cast<size_t>(r) * K + i]) * x[static_cast<size_t>(m) * K + i];
+                const double t = static_cast<double>(held[static_cast<size_t>(r) * K + i]) * xr[static_cast<size_t>(m) * K + i];
                 ref += t;
                 mag += std::fabs(t);
               }

@@ -432,8 +432,8 @@ TEST(Model, KvCacheGrowsToALongContext) {
   EXPECT_EQ(model.cache_len(), L);
 }
 
-// Decoding from packed weights (moe generate/eval --weights): after pack_weights, forward_logits runs
-// the fp32 weights rounded to the format (fp32: unchanged) and decode reads the packed copies; they agree at every
+// Decoding from packed weights (moe generate/eval --weights): after pack_weights, forward_logits and
+// decode both multiply by the packed copies (fp32: the weights unchanged); they agree at every
 // position (a prefill of 5, then one token at a time), tied head or not, for a model trained in fp32
 // or in bf16 (whose bf16 GEMMs packing turns off). The packed model stays close to the fp32 one, and a
 // token reads (4 − bytes per weight) fewer bytes for each packed weight it uses.

@@ -34,6 +34,62 @@ inline float scale_of(uint16_t h) {
 
 }  // namespace
 
+float quantize_activation_block(const float* x, int8_t* q) {
+#if defined(__AVX512F__)
+  const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+  constexpr __mmask16 all = 0xFFFF;  // the zero-masked forms: see hsum (core/simd.h)
+  const __m512 m = _mm512_maskz_max_ps(all, _mm512_abs_ps(a), _mm512_abs_ps(b));
+  const __m256 m8 = _mm256_max_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(m), 1)),
+                                  _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(m), 0)));
+  __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m8, 1), _mm256_castps256_ps128(m8));
+  m4 = _mm_max_ps(m4, _mm_shuffle_ps(m4, m4, _MM_SHUFFLE(1, 0, 3, 2)));
+  const float amax = std::max(_mm_cvtss_f32(m4), _mm_cvtss_f32(_mm_shuffle_ps(m4, m4, _MM_SHUFFLE(1, 1, 1, 1))));
+#else
+  float amax = 0.f;
+  for (int j = 0; j < kQ8Block; ++j) amax = std::max(amax, std::fabs(x[j]));
+#endif
+  const float id = amax > 0.f ? 127.f / amax : 0.f;
+#if defined(__AVX512F__)
+  // vcvtps2dq rounds to nearest even (the default rounding mode), as nearbyint does below.
+  const __m512 s = _mm512_set1_ps(id);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_maskz_cvtsepi32_epi8(all, _mm512_maskz_cvtps_epi32(all, _mm512_mul_ps(a, s))));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_maskz_cvtsepi32_epi8(all, _mm512_maskz_cvtps_epi32(all, _mm512_mul_ps(b, s))));
+#else
+  for (int j = 0; j < kQ8Block; ++j) q[j] = static_cast<int8_t>(std::clamp(std::nearbyint(x[j] * id), -127.f, 127.f));
+#endif
+  return amax / 127.f;
+}
+
+// The M rows of x (M, K) rounded for a Q8_0 product: int8 values, an fp32 scale per block, and per
+// block the correction of the weights' +128 offset, −128·Σ q, in lane 0 of 8 int32 lanes (where
+// vpdpbusd's sum of the block starts).
+struct PackedMatrix::Q8Rows {
+  int K = 0, nb = 0;
+  std::vector<int8_t> q;       // (M, K)
+  std::vector<float> d;        // (M, K / 32)
+  std::vector<int32_t> base;   // (M, K / 32, 8)
+  void quantize(const float* x, int M, int cols) {
+    K = cols;
+    nb = cols / kQ8Block;
+    const size_t blocks = static_cast<size_t>(M) * nb;
+    q.resize(static_cast<size_t>(M) * K);
+    d.resize(blocks);
+    base.assign(blocks * 8, 0);
+    for (size_t b = 0; b < blocks; ++b) {
+      int8_t* qb = q.data() + b * kQ8Block;
+      d[b] = quantize_activation_block(x + b * kQ8Block, qb);
+      int sum = 0;
+      for (int i = 0; i < kQ8Block; ++i) sum += qb[i];
+      base[b * 8] = -128 * sum;
+    }
+  }
+  // The rounded values in fp32, into out (M, K).
+  void dequantize(int M, std::vector<float>& out) const {
+    out.resize(static_cast<size_t>(M) * K);
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(q[i]) * d[i / kQ8Block];
+  }
+};
+
 void PackedMatrix::pack(const float* W, int rows, int cols, WeightFormat f) { pack({{W, rows}}, cols, f); }
 
 void PackedMatrix::pack(const std::vector<std::pair<const float*, int>>& stacked, int cols, WeightFormat f) {
@@ -67,7 +123,11 @@ void PackedMatrix::pack(const std::vector<std::pair<const float*, int>>& stacked
   } else {
     q_.resize(n);
     qd_.resize(n / kQ8Block);
-    parallel_for(n / kQ8Block, [&](size_t b) { qd_[b] = quantize_q8_0_block(W + b * kQ8Block, q_.data() + b * kQ8Block); }, 256);
+    parallel_for(n / kQ8Block, [&](size_t b) {
+      int8_t v[kQ8Block];
+      qd_[b] = quantize_q8_0_block(W + b * kQ8Block, v);
+      for (int i = 0; i < kQ8Block; ++i) q_[b * kQ8Block + i] = static_cast<uint8_t>(v[i] + 128);
+    }, 256);
   }
 }
 
@@ -96,7 +156,7 @@ void PackedMatrix::unpack(int r0, int n, float* out) const {
     case WeightFormat::q8_0:
       for (size_t b = 0; b < len / kQ8Block; ++b) {
         const float d = scale_of(qd_[lo / kQ8Block + b]);
-        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = static_cast<float>(q_[lo + b * kQ8Block + i]) * d;
+        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = static_cast<float>(q_[lo + b * kQ8Block + i] - 128) * d;
       }
       break;
   }
@@ -107,11 +167,6 @@ namespace {
 // Dot products of one packed row of W with R rows of x (row stride ldx) at once: each widened chunk of
 // the row serves all R. Every output sees the same operations in the same order whatever R is, so a
 // sequence decoded in a batch gets the same numbers as decoded alone.
-#if defined(__AVX512F__)
-inline __m512 widen_i8(const int8_t* p) {  // zero-masked forms: see widen_bf16x16 (core/bf16.h)
-  return _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
-#endif
 
 // fp32 and bf16 rows: Σ_i w_i·x_i, 16 lanes at a time, then the scalar tail.
 template <int R, class W, class Widen, class Scalar>
@@ -135,32 +190,52 @@ void dots_plain(const W* w, const float* x, size_t ldx, int K, float* out, Widen
   for (int r = 0; r < R; ++r) out[r] = s[r];
 }
 
-// Q8_0 rows: Σ_b d_b · Σ_i q_{b,i}·x_{b,i} over the K / 32 blocks.
-template <int R>
-void dots_q8_0(const int8_t* q, const uint16_t* d, const float* x, size_t ldx, int K, float* out) {
+// RW consecutive Q8_0 rows of W against R rows of rounded activations: out[i·R + r] = Σ_b dw_b·dx_b ·
+// Σ_j qw_{b,j}·qx_{b,j} over the K / 32 blocks. The weights are stored as qw + 128 (unsigned), so a
+// block's integer sum starts at −128·Σ qx (Q8Rows::base) and vpdpbusd adds the 32 products (u8·s8,
+// four to a lane) to it exactly; the 8 lanes then go to fp32, times the product of the two scales.
+// Every output sees the same operations whatever RW and R are.
+template <int RW, int R>
+void dots_q8_0(const uint8_t* w, const uint16_t* dw, const int8_t* q, const float* dx, const int32_t* base, int K, float* out) {
   const int nb = K / kQ8Block;
-#if defined(__AVX512F__)
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int b = 0; b < nb; ++b) {
-    const __m512 w0 = widen_i8(q + b * 32), w1 = widen_i8(q + b * 32 + 16), db = _mm512_set1_ps(scale_of(d[b]));
-    for (int r = 0; r < R; ++r) {
-      const float* xb = x + r * ldx + b * 32;
-      const __m512 t = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
-      acc[r] = _mm512_fmadd_ps(t, db, acc[r]);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  __m256 acc[RW][R];
+  for (int i = 0; i < RW; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
+  for (int b0 = 0; b0 < nb; b0 += 8) {
+    const int n = std::min(8, nb - b0);
+    __m256 sw8[RW];  // the weights' scales of up to 8 blocks, in fp32
+    for (int i = 0; i < RW; ++i)
+      sw8[i] = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(static_cast<__mmask8>((1u << n) - 1), dw + static_cast<size_t>(i) * nb + b0));
+    for (int j = 0; j < n; ++j) {
+      const int b = b0 + j;
+      const __m256i lane = _mm256_set1_epi32(j);
+      for (int i = 0; i < RW; ++i) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + static_cast<size_t>(i) * K + b * kQ8Block));
+        const __m256 swb = _mm256_permutexvar_ps(lane, sw8[i]);
+        for (int r = 0; r < R; ++r) {
+          const size_t rb = static_cast<size_t>(r) * nb + b;
+          __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + rb * 8));
+          t = _mm256_dpbusd_epi32(t, wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + rb * kQ8Block)));
+          acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(swb, _mm256_set1_ps(dx[rb])), acc[i][r]);
+        }
+      }
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+  for (int i = 0; i < RW; ++i)
+    for (int r = 0; r < R; ++r) out[i * R + r] = hsum8(acc[i][r]);
 #else
-  for (int r = 0; r < R; ++r) {
-    float s = 0.f;
-    for (int b = 0; b < nb; ++b) {
-      float t = 0.f;
-      for (int i = 0; i < 32; ++i) t = std::fma(static_cast<float>(q[b * 32 + i]), x[r * ldx + b * 32 + i], t);
-      s = std::fma(scale_of(d[b]), t, s);
+  for (int i = 0; i < RW; ++i)
+    for (int r = 0; r < R; ++r) {
+      float s = 0.f;
+      for (int b = 0; b < nb; ++b) {
+        const size_t rb = static_cast<size_t>(r) * nb + b;
+        int t = base[rb * 8];
+        for (int j = 0; j < kQ8Block; ++j) t += static_cast<int>(w[static_cast<size_t>(i) * K + b * kQ8Block + j]) * q[rb * kQ8Block + j];
+        s = std::fma(static_cast<float>(t), scale_of(dw[static_cast<size_t>(i) * nb + b]) * dx[rb], s);
+      }
+      out[i * R + r] = s;
     }
-    out[r] = s;
-  }
 #endif
 }
 
@@ -171,7 +246,7 @@ constexpr int kPanel = 64;      // rows of W unpacked per sgemm in the panel pat
 }  // namespace
 
 template <int R>
-void PackedMatrix::dots(int r, const float* x, float* out) const {
+void PackedMatrix::dots(int r, const float* x, const Q8Rows* xq, float* out) const {
   const size_t o = static_cast<size_t>(r) * cols_, ldx = static_cast<size_t>(cols_);
   switch (fmt_) {
     case WeightFormat::fp32:
@@ -188,20 +263,22 @@ void PackedMatrix::dots(int r, const float* x, float* out) const {
       dots_plain<R>(b16_.data() + o, x, ldx, cols_, out, nullptr, bf16_to_float);
 #endif
       return;
-    case WeightFormat::q8_0: dots_q8_0<R>(q_.data() + o, qd_.data() + o / kQ8Block, x, ldx, cols_, out); return;
+    case WeightFormat::q8_0:
+      dots_q8_0<1, R>(q_.data() + o, qd_.data() + o / kQ8Block, xq->q.data(), xq->d.data(), xq->base.data(), cols_, out);
+      return;
   }
 }
 
-void PackedMatrix::dots(int r, const float* x, int M, float* out) const {
+void PackedMatrix::dots(int r, const float* x, const Q8Rows* xq, int M, float* out) const {
   switch (M) {
-    case 1: dots<1>(r, x, out); break;
-    case 2: dots<2>(r, x, out); break;
-    case 3: dots<3>(r, x, out); break;
-    case 4: dots<4>(r, x, out); break;
-    case 5: dots<5>(r, x, out); break;
-    case 6: dots<6>(r, x, out); break;
-    case 7: dots<7>(r, x, out); break;
-    default: dots<8>(r, x, out); break;
+    case 1: dots<1>(r, x, xq, out); break;
+    case 2: dots<2>(r, x, xq, out); break;
+    case 3: dots<3>(r, x, xq, out); break;
+    case 4: dots<4>(r, x, xq, out); break;
+    case 5: dots<5>(r, x, xq, out); break;
+    case 6: dots<6>(r, x, xq, out); break;
+    case 7: dots<7>(r, x, xq, out); break;
+    default: dots<8>(r, x, xq, out); break;
   }
 }
 
@@ -220,6 +297,19 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
   MOE_CHECK(start[parts.size()] == rows_, "packed weights: the parts' rows do not add up to the matrix's");
   if (M <= 0) return;
   const int K = cols_;
+  // Q8_0: x's rows rounded to int8 blocks, for the dot products as they are, for sgemm widened back.
+  // The caller's thread owns them; the workers see them through these pointers (a lambda refers to a
+  // thread_local by name in the thread that runs it).
+  thread_local Q8Rows q8_rows;
+  thread_local std::vector<float> q8_widened;
+  const Q8Rows* xq = &q8_rows;
+  if (fmt_ == WeightFormat::q8_0) {
+    q8_rows.quantize(x, M, K);
+    if (M > kDotRows) {
+      q8_rows.dequantize(M, q8_widened);
+      x = q8_widened.data();
+    }
+  }
   if (M <= kDotRows) {
     // Each row of W is read once, for every row of x at once.
     const size_t chunks = (static_cast<size_t>(rows_) + kRowChunk - 1) / kRowChunk;
@@ -227,12 +317,21 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
       const int r1 = std::min(rows_, static_cast<int>(c + 1) * kRowChunk);
       size_t i = 0;
       float v[kDotRows];
-      for (int r = static_cast<int>(c) * kRowChunk; r < r1; ++r) {
-        while (r >= start[i + 1]) ++i;
-        dots(r, x, M, v);
-        for (int m = 0; m < M; ++m) {
-          float& out = part[i].y[static_cast<size_t>(m) * part[i].ldy + (r - start[i])];
-          out = accumulate ? out + v[m] : v[m];
+      for (int r = static_cast<int>(c) * kRowChunk; r < r1;) {
+        // One row of x (decoding) against Q8_0: four rows of W per call, which share its loads and
+        // loop; the same numbers as one at a time.
+        const int g = fmt_ == WeightFormat::q8_0 && M == 1 && r + 4 <= r1 ? 4 : 1;
+        if (g == 4)
+          dots_q8_0<4, 1>(q_.data() + static_cast<size_t>(r) * K, qd_.data() + static_cast<size_t>(r) * (K / kQ8Block),
+                          xq->q.data(), xq->d.data(), xq->base.data(), K, v);
+        else
+          dots(r, x, xq, M, v);
+        for (int k = 0; k < g; ++k, ++r) {
+          while (r >= start[i + 1]) ++i;
+          for (int m = 0; m < M; ++m) {
+            float& out = part[i].y[static_cast<size_t>(m) * part[i].ldy + (r - start[i])];
+            out = accumulate ? out + v[k * M + m] : v[k * M + m];
+          }
         }
       }
     }, 2);

@@ -3,10 +3,13 @@
 // of fp32 activations with them.
 //
 // Decoding reads every active weight once per token, so its speed is the memory bandwidth divided by
-// the bytes of those weights: bf16 halves them, Q8_0 nearly quarters them. A product keeps its
-// activations and its accumulation in fp32 and widens each weight on the fly; a few rows (decoding) run
-// as dot products straight from the packed rows, more (a prompt's prefill) unpack panels of rows to fp32
-// and multiply them with sgemm.
+// the bytes of those weights: bf16 halves them, Q8_0 nearly quarters them. An fp32 or bf16 product
+// keeps its activations and its accumulation in fp32 and widens each weight on the fly. A Q8_0 product
+// first rounds each row of activations to Q8_0 blocks too (int8 with an fp32 scale per 32 values, as
+// llama.cpp does for its Q8_0 matrices), so that each block's dot product is a sum of int8 products:
+// one VNNI instruction (vpdpbusd) per 32 weights where the CPU has it. A few rows (decoding) run as dot
+// products straight from the packed rows; more (a prompt's prefill, batched evaluation) unpack panels
+// of rows to fp32 and multiply them with sgemm, Q8_0 with the rounded activations.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -30,6 +33,11 @@ struct EnumNames<WeightFormat> {
 // Bytes per weight: 4, 2 and 34/32.
 double bytes_per_weight(WeightFormat f);
 
+// A block of 32 activations rounded for a Q8_0 product: q = nearest-even(x·127 / max|x|) into q,
+// returns the scale max|x| / 127 (0 for a block of zeros), in fp32: the weights' scales are fp16 as
+// GGUF stores them, the activations' are not stored.
+float quantize_activation_block(const float* x, int8_t* q);
+
 class PackedMatrix {
  public:
   // Packs W (rows, cols), row-major. Q8_0 needs cols to be a multiple of 32 (moe::Error otherwise).
@@ -44,8 +52,9 @@ class PackedMatrix {
   size_t bytes() const;  // what a product reads of it
   // Rows [r0, r0 + n) as the fp32 values a product multiplies by, into out (n, cols).
   void unpack(int r0, int n, float* out) const;
-  // y (M, rows) = x (M, cols)·Wᵀ, or y += that when accumulate; ldy is y's row stride. Every element of
-  // y is computed by one thread in a fixed order: the result does not depend on the thread count.
+  // y (M, rows) = x (M, cols)·Wᵀ, or y += that when accumulate; ldy is y's row stride; Q8_0 multiplies
+  // x's rows rounded by quantize_activation_block. Every element of y is computed by one thread in a
+  // fixed order: the result does not depend on the thread count.
   void matmul(const float* x, int M, float* y, int ldy, bool accumulate = false) const;
   // The same for a matrix of stacked ones (W1 over W3, W_q over W_k over W_v), the columns of the
   // product going to one output per part: part i gets `rows` columns into y (row stride ldy). One pass
@@ -62,18 +71,19 @@ class PackedMatrix {
   int rows_ = 0, cols_ = 0;
   std::vector<std::pair<const float*, int>> f32_;  // fp32: the stacked matrices read in place, and their rows
   bf16_vector b16_;             // bf16: (rows, cols)
-  std::vector<int8_t> q_;       // q8_0: (rows, cols) quantized values
+  std::vector<uint8_t> q_;      // q8_0: (rows, cols) quantized values + 128 (the unsigned operand of vpdpbusd)
   std::vector<uint16_t> qd_;    // q8_0: (rows, cols / 32) fp16 scales
-  // Row r of W against the M ≤ 8 rows of x (row stride cols): out[m] = W_r · x_m.
-  void dots(int r, const float* x, int M, float* out) const;
+  struct Q8Rows;                // x's rows rounded for a Q8_0 product
+  // Row r of W against the M ≤ 8 rows of x (row stride cols), or of xq for Q8_0: out[m] = W_r · x_m.
+  void dots(int r, const float* x, const Q8Rows* xq, int M, float* out) const;
   template <int R>
-  void dots(int r, const float* x, float* out) const;
+  void dots(int r, const float* x, const Q8Rows* xq, float* out) const;
   const float* f32_row(int r) const;
 };
 
-// Packs W (rows, cols) into p and writes back into W the values the packed copy holds: the fp32 model
-// is then the packed one, so that batched evaluation (plain fp32 GEMMs) and decoding from the packed
-// copy compute the same function up to summation order. (fp32 reads W in place: nothing to write.)
+// Packs W (rows, cols) into p and writes back into W the values the packed copy holds, so that
+// whatever still reads W (a tied head's embedding rows) reads the packed model. (fp32 reads W in
+// place: nothing to write.)
 void pack_and_round(float* W, int rows, int cols, WeightFormat f, PackedMatrix& p);
 // The same for matrices stacked in that order (each (rows_i, cols)) into one packed matrix.
 void pack_and_round(const std::vector<std::pair<float*, int>>& stacked, int cols, WeightFormat f, PackedMatrix& p);

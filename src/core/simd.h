@@ -8,13 +8,16 @@ namespace moe {
 #if defined(__AVX512F__)
 // The sum of v's 16 lanes in the order of _mm512_reduce_add_ps (halves, quarters, pairs), without its
 // unmasked extract, which GCC 12 reports as reading an uninitialised placeholder (GCC bug 105593).
-inline float hsum(__m512 v) {
-  const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 1));
-  const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 0));
-  const __m256 s8 = _mm256_add_ps(hi, lo);
+// hsum8 is its second half: the sum of 8 lanes.
+inline float hsum8(__m256 s8) {
   const __m128 s4 = _mm_add_ps(_mm256_extractf128_ps(s8, 1), _mm256_castps256_ps128(s8));
   const __m128 s2 = _mm_add_ps(s4, _mm_shuffle_ps(s4, s4, _MM_SHUFFLE(1, 0, 3, 2)));
   return _mm_cvtss_f32(s2) + _mm_cvtss_f32(_mm_shuffle_ps(s2, s2, _MM_SHUFFLE(1, 1, 1, 1)));
+}
+inline float hsum(__m512 v) {
+  const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 1));
+  const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 0));
+  return hsum8(_mm256_add_ps(hi, lo));
 }
 
 // exp_approx of each lane, step for step: the same clamp, Cody-Waite reduction and polynomial, with

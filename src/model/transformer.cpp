@@ -236,7 +236,19 @@ void TransformerLM::run(const int32_t* tokens, int B, int L, bool training, uint
     head_lin_.forward(hb_.data(), T, d, head, V, logits.data());
     scale_in_place(logits, 1.f / cfg.logits_scaling);
   } else {
-    sgemm(false, true, T, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
+    head_forward(h_final);
+  }
+}
+
+void TransformerLM::head_forward(const Tensor& h) {
+  const int d = cfg.hidden_size, V = cfg.vocab_size, rows = static_cast<int>(h.dim(0));
+  logits.resize({rows, V});
+  if (head_packed_.empty()) {
+    const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
+    sgemm(false, true, rows, V, d, 1.f / cfg.logits_scaling, h.data(), d, head, d, 0.f, logits.data(), V);
+  } else {  // packed for inference: the products decoding computes (core/packed.h)
+    head_packed_.matmul(h.data(), rows, logits.data(), V);
+    scale_in_place(logits, 1.f / cfg.logits_scaling);
   }
 }
 
@@ -297,7 +309,7 @@ const float* TransformerLM::decode(const int32_t* tokens, int n, int seq) {
 }
 
 const Tensor& TransformerLM::decode(const int32_t* tokens, const std::vector<DecodeSegment>& segments) {
-  const int d = cfg.hidden_size, V = cfg.vocab_size, maxL = cfg.context(), S = static_cast<int>(segments.size());
+  const int d = cfg.hidden_size, maxL = cfg.context(), S = static_cast<int>(segments.size());
   const float rm = cfg.residual_multiplier;
   int n = 0;
   for (const DecodeSegment& s : segments) {
@@ -325,14 +337,7 @@ const Tensor& TransformerLM::decode(const int32_t* tokens, const std::vector<Dec
     end += segments[static_cast<size_t>(j)].n;
     final_norm.forward(x.data() + static_cast<size_t>(end - 1) * d, 1, h_final.data() + static_cast<size_t>(j) * d);
   }
-  logits.resize({S, V});
-  const float* head = cfg.tie_word_embeddings ? embed.w.data() : lm_head.data();
-  if (head_packed_.empty()) {
-    sgemm(false, true, S, V, d, 1.f / cfg.logits_scaling, h_final.data(), d, head, d, 0.f, logits.data(), V);
-  } else {
-    head_packed_.matmul(h_final.data(), S, logits.data(), V);
-    scale_in_place(logits, 1.f / cfg.logits_scaling);
-  }
+  head_forward(h_final);
   return logits;
 }
 

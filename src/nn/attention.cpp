@@ -188,7 +188,7 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   const double Td = static_cast<double>(T) * d;
   {
     PhaseTimer pt("fwd: attention q, k, v", 2.0 * Td * (qd + 2 * kvd));
-    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre, cfg.bf16 ? Gemms::bf16 : Gemms::fp32);
+    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre, !pqkv_.empty() ? Gemms::packed : cfg.bf16 ? Gemms::bf16 : Gemms::fp32);
   }
   {
     PhaseTimer pt("fwd: attention rope");
@@ -214,7 +214,9 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   });
   core.stop();
   PhaseTimer pt("fwd: attention out", 2.0 * Td * qd);
-  if (cfg.bf16) {
+  if (!po_.empty()) {  // packed for inference: the products decoding computes (core/packed.h)
+    po_.matmul(o.data(), T, y, d);
+  } else if (cfg.bf16) {
     to_bf16(o.data(), ob_, o.numel());
     lo_.forward(ob_.data(), T, qd, wo.data(), d, y);
   } else {
