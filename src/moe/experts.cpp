@@ -110,14 +110,14 @@ float gated_swiglu_backward(const float* a, const float* b, const float* h_in, c
 }
 
 // fn(i0, i1) over the rows [0, n) of one expert: all at once inside a parallel region (one expert per
-// thread), else split over the threads.
+// thread) or when there are too few rows to split (decoding), else split over the threads.
 template <class F>
 void rows_apply(bool inside_parallel, int n, F&& fn) {
-  if (inside_parallel) {
+  const int chunks = std::max(1, std::min(n / 16, 4 * num_threads()));
+  if (inside_parallel || chunks == 1) {
     fn(0, n);
     return;
   }
-  const int chunks = std::max(1, std::min(n / 16, 4 * num_threads()));
   parallel_for(static_cast<size_t>(chunks), [&](size_t c) {
     fn(static_cast<int>(c * n / chunks), static_cast<int>((c + 1) * n / chunks));
   }, 1);
