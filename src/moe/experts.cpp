@@ -1,6 +1,7 @@
 #include "moe/experts.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <numeric>
 #include <type_traits>
 
@@ -33,10 +34,20 @@ bool ExpertBank::parallel_over_experts(const std::vector<int64_t>& offsets) cons
   const int threads = num_threads();
   if (threads <= 1) return false;
   int active = 0;
-  for (int e = 0; e < E; ++e) active += offsets[e + 1] > offsets[e];
+  int64_t fewest = INT64_MAX, most = 0;
+  for (int e = 0; e < E; ++e) {
+    const int64_t n = offsets[e + 1] - offsets[e];
+    if (n == 0) continue;
+    ++active;
+    fewest = std::min(fewest, n);
+    most = std::max(most, n);
+  }
   // Enough independent experts to keep every thread busy with little imbalance, and each small
-  // enough that splitting one GEMM over threads would not pay.
-  return active >= 4 * threads || (active >= 2 * threads && h <= 256);
+  // enough that splitting one GEMM over threads would not pay. Decoding (a few rows an expert, as
+  // many in each) spreads equal experts evenly over the threads: one parallel region for all of
+  // them instead of one for each of their products.
+  return active >= 4 * threads || (active >= 2 * threads && h <= 256) ||
+         (active % threads == 0 && fewest == most && most <= 8);
 }
 
 // The experts in order of decreasing row count: the biggest tasks start first (LPT scheduling).
