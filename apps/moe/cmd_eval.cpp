@@ -27,8 +27,9 @@ void add_eval(CLI::App& app) {
                                 "(with --ids: ids, sequences, predictions, mean_ce, perplexity)");
   cmd->add_option("--windows", windows, "Validation windows")->check(CLI::PositiveNumber);
   add_enum_option(cmd, "--weights", weights,
-                  "Evaluate with the weight matrices rounded to this format (what `moe generate --weights` decodes "
-                  "from): the perplexity cost of bf16 or q8_0. fp32: as trained (a bf16 model's GEMMs stay bf16)");
+                  "Evaluate with the weight matrices packed in this format, through the products `moe generate "
+                  "--weights` decodes with (q8_0: on activations rounded to int8 blocks): the perplexity cost of "
+                  "bf16 or q8_0. fp32: as trained (a bf16 model's GEMMs stay bf16)");
   add_enum_option(cmd, "--kv-cache", kv_cache,
                   "Evaluate with every block's keys and values rounded as this KV cache would hold them (what "
                   "`moe generate --kv-cache` decodes with): the perplexity cost of a bf16 cache");

@@ -84,8 +84,9 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--system", system_prompt, "With --chat: a system message before the prompt");
   weights_opt = add_enum_option(cmd, "--weights", weights,
                                 "The weight matrices packed for decoding: bf16 halves the bytes a token reads, q8_0 "
-                                "(llama.cpp's Q8_0: int8 in blocks of 32 with an fp16 scale) nearly quarters them; "
-                                "activations stay fp32. fp32 reads the model's own matrices, stacked for fewer passes. "
+                                "(llama.cpp's Q8_0: int8 in blocks of 32 with an fp16 scale) nearly quarters them and "
+                                "multiplies activations rounded to int8 blocks too, as llama.cpp does; bf16 keeps "
+                                "activations in fp32. fp32 reads the model's own matrices, stacked for fewer passes. "
                                 "A model trained in bf16 decodes from bf16 unless told");
   add_enum_option(cmd, "--kv-cache", kv_cache,
                   "The KV cache's storage: bf16 halves the bytes a token reads from it (what dominates at long "
