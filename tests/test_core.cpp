@@ -466,7 +466,8 @@ TEST(Packed, ActivationBlocksRoundToTheNearestStep) {
     for (float v : x) amax = std::max(amax, std::fabs(v));
     ASSERT_EQ(d, amax / 127.f) << seed;
     const float id = 127.f / amax;
-    for (int i = 0; i < kQ8Block; ++i) ASSERT_EQ(q[i], static_cast<int8_t>(std::nearbyint(x[static_cast<size_t>(i)] * id))) << seed << " " << i;
+    for (int i = 0; i < kQ8Block; ++i)
+      ASSERT_EQ(q[i], static_cast<int8_t>(std::nearbyint(x[static_cast<size_t>(i)] * id))) << seed << " " << i;
     if (seed == 8) {
       EXPECT_EQ(q[0], 127);
       EXPECT_EQ(q[1], 0);

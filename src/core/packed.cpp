@@ -52,8 +52,9 @@ float quantize_activation_block(const float* x, int8_t* q) {
 #if defined(__AVX512F__)
   // vcvtps2dq rounds to nearest even (the default rounding mode), as nearbyint does below.
   const __m512 s = _mm512_set1_ps(id);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_maskz_cvtsepi32_epi8(all, _mm512_maskz_cvtps_epi32(all, _mm512_mul_ps(a, s))));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_maskz_cvtsepi32_epi8(all, _mm512_maskz_cvtps_epi32(all, _mm512_mul_ps(b, s))));
+  const auto round8 = [&](__m512 v) { return _mm512_maskz_cvtsepi32_epi8(all, _mm512_maskz_cvtps_epi32(all, _mm512_mul_ps(v, s))); };
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), round8(a));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), round8(b));
 #else
   for (int j = 0; j < kQ8Block; ++j) q[j] = static_cast<int8_t>(std::clamp(std::nearbyint(x[j] * id), -127.f, 127.f));
 #endif
@@ -156,7 +157,8 @@ void PackedMatrix::unpack(int r0, int n, float* out) const {
     case WeightFormat::q8_0:
       for (size_t b = 0; b < len / kQ8Block; ++b) {
         const float d = scale_of(qd_[lo / kQ8Block + b]);
-        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = static_cast<float>(q_[lo + b * kQ8Block + i] - 128) * d;
+        for (int i = 0; i < kQ8Block; ++i)
+          out[b * kQ8Block + i] = static_cast<float>(q_[lo + b * kQ8Block + i] - 128) * d;
       }
       break;
   }
@@ -196,7 +198,8 @@ void dots_plain(const W* w, const float* x, size_t ldx, int K, float* out, Widen
 // four to a lane) to it exactly; the 8 lanes then go to fp32, times the product of the two scales.
 // Every output sees the same operations whatever RW and R are.
 template <int RW, int R>
-void dots_q8_0(const uint8_t* w, const uint16_t* dw, const int8_t* q, const float* dx, const int32_t* base, int K, float* out) {
+void dots_q8_0(const uint8_t* w, const uint16_t* dw, const int8_t* q, const float* dx, const int32_t* base, int K,
+               float* out) {
   const int nb = K / kQ8Block;
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
   __m256 acc[RW][R];
@@ -206,12 +209,14 @@ void dots_q8_0(const uint8_t* w, const uint16_t* dw, const int8_t* q, const floa
     const int n = std::min(8, nb - b0);
     __m256 sw8[RW];  // the weights' scales of up to 8 blocks, in fp32
     for (int i = 0; i < RW; ++i)
-      sw8[i] = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(static_cast<__mmask8>((1u << n) - 1), dw + static_cast<size_t>(i) * nb + b0));
+      sw8[i] = _mm256_cvtph_ps(
+          _mm_maskz_loadu_epi16(static_cast<__mmask8>((1u << n) - 1), dw + static_cast<size_t>(i) * nb + b0));
     for (int j = 0; j < n; ++j) {
       const int b = b0 + j;
       const __m256i lane = _mm256_set1_epi32(j);
       for (int i = 0; i < RW; ++i) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + static_cast<size_t>(i) * K + b * kQ8Block));
+        const uint8_t* wb = w + static_cast<size_t>(i) * K + b * kQ8Block;
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb));
         const __m256 swb = _mm256_permutexvar_ps(lane, sw8[i]);
         for (int r = 0; r < R; ++r) {
           const size_t rb = static_cast<size_t>(r) * nb + b;
@@ -231,7 +236,8 @@ void dots_q8_0(const uint8_t* w, const uint16_t* dw, const int8_t* q, const floa
       for (int b = 0; b < nb; ++b) {
         const size_t rb = static_cast<size_t>(r) * nb + b;
         int t = base[rb * 8];
-        for (int j = 0; j < kQ8Block; ++j) t += static_cast<int>(w[static_cast<size_t>(i) * K + b * kQ8Block + j]) * q[rb * kQ8Block + j];
+        const uint8_t* wb = w + static_cast<size_t>(i) * K + b * kQ8Block;
+        for (int j = 0; j < kQ8Block; ++j) t += static_cast<int>(wb[j]) * q[rb * kQ8Block + j];
         s = std::fma(static_cast<float>(t), scale_of(dw[static_cast<size_t>(i) * nb + b]) * dx[rb], s);
       }
       out[i * R + r] = s;
@@ -264,7 +270,8 @@ void PackedMatrix::dots(int r, const float* x, const Q8Rows* xq, float* out) con
 #endif
       return;
     case WeightFormat::q8_0:
-      dots_q8_0<1, R>(q_.data() + o, qd_.data() + o / kQ8Block, xq->q.data(), xq->d.data(), xq->base.data(), cols_, out);
+      dots_q8_0<1, R>(q_.data() + o, qd_.data() + o / kQ8Block, xq->q.data(), xq->d.data(), xq->base.data(), cols_,
+                      out);
       return;
   }
 }

@@ -100,10 +100,10 @@ class TransformerLM {
   // Generation and evaluation from packed weights (core/packed.h, `--weights`): every block's attention
   // projections and FFN weight matrices and the LM head packed in format f, and the fp32 weights rounded
   // to what the packed copies hold; forward_logits and decode then both multiply by the packed copies
-  // (Q8_0 with activations rounded to int8 blocks), so that they run the same model. Embedding rows, norms, routers and PEER's tables stay
-  // fp32; a tied head rounds the embedding table it shares. fp32 copies nothing: decoding reads the
-  // model's own matrices, stacked (W_q over W_k over W_v, W1 over W3), with its own dot products
-  // rather than one BLAS matrix-vector product per matrix. For inference only: the packed copies do not
+  // (Q8_0 with activations rounded to int8 blocks), so that they run the same model. Embedding rows,
+  // norms, routers and PEER's tables stay fp32; a tied head rounds the embedding table it shares. fp32
+  // copies nothing: decoding reads the model's own matrices, stacked (W_q over W_k over W_v, W1 over
+  // W3), with its own dot products rather than one BLAS matrix-vector product per matrix. For inference only: the packed copies do not
   // follow training.
   void pack_weights(WeightFormat f);
   WeightFormat weight_format() const { return packed_; }  // fp32 also when not packed
@@ -170,9 +170,9 @@ class TransformerLM {
   Comm* comm_ = nullptr;
   // replicated: every rank runs these same tokens (forward_logits of a distributed model).
   void run(const int32_t* tokens, int B, int L, bool training, uint64_t step, bool replicated);
-  // The head's (and attention's) GEMMs: bf16 for a bf16 model, unless its weights are packed.
   // logits (rows, V) of h (rows, d) through the LM head: fp32 sgemm, or the packed copy once packed.
   void head_forward(const Tensor& h);
+  // The head's (and attention's) GEMMs: bf16 for a bf16 model, unless its weights are packed.
   bool bf16_gemms() const { return cfg.precision() == Precision::bf16 && head_packed_.empty(); }
   void collect_block_params(size_t l, std::vector<Param>& out);
 };

@@ -188,7 +188,8 @@ void Attention::forward(const float* x, int B, int L, float* y) {
   const double Td = static_cast<double>(T) * d;
   {
     PhaseTimer pt("fwd: attention q, k, v", 2.0 * Td * (qd + 2 * kvd));
-    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre, !pqkv_.empty() ? Gemms::packed : cfg.bf16 ? Gemms::bf16 : Gemms::fp32);
+    const Gemms how = !pqkv_.empty() ? Gemms::packed : cfg.bf16 ? Gemms::bf16 : Gemms::fp32;
+    project(x, T, q.data(), k.data(), v.data(), q_pre, k_pre, how);
   }
   {
     PhaseTimer pt("fwd: attention rope");
