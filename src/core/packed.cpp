@@ -63,22 +63,23 @@ float quantize_activation_block(const float* x, int8_t* q) {
 
 // The M rows of x (M, K) rounded for a Q8_0 product: int8 values, an fp32 scale per block, and per
 // block the correction of the weights' +128 offset, −128·Σ q, in lane 0 of 8 int32 lanes (where
-// vpdpbusd's sum of the block starts).
+// vpdpbusd's sum of the block starts), which only the dot products read.
 struct PackedMatrix::Q8Rows {
   int K = 0, nb = 0;
   std::vector<int8_t> q;       // (M, K)
   std::vector<float> d;        // (M, K / 32)
   std::vector<int32_t> base;   // (M, K / 32, 8)
-  void quantize(const float* x, int M, int cols) {
+  void quantize(const float* x, int M, int cols, bool for_dots) {
     K = cols;
     nb = cols / kQ8Block;
     const size_t blocks = static_cast<size_t>(M) * nb;
     q.resize(static_cast<size_t>(M) * K);
     d.resize(blocks);
-    base.assign(blocks * 8, 0);
+    base.assign(for_dots ? blocks * 8 : 0, 0);
     for (size_t b = 0; b < blocks; ++b) {
       int8_t* qb = q.data() + b * kQ8Block;
       d[b] = quantize_activation_block(x + b * kQ8Block, qb);
+      if (!for_dots) continue;
       int sum = 0;
       for (int i = 0; i < kQ8Block; ++i) sum += qb[i];
       base[b * 8] = -128 * sum;
@@ -311,7 +312,7 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
   thread_local std::vector<float> q8_widened;
   const Q8Rows* xq = &q8_rows;
   if (fmt_ == WeightFormat::q8_0) {
-    q8_rows.quantize(x, M, K);
+    q8_rows.quantize(x, M, K, M <= kDotRows);
     if (M > kDotRows) {
       q8_rows.dequantize(M, q8_widened);
       x = q8_widened.data();
