@@ -54,6 +54,15 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
   chroot "$ROOT" /usr/sbin/update-ca-certificates > /dev/null
 fi
 
+# This machine's ccache (the host build's compiled objects), copied in: the root's build, made with
+# the root's own compiler and headers, takes from it each object whose compiler, flags, source and
+# every header it includes hash the same (a header the root lacks still fails the build), and
+# compiles the rest. The root's build and tests are the same as without it, minutes shorter.
+if command -v ccache > /dev/null && [ -d "$(ccache -k cache_dir)" ]; then
+  mkdir -p "$ROOT/root/.cache"
+  cp -a "$(ccache -k cache_dir)" "$ROOT/root/.cache/ccache"
+fi
+
 run() {
   echo "fresh_root_check: running: $1"
   chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 /bin/bash -c "cd /src && $1"

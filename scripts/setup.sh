@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   build-essential cmake pkg-config            # C++20 compiler and build
+  ccache                                      # compiler cache (rebuilds; the fresh-root check's build)
   libopenblas-dev libopenblas0-openmp         # BLAS: the OpenMP build is linked (see CMakeLists.txt)
   libdnnl-dev ocl-icd-opencl-dev              # oneDNN: bf16 matmuls; its CMake config asks for OpenCL
   libgtest-dev libgmock-dev libbenchmark-dev  # tests and micro-benchmarks
