@@ -57,10 +57,11 @@ fi
 # This machine's ccache (the host build's compiled objects), copied in: the root's build, made with
 # the root's own compiler and headers, takes from it each object whose compiler, flags, source and
 # every header it includes hash the same (a header the root lacks still fails the build), and
-# compiles the rest. The root's build and tests are the same as without it, minutes shorter.
-if command -v ccache > /dev/null && [ -d "$(ccache -k cache_dir)" ]; then
+# compiles the rest.
+CCACHE_DIR_HOST=$(command -v ccache > /dev/null && ccache -k cache_dir || true)
+if [ -n "$CCACHE_DIR_HOST" ] && [ -d "$CCACHE_DIR_HOST" ]; then
   mkdir -p "$ROOT/root/.cache"
-  cp -a "$(ccache -k cache_dir)" "$ROOT/root/.cache/ccache"
+  cp -a "$CCACHE_DIR_HOST" "$ROOT/root/.cache/ccache"
 fi
 
 run() {
