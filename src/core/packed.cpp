@@ -196,40 +196,50 @@ void dots_plain(const W* w, const float* x, size_t ldx, int K, float* out, Widen
 // RW consecutive Q8_0 rows of W against R rows of rounded activations: out[i·R + r] = Σ_b dw_b·dx_b ·
 // Σ_j qw_{b,j}·qx_{b,j} over the K / 32 blocks. The weights are stored as qw + 128 (unsigned), so a
 // block's integer sum starts at −128·Σ qx (Q8Rows::base) and vpdpbusd adds the 32 products (u8·s8,
-// four to a lane) to it exactly; the 8 lanes then go to fp32, times the product of the two scales.
-// Every output sees the same operations whatever RW and R are.
+// four to a lane) to it exactly. Two blocks a 512-bit vector: lanes 0–7 hold block b's 8 partial
+// sums, lanes 8–15 block b + 1's; they go to fp32 and are multiplied by their block's dw_b·dx_b,
+// formed 16 blocks at a time and spread over the lanes by one permute (one block's worth of masked
+// loads when the count of blocks is odd). Every output sees the same operations whatever RW and R are.
 template <int RW, int R>
 void dots_q8_0(const uint8_t* w, const uint16_t* dw, const int8_t* q, const float* dx, const int32_t* base, int K,
                float* out) {
   const int nb = K / kQ8Block;
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  __m256 acc[RW][R];
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  constexpr __mmask16 all = 0xFFFF;  // the zero-masked forms: see hsum (core/simd.h)
+  __m512 acc[RW][R];
   for (int i = 0; i < RW; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
-  for (int b0 = 0; b0 < nb; b0 += 8) {
-    const int n = std::min(8, nb - b0);
-    __m256 sw8[RW];  // the weights' scales of up to 8 blocks, in fp32
-    for (int i = 0; i < RW; ++i)
-      sw8[i] = _mm256_cvtph_ps(
-          _mm_maskz_loadu_epi16(static_cast<__mmask8>((1u << n) - 1), dw + static_cast<size_t>(i) * nb + b0));
-    for (int j = 0; j < n; ++j) {
-      const int b = b0 + j;
-      const __m256i lane = _mm256_set1_epi32(j);
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
+  // Blocks b and b + 1 (bytes and lanes: which of the two are loaded), their scales at lanes `at` of s.
+  const auto pair = [&](int b, __m512i at, const __m512 (&s)[RW][R], __mmask64 bytes, __mmask16 lanes) {
+    __m512i wv[RW];
+    for (int i = 0; i < RW; ++i) wv[i] = _mm512_maskz_loadu_epi8(bytes, w + static_cast<size_t>(i) * K + b * kQ8Block);
+    for (int r = 0; r < R; ++r) {
+      const size_t rb = static_cast<size_t>(r) * nb + b;
+      const __m512i qv = _mm512_maskz_loadu_epi8(bytes, q + rb * kQ8Block);
+      const __m512i bv = _mm512_maskz_loadu_epi32(lanes, base + rb * 8);
       for (int i = 0; i < RW; ++i) {
-        const uint8_t* wb = w + static_cast<size_t>(i) * K + b * kQ8Block;
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb));
-        const __m256 swb = _mm256_permutexvar_ps(lane, sw8[i]);
-        for (int r = 0; r < R; ++r) {
-          const size_t rb = static_cast<size_t>(r) * nb + b;
-          __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + rb * 8));
-          t = _mm256_dpbusd_epi32(t, wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + rb * kQ8Block)));
-          acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(swb, _mm256_set1_ps(dx[rb])), acc[i][r]);
-        }
+        const __m512i t = _mm512_dpbusd_epi32(bv, wv[i], qv);
+        acc[i][r] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(all, t), _mm512_maskz_permutexvar_ps(all, at, s[i][r]),
+                                    acc[i][r]);
       }
     }
+  };
+  for (int g0 = 0; g0 < nb; g0 += 16) {
+    const int ng = std::min(16, nb - g0);
+    const auto gm = static_cast<__mmask16>((1u << ng) - 1);
+    __m512 s[RW][R];  // dw_b·dx_b of the group's blocks
+    for (int i = 0; i < RW; ++i) {
+      const __m512 sw = _mm512_maskz_cvtph_ps(all, _mm256_maskz_loadu_epi16(gm, dw + static_cast<size_t>(i) * nb + g0));
+      for (int r = 0; r < R; ++r)
+        s[i][r] = _mm512_mul_ps(sw, _mm512_maskz_loadu_ps(gm, dx + static_cast<size_t>(r) * nb + g0));
+    }
+    __m512i at = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    int p = 0;
+    for (; p + 2 <= ng; p += 2, at = _mm512_add_epi32(at, _mm512_set1_epi32(2))) pair(g0 + p, at, s, ~0ULL, all);
+    if (p < ng) pair(g0 + p, at, s, 0xFFFFFFFFULL, 0x00FF);  // an odd count: the last block alone
   }
   for (int i = 0; i < RW; ++i)
-    for (int r = 0; r < R; ++r) out[i * R + r] = hsum8(acc[i][r]);
+    for (int r = 0; r < R; ++r) out[i * R + r] = hsum(acc[i][r]);
 #else
   for (int i = 0; i < RW; ++i)
     for (int r = 0; r < R; ++r) {

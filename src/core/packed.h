@@ -7,7 +7,7 @@
 // keeps its activations and its accumulation in fp32 and widens each weight on the fly. A Q8_0 product
 // first rounds each row of activations to Q8_0 blocks too (int8 with an fp32 scale per 32 values, as
 // llama.cpp does for its Q8_0 matrices), so that each block's dot product is a sum of int8 products:
-// one VNNI instruction (vpdpbusd) per 32 weights where the CPU has it. A few rows (decoding) run as dot
+// one VNNI instruction (vpdpbusd) per two blocks where the CPU has it. A few rows (decoding) run as dot
 // products straight from the packed rows; more (a prompt's prefill, batched evaluation) unpack panels
 // of rows to fp32 and multiply them with sgemm, Q8_0 with the rounded activations.
 #pragma once
