@@ -64,6 +64,15 @@ if [ -n "$CCACHE_DIR_HOST" ] && [ -d "$CCACHE_DIR_HOST" ]; then
   cp -a "$CCACHE_DIR_HOST" "$ROOT/root/.cache/ccache"
 fi
 
+# This machine's pip wheel cache too: the llama-cpp-python wheel that scripts/interop_venv.sh built here
+# from its source package (~4 minutes of compiling llama.cpp on 2 cores). Only the interop tests' venv
+# reads it, a test oracle that `moe` never needs; without it the root builds the wheel itself.
+PIP_WHEELS_HOST=${PIP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pip}/wheels
+if [ -d "$PIP_WHEELS_HOST" ]; then
+  mkdir -p "$ROOT/root/.cache/pip"
+  cp -a "$PIP_WHEELS_HOST" "$ROOT/root/.cache/pip/wheels"
+fi
+
 run() {
   echo "fresh_root_check: running: $1"
   chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 /bin/bash -c "cd /src && $1"
