@@ -491,7 +491,7 @@ TEST(Packed, ActivationBlocksRoundToTheNearestStep) {
 // quantize_activation_block: the reference does too.
 TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
   for (WeightFormat f : {WeightFormat::fp32, WeightFormat::bf16, WeightFormat::q8_0}) {
-    for (int K : {96, 100, 320, 544}) {
+    for (int K : {32, 64, 96, 100, 320, 544}) {
       if (f == WeightFormat::q8_0 && K % kQ8Block != 0) continue;
       SCOPED_TRACE(std::string(name_of(f)) + " K=" + std::to_string(K));
       const int N = 70;
@@ -512,7 +512,7 @@ TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
           ASSERT_LE(err, bound);
         }
       }
-      for (int M : {1, 3, 4, 5, 8, 9, 40}) {
+      for (int M : {1, 2, 3, 4, 5, 6, 7, 8, 9, 40}) {
         std::vector<float> x(static_cast<size_t>(M) * K), y0(static_cast<size_t>(M) * (N + 3), 0.25f);
         fill_normal(x.data(), x.size(), 7, 2 + static_cast<uint64_t>(M), 0.f, 1.f);
         std::vector<float> xr = x;  // what the product multiplies
