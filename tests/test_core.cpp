@@ -483,9 +483,9 @@ TEST(Packed, ActivationBlocksRoundToTheNearestStep) {
 
 // A product with a packed matrix equals the double-precision product with the values it holds (its
 // unpack), for each format, for the dot-product path (1–8 rows, each as alone) and the panel path (more), with and
-// without accumulation, for row lengths with a vector tail (bf16, fp32) and with 3, 10 and 17 Q8_0
-// blocks (two blocks a vector, the scales of 16 at a time: 3 and 17 end on a lone block, 17 takes two
-// groups); and it is the same bit for bit on 1 and 2 threads. The values held are
+// without accumulation, for row lengths with a vector tail (bf16, fp32) and with 1, 2, 3, 10 and 17
+// Q8_0 blocks (two blocks a vector, the scales of 16 at a time: 1, 3 and 17 end on a lone block, 17
+// takes two groups); and it is the same bit for bit on 1 and 2 threads. The values held are
 // the weights rounded: bf16 within 2^-8 relative, Q8_0 within half a step of max|w|/127 plus the
 // rounding of that scale to fp16 (2^-11 relative, times 127). Q8_0 multiplies x rounded by
 // quantize_activation_block: the reference does too.
