@@ -483,15 +483,16 @@ TEST(Packed, ActivationBlocksRoundToTheNearestStep) {
 
 // A product with a packed matrix equals the double-precision product with the values it holds (its
 // unpack), for each format, for the dot-product path (1–8 rows, each as alone) and the panel path (more), with and
-// without accumulation, for row lengths with a vector tail (bf16, fp32) and with 1, 2, 3, 10 and 17
-// Q8_0 blocks (two blocks a vector, the scales of 16 at a time: 1, 3 and 17 end on a lone block, 17
-// takes two groups); and it is the same bit for bit on 1 and 2 threads. The values held are
+// without accumulation, for row lengths with a vector tail (bf16, fp32) and with 1, 2, 3, 4, 8, 10, 16,
+// 17 and 32 Q8_0 blocks (groups of 16 blocks: 1, 2, 4 and 8 put several rows in a group, 16 and 32 one
+// row in one or two groups, 3, 10 and 17 take the general path; N = 70 rows leave a partial last
+// group); and it is the same bit for bit on 1 and 2 threads. The values held are
 // the weights rounded: bf16 within 2^-8 relative, Q8_0 within half a step of max|w|/127 plus the
 // rounding of that scale to fp16 (2^-11 relative, times 127). Q8_0 multiplies x rounded by
 // quantize_activation_block: the reference does too.
 TEST(Packed, MatmulEqualsTheProductWithTheHeldValues) {
   for (WeightFormat f : {WeightFormat::fp32, WeightFormat::bf16, WeightFormat::q8_0}) {
-    for (int K : {32, 64, 96, 100, 320, 544}) {
+    for (int K : {32, 64, 96, 100, 128, 256, 320, 512, 544, 1024}) {
       if (f == WeightFormat::q8_0 && K % kQ8Block != 0) continue;
       SCOPED_TRACE(std::string(name_of(f)) + " K=" + std::to_string(K));
       const int N = 70;

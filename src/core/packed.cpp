@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <numeric>
+#include <type_traits>
 #include <string>
 
 #include "core/error.h"
@@ -61,29 +64,61 @@ float quantize_activation_block(const float* x, int8_t* q) {
   return amax / 127.f;
 }
 
-// The M rows of x (M, K) rounded for a Q8_0 product: int8 values, an fp32 scale per block, and per
-// block the correction of the weights' +128 offset, −128·Σ q, in lane 0 of 8 int32 lanes (where
-// vpdpbusd's sum of the block starts), which only the dot products read.
+// Q8_0 weights are stored a group of 16 consecutive blocks at a time (blocks counted along the rows,
+// row after row), each group's 512 bytes as 8 slices of 64: slice j holds bytes 4j..4j+3 of each of the
+// 16 blocks, block l at bytes 4l..4l+3. vpdpbusd adds 4 byte products into each 32-bit lane, so 8 of
+// them, one a slice, leave lane l with block l's whole sum: 16 blocks' sums a vector, with one
+// conversion and one multiply by their 16 scales, and no shuffles. The last group is padded with zero
+// weights (stored as 128) and zero scales.
+constexpr int kQ8Group = 16;                      // blocks a group
+constexpr int kQ8GroupBytes = kQ8Group * kQ8Block;  // 512
+inline size_t q8_offset(size_t block, int i) {
+  return block / kQ8Group * kQ8GroupBytes + static_cast<size_t>(i / 4) * 64 + block % kQ8Group * 4 + static_cast<size_t>(i % 4);
+}
+
+// The M rows of x (M, K) rounded for a Q8_0 product: int8 values and an fp32 scale per block. For the
+// dot products each row is laid out as the weights' groups read it: group g's lane l meets block
+// (16·g + l) mod nb of x, a pattern that repeats every P = nb / gcd(nb, 16) groups. Each of a row's P
+// patterns holds the 8 slices of x's bytes, the 16 blocks' scales, and per lane the correction of the
+// weights' +128 offset, −128·Σ q, where vpdpbusd's sum of the block starts.
 struct PackedMatrix::Q8Rows {
-  int K = 0, nb = 0;
-  std::vector<int8_t> q;       // (M, K)
-  std::vector<float> d;        // (M, K / 32)
-  std::vector<int32_t> base;   // (M, K / 32, 8)
+  int K = 0, nb = 0, P = 0;
+  std::vector<int8_t> q;        // (M, K)
+  std::vector<float> d;         // (M, K / 32)
+  std::vector<int8_t> xv;       // dots: (M, P, 512) the slices
+  std::vector<float> xs;        // dots: (M, P, 16) the lanes' scales
+  std::vector<int32_t> xbase;   // dots: (M, P, 16) the lanes' corrections
   void quantize(const float* x, int M, int cols, bool for_dots) {
     K = cols;
     nb = cols / kQ8Block;
     const size_t blocks = static_cast<size_t>(M) * nb;
     q.resize(static_cast<size_t>(M) * K);
     d.resize(blocks);
-    base.assign(for_dots ? blocks * 8 : 0, 0);
+    for (size_t b = 0; b < blocks; ++b) d[b] = quantize_activation_block(x + b * kQ8Block, q.data() + b * kQ8Block);
+    if (!for_dots) return;
+    P = nb / std::gcd(nb, kQ8Group);
+    const size_t patterns = static_cast<size_t>(M) * P;
+    xv.resize(patterns * kQ8GroupBytes);
+    xs.resize(patterns * kQ8Group);
+    xbase.resize(patterns * kQ8Group);
+    thread_local std::vector<int32_t> sums;  // −128·Σ q of each block
+    sums.resize(blocks);
     for (size_t b = 0; b < blocks; ++b) {
-      int8_t* qb = q.data() + b * kQ8Block;
-      d[b] = quantize_activation_block(x + b * kQ8Block, qb);
-      if (!for_dots) continue;
       int sum = 0;
-      for (int i = 0; i < kQ8Block; ++i) sum += qb[i];
-      base[b * 8] = -128 * sum;
+      for (int i = 0; i < kQ8Block; ++i) sum += q[b * kQ8Block + i];
+      sums[b] = -128 * sum;
     }
+    for (int m = 0; m < M; ++m)
+      for (int p = 0; p < P; ++p) {
+        const size_t mp = static_cast<size_t>(m) * P + p;
+        for (int l = 0; l < kQ8Group; ++l) {
+          const size_t b = static_cast<size_t>(m) * nb + (kQ8Group * p + l) % nb;
+          for (int j = 0; j < kQ8Block / 4; ++j)  // bytes 4j..4j+3 of the block to slice j, lane l
+            std::memcpy(xv.data() + mp * kQ8GroupBytes + q8_offset(static_cast<size_t>(l), 4 * j), q.data() + b * kQ8Block + 4 * j, 4);
+          xs[mp * kQ8Group + l] = d[b];
+          xbase[mp * kQ8Group + l] = sums[b];
+        }
+      }
   }
   // The rounded values in fp32, into out (M, K).
   void dequantize(int M, std::vector<float>& out) const {
@@ -123,12 +158,13 @@ void PackedMatrix::pack(const std::vector<std::pair<const float*, int>>& stacked
   if (f == WeightFormat::bf16) {
     to_bf16(W, b16_, n);
   } else {
-    q_.resize(n);
-    qd_.resize(n / kQ8Block);
-    parallel_for(n / kQ8Block, [&](size_t b) {
+    const size_t blocks = n / kQ8Block, groups = (blocks + kQ8Group - 1) / kQ8Group;
+    q_.assign(groups * kQ8GroupBytes, 128);  // the padding: zero weights with zero scales
+    qd_.assign(groups * kQ8Group, 0);
+    parallel_for(blocks, [&](size_t b) {
       int8_t v[kQ8Block];
       qd_[b] = quantize_q8_0_block(W + b * kQ8Block, v);
-      for (int i = 0; i < kQ8Block; ++i) q_[b * kQ8Block + i] = static_cast<uint8_t>(v[i] + 128);
+      for (int i = 0; i < kQ8Block; ++i) q_[q8_offset(b, i)] = static_cast<uint8_t>(v[i] + 128);
     }, 256);
   }
 }
@@ -143,7 +179,9 @@ const float* PackedMatrix::f32_row(int r) const {
 
 size_t PackedMatrix::bytes() const {
   const size_t f32 = fmt_ == WeightFormat::fp32 ? static_cast<size_t>(rows_) * cols_ * sizeof(float) : 0;
-  return f32 + b16_.size() * sizeof(bf16_t) + q_.size() + qd_.size() * sizeof(uint16_t);
+  // Q8_0: 34 bytes a block; the padding of the last group (under 16 blocks a matrix) is not counted.
+  const size_t q8 = fmt_ == WeightFormat::q8_0 ? static_cast<size_t>(rows_) * cols_ / kQ8Block * (kQ8Block + 2) : 0;
+  return f32 + b16_.size() * sizeof(bf16_t) + q8;
 }
 
 void PackedMatrix::unpack(int r0, int n, float* out) const {
@@ -157,9 +195,10 @@ void PackedMatrix::unpack(int r0, int n, float* out) const {
       break;
     case WeightFormat::q8_0:
       for (size_t b = 0; b < len / kQ8Block; ++b) {
-        const float d = scale_of(qd_[lo / kQ8Block + b]);
-        for (int i = 0; i < kQ8Block; ++i)
-          out[b * kQ8Block + i] = static_cast<float>(q_[lo + b * kQ8Block + i] - 128) * d;
+        const size_t block = lo / kQ8Block + b;
+        const float d = scale_of(qd_[block]);
+        const uint8_t* qb = q_.data() + q8_offset(block, 0);  // 4 bytes in each of the 8 slices
+        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = static_cast<float>(qb[i / 4 * 64 + i % 4] - 128) * d;
       }
       break;
   }
@@ -167,11 +206,10 @@ void PackedMatrix::unpack(int r0, int n, float* out) const {
 
 namespace {
 
-// Dot products of one packed row of W with R rows of x (row stride ldx) at once: each widened chunk of
-// the row serves all R. Every output sees the same operations in the same order whatever R is, so a
-// sequence decoded in a batch gets the same numbers as decoded alone.
-
-// fp32 and bf16 rows: Σ_i w_i·x_i, 16 lanes at a time, then the scalar tail.
+// fp32 and bf16: one packed row of W against R rows of x (row stride ldx) at once, Σ_i w_i·x_i, 16 lanes
+// at a time, then the scalar tail. Each widened chunk of the row serves all R. Every output sees the
+// same operations in the same order whatever R is, so a sequence decoded in a batch gets the same
+// numbers as decoded alone.
 template <int R, class W, class Widen, class Scalar>
 void dots_plain(const W* w, const float* x, size_t ldx, int K, float* out, Widen widen, Scalar scalar) {
   int i = 0;
@@ -193,77 +231,168 @@ void dots_plain(const W* w, const float* x, size_t ldx, int K, float* out, Widen
   for (int r = 0; r < R; ++r) out[r] = s[r];
 }
 
-// RW consecutive Q8_0 rows of W against R rows of rounded activations: out[i·R + r] = Σ_b dw_b·dx_b ·
-// Σ_j qw_{b,j}·qx_{b,j} over the K / 32 blocks. The weights are stored as qw + 128 (unsigned), so a
-// block's integer sum starts at −128·Σ qx (Q8Rows::base) and vpdpbusd adds the 32 products (u8·s8,
-// four to a lane) to it exactly. Two blocks a 512-bit vector: lanes 0–7 hold block b's 8 partial
-// sums, lanes 8–15 block b + 1's; they go to fp32 and are multiplied by their block's dw_b·dx_b,
-// formed 16 blocks at a time and spread over the lanes by one permute (one block's worth of masked
-// loads when the count of blocks is odd). Every output sees the same operations whatever RW and R are.
-template <int RW, int R>
-void dots_q8_0(const uint8_t* w, const uint16_t* dw, const int8_t* q, const float* dx, const int32_t* base, int K,
-               float* out) {
-  const int nb = K / kQ8Block;
+// Q8_0: group g of W (16 blocks) against R rows of rounded activations, in xq's dot layout (pattern p
+// of each row): for each row r of x and block l of the group, prod_r[l] = t_l · (dw_l·dx_l), where t_l
+// is the block's exact integer sum Σ_j qw_{l,j}·qx_{l,j}. The weights are stored as qw + 128
+// (unsigned), so a lane starts at the correction −128·Σ qx and the 8 slices' vpdpbusd add the 32
+// products to it.
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+template <int R>
+__attribute__((always_inline)) inline void q8_group(const uint8_t* w, const uint16_t* dw, const int8_t* xv, const float* xs, const int32_t* xbase, int P,
+              size_t g, int p, __m512 (&prod)[R]) {
   constexpr __mmask16 all = 0xFFFF;  // the zero-masked forms: see hsum (core/simd.h)
-  __m512 acc[RW][R];
-  for (int i = 0; i < RW; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
-  // Blocks b and b + 1 (bytes and lanes: which of the two are loaded), their scales at lanes `at` of s.
-  const auto pair = [&](int b, __m512i at, const __m512 (&s)[RW][R], __mmask64 bytes, __mmask16 lanes) {
-    __m512i wv[RW];
-    for (int i = 0; i < RW; ++i) wv[i] = _mm512_maskz_loadu_epi8(bytes, w + static_cast<size_t>(i) * K + b * kQ8Block);
-    for (int r = 0; r < R; ++r) {
-      const size_t rb = static_cast<size_t>(r) * nb + b;
-      const __m512i qv = _mm512_maskz_loadu_epi8(bytes, q + rb * kQ8Block);
-      const __m512i bv = _mm512_maskz_loadu_epi32(lanes, base + rb * 8);
-      for (int i = 0; i < RW; ++i) {
-        const __m512i t = _mm512_dpbusd_epi32(bv, wv[i], qv);
-        acc[i][r] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(all, t), _mm512_maskz_permutexvar_ps(all, at, s[i][r]),
-                                    acc[i][r]);
-      }
+  const uint8_t* wg = w + g * kQ8GroupBytes;
+  __m512i wv[8];
+  for (int j = 0; j < 8; ++j) wv[j] = _mm512_loadu_si512(wg + 64 * j);
+  const __m512 sw = _mm512_maskz_cvtph_ps(all, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dw + g * kQ8Group)));
+  for (int r = 0; r < R; ++r) {
+    const size_t rp = static_cast<size_t>(r) * P + p;
+    const int8_t* xg = xv + rp * kQ8GroupBytes;
+    // Four chains of two vpdpbusd (each waits for the last), added: integers, so the same sums.
+    __m512i t[4] = {_mm512_loadu_si512(xbase + rp * kQ8Group), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                    _mm512_setzero_si512()};
+    for (int j = 0; j < 8; ++j) t[j % 4] = _mm512_dpbusd_epi32(t[j % 4], wv[j], _mm512_loadu_si512(xg + 64 * j));
+    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(t[0], t[1]), _mm512_add_epi32(t[2], t[3]));
+    // The masked forms are builtins, which GCC never contracts into a fused multiply-add with the sums
+    // that follow (it may with the plain ones, differently in each instantiation).
+    prod[r] = _mm512_maskz_mul_ps(all, _mm512_maskz_cvtepi32_ps(all, sum), _mm512_mul_ps(sw, _mm512_loadu_ps(xs + rp * kQ8Group)));
+  }
+}
+
+// Sixteen rows' sums at once, each the tree hsum (core/simd.h) builds over one row's 16 lanes (lanes
+// i and i + 8, then i and i + 4, i and i + 2, 0 and 1), so the same numbers as hsum row by row. v
+// holds n vectors, as far along the tree as the rows' lanes already are: 16 vectors of one row each;
+// 8 of two rows (lanes 0–7 and 8–15); 4 of four rows (a 128-bit quarter each); 2 of eight rows (two
+// lanes each); the result's lane order then depends on n (see q8_chunk).
+inline __m512 sums_of_rows(__m512* v, int n) {
+  constexpr __mmask16 all = 0xFFFF;  // the zero-masked forms: see hsum (core/simd.h)
+  const auto step = [&](int count, auto shuffle, int lo, int hi) {
+    for (int k = 0; k < count; ++k) v[k] = _mm512_add_ps(shuffle(v[2 * k], v[2 * k + 1], lo), shuffle(v[2 * k], v[2 * k + 1], hi));
+  };
+  // The 128-bit quarters of a and b, or the lanes of each quarter, as the immediate picks them.
+  const auto quarters = [](__m512 a, __m512 b, int imm) {
+    switch (imm) {
+      case 0x44: return _mm512_maskz_shuffle_f32x4(all, a, b, 0x44);
+      case 0xEE: return _mm512_maskz_shuffle_f32x4(all, a, b, 0xEE);
+      case 0x88: return _mm512_maskz_shuffle_f32x4(all, a, b, 0x88);
+      default: return _mm512_maskz_shuffle_f32x4(all, a, b, 0xDD);
     }
   };
-  for (int g0 = 0; g0 < nb; g0 += 16) {
-    const int ng = std::min(16, nb - g0);
-    const auto gm = static_cast<__mmask16>((1u << ng) - 1);
-    __m512 s[RW][R];  // dw_b·dx_b of the group's blocks
-    for (int i = 0; i < RW; ++i) {
-      const __m512 sw = _mm512_maskz_cvtph_ps(all, _mm256_maskz_loadu_epi16(gm, dw + static_cast<size_t>(i) * nb + g0));
-      for (int r = 0; r < R; ++r)
-        s[i][r] = _mm512_mul_ps(sw, _mm512_maskz_loadu_ps(gm, dx + static_cast<size_t>(r) * nb + g0));
+  const auto lanes = [](__m512 a, __m512 b, int imm) {
+    switch (imm) {
+      case 0x44: return _mm512_maskz_shuffle_ps(all, a, b, 0x44);
+      case 0xEE: return _mm512_maskz_shuffle_ps(all, a, b, 0xEE);
+      case 0x88: return _mm512_maskz_shuffle_ps(all, a, b, 0x88);
+      default: return _mm512_maskz_shuffle_ps(all, a, b, 0xDD);
     }
-    __m512i at = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    int p = 0;
-    for (; p + 2 <= ng; p += 2, at = _mm512_add_epi32(at, _mm512_set1_epi32(2))) pair(g0 + p, at, s, ~0ULL, all);
-    if (p < ng) pair(g0 + p, at, s, 0xFFFFFFFFULL, 0x00FF);  // an odd count: the last block alone
-  }
-  for (int i = 0; i < RW; ++i)
-    for (int r = 0; r < R; ++r) out[i * R + r] = hsum(acc[i][r]);
+  };
+  if (n == 16) step(8, quarters, 0x44, 0xEE);  // lanes i and i + 8 (two rows a vector after it)
+  if (n >= 8) step(4, quarters, 0x88, 0xDD);   // i and i + 4 (four rows)
+  if (n >= 4) step(2, lanes, 0x44, 0xEE);      // i and i + 2 (eight rows)
+  if (n >= 2) step(1, lanes, 0x88, 0xDD);      // 0 and 1 (sixteen)
+  return v[0];
+}
+#endif
+
+// The sum of a row's nb block products: 16 lanes, block b in lane b mod 16, then hsum across the lanes.
+inline float q8_row_sum(const float* prod, int nb) {
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  int b = 0;
+  for (; b + kQ8Group <= nb; b += kQ8Group) acc = _mm512_add_ps(acc, _mm512_loadu_ps(prod + b));
+  if (b < nb) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (nb - b)) - 1), prod + b));
+  return hsum(acc);
 #else
-  for (int i = 0; i < RW; ++i)
-    for (int r = 0; r < R; ++r) {
-      float s = 0.f;
-      for (int b = 0; b < nb; ++b) {
-        const size_t rb = static_cast<size_t>(r) * nb + b;
-        int t = base[rb * 8];
-        const uint8_t* wb = w + static_cast<size_t>(i) * K + b * kQ8Block;
-        for (int j = 0; j < kQ8Block; ++j) t += static_cast<int>(wb[j]) * q[rb * kQ8Block + j];
-        s = std::fma(static_cast<float>(t), scale_of(dw[static_cast<size_t>(i) * nb + b]) * dx[rb], s);
-      }
-      out[i * R + r] = s;
-    }
+  float lane[kQ8Group] = {};
+  for (int b = 0; b < nb; ++b) lane[b % kQ8Group] += prod[b];
+  float s = 0.f;
+  for (float v : lane) s += v;
+  return s;
 #endif
 }
 
+// Rows [r0, r1) of a Q8_0 W (r0 a multiple of 16, at most 16 rows) against the R rows of xq:
+// sums[r·16 + i] = W_{r0+i} · x_r. A row's sum is its blocks' products summed 16 lanes at a time in
+// the order of the blocks and then across the lanes as hsum does, whatever R is. Rows of 16·k blocks,
+// and rows of 8, 4, 2 or 1 blocks (several to a group), reduce sixteen rows at once in registers;
+// other lengths go through a buffer of products.
+template <int R>
+void q8_chunk(const uint8_t* w, const uint16_t* dw, const int8_t* xv, const float* xs, const int32_t* xbase, int nb,
+              int P, int r0, int r1, float* sums) {
+  const int g0 = r0 * nb / kQ8Group, g1 = (r1 * nb + kQ8Group - 1) / kQ8Group;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  if (nb % kQ8Group == 0 || kQ8Group % nb == 0) {
+    __m512 v[R][kQ8Group];
+    __m512 prod[R];
+    int n = kQ8Group;
+    if (nb % kQ8Group == 0) {  // P = nb / 16: a row's k-th group has pattern k
+      const int per_row = nb / kQ8Group;
+      for (int i = 0; i < kQ8Group; ++i) {
+        for (int r = 0; r < R; ++r) v[r][i] = _mm512_setzero_ps();
+        if (i >= r1 - r0) continue;
+        for (int k = 0; k < per_row; ++k) {
+          q8_group<R>(w, dw, xv, xs, xbase, P, static_cast<size_t>(g0 + i * per_row + k), k, prod);
+          for (int r = 0; r < R; ++r) v[r][i] = _mm512_maskz_add_ps(0xFFFF, v[r][i], prod[r]);
+        }
+      }
+    } else {  // several rows a group, P = 1
+      n = nb;
+      for (int k = 0; k < nb; ++k) {
+        if (g0 + k < g1) {
+          q8_group<R>(w, dw, xv, xs, xbase, P, static_cast<size_t>(g0 + k), 0, prod);
+          for (int r = 0; r < R; ++r) v[r][k] = prod[r];
+        } else {
+          for (int r = 0; r < R; ++r) v[r][k] = _mm512_setzero_ps();
+        }
+      }
+      for (int k = nb; k < kQ8Group; ++k)
+        for (int r = 0; r < R; ++r) v[r][k] = _mm512_setzero_ps();
+    }
+    // The lanes of sums_of_rows' result back in the rows' order.
+    alignas(64) int idx[kQ8Group];
+    for (int i = 0; i < kQ8Group; ++i)
+      idx[i] = n >= 4 ? 4 * (i % 4) + i / 4 : n == 2 ? 4 * ((i % 8) / 2) + 2 * (i / 8) + i % 2 : i;
+    const __m512i order = _mm512_load_si512(idx);
+    for (int r = 0; r < R; ++r)
+      _mm512_storeu_ps(sums + r * kQ8Group, _mm512_maskz_permutexvar_ps(0xFFFF, order, sums_of_rows(v[r], n)));
+    return;
+  }
+#endif
+  thread_local std::vector<float> prod;
+  const size_t ldp = static_cast<size_t>(g1 - g0) * kQ8Group;
+  prod.resize(static_cast<size_t>(R) * ldp);
+  for (int g = g0, p = g0 % P; g < g1; ++g, p = p + 1 == P ? 0 : p + 1) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    __m512 pr[R];
+    q8_group<R>(w, dw, xv, xs, xbase, P, static_cast<size_t>(g), p, pr);
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(prod.data() + r * ldp + static_cast<size_t>(g - g0) * kQ8Group, pr[r]);
+#else
+    for (int r = 0; r < R; ++r) {
+      const size_t rp = static_cast<size_t>(r) * P + p;
+      for (int l = 0; l < kQ8Group; ++l) {
+        int t = xbase[rp * kQ8Group + l];
+        for (int i = 0; i < kQ8Block; ++i) {
+          const size_t o = q8_offset(static_cast<size_t>(l), i);
+          t += static_cast<int>(w[static_cast<size_t>(g) * kQ8GroupBytes + o]) * xv[rp * kQ8GroupBytes + o];
+        }
+        const float sc = scale_of(dw[static_cast<size_t>(g) * kQ8Group + l]) * xs[rp * kQ8Group + l];
+        prod[r * ldp + static_cast<size_t>(g - g0) * kQ8Group + l] = static_cast<float>(t) * sc;
+      }
+    }
+#endif
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < r1 - r0; ++i) sums[r * kQ8Group + i] = q8_row_sum(prod.data() + r * ldp + static_cast<size_t>(i) * nb, nb);
+}
+
 constexpr int kDotRows = 8;     // up to this many rows of x: dot products from the packed rows
-constexpr int kRowChunk = 16;   // rows of W per task of the dot-product path
+constexpr int kRowChunk = 16;   // rows of W per task of the dot-product path (a multiple of kQ8Group)
 constexpr int kPanel = 64;      // rows of W unpacked per sgemm in the panel path
 
 }  // namespace
 
 template <int R>
-void PackedMatrix::dots(int r, const float* x, const Q8Rows* xq, float* out) const {
+void PackedMatrix::dots(int r, const float* x, float* out) const {
   const size_t o = static_cast<size_t>(r) * cols_, ldx = static_cast<size_t>(cols_);
   switch (fmt_) {
     case WeightFormat::fp32:
@@ -280,23 +409,38 @@ void PackedMatrix::dots(int r, const float* x, const Q8Rows* xq, float* out) con
       dots_plain<R>(b16_.data() + o, x, ldx, cols_, out, nullptr, bf16_to_float);
 #endif
       return;
-    case WeightFormat::q8_0:
-      dots_q8_0<1, R>(q_.data() + o, qd_.data() + o / kQ8Block, xq->q.data(), xq->d.data(), xq->base.data(), cols_,
-                      out);
-      return;
+    case WeightFormat::q8_0:  // by groups of 16 blocks: q8_chunk
+      break;
   }
 }
 
-void PackedMatrix::dots(int r, const float* x, const Q8Rows* xq, int M, float* out) const {
+void PackedMatrix::dots(int r, const float* x, int M, float* out) const {
   switch (M) {
-    case 1: dots<1>(r, x, xq, out); break;
-    case 2: dots<2>(r, x, xq, out); break;
-    case 3: dots<3>(r, x, xq, out); break;
-    case 4: dots<4>(r, x, xq, out); break;
-    case 5: dots<5>(r, x, xq, out); break;
-    case 6: dots<6>(r, x, xq, out); break;
-    case 7: dots<7>(r, x, xq, out); break;
-    default: dots<8>(r, x, xq, out); break;
+    case 1: dots<1>(r, x, out); break;
+    case 2: dots<2>(r, x, out); break;
+    case 3: dots<3>(r, x, out); break;
+    case 4: dots<4>(r, x, out); break;
+    case 5: dots<5>(r, x, out); break;
+    case 6: dots<6>(r, x, out); break;
+    case 7: dots<7>(r, x, out); break;
+    default: dots<8>(r, x, out); break;
+  }
+}
+
+void PackedMatrix::q8_chunk(int r0, int r1, const Q8Rows& xq, int M, float* sums) const {
+  const auto run = [&](auto r) {
+    moe::q8_chunk<decltype(r)::value>(q_.data(), qd_.data(), xq.xv.data(), xq.xs.data(), xq.xbase.data(), xq.nb, xq.P, r0,
+                                      r1, sums);
+  };
+  switch (M) {
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    case 5: run(std::integral_constant<int, 5>{}); break;
+    case 6: run(std::integral_constant<int, 6>{}); break;
+    case 7: run(std::integral_constant<int, 7>{}); break;
+    default: run(std::integral_constant<int, 8>{}); break;
   }
 }
 
@@ -329,28 +473,33 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
     }
   }
   if (M <= kDotRows) {
-    // Each row of W is read once, for every row of x at once.
+    // Each row of W is read once, for every row of x at once, a chunk of kRowChunk rows a task.
     const size_t chunks = (static_cast<size_t>(rows_) + kRowChunk - 1) / kRowChunk;
     parallel_for(chunks, [&](size_t c) {
-      const int r1 = std::min(rows_, static_cast<int>(c + 1) * kRowChunk);
+      const int r0 = static_cast<int>(c) * kRowChunk, r1 = std::min(rows_, r0 + kRowChunk);
       size_t i = 0;
-      float v[kDotRows];
-      for (int r = static_cast<int>(c) * kRowChunk; r < r1;) {
-        // One row of x (decoding) against Q8_0: four rows of W per call, which share its loads and
-        // loop; the same numbers as one at a time.
-        const int g = fmt_ == WeightFormat::q8_0 && M == 1 && r + 4 <= r1 ? 4 : 1;
-        if (g == 4)
-          dots_q8_0<4, 1>(q_.data() + static_cast<size_t>(r) * K, qd_.data() + static_cast<size_t>(r) * (K / kQ8Block),
-                          xq->q.data(), xq->d.data(), xq->base.data(), K, v);
-        else
-          dots(r, x, xq, M, v);
-        for (int k = 0; k < g; ++k, ++r) {
-          while (r >= start[i + 1]) ++i;
-          for (int m = 0; m < M; ++m) {
-            float& out = part[i].y[static_cast<size_t>(m) * part[i].ldy + (r - start[i])];
-            out = accumulate ? out + v[k * M + m] : v[k * M + m];
+      const auto put = [&](int r, int m, float v) {
+        while (r >= start[i + 1]) ++i;
+        float& out = part[i].y[static_cast<size_t>(m) * part[i].ldy + (r - start[i])];
+        out = accumulate ? out + v : v;
+      };
+      if (fmt_ == WeightFormat::q8_0) {
+        float sums[kDotRows * kQ8Group];
+        q8_chunk(r0, r1, *xq, M, sums);
+        for (size_t j = 0; j < parts.size(); ++j) {  // the chunk's rows in each part it overlaps
+          const int a = std::max(r0, start[j]), b = std::min(r1, start[j + 1]);
+          for (int m = 0; m < M && a < b; ++m) {
+            float* out = part[j].y + static_cast<size_t>(m) * part[j].ldy + (a - start[j]);
+            const float* v = sums + m * kQ8Group + (a - r0);
+            for (int k = 0; k < b - a; ++k) out[k] = accumulate ? out[k] + v[k] : v[k];
           }
         }
+        return;
+      }
+      float v[kDotRows];
+      for (int r = r0; r < r1; ++r) {
+        dots(r, x, M, v);
+        for (int m = 0; m < M; ++m) put(r, m, v[m]);
       }
     }, 2);
     return;

@@ -1,13 +1,13 @@
-// packed.h — weight matrices packed for inference: fp32 as trained, bf16, or Q8_0 (llama.cpp's layout:
-// each row in blocks of 32 int8 values with one fp16 scale, 34 bytes per 32 weights), and the products
-// of fp32 activations with them.
+// packed.h — weight matrices packed for inference: fp32 as trained, bf16, or Q8_0 (llama.cpp's format:
+// each row in blocks of 32 int8 values with one fp16 scale, 34 bytes per 32 weights, here stored 16
+// blocks interleaved for the dot products), and the products of fp32 activations with them.
 //
 // Decoding reads every active weight once per token, so its speed is the memory bandwidth divided by
 // the bytes of those weights: bf16 halves them, Q8_0 nearly quarters them. An fp32 or bf16 product
 // keeps its activations and its accumulation in fp32 and widens each weight on the fly. A Q8_0 product
 // first rounds each row of activations to Q8_0 blocks too (int8 with an fp32 scale per 32 values, as
 // llama.cpp does for its Q8_0 matrices), so that each block's dot product is a sum of int8 products:
-// one VNNI instruction (vpdpbusd) per two blocks where the CPU has it. A few rows (decoding) run as dot
+// eight VNNI instructions (vpdpbusd) per 16 blocks where the CPU has it. A few rows (decoding) run as dot
 // products straight from the packed rows; more (a prompt's prefill, batched evaluation) unpack panels
 // of rows to fp32 and multiply them with sgemm, Q8_0 with the rounded activations.
 #pragma once
@@ -71,13 +71,16 @@ class PackedMatrix {
   int rows_ = 0, cols_ = 0;
   std::vector<std::pair<const float*, int>> f32_;  // fp32: the stacked matrices read in place, and their rows
   bf16_vector b16_;             // bf16: (rows, cols)
-  std::vector<uint8_t> q_;      // q8_0: (rows, cols) quantized values + 128 (the unsigned operand of vpdpbusd)
-  std::vector<uint16_t> qd_;    // q8_0: (rows, cols / 32) fp16 scales
+  std::vector<uint8_t> q_;      // q8_0: quantized values + 128 (the unsigned operand of vpdpbusd), in groups of 16 blocks (packed.cpp)
+  std::vector<uint16_t> qd_;    // q8_0: the blocks' fp16 scales, row after row, padded to whole groups
   struct Q8Rows;                // x's rows rounded for a Q8_0 product
-  // Row r of W against the M ≤ 8 rows of x (row stride cols), or of xq for Q8_0: out[m] = W_r · x_m.
-  void dots(int r, const float* x, const Q8Rows* xq, int M, float* out) const;
+  // fp32 and bf16: row r of W against the M ≤ 8 rows of x (row stride cols): out[m] = W_r · x_m.
+  void dots(int r, const float* x, int M, float* out) const;
   template <int R>
-  void dots(int r, const float* x, const Q8Rows* xq, float* out) const;
+  void dots(int r, const float* x, float* out) const;
+  // Q8_0: rows [r0, r1) of W (r0 a multiple of 16, at most 16 rows) against the M ≤ 8 rows of xq:
+  // sums[m·16 + i] = W_{r0+i} · x_m (see packed.cpp).
+  void q8_chunk(int r0, int r1, const Q8Rows& xq, int M, float* sums) const;
   const float* f32_row(int r) const;
 };
 
