@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Decoding a trained model from each weight format (`moe generate --weights fp32 | bf16 | q8_0`):
-tokens/s, the memory-bandwidth bound measured in the same run and the share of it reached, and the
-perplexity each format costs (`moe eval --weights`). The formats run alternately, ROUNDS times each,
+tokens/s, the memory-bandwidth bound measured in the same run and the share of it reached (and the
+in-cache bound: the rate of a plain sum re-reading one token's bytes, for a model small enough to
+stay in the caches between tokens), and the perplexity each format costs (`moe eval --weights`). The formats run alternately, ROUNDS times each,
 greedy, from the same prompt; a median per format. With --shift it also times generation past the
 context with the rolled KV cache against prefilling half the window again (`--context-shift`), and with
 --batch the tokens/s of B prompts decoded together (`--prompts`) for each B and format.
@@ -37,6 +38,8 @@ def generate(a, extra, prompt=None):
     t["prefill_tokens"], t["prefill_ms"], t["decode_ms"], t["rate"] = int(m.group(1)), float(m.group(2)), float(m.group(4)), float(m.group(5))
     m = re.search(r"bandwidth bound ([\d.]+) tokens/s = ([\d.]+) GB/s .* / ([\d.]+) MB a token .*decode at ([\d.]+)", r.stderr)
     t["bound"], t["gbps"], t["mb"], t["share"] = (float(m.group(i)) for i in range(1, 5))
+    m = re.search(r"in-cache bound ([\d.]+) tokens/s = ([\d.]+) GB/s .*decode at ([\d.]+)", r.stderr)
+    t["cbound"], t["cgbps"], t["cshare"] = (float(m.group(i)) for i in range(1, 4)) if m else (float("nan"),) * 3
     m = re.search(r"(\d+) context shifts \(rolled caches\) in ([\d.]+) ms", r.stderr)
     t["shifts"], t["shift_ms"] = (int(m.group(1)), float(m.group(2))) if m else (0, 0.0)
     return t
@@ -65,8 +68,9 @@ def main():
         ppl[f] = json.loads(r.stdout)
     print(f"CPU: {cpu_name()}, kernel {platform.release()}, {a.threads} threads; {a.ckpt}; greedy, {a.tokens} tokens "
           f"after \"{a.prompt}\"; median of {a.rounds} alternating runs (min-max)\n")
-    print("| weights | MB a token | decode tokens/s | bound tokens/s (GB/s) | share of bound | val loss | perplexity | Δ perplexity |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| weights | MB a token | decode tokens/s | memory bound tokens/s (GB/s) | share of it | in-cache bound tokens/s "
+          "(GB/s) | share of it | val loss | perplexity | Δ perplexity |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     base = ppl["fp32"]["perplexity"]
     for f in FORMATS:
         r = runs[f]
@@ -74,7 +78,7 @@ def main():
         lo, hi = min(x["rate"] for x in r), max(x["rate"] for x in r)
         p = ppl[f]["perplexity"]
         print(f"| {f} | {med('mb'):.2f} | {med('rate'):.0f} ({lo:.0f}-{hi:.0f}) | {med('bound'):.0f} ({med('gbps'):.1f}) | "
-              f"{med('share'):.2f} | {ppl[f]['val_loss']:.5f} | {p:.4f} | {p - base:+.4f} ({(p / base - 1) * 100:+.3f}%) |")
+              f"{med('share'):.2f} | {med('cbound'):.0f} ({med('cgbps'):.1f}) | {med('cshare'):.2f} | {ppl[f]['val_loss']:.5f} | {p:.4f} | {p - base:+.4f} ({(p / base - 1) * 100:+.3f}%) |")
     if a.shift:
         print("\nGeneration past the context (fp32 weights): the rolled cache against a new prefill of half the window\n")
         print("| context shift | decode tokens/s | shifts | ms in shifts | prefill tokens | ms in prefills | tokens/s overall |")

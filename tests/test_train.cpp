@@ -404,7 +404,8 @@ TEST(Profile, NestedPhasesCountTheirOwnTime) {
 }
 
 // `moe generate --timing` reports prefill and decode rates and the decode's memory-bandwidth bound:
-// the read bandwidth measured in the same run over the bytes a token reads (TransformerLM::decode_bytes).
+// the memory's read bandwidth measured in the same run over the bytes a token reads
+// (TransformerLM::decode_bytes); and its in-cache bound, the same bytes re-read from the caches.
 TEST(Cli, GenerateTimingReportsTheBandwidthBound) {
   const RunConfig c = trained_tiny_run("timing", 2);
   const std::string ids = c.train.out + "/../ids.txt";
@@ -417,6 +418,11 @@ TEST(Cli, GenerateTimingReportsTheBandwidthBound) {
   ASSERT_NE(at, std::string::npos) << err;
   EXPECT_GT(std::stod(err.substr(at + 16)), 0.0) << err;
   EXPECT_NE(err.find("MB a token"), std::string::npos) << err;
+  // And the in-cache bound: a plain sum re-reading one token's bytes, for a token this small.
+  const size_t cache_at = err.find("in-cache bound ");
+  ASSERT_NE(cache_at, std::string::npos) << err;
+  EXPECT_GT(std::stod(err.substr(cache_at + 15)), 0.0) << err;
+  EXPECT_NE(err.find("one token's", cache_at), std::string::npos) << err;
   // The bytes: every weight a token reads (the tiny model: untied head, 2 of 4 experts) and the cache.
   TransformerLM m(c.model, ParamInit::for_loading);
   const double d = c.model.hidden_size, V = c.model.vocab_size;

@@ -38,6 +38,16 @@ void print_timing(const GenerateTimings& tm, const TransformerLM& model, int seq
                  "token (active weights, matrices in %s, %sand KV cache in %s); decode at %.2f of it\n", bound, gbps,
                  num_threads(), mb, name_of(model.weight_format()), sequences > 1 ? "read once per step for all sequences, " : "",
                  name_of(model.kv_cache()), decode_rate / bound);
+    // A small model's token stays in the caches between tokens: the rate of a plain sum over that many
+    // bytes, re-read, is what its reads can reach there. (Not for a token larger than half the buffer
+    // above: that one comes from memory.)
+    const auto token_bytes = static_cast<size_t>(mb * 1e6);
+    if (token_bytes > (size_t{128} << 20)) return;
+    const double cache_gbps = measure_read_gbps(token_bytes, std::max(20, static_cast<int>(2e9 / static_cast<double>(token_bytes))));
+    const double cache_bound = cache_gbps * 1e3 / mb;
+    std::fprintf(stderr, "timing: in-cache bound %.1f tokens/s = %.1f GB/s read over a buffer of one token's %.2f MB, re-read "
+                 "(measured now, %d threads); decode at %.2f of it\n", cache_bound, cache_gbps, mb, num_threads(),
+                 decode_rate / cache_bound);
   }
 }
 

@@ -60,9 +60,11 @@ struct Fp32Peak {
 };
 Fp32Peak measure_fp32_peak(int n = 1024, int samples = 10);
 double measure_sgemm_gflops(int n = 1024, int reps = 10);  // measure_fp32_peak's GFLOP/s
-// The memory read bandwidth on the current thread count, in GB/s: the best of `reps` parallel sums over
-// a buffer of `bytes` (far larger than the caches), after a pass that faults its pages in. The
-// denominator of decoding's memory-bandwidth bound.
+// The read bandwidth on the current thread count, in GB/s: the best of `reps` parallel sums over a
+// buffer of `bytes`, written first (its pages faulted in). With the default size, far larger than
+// most caches, the memory's: the denominator of decoding's memory-bandwidth bound. With the size of
+// what a decoded token reads, re-read `reps` times: the rate from wherever those bytes stay between
+// tokens (the caches, for a small model), the denominator of decoding's in-cache bound.
 double measure_read_gbps(size_t bytes = size_t{256} << 20, int reps = 5);
 
 }  // namespace moe
