@@ -1,6 +1,7 @@
 // micro_moe — Google Benchmark timings of the MoE layer's pieces: sgemm (the peak the layer is
 // compared to), bf16 GEMM, router selection, dispatch plan, gather, and the whole layer; causal
-// attention at the main job's shape; PEER's product-key top-k and the PEER layer.
+// attention at the main job's shape; PEER's product-key top-k and the PEER layer; decoding's
+// matrix-vector products from packed weights.
 //   build/bin/micro_moe --benchmark_filter=Router
 #include <benchmark/benchmark.h>
 
@@ -9,6 +10,7 @@
 
 #include "core/bf16.h"
 #include "core/gemm.h"
+#include "core/packed.h"
 #include "core/rng.h"
 #include "moe/moe_layer.h"
 #include "nn/attention.h"
@@ -190,6 +192,31 @@ void BM_PeerLayer(benchmark::State& st) {
   st.counters["tokens/s"] = benchmark::Counter(T, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_PeerLayer)->Arg(128)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// One row of x against a packed (rows, cols) matrix, as decoding multiplies (format: 0 fp32, 1 bf16,
+// 2 q8_0): the bytes of the matrix read per second. 256 × 256 and 8192 × 256 are the default model's
+// W_o and head; 4096 × 4096 a larger model's.
+void BM_PackedMatvec(benchmark::State& st) {
+  const int rows = static_cast<int>(st.range(0)), cols = static_cast<int>(st.range(1));
+  const auto f = static_cast<WeightFormat>(st.range(2));
+  std::vector<float> w(static_cast<size_t>(rows) * cols), x(static_cast<size_t>(cols)), y(static_cast<size_t>(rows));
+  fill_normal(w.data(), w.size(), 1, 1, 0.f, 0.05f);
+  fill_normal(x.data(), x.size(), 1, 2, 0.f, 1.f);
+  PackedMatrix p;
+  p.pack(w.data(), rows, cols, f);
+  for (auto _ : st) {
+    p.matmul(x.data(), 1, y.data(), rows);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["GB"] = benchmark::Counter(static_cast<double>(p.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_PackedMatvec)
+    ->ArgsProduct({{256, 8192}, {256}, {0, 1, 2}})
+    ->Args({4096, 4096, 0})
+    ->Args({4096, 4096, 1})
+    ->Args({4096, 4096, 2})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace moe
