@@ -388,6 +388,7 @@ void q8_chunk(const uint8_t* w, const uint16_t* dw, const int8_t* xv, const floa
 constexpr int kDotRows = 8;     // up to this many rows of x: dot products from the packed rows
 constexpr int kRowChunk = 16;   // rows of W per task of the dot-product path (a multiple of kQ8Group)
 constexpr int kPanel = 64;      // rows of W unpacked per sgemm in the panel path
+constexpr size_t kSerialBytes = size_t{96} << 10;  // dot products over smaller matrices: one thread
 
 }  // namespace
 
@@ -473,8 +474,12 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
     }
   }
   if (M <= kDotRows) {
-    // Each row of W is read once, for every row of x at once, a chunk of kRowChunk rows a task.
+    // Each row of W is read once, for every row of x at once, a chunk of kRowChunk rows a task. A matrix
+    // of under kSerialBytes runs on this thread alone: opening a parallel region costs more than half
+    // its reads (`micro_moe --benchmark_filter=PackedMatvec`: a 256 × 256 Q8_0 matrix, 70 KB, took
+    // 2.0 µs on one thread of the AMX Xeon and 2.4–3.1 on two).
     const size_t chunks = (static_cast<size_t>(rows_) + kRowChunk - 1) / kRowChunk;
+    const size_t grain = bytes() < kSerialBytes ? chunks + 1 : 2;
     parallel_for(chunks, [&](size_t c) {
       const int r0 = static_cast<int>(c) * kRowChunk, r1 = std::min(rows_, r0 + kRowChunk);
       size_t i = 0;
@@ -501,7 +506,7 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
         dots(r, x, M, v);
         for (int m = 0; m < M; ++m) put(r, m, v[m]);
       }
-    }, 2);
+    }, grain);
     return;
   }
   if (fmt_ == WeightFormat::fp32) {  // nothing to unpack: sgemm on each matrix's rows in each part
