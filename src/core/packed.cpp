@@ -197,8 +197,9 @@ void PackedMatrix::unpack(int r0, int n, float* out) const {
       for (size_t b = 0; b < len / kQ8Block; ++b) {
         const size_t block = lo / kQ8Block + b;
         const float d = scale_of(qd_[block]);
-        const uint8_t* qb = q_.data() + q8_offset(block, 0);  // 4 bytes in each of the 8 slices
-        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = static_cast<float>(qb[i / 4 * 64 + i % 4] - 128) * d;
+        uint8_t qb[kQ8Block];  // the block's 4 bytes from each of the 8 slices, in order
+        for (int j = 0; j < kQ8Block / 4; ++j) std::memcpy(qb + 4 * j, q_.data() + q8_offset(block, 4 * j), 4);
+        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = static_cast<float>(qb[i] - 128) * d;
       }
       break;
   }
