@@ -476,11 +476,12 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
   }
   if (M <= kDotRows) {
     // Each row of W is read once, for every row of x at once, a chunk of kRowChunk rows a task. A matrix
-    // of under kSerialBytes runs on this thread alone: opening a parallel region costs more than half
-    // its reads (`micro_moe --benchmark_filter=PackedMatvec`: a 256 × 256 Q8_0 matrix, 70 KB, took
-    // 2.0 µs on one thread of the AMX Xeon and 2.4–3.1 on two).
+    // of under kSerialBytes (for one row of x; the work grows with the rows) runs on this thread alone:
+    // opening a parallel region costs more than half its reads (`micro_moe
+    // --benchmark_filter=PackedMatvec`: a 256 × 256 Q8_0 matrix, 70 KB, took 2.0 µs on one thread of
+    // the AMX Xeon and 2.4–3.1 on two).
     const size_t chunks = (static_cast<size_t>(rows_) + kRowChunk - 1) / kRowChunk;
-    const size_t grain = bytes() < kSerialBytes ? chunks + 1 : 2;
+    const size_t grain = bytes() * static_cast<size_t>(M) < kSerialBytes ? chunks + 1 : 2;
     parallel_for(chunks, [&](size_t c) {
       const int r0 = static_cast<int>(c) * kRowChunk, r1 = std::min(rows_, r0 + kRowChunk);
       size_t i = 0;
