@@ -387,7 +387,8 @@ void q8_chunk(const uint8_t* w, const uint16_t* dw, const int8_t* xv, const floa
 }
 
 constexpr int kDotRows = 8;     // up to this many rows of x: dot products from the packed rows
-constexpr int kRowChunk = 16;   // rows of W per task of the dot-product path (a multiple of kQ8Group)
+constexpr int kRowChunk = 16;   // rows of W per task of the dot-product path: one q8_chunk
+static_assert(kRowChunk == kQ8Group, "q8_chunk takes 16 rows and writes their sums 16 apart");
 constexpr int kPanel = 64;      // rows of W unpacked per sgemm in the panel path
 constexpr size_t kSerialBytes = size_t{96} << 10;  // dot products over smaller matrices: one thread
 
@@ -484,29 +485,23 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
     const size_t grain = bytes() * static_cast<size_t>(M) < kSerialBytes ? chunks + 1 : 2;
     parallel_for(chunks, [&](size_t c) {
       const int r0 = static_cast<int>(c) * kRowChunk, r1 = std::min(rows_, r0 + kRowChunk);
-      size_t i = 0;
-      const auto put = [&](int r, int m, float v) {
-        while (r >= start[i + 1]) ++i;
-        float& out = part[i].y[static_cast<size_t>(m) * part[i].ldy + (r - start[i])];
-        out = accumulate ? out + v : v;
-      };
+      float sums[kDotRows * kRowChunk];  // sums[m·kRowChunk + i] = W_{r0+i} · x_m
       if (fmt_ == WeightFormat::q8_0) {
-        float sums[kDotRows * kQ8Group];
         q8_chunk(r0, r1, *xq, M, sums);
-        for (size_t j = 0; j < parts.size(); ++j) {  // the chunk's rows in each part it overlaps
-          const int a = std::max(r0, start[j]), b = std::min(r1, start[j + 1]);
-          for (int m = 0; m < M && a < b; ++m) {
-            float* out = part[j].y + static_cast<size_t>(m) * part[j].ldy + (a - start[j]);
-            const float* v = sums + m * kQ8Group + (a - r0);
-            for (int k = 0; k < b - a; ++k) out[k] = accumulate ? out[k] + v[k] : v[k];
-          }
+      } else {
+        float v[kDotRows];
+        for (int r = r0; r < r1; ++r) {
+          dots(r, x, M, v);
+          for (int m = 0; m < M; ++m) sums[m * kRowChunk + (r - r0)] = v[m];
         }
-        return;
       }
-      float v[kDotRows];
-      for (int r = r0; r < r1; ++r) {
-        dots(r, x, M, v);
-        for (int m = 0; m < M; ++m) put(r, m, v[m]);
+      for (size_t j = 0; j < parts.size(); ++j) {  // the chunk's rows in each part it overlaps
+        const int a = std::max(r0, start[j]), b = std::min(r1, start[j + 1]);
+        for (int m = 0; m < M && a < b; ++m) {
+          float* out = part[j].y + static_cast<size_t>(m) * part[j].ldy + (a - start[j]);
+          const float* v = sums + m * kRowChunk + (a - r0);
+          for (int k = 0; k < b - a; ++k) out[k] = accumulate ? out[k] + v[k] : v[k];
+        }
       }
     }, grain);
     return;
