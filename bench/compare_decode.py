@@ -2,10 +2,11 @@
 """Decoding a trained model from each weight format (`moe generate --weights fp32 | bf16 | q8_0`):
 tokens/s, the memory-bandwidth bound measured in the same run and the share of it reached (and the
 in-cache bound: the rate of a plain sum re-reading one token's bytes, for a model small enough to
-stay in the caches between tokens), and the perplexity each format costs (`moe eval --weights`). The formats run alternately, ROUNDS times each,
-greedy, from the same prompt; a median per format. With --shift it also times generation past the
-context with the rolled KV cache against prefilling half the window again (`--context-shift`), and with
---batch the tokens/s of B prompts decoded together (`--prompts`) for each B and format.
+stay in the caches between tokens), and the perplexity each format costs (`moe eval --weights`).
+The formats run alternately, ROUNDS times each, greedy, from the same prompt; a median per format.
+With --shift it also times generation past the context with the rolled KV cache against prefilling
+half the window again (`--context-shift`), and with --batch the tokens/s of B prompts decoded
+together (`--prompts`) for each B and format.
 
   /usr/bin/python3 bench/compare_decode.py --ckpt runs/default [--tokens 1000] [--rounds 5] [--threads 2] [--shift]
                                            [--batch 1,2,4,8,16]
