@@ -51,7 +51,7 @@ void print_timing(const GenerateTimings& tm, const TransformerLM& model, int seq
   }
 }
 
-// oneDNN's sgemm (the default on Intel CPUs with AVX-512) compiles its kernels at its first call:
+// oneDNN's sgemm (the default on CPUs with AVX-512) compiles its kernels at its first call:
 // 63 ms on the AMX Xeon of docs/PERFORMANCE.md, seven times a 60-token prompt's whole prefill on
 // OpenBLAS (9 ms). A generate's GEMMs are its prefills (decoding runs the packed matrix-vector
 // products), so unless MOE_SGEMM chooses, they run on OpenBLAS while the prompts' prefill is under

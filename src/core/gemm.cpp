@@ -114,7 +114,7 @@ Fp32Gemm default_fp32_gemm() {
   if (const std::optional<Fp32Gemm> set = enum_from_env<Fp32Gemm>("MOE_SGEMM")) return *set;
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_is("intel") && __builtin_cpu_supports("avx512f")) return Fp32Gemm::onednn;
+  if (__builtin_cpu_supports("avx512f")) return Fp32Gemm::onednn;  // Intel and AMD alike (docs/PERFORMANCE.md)
 #endif
   return Fp32Gemm::openblas;
 }
