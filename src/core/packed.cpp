@@ -208,21 +208,30 @@ void PackedMatrix::unpack(int r0, int n, float* out) const {
 namespace {
 
 // fp32 and bf16: one packed row of W against R rows of x (row stride ldx) at once, Σ_i w_i·x_i, 16 lanes
-// at a time, then the scalar tail. Each widened chunk of the row serves all R. Every output sees the
-// same operations in the same order whatever R is, so a sequence decoded in a batch gets the same
-// numbers as decoded alone.
+// at a time into two accumulators (32 values a step; one chain of FMAs held a one-row product to one
+// FMA's latency per 16 values: bf16 29 against 33-35 GB/s on the EPYC of docs/PERFORMANCE.md), then a
+// last 16 and the scalar tail. Each widened chunk of the row serves all R. Every output sees the same
+// operations in the same order whatever R is, so a sequence decoded in a batch gets the same numbers
+// as decoded alone.
 template <int R, class W, class Widen, class Scalar>
 void dots_plain(const W* w, const float* x, size_t ldx, int K, float* out, Widen widen, Scalar scalar) {
   int i = 0;
   float s[R];
 #if defined(__AVX512F__)
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc[R], acc2[R];
+  for (int r = 0; r < R; ++r) acc[r] = acc2[r] = _mm512_setzero_ps();
+  for (; i + 32 <= K; i += 32) {
+    const __m512 wv = widen(w + i), wv2 = widen(w + i + 16);
+    for (int r = 0; r < R; ++r) {
+      acc[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + r * ldx + i), acc[r]);
+      acc2[r] = _mm512_fmadd_ps(wv2, _mm512_loadu_ps(x + r * ldx + i + 16), acc2[r]);
+    }
+  }
   for (; i + 16 <= K; i += 16) {
     const __m512 wv = widen(w + i);
     for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + r * ldx + i), acc[r]);
   }
-  for (int r = 0; r < R; ++r) s[r] = hsum(acc[r]);
+  for (int r = 0; r < R; ++r) s[r] = hsum(_mm512_add_ps(acc[r], acc2[r]));
 #else
   (void)widen;
   for (int r = 0; r < R; ++r) s[r] = 0.f;
