@@ -18,10 +18,9 @@ namespace moe {
 // The library behind sgemm. Each is deterministic for a given thread count, but the two round
 // differently, so a run keeps one: MOE_SGEMM=openblas|onednn, else the CPU's default: oneDNN on
 // x86-64 CPUs with AVX-512 (measured faster on an AMX Xeon and on an AMD EPYC, docs/PERFORMANCE.md),
-// OpenBLAS elsewhere. With
-// oneDNN, products of fewer than 32 rows (oneDNN's first call compiles its kernels) and Aᵀ·B products
-// of 1024 rows or more (faster on OpenBLAS) still run on OpenBLAS; `moe generate` sets OpenBLAS for
-// prefills too small to repay oneDNN's compile (apps/moe/cmd_generate.cpp).
+// OpenBLAS elsewhere. With oneDNN, products of fewer than 32 rows (oneDNN's first call compiles its
+// kernels) and Aᵀ·B products of 1024 rows or more (faster on OpenBLAS) still run on OpenBLAS; `moe
+// generate` sets OpenBLAS for prefills too small to repay oneDNN's compile (apps/moe/cmd_generate.cpp).
 enum class Fp32Gemm { openblas, onednn };
 template <>
 struct EnumNames<Fp32Gemm> {
