@@ -401,59 +401,48 @@ static_assert(kRowChunk == kQ8Group, "q8_chunk takes 16 rows and writes their su
 constexpr int kPanel = 64;      // rows of W unpacked per sgemm in the panel path
 constexpr size_t kSerialBytes = size_t{96} << 10;  // dot products over smaller matrices: one thread
 
+// f(std::integral_constant<int, M>{}) for 1 ≤ M ≤ kDotRows: the products' row count as a template
+// argument, so that their per-row accumulators stay in registers.
+template <class F>
+void with_rows(int M, F&& f) {
+  switch (M) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, kDotRows>{}); break;
+  }
+}
+
 }  // namespace
 
 template <int R>
-void PackedMatrix::dots(int r, const float* x, float* out) const {
-  const size_t o = static_cast<size_t>(r) * cols_, ldx = static_cast<size_t>(cols_);
-  switch (fmt_) {
-    case WeightFormat::fp32:
+void PackedMatrix::dots(int r, const float* x, float* out) const {  // fp32 or bf16 (Q8_0: q8_chunk)
+  const size_t ldx = static_cast<size_t>(cols_);
+  if (fmt_ == WeightFormat::fp32) {
 #if defined(__AVX512F__)
-      dots_plain<R>(f32_row(r), x, ldx, cols_, out, [](const float* p) { return _mm512_loadu_ps(p); }, [](float v) { return v; });
+    dots_plain<R>(f32_row(r), x, ldx, cols_, out, [](const float* p) { return _mm512_loadu_ps(p); }, [](float v) { return v; });
 #else
-      dots_plain<R>(f32_row(r), x, ldx, cols_, out, nullptr, [](float v) { return v; });
+    dots_plain<R>(f32_row(r), x, ldx, cols_, out, nullptr, [](float v) { return v; });
 #endif
-      return;
-    case WeightFormat::bf16:
+    return;
+  }
+  const bf16_t* w = b16_.data() + static_cast<size_t>(r) * cols_;
 #if defined(__AVX512F__)
-      dots_plain<R>(b16_.data() + o, x, ldx, cols_, out, widen_bf16x16, bf16_to_float);
+  dots_plain<R>(w, x, ldx, cols_, out, widen_bf16x16, bf16_to_float);
 #else
-      dots_plain<R>(b16_.data() + o, x, ldx, cols_, out, nullptr, bf16_to_float);
+  dots_plain<R>(w, x, ldx, cols_, out, nullptr, bf16_to_float);
 #endif
-      return;
-    case WeightFormat::q8_0:  // by groups of 16 blocks: q8_chunk
-      break;
-  }
-}
-
-void PackedMatrix::dots(int r, const float* x, int M, float* out) const {
-  switch (M) {
-    case 1: dots<1>(r, x, out); break;
-    case 2: dots<2>(r, x, out); break;
-    case 3: dots<3>(r, x, out); break;
-    case 4: dots<4>(r, x, out); break;
-    case 5: dots<5>(r, x, out); break;
-    case 6: dots<6>(r, x, out); break;
-    case 7: dots<7>(r, x, out); break;
-    default: dots<8>(r, x, out); break;
-  }
 }
 
 void PackedMatrix::q8_chunk(int r0, int r1, const Q8Rows& xq, int M, float* sums) const {
-  const auto run = [&](auto r) {
-    moe::q8_chunk<decltype(r)::value>(q_.data(), qd_.data(), xq.xv.data(), xq.xs.data(), xq.xbase.data(), xq.nb, xq.P, r0,
+  with_rows(M, [&](auto R) {
+    moe::q8_chunk<decltype(R)::value>(q_.data(), qd_.data(), xq.xv.data(), xq.xs.data(), xq.xbase.data(), xq.nb, xq.P, r0,
                                       r1, sums);
-  };
-  switch (M) {
-    case 1: run(std::integral_constant<int, 1>{}); break;
-    case 2: run(std::integral_constant<int, 2>{}); break;
-    case 3: run(std::integral_constant<int, 3>{}); break;
-    case 4: run(std::integral_constant<int, 4>{}); break;
-    case 5: run(std::integral_constant<int, 5>{}); break;
-    case 6: run(std::integral_constant<int, 6>{}); break;
-    case 7: run(std::integral_constant<int, 7>{}); break;
-    default: run(std::integral_constant<int, 8>{}); break;
-  }
+  });
 }
 
 void PackedMatrix::matmul(const float* x, int M, float* y, int ldy, bool accumulate) const {
@@ -498,11 +487,14 @@ void PackedMatrix::matmul(const float* x, int M, std::initializer_list<Part> par
       if (fmt_ == WeightFormat::q8_0) {
         q8_chunk(r0, r1, *xq, M, sums);
       } else {
-        float v[kDotRows];
-        for (int r = r0; r < r1; ++r) {
-          dots(r, x, M, v);
-          for (int m = 0; m < M; ++m) sums[m * kRowChunk + (r - r0)] = v[m];
-        }
+        with_rows(M, [&](auto R) {
+          constexpr int n = decltype(R)::value;
+          float v[n];
+          for (int r = r0; r < r1; ++r) {
+            dots<n>(r, x, v);
+            for (int m = 0; m < n; ++m) sums[m * kRowChunk + (r - r0)] = v[m];
+          }
+        });
       }
       for (size_t j = 0; j < parts.size(); ++j) {  // the chunk's rows in each part it overlaps
         const int a = std::max(r0, start[j]), b = std::min(r1, start[j + 1]);

@@ -74,8 +74,7 @@ class PackedMatrix {
   std::vector<uint8_t> q_;      // q8_0: quantized values + 128 (the unsigned operand of vpdpbusd), in groups of 16 blocks (packed.cpp)
   std::vector<uint16_t> qd_;    // q8_0: the blocks' fp16 scales, row after row, padded to whole groups
   struct Q8Rows;                // x's rows rounded for a Q8_0 product
-  // fp32 and bf16: row r of W against the M ≤ 8 rows of x (row stride cols): out[m] = W_r · x_m.
-  void dots(int r, const float* x, int M, float* out) const;
+  // fp32 and bf16: row r of W against the R ≤ 8 rows of x (row stride cols): out[m] = W_r · x_m.
   template <int R>
   void dots(int r, const float* x, float* out) const;
   // Q8_0: rows [r0, r1) of W (r0 a multiple of 16, at most 16 rows) against the M ≤ 8 rows of xq:
